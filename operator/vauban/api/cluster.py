@@ -1,0 +1,444 @@
+"""ManagedCluster: a PostgreSQL server cluster that tenants place databases on.
+
+Managed mode: Vauban renders a CloudNativePG `Cluster` (CloudNativePG brings replication,
+failover and rolling updates) and adds tenancy, compliance, keys and backups around it.
+External mode: Vauban adopts an existing server it reaches at `external.host`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, StringConstraints
+
+from vauban.api.common import (
+    ApiModel,
+    Condition,
+    CronSchedule,
+    DeletionPolicy,
+    Duration,
+    KindInfo,
+    LocalObjectReference,
+    NamespaceName,
+    ObjectName,
+    PrinterColumn,
+    Quantity,
+    ResourceRequirements,
+    SecretKeySelector,
+    StatusModel,
+    cel,
+    validations,
+)
+
+# PostgreSQL majors that CloudNativePG's images and Vauban's agent support.
+SUPPORTED_MAJORS = ("13", "14", "15", "16", "17", "18")
+
+# Server parameters a tenant may tune. Everything else (archiving, replication, listen
+# addresses, file locations, TLS, authentication) is Vauban's or CloudNativePG's to set:
+# a tenant changing it could break failover, backups or the security posture.
+ALLOWED_PARAMETERS = (
+    "max_connections",
+    "shared_buffers",
+    "effective_cache_size",
+    "work_mem",
+    "maintenance_work_mem",
+    "max_wal_size",
+    "min_wal_size",
+    "checkpoint_timeout",
+    "checkpoint_completion_target",
+    "random_page_cost",
+    "effective_io_concurrency",
+    "default_statistics_target",
+    "max_worker_processes",
+    "max_parallel_workers",
+    "max_parallel_workers_per_gather",
+    "max_parallel_maintenance_workers",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "log_min_duration_statement",
+    "log_statement",
+    "log_lock_waits",
+    "track_io_timing",
+    "timezone",
+    "autovacuum_max_workers",
+    "autovacuum_naptime",
+    "autovacuum_vacuum_scale_factor",
+    "autovacuum_analyze_scale_factor",
+)
+
+Mode = Literal["Managed", "External"]
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+ComplianceProfile = Literal["none", "iso27001", "hds", "secnumcloud"]
+KeyProvider = Literal["kubernetes-secret"]
+
+LabelValue = Annotated[
+    str,
+    StringConstraints(max_length=63, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"),
+]
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+LabelKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=317, pattern=LABEL_KEY_PATTERN)
+]
+
+
+class StorageSpec(ApiModel):
+    """The persistent volume of each instance."""
+
+    size: Annotated[
+        Quantity,
+        Field(
+            json_schema_extra=validations(
+                cel(
+                    "quantity(self).compareTo(quantity('1Gi')) >= 0",
+                    "storage.size must be at least 1Gi",
+                ),
+                cel(
+                    "quantity(self).compareTo(quantity(oldSelf)) >= 0",
+                    "storage.size can grow but never shrink: volumes cannot be made smaller",
+                ),
+            )
+        ),
+    ]
+    """Size of each instance's volume, at least 1Gi (e.g. 20Gi). It may grow, never shrink."""
+
+    storage_class_name: (
+        Annotated[
+            ObjectName,
+            Field(
+                json_schema_extra=validations(
+                    cel("self == oldSelf", "storageClassName is immutable")
+                )
+            ),
+        ]
+        | None
+    ) = None
+    """StorageClass of the volumes; the cluster's default class when unset. Immutable."""
+
+
+class ExternalServer(ApiModel):
+    """How Vauban reaches an existing PostgreSQL server it adopts."""
+
+    host: Annotated[
+        str,
+        StringConstraints(
+            min_length=1,
+            max_length=253,
+            pattern=r"^([a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*"
+            r"|[0-9a-fA-F:]+)$",
+        ),
+    ]
+    """DNS name or IP address of the server."""
+
+    port: Annotated[int, Field(ge=1, le=65535)] = 5432
+    """TCP port of the server."""
+
+    admin_secret_ref: LocalObjectReference
+    """Secret (type kubernetes.io/basic-auth, keys `username` and `password`) of a role that
+    may create roles and databases. Read by the operator only; never copied elsewhere."""
+
+    ssl_mode: SslMode = "verify-full"
+    """libpq sslmode used to reach the server. verify-full checks the certificate and the host
+    name against `caSecretRef`; weaker modes are for servers on a trusted network only."""
+
+    ca_secret_ref: SecretKeySelector | None = None
+    """CA certificate (PEM) that signed the server's certificate, for verify-ca and verify-full."""
+
+
+class PostgresConfiguration(ApiModel):
+    """PostgreSQL server configuration."""
+
+    parameters: Annotated[
+        dict[str, Annotated[str, StringConstraints(max_length=256)]],
+        Field(
+            max_length=len(ALLOWED_PARAMETERS),
+            json_schema_extra=validations(
+                cel(
+                    f"self.all(k, k in {list(ALLOWED_PARAMETERS)!r})",
+                    "only these parameters may be set: " + ", ".join(ALLOWED_PARAMETERS),
+                ),
+            ),
+        ),
+    ] = Field(default_factory=dict)
+    """Server parameters (postgresql.conf), from an allow-list of tuning parameters."""
+
+
+class ObjectStore(ApiModel):
+    """An S3-compatible bucket that receives backups."""
+
+    bucket: Annotated[
+        str,
+        StringConstraints(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"),
+    ]
+    """Bucket name."""
+
+    endpoint: (
+        Annotated[str, StringConstraints(max_length=512, pattern=r"^https?://[^\s]+$")] | None
+    ) = None
+    """URL of the S3 endpoint; the provider's default when unset."""
+
+    region: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")]
+    """Region of the bucket. Compliance profiles restrict which regions are allowed."""
+
+    prefix: Annotated[
+        str, StringConstraints(max_length=256, pattern=r"^[A-Za-z0-9!_.*'()/-]*$")
+    ] = ""
+    """Key prefix under which this cluster's backups are stored."""
+
+    credentials_secret_ref: LocalObjectReference
+    """Secret with keys `accessKeyId` and `secretAccessKey` for the bucket."""
+
+
+class RetentionPolicy(ApiModel):
+    """How long backups are kept. A backup is deleted once it breaks either rule."""
+
+    keep_last: Annotated[int, Field(ge=1, le=1000)] | None = None
+    """Keep at most this many successful backups."""
+
+    max_age: Duration | None = None
+    """Delete backups older than this (e.g. 30d)."""
+
+
+class ClusterBackupPolicy(ApiModel):
+    """Backup defaults of the cluster; databases inherit them unless they set their own."""
+
+    object_store: ObjectStore
+    """Where backups of this cluster's databases are written."""
+
+    schedule: CronSchedule | None = None
+    """Default schedule of database backups (cron, in UTC), e.g. `0 2 * * *`."""
+
+    retention: RetentionPolicy | None = None
+    """Default retention of database backups."""
+
+
+class EncryptionSpec(ApiModel):
+    """Keys of the cluster: backups are encrypted with a data key per database, wrapped by a
+    key-encryption key held by the key provider."""
+
+    provider: KeyProvider = "kubernetes-secret"
+    """Key provider. kubernetes-secret keeps the key-encryption key in a Secret of the
+    operator's namespace."""
+
+    rotation_period: Duration | None = None
+    """Rotate the key-encryption key this often (e.g. 90d); never when unset."""
+
+
+class ComplianceSpec(ApiModel):
+    """The compliance profile the cluster must meet."""
+
+    profile: ComplianceProfile = "none"
+    """none, iso27001, hds (Hébergeur de Données de Santé) or secnumcloud. Each profile implies
+    concrete rules (TLS, encrypted storage, allowed backup regions...) reported in the
+    Compliant condition."""
+
+
+class LabelSelectorRequirement(ApiModel):
+    """A label selector requirement, as in metav1.LabelSelectorRequirement."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.operator in ['In', 'NotIn'] ? size(self.values) > 0 : size(self.values) == 0",
+                "values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist",
+            ),
+        )
+    )
+
+    key: LabelKey
+    """The label key the selector applies to."""
+
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    """How the key relates to the values."""
+
+    values: Annotated[list[LabelValue], Field(max_length=64)] = Field(default_factory=list)
+    """Values for In and NotIn."""
+
+
+class LabelSelector(ApiModel):
+    """Selects namespaces by their labels; requirements are ANDed."""
+
+    match_labels: Annotated[
+        dict[str, LabelValue],
+        Field(
+            max_length=32,
+            json_schema_extra=validations(
+                cel(
+                    f"self.all(k, k.size() <= 317 && k.matches({LABEL_KEY_PATTERN!r}))",
+                    "matchLabels keys must be label keys: [prefix/]name",
+                )
+            ),
+        ),
+    ] = Field(default_factory=dict)
+    """Labels a namespace must carry, each with the given value."""
+
+    match_expressions: Annotated[list[LabelSelectorRequirement], Field(max_length=16)] = Field(
+        default_factory=list
+    )
+    """Requirements a namespace's labels must meet."""
+
+
+class AllowedNamespaces(ApiModel):
+    """Namespaces whose ManagedDatabases may use this cluster, besides the cluster's own."""
+
+    names: Annotated[list[NamespaceName], Field(max_length=256)] = Field(default_factory=list)
+    """Namespaces allowed by name."""
+
+    selector: LabelSelector | None = None
+    """Namespaces allowed by their labels."""
+
+
+class ManagedClusterSpec(ApiModel):
+    """Desired state of a ManagedCluster."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.mode == 'External' ? has(self.external) : !has(self.external)",
+                "mode External needs spec.external (host, adminSecretRef); "
+                "mode Managed must not set it",
+            ),
+            cel(
+                "self.mode == 'External' || has(self.storage)",
+                "mode Managed needs spec.storage.size",
+            ),
+            cel(
+                "self.mode == 'External' || has(self.version)",
+                "mode Managed needs spec.version (the PostgreSQL major version, e.g. '17')",
+            ),
+            cel(
+                "self.mode == 'Managed' || (self.instances == 1 && !has(self.storage)"
+                " && !has(self.resources) && !has(self.postgresql))",
+                "instances, storage, resources and postgresql apply to mode Managed only: "
+                "an external server's topology and configuration are its own",
+            ),
+        )
+    )
+
+    engine: Annotated[
+        Literal["postgresql"],
+        Field(json_schema_extra=validations(cel("self == oldSelf", "engine is immutable"))),
+    ] = "postgresql"
+    """Database engine. Only postgresql today."""
+
+    mode: Annotated[
+        Mode, Field(json_schema_extra=validations(cel("self == oldSelf", "mode is immutable")))
+    ] = "Managed"
+    """Managed: Vauban runs the server through CloudNativePG. External: Vauban adopts an
+    existing server. Immutable."""
+
+    version: (
+        Annotated[
+            str,
+            StringConstraints(pattern=r"^(" + "|".join(SUPPORTED_MAJORS) + r")(\.[0-9]{1,3})?$"),
+        ]
+        | None
+    ) = None
+    """PostgreSQL version: a major (e.g. 17) or major.minor (e.g. 17.6). Required for mode
+    Managed; for mode External the version the server must run, checked when set."""
+
+    instances: Annotated[int, Field(ge=1, le=9)] = 1
+    """Number of instances (one primary, the rest streaming replicas). Mode Managed only."""
+
+    storage: StorageSpec | None = None
+    """Persistent storage of each instance. Required for mode Managed."""
+
+    resources: ResourceRequirements | None = None
+    """CPU and memory of each instance. Mode Managed only."""
+
+    postgresql: PostgresConfiguration | None = None
+    """PostgreSQL configuration. Mode Managed only."""
+
+    external: ExternalServer | None = None
+    """Connection to the adopted server. Required for mode External, forbidden otherwise."""
+
+    backup: ClusterBackupPolicy | None = None
+    """Where and how often databases on this cluster are backed up."""
+
+    encryption: EncryptionSpec = Field(
+        default_factory=EncryptionSpec, json_schema_extra={"default": {}}
+    )
+    """Key management of the cluster's backups."""
+
+    compliance: ComplianceSpec = Field(
+        default_factory=ComplianceSpec, json_schema_extra={"default": {}}
+    )
+    """The compliance profile the cluster is held to."""
+
+    allowed_namespaces: AllowedNamespaces | None = None
+    """Namespaces besides the cluster's own whose ManagedDatabases may use it. Only the
+    cluster's own namespace when unset."""
+
+    deletion_policy: DeletionPolicy = "Retain"
+    """What deleting the ManagedCluster does to its data: Retain keeps volumes and the
+    superuser Secret for re-adoption; Delete removes them."""
+
+    deletion_protection: bool = False
+    """When true, deleting the ManagedCluster is refused."""
+
+
+class Endpoints(StatusModel):
+    """Where clients connect."""
+
+    read_write: str | None = None
+    """host:port of the primary."""
+
+    read_only: str | None = None
+    """host:port of the replicas, for read-only traffic."""
+
+
+class ManagedClusterStatus(StatusModel):
+    """Observed state of a ManagedCluster."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The .metadata.generation this status was computed from."""
+
+    conditions: Annotated[list[Condition], Field(max_length=16)] = Field(default_factory=list)
+    """Ready, Reconciling and Stalled (kstatus), plus domain conditions."""
+
+    phase: Annotated[str, StringConstraints(max_length=32)] | None = None
+    """One-word summary of the conditions, for `kubectl get`. Read conditions, not this."""
+
+    version: Annotated[str, StringConstraints(max_length=64)] | None = None
+    """PostgreSQL version the server runs."""
+
+    instances: Annotated[int, Field(ge=0)] | None = None
+    """Number of instances observed."""
+
+    ready_instances: Annotated[int, Field(ge=0)] | None = None
+    """Number of instances ready to serve."""
+
+    current_primary: Annotated[str, StringConstraints(max_length=253)] | None = None
+    """Name of the instance that is primary."""
+
+    endpoints: Endpoints | None = None
+    """Where clients connect."""
+
+
+# Cluster names become Service names (`<name>-rw`, `<name>-ro`) and pod names, which must stay
+# DNS labels: leave room for the suffixes.
+MANAGED_CLUSTER = KindInfo(
+    kind="ManagedCluster",
+    plural="managedclusters",
+    short_names=("mdbc",),
+    spec=ManagedClusterSpec,
+    status=ManagedClusterStatus,
+    printer_columns=(
+        PrinterColumn("Engine", "string", ".spec.engine"),
+        PrinterColumn("Version", "string", ".spec.version"),
+        PrinterColumn("Instances", "integer", ".spec.instances"),
+        PrinterColumn.ready(),
+        PrinterColumn.phase(),
+        PrinterColumn.age(),
+    ),
+    object_rules=(
+        cel(
+            "size(self.metadata.name) <= 50",
+            "a ManagedCluster name must be at most 50 characters: "
+            "it prefixes Service and pod names",
+        ),
+    ),
+)

@@ -1,0 +1,268 @@
+"""ManagedDatabase: a tenant's database on a ManagedCluster, with its owner role and the
+Secret an application mounts to reach it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, StringConstraints
+
+from vauban.api.common import (
+    NOT_PG_RESERVED,
+    PG_IDENTIFIER,
+    ApiModel,
+    Condition,
+    CronSchedule,
+    DeletionPolicy,
+    Duration,
+    KindInfo,
+    LocalObjectReference,
+    NamespaceName,
+    ObjectName,
+    PrinterColumn,
+    StatusModel,
+    cel,
+    validations,
+)
+
+# Extensions a tenant may create: trusted contrib extensions that neither reach the network
+# nor the server's files. Anything else needs a platform decision, not a tenant's YAML.
+ALLOWED_EXTENSIONS = (
+    "btree_gin",
+    "btree_gist",
+    "citext",
+    "cube",
+    "fuzzystrmatch",
+    "hstore",
+    "intarray",
+    "isn",
+    "lo",
+    "ltree",
+    "pg_stat_statements",
+    "pg_trgm",
+    "pgcrypto",
+    "seg",
+    "tablefunc",
+    "tcn",
+    "tsm_system_rows",
+    "tsm_system_time",
+    "unaccent",
+    "uuid-ossp",
+)
+
+# Names PostgreSQL creates itself: a tenant must never be handed one of them.
+RESERVED_DATABASES = ("postgres", "template0", "template1")
+RESERVED_ROLES = ("postgres", "public", "streaming_replica", "cnpg_pooler_pgbouncer")
+
+DataClassification = Literal["public", "internal", "confidential", "health"]
+Extension = Literal[ALLOWED_EXTENSIONS]  # type: ignore[valid-type]
+
+
+class ClusterReference(ApiModel):
+    """The ManagedCluster a database lives on."""
+
+    name: ObjectName
+    """Name of the ManagedCluster."""
+
+    namespace: NamespaceName | None = None
+    """Namespace of the ManagedCluster; the database's own namespace when unset. The cluster's
+    spec.allowedNamespaces must admit the database's namespace."""
+
+
+class DatabaseRetention(ApiModel):
+    """How long this database's backups are kept; the cluster's retention when unset."""
+
+    keep_last: Annotated[int, Field(ge=1, le=1000)] | None = None
+    """Keep at most this many successful backups."""
+
+    max_age: Duration | None = None
+    """Delete backups older than this (e.g. 30d)."""
+
+
+class BackupVerification(ApiModel):
+    """A periodic proof that backups restore: the latest backup is restored into a scratch
+    database and its row counts compared with the backup's manifest."""
+
+    schedule: CronSchedule
+    """When to run the restore test (cron, in UTC)."""
+
+
+class DatabaseBackup(ApiModel):
+    """Backups of this database, to the cluster's object store."""
+
+    schedule: CronSchedule | None = None
+    """When to back up (cron, in UTC), e.g. `0 2 * * *`; the cluster's schedule when unset."""
+
+    retention: DatabaseRetention | None = None
+    """How long backups are kept."""
+
+    verify: BackupVerification | None = None
+    """Periodic restore test of the latest backup."""
+
+    final_backup: bool = False
+    """Take one last backup when the ManagedDatabase is deleted."""
+
+    retain_after_deletion_days: Annotated[int, Field(ge=0, le=3650)] = 30
+    """Days the backups of a deleted database are kept before they are purged."""
+
+
+class RestoreSource(ApiModel):
+    """Where a new database's content comes from. Exactly one of backupRef or databaseRef."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "has(self.backupRef) != has(self.databaseRef)",
+                "set exactly one of restore.backupRef and restore.databaseRef",
+            ),
+        )
+    )
+
+    backup_ref: LocalObjectReference | None = None
+    """A ManagedBackup in this namespace to restore."""
+
+    database_ref: LocalObjectReference | None = None
+    """A ManagedDatabase in this namespace whose latest successful backup is restored."""
+
+
+class ManagedDatabaseSpec(ApiModel):
+    """Desired state of a ManagedDatabase."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "has(self.restore) == has(oldSelf.restore)"
+                " && (!has(self.restore) || self.restore == oldSelf.restore)",
+                "restore is immutable: it applies when the database is created",
+            ),
+        )
+    )
+
+    cluster_ref: Annotated[
+        ClusterReference,
+        Field(json_schema_extra=validations(cel("self == oldSelf", "clusterRef is immutable"))),
+    ]
+    """The ManagedCluster this database lives on. Immutable: moving a database is a backup
+    and a restore."""
+
+    database_name: Annotated[
+        str,
+        PG_IDENTIFIER,
+        Field(
+            json_schema_extra=validations(
+                NOT_PG_RESERVED,
+                cel("self == oldSelf", "databaseName is immutable"),
+                cel(
+                    f"!(self in {list(RESERVED_DATABASES)!r})",
+                    "databaseName must not be one of " + ", ".join(RESERVED_DATABASES),
+                ),
+            )
+        ),
+    ]
+    """Name of the database in PostgreSQL: lower-case letters, digits and _, at most 63
+    characters. Immutable."""
+
+    owner: Annotated[
+        str,
+        PG_IDENTIFIER,
+        Field(
+            json_schema_extra=validations(
+                NOT_PG_RESERVED,
+                cel(
+                    f"!(self in {list(RESERVED_ROLES)!r})",
+                    "owner must not be one of " + ", ".join(RESERVED_ROLES),
+                ),
+            )
+        ),
+    ]
+    """Role that owns the database; its credentials go into the Secret
+    `<metadata.name>-credentials`."""
+
+    extensions: Annotated[
+        list[Extension],
+        Field(
+            max_length=len(ALLOWED_EXTENSIONS), json_schema_extra={"x-kubernetes-list-type": "set"}
+        ),
+    ] = Field(default_factory=list)
+    """Extensions to create in the database, from an allow-list; removing one drops it."""
+
+    connection_limit: Annotated[int, Field(ge=1, le=10000)] | None = None
+    """Most concurrent connections of the owner role; no limit but the server's when unset."""
+
+    deletion_policy: DeletionPolicy = "Retain"
+    """What deleting the ManagedDatabase does: Retain keeps the database and revokes the
+    tenant's logins; Delete drops the database and its roles."""
+
+    deletion_protection: bool = False
+    """When true, deleting the ManagedDatabase is refused."""
+
+    backup: DatabaseBackup | None = None
+    """Backups of this database."""
+
+    restore: RestoreSource | None = None
+    """Create the database from a backup instead of empty. Immutable."""
+
+    data_classification: DataClassification = "internal"
+    """Sensitivity of the data: public, internal, confidential or health. Health data may only
+    be placed on a cluster whose compliance profile is hds or secnumcloud."""
+
+
+class CredentialsStatus(StatusModel):
+    """Where the tenant's credentials are and when they last changed."""
+
+    secret_name: Annotated[str, StringConstraints(max_length=253)] | None = None
+    """Secret holding the credentials, in the database's namespace."""
+
+    last_rotation: str | None = None
+    """When the credentials were last rotated (RFC 3339)."""
+
+    rotation_token: Annotated[str, StringConstraints(max_length=253)] | None = None
+    """The vauban.dev/rotate-credentials token last acted on."""
+
+
+class ManagedDatabaseStatus(StatusModel):
+    """Observed state of a ManagedDatabase."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The .metadata.generation this status was computed from."""
+
+    conditions: Annotated[list[Condition], Field(max_length=16)] = Field(default_factory=list)
+    """Ready, Reconciling and Stalled (kstatus), plus domain conditions."""
+
+    phase: Annotated[str, StringConstraints(max_length=32)] | None = None
+    """One-word summary of the conditions, for `kubectl get`. Read conditions, not this."""
+
+    cluster: Annotated[str, StringConstraints(max_length=317)] | None = None
+    """The resolved cluster, as namespace/name."""
+
+    credentials: CredentialsStatus | None = None
+    """The tenant's credentials."""
+
+    size_bytes: Annotated[int, Field(ge=0)] | None = None
+    """Size of the database, from the last probe."""
+
+    connections: Annotated[int, Field(ge=0)] | None = None
+    """Open connections to the database, from the last probe."""
+
+
+MANAGED_DATABASE = KindInfo(
+    kind="ManagedDatabase",
+    plural="manageddatabases",
+    short_names=("mdb",),
+    spec=ManagedDatabaseSpec,
+    status=ManagedDatabaseStatus,
+    printer_columns=(
+        PrinterColumn("Cluster", "string", ".spec.clusterRef.name"),
+        PrinterColumn("Database", "string", ".spec.databaseName"),
+        PrinterColumn.ready(),
+        PrinterColumn.phase(),
+        PrinterColumn.age(),
+    ),
+    object_rules=(
+        cel(
+            "size(self.metadata.name) <= 241",
+            "a ManagedDatabase name must be at most 241 characters: "
+            "its Secret is named <name>-credentials",
+        ),
+    ),
+)
