@@ -1,0 +1,53 @@
+"""`vauban dev build` and `vauban dev up`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import signal
+import threading
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from vauban.devcluster.build import ensure_binaries
+from vauban.devcluster.controlplane import LocalControlPlane
+
+
+def _build(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    binaries = ensure_binaries()
+    for field in fields(binaries):
+        print(f"{field.name.replace('_', '-'):24} {getattr(binaries, field.name)}")
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    with LocalControlPlane() as plane:
+        kubeconfig = plane.kubeconfig
+        if args.kubeconfig_out:
+            kubeconfig = Path(args.kubeconfig_out)
+            kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(plane.kubeconfig, kubeconfig)
+            kubeconfig.chmod(0o600)
+        print(f"export KUBECONFIG={kubeconfig.resolve()}", flush=True)
+        stop.wait()
+    return 0
+
+
+def register(commands: Any) -> None:
+    """Add the dev sub-commands to the `vauban dev` sub-parsers."""
+    build = commands.add_parser("build", help="build the control plane's binaries (cached)")
+    build.set_defaults(func=_build)
+    up = commands.add_parser("up", help="start a local control plane until interrupted")
+    up.add_argument("--kubeconfig-out", help="also write the kubeconfig here")
+    up.set_defaults(func=_up)
