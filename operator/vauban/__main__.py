@@ -1,0 +1,5 @@
+import sys
+
+from vauban.cli import main
+
+sys.exit(main())

@@ -1,0 +1,84 @@
+"""The `vauban` command: the operator, its development tools, and (later) the backup agent."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from vauban import __version__
+
+
+def _run(args: argparse.Namespace) -> int:
+    from vauban.main import configure_logging, run
+    from vauban.settings import Settings
+
+    settings = Settings()
+    configure_logging(settings)
+    asyncio.run(run(settings))
+    return 0
+
+
+def _crds(args: argparse.Namespace) -> int:
+    from vauban.api import crdgen
+
+    directory = Path(args.directory)
+    if args.check:
+        stale = crdgen.drift(directory)
+        for path in stale:
+            print(
+                f"{path} differs from the models: run `vauban crds` and commit the result",
+                file=sys.stderr,
+            )
+        return 1 if stale else 0
+    for written in crdgen.write(directory):
+        print(written)
+    return 0
+
+
+def _dev_run(args: argparse.Namespace) -> int:
+    from vauban.devrun import dev_run
+
+    return dev_run(Path(args.crds), Path(args.samples) if args.samples else None)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="vauban", description=__doc__)
+    root.add_argument("--version", action="version", version=f"vauban {__version__}")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator (settings from VAUBAN_* variables)")
+    run.set_defaults(func=_run)
+
+    crds = commands.add_parser("crds", help="generate the CRDs from the API models")
+    crds.add_argument("--directory", default="crds", help="where the CRD files live")
+    crds.add_argument(
+        "--check",
+        action="store_true",
+        help="fail if the files differ from what the models generate",
+    )
+    crds.set_defaults(func=_crds)
+
+    from vauban.devcluster.cli import register as register_dev
+
+    dev = commands.add_parser("dev", help="local development control plane")
+    dev_commands = dev.add_subparsers(dest="dev_command", required=True)
+    register_dev(dev_commands)
+    dev_run = dev_commands.add_parser(
+        "run", help="run the operator on a local control plane (or VAUBAN_KUBECONFIG's cluster)"
+    )
+    dev_run.add_argument("--crds", default="crds", help="CRD files to install first")
+    dev_run.add_argument("--samples", help="folder of manifests to apply once the CRDs are in")
+    dev_run.set_defaults(func=_dev_run)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

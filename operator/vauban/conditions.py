@@ -1,0 +1,178 @@
+"""Conditions and phase: one pure mapping from a reconcile's verdict to status.
+
+Handlers never set conditions one by one. A reconcile concludes with a `Verdict`; this module
+turns it into the kstatus conditions Argo CD and Flux read (`Ready`, `Reconciling`,
+`Stalled`), merges them with the domain conditions, keeps `lastTransitionTime` unless a status
+flips, and derives the printer-column `phase` from the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from vauban.api.common import Condition, ConditionStatus
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
+    BACKUP_HEALTHY = "BackupHealthy"
+    ENCRYPTED = "Encrypted"
+    COMPLIANT = "Compliant"
+
+
+class Reason(StrEnum):
+    """Stable, documented reasons (docs/conditions.md). Never rename one: tools match on them."""
+
+    AVAILABLE = "Available"
+    PROVISIONING = "Provisioning"
+    CLUSTER_NOT_FOUND = "ClusterNotFound"
+    CLUSTER_NOT_READY = "ClusterNotReady"
+    NAMESPACE_NOT_ALLOWED = "NamespaceNotAllowed"
+    NAME_CONFLICT = "NameConflict"
+    UNREACHABLE = "Unreachable"
+    AUTHENTICATION_FAILED = "AuthenticationFailed"
+    SECRET_MISSING = "SecretMissing"  # noqa: S105 - a reason, not a password
+    INSUFFICIENT_PRIVILEGES = "InsufficientPrivileges"
+    ENGINE_NOT_INSTALLED = "EngineNotInstalled"
+    MAJOR_UPGRADE_UNSUPPORTED = "MajorUpgradeUnsupported"
+    INVALID_SPEC = "InvalidSpec"
+    NOT_IMPLEMENTED = "NotImplemented"
+    BACKUP_FAILED = "BackupFailed"
+    BACKUP_TOO_OLD = "BackupTooOld"
+    STORAGE_CLASS_NOT_ENCRYPTED = "StorageClassNotEncrypted"
+    CLUSTER_NOT_CERTIFIED = "ClusterNotCertified"
+
+
+class State(StrEnum):
+    """Where a reconcile left the object."""
+
+    READY = "Ready"
+    """Everything the spec asks for exists and works."""
+
+    WAITING = "Waiting"
+    """A dependency is missing or not ready; it may appear without anyone acting."""
+
+    PROGRESSING = "Progressing"
+    """Vauban is doing the work the spec asks for."""
+
+    STALLED = "Stalled"
+    """Vauban cannot go on until a person acts on what the message says."""
+
+
+class Phase(StrEnum):
+    """The printer-column summary of a verdict. Tools read conditions, never this."""
+
+    READY = "Ready"
+    PENDING = "Pending"
+    PROVISIONING = "Provisioning"
+    FAILED = "Failed"
+    DELETING = "Deleting"
+
+
+_PHASES = {
+    State.READY: Phase.READY,
+    State.WAITING: Phase.PENDING,
+    State.PROGRESSING: Phase.PROVISIONING,
+    State.STALLED: Phase.FAILED,
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The conclusion of one reconcile: a state, a CamelCase reason, a message for humans."""
+
+    state: State
+    reason: Reason
+    message: str
+
+    @classmethod
+    def ready(cls, message: str) -> Verdict:
+        return cls(State.READY, Reason.AVAILABLE, message)
+
+    @property
+    def phase(self) -> Phase:
+        return _PHASES[self.state]
+
+
+@dataclass(frozen=True)
+class DomainCondition:
+    """A condition beyond kstatus's three, e.g. Compliant or BackupHealthy."""
+
+    type: ConditionType
+    status: ConditionStatus
+    reason: Reason
+    message: str
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def kstatus_conditions(verdict: Verdict) -> list[DomainCondition]:
+    """Ready, Reconciling and Stalled for a verdict.
+
+    Reconciling and Stalled are "abnormal-true" conditions: kstatus reads them only when True,
+    so they stay present as False with the verdict's reason rather than vanishing.
+    """
+
+    def flag(on: bool) -> ConditionStatus:
+        return "True" if on else "False"
+
+    return [
+        DomainCondition(
+            ConditionType.READY, flag(verdict.state is State.READY), verdict.reason, verdict.message
+        ),
+        DomainCondition(
+            ConditionType.RECONCILING,
+            flag(verdict.state in (State.WAITING, State.PROGRESSING)),
+            verdict.reason,
+            verdict.message if verdict.state in (State.WAITING, State.PROGRESSING) else "",
+        ),
+        DomainCondition(
+            ConditionType.STALLED,
+            flag(verdict.state is State.STALLED),
+            verdict.reason,
+            verdict.message if verdict.state is State.STALLED else "",
+        ),
+    ]
+
+
+def merge(
+    previous: list[Condition],
+    desired: list[DomainCondition],
+    *,
+    generation: int,
+    now: str,
+) -> list[Condition]:
+    """The new condition list: `desired` in order, each keeping its previous transition time
+    when its status did not change. Conditions not in `desired` are dropped: the list is
+    computed whole, so nothing stale lingers."""
+    before = {c.type: c for c in previous}
+    merged = []
+    for want in desired:
+        old = before.get(want.type)
+        changed = old is None or old.status != want.status
+        merged.append(
+            Condition(
+                type=want.type,
+                status=want.status,
+                reason=want.reason,
+                message=want.message,
+                last_transition_time=now if changed or old is None else old.last_transition_time,
+                observed_generation=generation,
+            )
+        )
+    return merged
+
+
+def find(conditions: list[Condition], type_: ConditionType) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
+
+
+def is_true(conditions: list[Condition], type_: ConditionType) -> bool:
+    condition = find(conditions, type_)
+    return condition is not None and condition.status == "True"

@@ -1,0 +1,83 @@
+"""`make run`: the operator on a local control plane, with the CRDs and samples applied.
+
+When VAUBAN_KUBECONFIG names a cluster, that cluster is used as it is; otherwise a local
+control plane is started on 127.0.0.1 and stopped again when the operator stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from vauban.main import configure_logging, run
+from vauban.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+LOCAL = Path(".local")
+
+
+def kubectl(binary: Path, kubeconfig: Path, *args: str) -> None:
+    subprocess.run([str(binary), f"--kubeconfig={kubeconfig}", *args], check=True)
+
+
+@contextlib.contextmanager
+def cluster(settings: Settings) -> Iterator[tuple[Path, Path]]:
+    """(kubeconfig, kubectl) of the configured cluster, or of a local one started for us."""
+    from vauban.devcluster import LocalControlPlane, ensure_binaries
+
+    binaries = ensure_binaries()
+    LOCAL.mkdir(exist_ok=True)
+    (LOCAL / "bin").mkdir(exist_ok=True)
+    link = LOCAL / "bin" / "kubectl"
+    link.unlink(missing_ok=True)
+    link.symlink_to(binaries.kubectl)
+    if settings.kubeconfig is not None:
+        yield settings.kubeconfig, binaries.kubectl
+        return
+    with LocalControlPlane() as plane:
+        stable = LOCAL / "kubeconfig"
+        stable.write_bytes(plane.kubeconfig.read_bytes())
+        stable.chmod(0o600)
+        yield stable.resolve(), binaries.kubectl
+
+
+def dev_run(crds: Path, samples: Path | None) -> int:
+    settings = Settings()
+    configure_logging(settings)
+    with cluster(settings) as (kubeconfig, kubectl_binary):
+        kubectl(
+            kubectl_binary,
+            kubeconfig,
+            "apply",
+            "--server-side",
+            "--field-manager=vauban-dev",
+            "-f",
+            str(crds),
+        )
+        kubectl(
+            kubectl_binary,
+            kubeconfig,
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "-f",
+            str(crds),
+        )
+        if samples is not None:
+            for sample in sorted(samples.glob("*.yaml")):
+                kubectl(kubectl_binary, kubeconfig, "apply", "-f", str(sample))
+        print(
+            "\nVauban is running. In another terminal:\n"
+            f"  export KUBECONFIG={kubeconfig} PATH={LOCAL.resolve() / 'bin'}:$PATH\n"
+            "  kubectl get mdbc,mdb -A\n"
+            "Stop with Ctrl-C.\n",
+            flush=True,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run(settings.model_copy(update={"kubeconfig": kubeconfig})))
+    return 0

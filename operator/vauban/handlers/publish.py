@@ -1,0 +1,86 @@
+"""Turn a verdict into written status and, on a transition, an Event."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from vauban.api.common import KindInfo
+from vauban.conditions import Reason, State, Verdict, now_rfc3339
+from vauban.handlers.context import Context
+from vauban.kube import events
+from vauban.reconcile import status as status_
+
+logger = logging.getLogger(__name__)
+
+
+def snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a reconcile reads of an object, for the indices that let an object be reconciled
+    outside of its own events (when its cluster changes, or at a re-check)."""
+    meta = body["metadata"]
+    return {
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "generation") if k in meta},
+        "spec": dict(body.get("spec", {})),
+        "status": dict(body.get("status", {})),
+    }
+
+
+def invalid_spec(error: ValidationError) -> Verdict:
+    """A spec the CRD schema let through but the operator cannot accept (e.g. written before
+    a stricter schema). The message names fields and problems, never the values: a value may
+    be something its author did not mean to publish."""
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in error.errors()
+    )
+    return Verdict(State.STALLED, Reason.INVALID_SPEC, f"spec is invalid: {problems}")
+
+
+async def publish(
+    ctx: Context,
+    kind: KindInfo,
+    body: Mapping[str, Any],
+    verdict: Verdict,
+    *,
+    fields: Mapping[str, Any] | None = None,
+) -> None:
+    """Write the status `verdict` implies, and an Event on a transition, only if the stored
+    status differs.
+
+    The body a handler got may be stale (a timer's, or a dependent's copy from an index), so
+    a change seen against it is confirmed against the object as stored now — a read, never
+    a write, and only when something seems to have changed.
+    """
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    generation = int(meta.get("generation", 0))
+
+    def update_from(status: Mapping[str, Any] | None) -> status_.StatusUpdate:
+        return status_.compute(
+            status, verdict, generation=generation, now=now_rfc3339(), fields=fields
+        )
+
+    if not update_from(body.get("status")).changed:
+        return
+    async with ctx.locks[(kind.kind, namespace, name)]:
+        stored = await ctx.kube.read(kind, namespace, name)
+        if stored is None or stored["metadata"].get("generation", 0) > generation:
+            return  # gone, or its spec changed since: the next event reconciles it
+        update = update_from(stored.get("status"))
+        if not update.changed:
+            return
+        await ctx.kube.apply_status(kind, namespace, name, update.status)
+    if update.transition:
+        logger.info("%s %s/%s: %s (%s)", kind.kind, namespace, name, verdict.state, verdict.reason)
+        await events.post(
+            ctx.kube.core,
+            kind=kind.kind,
+            namespace=namespace,
+            name=name,
+            uid=meta.get("uid", ""),
+            type_="Warning" if verdict.state is State.STALLED else "Normal",
+            reason=verdict.reason,
+            message=verdict.message,
+        )

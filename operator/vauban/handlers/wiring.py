@@ -1,0 +1,169 @@
+"""Registers every handler on a kopf registry.
+
+Handlers are registered explicitly rather than by decorators at import time, so settings
+(intervals, namespaces) reach them without module-level state and tests can build an
+operator of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Mapping
+from typing import Any
+
+import kopf
+
+from vauban.api.cluster import MANAGED_CLUSTER
+from vauban.api.common import GROUP, VERSION
+from vauban.api.database import MANAGED_DATABASE
+from vauban.conditions import ConditionType, is_true
+from vauban.handlers import cluster, database
+from vauban.handlers.context import Context, context_of
+from vauban.handlers.publish import snapshot
+from vauban.reconcile.database import ClusterView
+from vauban.reconcile.status import previous_conditions
+from vauban.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CLUSTERS = (GROUP, VERSION, MANAGED_CLUSTER.plural)
+DATABASES = (GROUP, VERSION, MANAGED_DATABASE.plural)
+
+
+def _live(type: str | None, body: Mapping[str, Any]) -> bool:  # noqa: A002 - kopf's kwarg name
+    return type != "DELETED" and not body["metadata"].get("deletionTimestamp")
+
+
+def _not_ready(status: Mapping[str, Any], **_: Any) -> bool:
+    return not is_true(previous_conditions(status), ConditionType.READY)
+
+
+ClusterIndex = kopf.Index[tuple[str, str], ClusterView]
+DependentsIndex = kopf.Index[tuple[str, str], dict[str, Any]]
+
+
+def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
+    """Indices are injected by kopf as keyword arguments named after their ids; handlers
+    take them from **kwargs, as kopf's callback protocols do not name them."""
+    recheck = settings.recheck_interval_seconds
+
+    @kopf.index(*CLUSTERS, id="clusters", registry=registry)
+    def clusters(body: kopf.Body, **_: Any) -> dict[tuple[str, str], ClusterView]:
+        view = cluster.view_of(body)
+        return {(view.namespace, view.name): view}
+
+    @kopf.index(*DATABASES, id="databases_by_cluster", registry=registry)
+    def databases_by_cluster(
+        body: kopf.Body, **_: Any
+    ) -> dict[tuple[str, str], dict[str, Any]] | None:
+        ref = body.get("spec", {}).get("clusterRef") or {}
+        if "name" not in ref:
+            return None
+        namespace = body["metadata"]["namespace"]
+        return {(str(ref.get("namespace") or namespace), str(ref["name"])): snapshot(body)}
+
+    @kopf.on.event(*CLUSTERS, id="cluster", registry=registry)
+    async def cluster_event(
+        type: str,  # noqa: A002 - kopf's kwarg name
+        body: kopf.Body,
+        memo: kopf.Memo,
+        **kwargs: Any,
+    ) -> None:
+        ctx = context_of(memo)
+        index: ClusterIndex = kwargs["clusters"]
+        dependents: DependentsIndex = kwargs["databases_by_cluster"]
+        if _live(type, body):
+            await cluster.reconcile(ctx, body)
+        # Databases waiting on this cluster learn of its change (or its deletion) now, not at
+        # their next periodic re-check.
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        for dependent in dependents.get(key, ()):
+            await database.reconcile(ctx, dependent, index)
+
+    @kopf.on.event(*DATABASES, id="database", registry=registry)
+    async def database_event(
+        type: str,  # noqa: A002 - kopf's kwarg name
+        body: kopf.Body,
+        memo: kopf.Memo,
+        **kwargs: Any,
+    ) -> None:
+        if _live(type, body):
+            await database.reconcile(context_of(memo), body, kwargs["clusters"])
+
+    # Objects that are not ready are looked at again every `recheck` seconds: what they wait
+    # for may not be watched (a Secret created, a namespace labelled). kopf timers would do
+    # it, but each timer forces a finalizer onto its object, and a finalizer blocks deletion
+    # whenever the operator is down.
+    @kopf.index(*CLUSTERS, id="waiting_clusters", when=_not_ready, registry=registry)
+    def waiting_clusters(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+        return {_key(body): snapshot(body)}
+
+    @kopf.index(*DATABASES, id="waiting_databases", when=_not_ready, registry=registry)
+    def waiting_databases(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+        return {_key(body): snapshot(body)}
+
+    @kopf.on.startup(id="recheck", registry=registry)
+    async def start_recheck(memo: kopf.Memo, **kwargs: Any) -> None:
+        memo.recheck = asyncio.create_task(
+            _recheck_forever(
+                context_of(memo),
+                recheck,
+                clusters=kwargs["clusters"],
+                waiting_clusters=kwargs["waiting_clusters"],
+                waiting_databases=kwargs["waiting_databases"],
+            ),
+            name="vauban-recheck",
+        )
+
+    @kopf.on.cleanup(id="recheck", registry=registry)
+    async def stop_recheck(memo: kopf.Memo, **_: Any) -> None:
+        task: asyncio.Task[None] | None = memo.get("recheck")
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @kopf.on.login(id="login", registry=registry)
+    async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+        creds = await context_of(memo).kube.credentials()
+        return kopf.ConnectionInfo(
+            server=creds.server,
+            ca_path=creds.ca_path,
+            insecure=creds.insecure,
+            scheme=creds.scheme,
+            token=creds.token,
+            certificate_path=creds.certificate_path,
+            private_key_path=creds.private_key_path,
+        )
+
+
+def _key(body: Mapping[str, Any]) -> tuple[str, str]:
+    return (body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+async def _recheck_forever(
+    ctx: Context,
+    interval: float,
+    *,
+    clusters: ClusterIndex,
+    waiting_clusters: DependentsIndex,
+    waiting_databases: DependentsIndex,
+) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        for store in list(waiting_clusters.values()):
+            for body in list(store):
+                await _guarded(cluster.reconcile(ctx, body), body)
+        for store in list(waiting_databases.values()):
+            for body in list(store):
+                await _guarded(database.reconcile(ctx, body, clusters), body)
+
+
+async def _guarded(reconcile: Awaitable[None], body: Mapping[str, Any]) -> None:
+    """One object's failure (an API error) must not stop the re-checks of the others."""
+    try:
+        await reconcile
+    except Exception:
+        logger.exception("re-check of %s/%s failed", *_key(body))

@@ -1,0 +1,60 @@
+"""Connection to the apiserver for the operator's own reads and writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubernetes.aio import client, config
+
+from vauban import __version__
+
+USER_AGENT = f"vauban/{__version__}"
+
+
+async def connect(kubeconfig: Path | None) -> client.ApiClient:
+    """An API client from `kubeconfig`, else in-cluster credentials, else ~/.kube/config."""
+    configuration = client.Configuration()
+    if kubeconfig is not None:
+        await config.load_kube_config(
+            config_file=str(kubeconfig), client_configuration=configuration, persist_config=False
+        )
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            await config.load_kube_config(client_configuration=configuration, persist_config=False)
+    api = client.ApiClient(configuration)
+    api.user_agent = USER_AGENT
+    return api
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How the operator's client reaches the apiserver, for kopf's watchers to use the same."""
+
+    server: str
+    ca_path: str | None
+    insecure: bool
+    scheme: str | None
+    token: str | None
+    certificate_path: str | None
+    private_key_path: str | None
+
+
+async def credentials_of(api: client.ApiClient) -> Credentials:
+    configuration = api.configuration
+    # A token-refreshing auth provider refreshes here, hence the await.
+    header = await configuration.get_api_key_with_prefix(
+        "BearerToken"
+    ) or await configuration.get_api_key_with_prefix("authorization")
+    scheme, _, token = (header or "").partition(" ")
+    return Credentials(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        scheme=scheme if token else None,
+        token=token or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )

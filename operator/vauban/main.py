@@ -1,0 +1,74 @@
+"""Runs the operator: one API client, one kopf registry, settings chosen on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import kopf
+
+from vauban.handlers import wiring
+from vauban.handlers.context import Context
+from vauban.kube.client import connect
+from vauban.kube.resources import Kube
+from vauban.settings import FINALIZER, Settings
+
+logger = logging.getLogger(__name__)
+
+
+def operator_settings() -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    # Events are Vauban's own, one per state transition; kopf's per-handler events would
+    # flood namespaces with "Handler succeeded" on every reconcile.
+    settings.posting.enabled = False
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="vauban.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="vauban.dev", key="last-handled-configuration"
+    )
+    # A watch that hangs silently (a proxy dropping idle streams) must be restarted.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    return settings
+
+
+def configure_logging(settings: Settings) -> None:
+    kopf.configure(
+        log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
+        debug=settings.log_level == "DEBUG",
+        log_refkey="object" if settings.log_format == "json" else None,
+    )
+    logging.getLogger().setLevel(settings.log_level)
+    # aiohttp and the client log request bodies at DEBUG: bodies can hold Secrets.
+    for noisy in ("aiohttp", "kubernetes", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+    # kopf says "Handler succeeded" for every event; Vauban logs state transitions itself.
+    if settings.log_level != "DEBUG":
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+
+
+async def run(settings: Settings, *, stop_flag: asyncio.Event | None = None) -> None:
+    """Run until `stop_flag` is set or the process is signalled."""
+    kube = Kube(await connect(settings.kubeconfig))
+    registry = kopf.OperatorRegistry()
+    wiring.register(registry, settings)
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=operator_settings(),
+            memo=kopf.Memo(ctx=Context(kube=kube, settings=settings)),
+            clusterwide=not settings.watch_namespaces,
+            namespaces=settings.watch_namespaces,
+            # Until leader election lands, one replica: peering needs kopf's own CRDs.
+            standalone=True,
+            liveness_endpoint=(
+                f"http://0.0.0.0:{settings.liveness_port}/healthz"
+                if settings.liveness_port
+                else None
+            ),
+            stop_flag=stop_flag,
+        )
+    finally:
+        await kube.close()

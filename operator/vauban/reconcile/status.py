@@ -1,0 +1,69 @@
+"""The whole status of an object, computed from a verdict: the only shape the operator writes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from vauban.api.common import Condition
+from vauban.conditions import ConditionType, DomainCondition, Verdict, kstatus_conditions, merge
+
+_CONDITIONS = TypeAdapter(list[Condition])
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    """The status to write and what changed since the previous one."""
+
+    status: dict[str, Any]
+    changed: bool
+    """Whether anything differs: when False, no write is needed."""
+
+    transition: bool
+    """Whether the Ready condition changed status or reason: that is what an Event reports."""
+
+
+def previous_conditions(previous: Mapping[str, Any] | None) -> list[Condition]:
+    """Conditions of a stored status; an unreadable list (written by hand) counts as empty."""
+    try:
+        return _CONDITIONS.validate_python((previous or {}).get("conditions") or [])
+    except ValidationError:
+        return []
+
+
+def compute(
+    previous: Mapping[str, Any] | None,
+    verdict: Verdict,
+    *,
+    generation: int,
+    now: str,
+    domain: tuple[DomainCondition, ...] = (),
+    fields: Mapping[str, Any] | None = None,
+) -> StatusUpdate:
+    """The status for `verdict`; `fields` are kind-specific status fields (camelCase)."""
+    before = previous_conditions(previous)
+    conditions = merge(
+        before, [*kstatus_conditions(verdict), *domain], generation=generation, now=now
+    )
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": [c.model_dump(by_alias=True, exclude_none=True) for c in conditions],
+        "phase": verdict.phase.value,
+        **{k: v for k, v in (fields or {}).items() if v is not None},
+    }
+    new_ready, old_ready = (
+        conditions[0],
+        next((c for c in before if c.type == ConditionType.READY), None),
+    )
+    transition = old_ready is None or (old_ready.status, old_ready.reason) != (
+        new_ready.status,
+        new_ready.reason,
+    )
+    old = previous or {}
+    # Only our own keys count: another writer's status fields are theirs to keep.
+    cleared = [k for k, v in (fields or {}).items() if v is None and k in old]
+    changed = bool(cleared) or any(old.get(k) != v for k, v in status.items())
+    return StatusUpdate(status=status, changed=changed, transition=transition)

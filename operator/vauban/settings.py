@@ -1,0 +1,38 @@
+"""The operator's settings: one typed, frozen object built once at start-up from `VAUBAN_*`
+environment variables. Nothing reads the environment anywhere else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+FIELD_MANAGER = "vauban"
+FINALIZER = "vauban.dev/finalizer"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VAUBAN_", frozen=True, extra="ignore")
+
+    kubeconfig: Path | None = None
+    """Kubeconfig to use; in-cluster credentials or ~/.kube/config when unset."""
+
+    namespace: str = "vauban-system"
+    """The operator's own namespace (its key-encryption keys and leases live there)."""
+
+    watch_namespaces: list[str] = Field(default_factory=list)
+    """Namespaces to watch; every namespace when empty (cluster-wide install)."""
+
+    recheck_interval_seconds: float = Field(default=30.0, gt=0)
+    """How often an object waiting on a dependency (a cluster not yet ready, a missing Secret)
+    is looked at again. No API call is made unless something changed."""
+
+    log_format: Literal["json", "plain"] = "plain"
+    """json for log collectors, plain for people."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    liveness_port: int = Field(default=8081, ge=0, le=65535)
+    """Port of the /healthz endpoint; 0 disables it."""

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import pytest
+
+from vauban.api.common import Condition
+from vauban.conditions import (
+    ConditionType,
+    Phase,
+    Reason,
+    State,
+    Verdict,
+    kstatus_conditions,
+    merge,
+)
+from vauban.reconcile.status import compute
+
+T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
+
+
+@pytest.mark.parametrize(
+    ("state", "ready", "reconciling", "stalled", "phase"),
+    [
+        (State.READY, "True", "False", "False", Phase.READY),
+        (State.WAITING, "False", "True", "False", Phase.PENDING),
+        (State.PROGRESSING, "False", "True", "False", Phase.PROVISIONING),
+        (State.STALLED, "False", "False", "True", Phase.FAILED),
+    ],
+)
+def test_kstatus_conditions_follow_the_state(
+    state: State, ready: str, reconciling: str, stalled: str, phase: Phase
+) -> None:
+    verdict = Verdict(state, Reason.CLUSTER_NOT_FOUND, "why")
+    got = {c.type: c.status for c in kstatus_conditions(verdict)}
+    assert got == {"Ready": ready, "Reconciling": reconciling, "Stalled": stalled}
+    assert verdict.phase is phase
+
+
+def test_transition_time_changes_only_when_status_flips() -> None:
+    waiting = kstatus_conditions(Verdict(State.WAITING, Reason.CLUSTER_NOT_FOUND, "a"))
+    first = merge([], waiting, generation=1, now=T0)
+    assert {c.last_transition_time for c in first} == {T0}
+
+    # Same statuses, new reason and generation: times stay, the rest follows.
+    again = kstatus_conditions(Verdict(State.WAITING, Reason.CLUSTER_NOT_READY, "b"))
+    second = merge(first, again, generation=2, now=T1)
+    assert {c.last_transition_time for c in second} == {T0}
+    assert {c.reason for c in second} == {Reason.CLUSTER_NOT_READY}
+    assert {c.observed_generation for c in second} == {2}
+
+    ready = merge(second, kstatus_conditions(Verdict.ready("ok")), generation=2, now=T1)
+    times = {c.type: c.last_transition_time for c in ready}
+    assert times == {"Ready": T1, "Reconciling": T1, "Stalled": T0}
+
+
+def test_status_is_unchanged_when_the_verdict_is() -> None:
+    verdict = Verdict(State.WAITING, Reason.CLUSTER_NOT_FOUND, "missing")
+    first = compute(None, verdict, generation=3, now=T0, fields={"cluster": "ns/c"})
+    assert first.changed and first.transition
+    assert first.status["observedGeneration"] == 3
+    assert first.status["phase"] == "Pending"
+
+    second = compute(first.status, verdict, generation=3, now=T1, fields={"cluster": "ns/c"})
+    assert not second.changed and not second.transition
+
+
+def test_new_generation_is_a_change_but_not_a_transition() -> None:
+    verdict = Verdict(State.WAITING, Reason.CLUSTER_NOT_FOUND, "missing")
+    first = compute(None, verdict, generation=1, now=T0)
+    second = compute(first.status, verdict, generation=2, now=T1)
+    assert second.changed and not second.transition
+
+
+def test_other_writers_fields_do_not_count_as_change() -> None:
+    verdict = Verdict.ready("fine")
+    first = compute(None, verdict, generation=1, now=T0)
+    stored = {**first.status, "somebodyElse": {"x": 1}}
+    assert not compute(stored, verdict, generation=1, now=T1).changed
+
+
+def test_cleared_field_is_a_change() -> None:
+    verdict = Verdict.ready("fine")
+    first = compute(None, verdict, generation=1, now=T0, fields={"cluster": "a/b"})
+    assert compute(first.status, verdict, generation=1, now=T1, fields={"cluster": None}).changed
+
+
+def test_unreadable_stored_conditions_are_replaced() -> None:
+    stored = {"conditions": [{"type": "Ready"}]}  # hand-written, missing required fields
+    update = compute(stored, Verdict.ready("ok"), generation=1, now=T0)
+    assert update.changed and update.transition
+    assert [Condition.model_validate(c).type for c in update.status["conditions"]] == [
+        ConditionType.READY,
+        ConditionType.RECONCILING,
+        ConditionType.STALLED,
+    ]
