@@ -128,6 +128,11 @@ class LocalControlPlane:
     def server(self) -> str:
         return f"https://127.0.0.1:{self.apiserver_port}"
 
+    @property
+    def pids(self) -> dict[str, int]:
+        """Process id of each running component."""
+        return {c.name: c.process.pid for c in self._components}
+
     def __enter__(self) -> LocalControlPlane:
         self.start()
         return self

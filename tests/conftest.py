@@ -1,0 +1,65 @@
+"""Session fixtures: a real control plane (built and started by the suite, or an existing
+cluster named by VAUBAN_TEST_KUBECONFIG), Vauban's CRDs, and the operator as a process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.kube import KubeCtl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The suite's own cluster. Never the developer's current context: an existing cluster is
+    used only when named explicitly by VAUBAN_TEST_KUBECONFIG, as envtest does."""
+    existing = os.environ.get("VAUBAN_TEST_KUBECONFIG")
+    if existing:
+        yield Path(existing)
+        return
+    from vauban.devcluster import LocalControlPlane
+
+    with LocalControlPlane(data_dir=tmp_path_factory.mktemp("controlplane")) as plane:
+        yield plane.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def kubectl_binary() -> str:
+    if os.environ.get("VAUBAN_TEST_KUBECONFIG"):
+        found = shutil.which("kubectl")
+        assert found, "kubectl must be on PATH to test against VAUBAN_TEST_KUBECONFIG"
+        return found
+    from vauban.devcluster import ensure_binaries
+
+    return str(ensure_binaries().kubectl)
+
+
+@pytest.fixture(scope="session")
+def kube(kubeconfig: Path, kubectl_binary: str) -> KubeCtl:
+    return KubeCtl(kubectl_binary, kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def crds(kube: KubeCtl) -> None:
+    kube.run("apply", "--server-side", "--field-manager=vauban-tests", "-f", str(ROOT / "crds"))
+    kube.run("wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds"))
+
+
+@pytest.fixture
+def namespace(kube: KubeCtl, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (without waiting for it to go)."""
+    name = kube.unique_namespace(request.node.name)
+    yield name
+    kube.run("delete", "namespace", name, "--wait=false", check=False)

@@ -1,0 +1,88 @@
+"""kubectl for the tests: they act as a user would, with YAML and the real apiserver."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class KubeCtl:
+    binary: str
+    kubeconfig: Path
+
+    def run(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [self.binary, f"--kubeconfig={self.kubeconfig}", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    def apply(
+        self, manifest: dict[str, Any] | str, *, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
+        return self.run("apply", "-f", "-", stdin=text, check=check)
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any]:
+        out = self.run("get", kind, name, "-n", namespace, "-o", "json").stdout
+        return json.loads(out)  # type: ignore[no-any-return]
+
+    def get_list(self, kind: str, namespace: str, *selectors: str) -> list[dict[str, Any]]:
+        out = self.run("get", kind, "-n", namespace, "-o", "json", *selectors).stdout
+        return json.loads(out)["items"]  # type: ignore[no-any-return]
+
+    def unique_namespace(self, hint: str) -> str:
+        base = re.sub(r"[^a-z0-9-]+", "-", hint.lower()).strip("-")[:40].strip("-")
+        name = f"{base}-{uuid.uuid4().hex[:6]}"
+        self.run("create", "namespace", name)
+        return name
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for c in obj.get("status", {}).get("conditions", []):
+        if c["type"] == type_:
+            return c  # type: ignore[no-any-return]
+    return None
+
+
+def eventually(probe: Callable[[], T | None], *, timeout: float = 30.0, what: str = "") -> T:
+    """Poll until `probe` returns something truthy; fail with the last value otherwise."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}; last: {last!r}")
+
+
+@dataclass(frozen=True)
+class OperatorProcess:
+    """`vauban run` started by the suite, and where its log goes."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
