@@ -54,7 +54,14 @@ def kube(kubeconfig: Path, kubectl_binary: str) -> KubeCtl:
 @pytest.fixture(scope="session")
 def crds(kube: KubeCtl) -> None:
     kube.run("apply", "--server-side", "--field-manager=vauban-tests", "-f", str(ROOT / "crds"))
-    kube.run("wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds"))
+    from vauban.api.crdgen import KINDS
+
+    kube.run(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        *(f"crd/{kind.crd_name}" for kind in KINDS),
+    )
 
 
 @pytest.fixture

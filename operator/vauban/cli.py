@@ -22,11 +22,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _crds(args: argparse.Namespace) -> int:
-    from vauban.api import crdgen
+    from vauban.api import crdgen, docgen
 
-    directory = Path(args.directory)
+    directory, reference = Path(args.directory), Path(args.reference)
     if args.check:
         stale = crdgen.drift(directory)
+        if not reference.is_file() or reference.read_text(encoding="utf-8") != docgen.render():
+            stale.append(str(reference))
         for path in stale:
             print(
                 f"{path} differs from the models: run `vauban crds` and commit the result",
@@ -35,6 +37,8 @@ def _crds(args: argparse.Namespace) -> int:
         return 1 if stale else 0
     for written in crdgen.write(directory):
         print(written)
+    reference.write_text(docgen.render(), encoding="utf-8")
+    print(reference)
     return 0
 
 
@@ -54,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
 
     crds = commands.add_parser("crds", help="generate the CRDs from the API models")
     crds.add_argument("--directory", default="crds", help="where the CRD files live")
+    crds.add_argument("--reference", default="docs/api.md", help="the API reference page")
     crds.add_argument(
         "--check",
         action="store_true",

@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+from vauban.api.crdgen import KINDS
 from vauban.main import configure_logging, run
 from vauban.settings import Settings
 
@@ -65,8 +66,7 @@ def dev_run(crds: Path, samples: Path | None) -> int:
             "wait",
             "--for=condition=Established",
             "--timeout=60s",
-            "-f",
-            str(crds),
+            *(f"crd/{kind.crd_name}" for kind in KINDS),
         )
         if samples is not None:
             for sample in sorted(samples.glob("*.yaml")):

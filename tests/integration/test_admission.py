@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from support.kube import KubeCtl
+from support.kube import KubeCtl, eventually
 
 pytestmark = pytest.mark.usefixtures("crds")
 
@@ -138,3 +138,28 @@ def test_long_cluster_name_is_refused(kube: KubeCtl, namespace: str) -> None:
     manifest = cluster(namespace)
     manifest["metadata"]["name"] = "c" * 51
     assert "at most 50 characters" in refused(kube, manifest)
+
+
+@pytest.mark.parametrize("kind", ["managedcluster", "manageddatabase"])
+def test_deletion_protection_is_enforced_by_the_apiserver(
+    kube: KubeCtl, namespace: str, kind: str
+) -> None:
+    """Refused at admission, so it holds while the operator is down and when the namespace
+    itself is deleted."""
+    manifest = (cluster if kind == "managedcluster" else database)(namespace)
+    manifest["spec"]["deletionProtection"] = True
+    kube.apply(manifest)
+    name = manifest["metadata"]["name"]
+
+    def refused_dry_run() -> str | None:
+        result = kube.run("delete", kind, name, "-n", namespace, "--dry-run=server", check=False)
+        return result.stderr if result.returncode != 0 else None
+
+    # The policy takes a moment to be loaded after the CRDs are installed.
+    message = eventually(refused_dry_run, what="the deletion-protection policy to be active")
+    assert f"{namespace}/{name} has spec.deletionProtection: true" in message
+    assert kube.run("delete", kind, name, "-n", namespace, check=False).returncode != 0
+
+    manifest["spec"]["deletionProtection"] = False
+    kube.apply(manifest)
+    kube.run("delete", kind, name, "-n", namespace)

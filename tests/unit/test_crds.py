@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from vauban.api import crdgen
+from vauban.api import crdgen, docgen
 from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
 from vauban.api.common import KindInfo
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
@@ -18,6 +18,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_committed_crds_match_the_models() -> None:
     assert crdgen.drift(ROOT / "crds") == [], "run `vauban crds` and commit crds/"
+
+
+def test_committed_api_reference_matches_the_models() -> None:
+    reference = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    assert reference == docgen.render(), "run `vauban crds` and commit docs/api.md"
 
 
 def _nodes(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:

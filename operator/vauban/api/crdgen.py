@@ -156,34 +156,91 @@ def crd_for(kind: KindInfo) -> dict[str, Any]:
     }
 
 
+DELETION_PROTECTION = f"{GROUP}-deletion-protection"
+
+
+def deletion_protection() -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy refusing to delete an object whose spec says
+    deletionProtection: true. Enforced by the apiserver itself, so it holds when the
+    operator is down and for `kubectl delete namespace` too."""
+    return [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": DELETION_PROTECTION},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": [GROUP],
+                            "apiVersions": ["*"],
+                            "operations": ["DELETE"],
+                            "resources": [kind.plural for kind in KINDS],
+                        }
+                    ]
+                },
+                "validations": [
+                    {
+                        "expression": "!has(oldObject.spec.deletionProtection)"
+                        " || !oldObject.spec.deletionProtection",
+                        "messageExpression": "oldObject.kind + ' ' + oldObject.metadata.namespace"
+                        " + '/' + oldObject.metadata.name + ' has spec.deletionProtection: true;"
+                        " set it to false before deleting it'",
+                        "reason": "Forbidden",
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": DELETION_PROTECTION},
+            "spec": {"policyName": DELETION_PROTECTION, "validationActions": ["Deny"]},
+        },
+    ]
+
+
+_HEADER = (
+    "# Generated from the pydantic models in operator/vauban/api by `vauban crds`.\n"
+    "# Do not edit: change the models and regenerate.\n"
+)
+
+
+def _dump(documents: list[dict[str, Any]]) -> str:
+    return _HEADER + yaml.safe_dump_all(documents, sort_keys=False, width=100, allow_unicode=True)
+
+
 def render(kind: KindInfo) -> str:
-    header = (
-        "# Generated from the pydantic models in operator/vauban/api by `vauban crds`.\n"
-        "# Do not edit: change the models and regenerate.\n"
-    )
-    return header + yaml.safe_dump(crd_for(kind), sort_keys=False, width=100, allow_unicode=True)
+    return _dump([crd_for(kind)])
 
 
-def file_name(kind: KindInfo) -> str:
-    return f"{GROUP}_{kind.plural}.yaml"
+def manifests() -> dict[str, str]:
+    """File name -> content of everything `crds/` holds."""
+    files = {f"{GROUP}_{kind.plural}.yaml": render(kind) for kind in KINDS}
+    files[f"{DELETION_PROTECTION}.yaml"] = _dump(deletion_protection())
+    return files
 
 
 def write(directory: Path) -> list[Path]:
-    """Write every CRD into `directory`; return the paths written."""
+    """Write every manifest into `directory`; return the paths written."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for kind in KINDS:
-        path = directory / file_name(kind)
-        path.write_text(render(kind), encoding="utf-8")
+    for name, content in manifests().items():
+        path = directory / name
+        path.write_text(content, encoding="utf-8")
         paths.append(path)
     return paths
 
 
 def drift(directory: Path) -> list[str]:
-    """Names of the CRD files in `directory` that differ from what the models generate."""
-    stale = []
-    for kind in KINDS:
-        path = directory / file_name(kind)
-        if not path.is_file() or path.read_text(encoding="utf-8") != render(kind):
-            stale.append(str(path))
+    """Files of `directory` that differ from what the models generate, or should not be there."""
+    expected = manifests()
+    stale = [
+        str(directory / name)
+        for name, content in expected.items()
+        if not (directory / name).is_file()
+        or (directory / name).read_text(encoding="utf-8") != content
+    ]
+    stale += [str(p) for p in sorted(directory.glob("*.yaml")) if p.name not in expected]
     return stale
