@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -64,11 +65,11 @@ def test_allowed_by_name_and_by_selector() -> None:
     allowed = AllowedNamespaces(
         names=["a"], selector=LabelSelector.model_validate({"matchLabels": {"tier": "gold"}})
     )
-    check = {"cluster_namespace": "home", "allowed": allowed}
-    assert namespace_allowed(namespace="home", namespace_labels={}, **check)
-    assert namespace_allowed(namespace="a", namespace_labels={}, **check)
-    assert namespace_allowed(namespace="b", namespace_labels={"tier": "gold"}, **check)
-    assert not namespace_allowed(namespace="b", namespace_labels={"tier": "iron"}, **check)
+    check = partial(namespace_allowed, cluster_namespace="home", allowed=allowed)
+    assert check(namespace="home", namespace_labels={})
+    assert check(namespace="a", namespace_labels={})
+    assert check(namespace="b", namespace_labels={"tier": "gold"})
+    assert not check(namespace="b", namespace_labels={"tier": "iron"})
     assert not namespace_allowed(
         namespace="b", cluster_namespace="home", allowed=None, namespace_labels={"tier": "gold"}
     )

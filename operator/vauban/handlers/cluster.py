@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
 from vauban.conditions import ConditionType, Verdict, is_true
 from vauban.handlers.context import Context
-from vauban.handlers.publish import invalid_spec, publish
+from vauban.handlers.publish import parse_spec, publish
 from vauban.reconcile import cluster as cluster_logic
 from vauban.reconcile.database import ClusterView
 from vauban.reconcile.status import previous_conditions
@@ -28,13 +28,10 @@ def view_of(body: Mapping[str, Any]) -> ClusterView:
 
 
 async def reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
-    namespace = body["metadata"]["namespace"]
-    try:
-        spec = ManagedClusterSpec.model_validate(body.get("spec", {}))
-    except ValidationError as e:
-        await publish(ctx, MANAGED_CLUSTER, body, invalid_spec(e))
+    spec = await parse_spec(ctx, MANAGED_CLUSTER, ManagedClusterSpec, body)
+    if spec is None:
         return
-    verdict = await _assess(ctx, namespace, spec)
+    verdict = await _assess(ctx, body["metadata"]["namespace"], spec)
     await publish(ctx, MANAGED_CLUSTER, body, verdict)
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
 from vauban.handlers.context import Context
-from vauban.handlers.publish import invalid_spec, publish
+from vauban.handlers.publish import parse_spec, publish
 from vauban.reconcile import database as database_logic
 from vauban.reconcile.database import ClusterView
 from vauban.reconcile.tenancy import needs_namespace_labels
@@ -18,12 +16,10 @@ from vauban.reconcile.tenancy import needs_namespace_labels
 async def reconcile(
     ctx: Context, body: Mapping[str, Any], clusters: Mapping[tuple[str, str], Iterable[ClusterView]]
 ) -> None:
-    namespace = body["metadata"]["namespace"]
-    try:
-        spec = ManagedDatabaseSpec.model_validate(body.get("spec", {}))
-    except ValidationError as e:
-        await publish(ctx, MANAGED_DATABASE, body, invalid_spec(e))
+    spec = await parse_spec(ctx, MANAGED_DATABASE, ManagedDatabaseSpec, body)
+    if spec is None:
         return
+    namespace = body["metadata"]["namespace"]
     key = database_logic.cluster_key(namespace, spec)
     cluster = next(iter(clusters.get(key, ())), None)
     labels: Mapping[str, str] = {}

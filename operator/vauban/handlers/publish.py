@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from vauban.api.common import KindInfo
+from vauban.api.common import ApiModel, KindInfo
 from vauban.conditions import Reason, State, Verdict, now_rfc3339
 from vauban.handlers.context import Context
 from vauban.kube import events
 from vauban.reconcile import status as status_
 
 logger = logging.getLogger(__name__)
+
+SpecT = TypeVar("SpecT", bound=ApiModel)
 
 
 def snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -36,6 +38,17 @@ def invalid_spec(error: ValidationError) -> Verdict:
         f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in error.errors()
     )
     return Verdict(State.STALLED, Reason.INVALID_SPEC, f"spec is invalid: {problems}")
+
+
+async def parse_spec(
+    ctx: Context, kind: KindInfo, model: type[SpecT], body: Mapping[str, Any]
+) -> SpecT | None:
+    """The object's spec, or None once an InvalidSpec status says why it does not parse."""
+    try:
+        return model.model_validate(body.get("spec", {}))
+    except ValidationError as e:
+        await publish(ctx, kind, body, invalid_spec(e))
+        return None
 
 
 async def publish(

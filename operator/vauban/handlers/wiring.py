@@ -78,9 +78,8 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             await cluster.reconcile(ctx, body)
         # Databases waiting on this cluster learn of its change (or its deletion) now, not at
         # their next periodic re-check.
-        key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        for dependent in dependents.get(key, ()):
-            await database.reconcile(ctx, dependent, index)
+        for dependent in list(dependents.get(_key(body), ())):
+            await _guarded(database.reconcile(ctx, dependent, index), dependent)
 
     @kopf.on.event(*DATABASES, id="database", registry=registry)
     async def database_event(
@@ -96,13 +95,8 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     # for may not be watched (a Secret created, a namespace labelled). kopf timers would do
     # it, but each timer forces a finalizer onto its object, and a finalizer blocks deletion
     # whenever the operator is down.
-    @kopf.index(*CLUSTERS, id="waiting_clusters", when=_not_ready, registry=registry)
-    def waiting_clusters(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-        return {_key(body): snapshot(body)}
-
-    @kopf.index(*DATABASES, id="waiting_databases", when=_not_ready, registry=registry)
-    def waiting_databases(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-        return {_key(body): snapshot(body)}
+    for resource, index_id in ((CLUSTERS, "waiting_clusters"), (DATABASES, "waiting_databases")):
+        kopf.index(*resource, id=index_id, when=_not_ready, registry=registry)(_waiting)
 
     @kopf.on.startup(id="recheck", registry=registry)
     async def start_recheck(memo: kopf.Memo, **kwargs: Any) -> None:
@@ -141,6 +135,10 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
 
 def _key(body: Mapping[str, Any]) -> tuple[str, str]:
     return (body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+def _waiting(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    return {_key(body): snapshot(body)}
 
 
 async def _recheck_forever(

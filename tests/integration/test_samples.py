@@ -1,0 +1,36 @@
+"""samples/ is valid, and what the README says `make run` shows is what the operator says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from support.kube import KubeCtl, condition, eventually
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+
+pytestmark = pytest.mark.usefixtures("operator")
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "reason", "phase"),
+    [
+        ("managedcluster", "main", "EngineNotInstalled", "Failed"),
+        ("managedcluster", "legacy", "NotImplemented", "Failed"),
+        ("manageddatabase", "orders", "ClusterNotReady", "Pending"),
+        ("manageddatabase", "analytics", "ClusterNotFound", "Pending"),
+    ],
+)
+def test_samples_report_what_the_readme_says(
+    kube: KubeCtl, kind: str, name: str, reason: str, phase: str
+) -> None:
+    for sample in sorted(SAMPLES.glob("*.yaml")):
+        kube.run("apply", "-f", str(sample))
+
+    def reported() -> bool:
+        obj = kube.get(kind, name, "vauban-demo")
+        ready = condition(obj, "Ready")
+        return bool(ready and ready["reason"] == reason and obj["status"]["phase"] == phase)
+
+    eventually(reported, what=f"{kind} {name}: {reason}/{phase}")
