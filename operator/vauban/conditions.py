@@ -39,6 +39,8 @@ class Reason(StrEnum):
     INSUFFICIENT_PRIVILEGES = "InsufficientPrivileges"
     ENGINE_NOT_INSTALLED = "EngineNotInstalled"
     MAJOR_UPGRADE_UNSUPPORTED = "MajorUpgradeUnsupported"
+    VERSION_MISMATCH = "VersionMismatch"
+    DELETION_BLOCKED = "DeletionBlocked"
     INVALID_SPEC = "InvalidSpec"
     NOT_IMPLEMENTED = "NotImplemented"
     BACKUP_FAILED = "BackupFailed"

@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     """How often an object waiting on a dependency (a cluster not yet ready, a missing Secret)
     is looked at again. No API call is made unless something changed."""
 
+    postgres_image_repository: str = "ghcr.io/cloudnative-pg/postgresql"
+    """Repository of the PostgreSQL images managed clusters run, tagged by version. A
+    sovereign cloud points this at its own registry mirror."""
+
+    cloudnativepg_namespace: str = "cnpg-system"
+    """Namespace of the CloudNativePG operator, admitted by each cluster's NetworkPolicy."""
+
     log_format: Literal["json", "plain"] = "plain"
     """json for log collectors, plain for people."""
 

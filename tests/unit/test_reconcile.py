@@ -101,27 +101,149 @@ def test_empty_selector_matches_every_namespace(labels: dict[str, str]) -> None:
     assert matches(LabelSelector(), labels)
 
 
+def managed(**overrides: Any) -> ManagedClusterSpec:
+    raw = {"version": "17", "instances": 3, "storage": {"size": "10Gi"}}
+    return ManagedClusterSpec.model_validate({**raw, **overrides})
+
+
+def engine(image: str = "repo/postgresql:17", **status: Any) -> dict[str, Any]:
+    return {"metadata": {"generation": 2}, "spec": {"imageName": image}, "status": status}
+
+
+def assess_managed(spec: ManagedClusterSpec, **kwargs: Any) -> cluster_logic.Assessment:
+    return cluster_logic.assess_managed(name="main", namespace="team", spec=spec, **kwargs)
+
+
 def test_managed_cluster_without_cloudnativepg_is_stalled() -> None:
-    spec = ManagedClusterSpec.model_validate({"version": "17", "storage": {"size": "10Gi"}})
-    verdict = cluster_logic.assess(
-        spec=spec,
-        observed=cluster_logic.ClusterObservation(engine_installed=False, admin_secret_keys=None),
+    got = assess_managed(managed(), engine_installed=False, engine_cluster=None)
+    assert (got.verdict.state, got.verdict.reason) == (State.STALLED, Reason.ENGINE_NOT_INSTALLED)
+    assert "CloudNativePG" in got.verdict.message
+    assert not got.apply
+
+
+def test_managed_cluster_is_created_then_followed() -> None:
+    created = assess_managed(managed(), engine_installed=True, engine_cluster=None)
+    assert (created.verdict.state, created.apply) == (State.PROGRESSING, True)
+
+    starting = assess_managed(
+        managed(),
+        engine_installed=True,
+        engine_cluster=engine(phase="Setting up primary", readyInstances=1, instances=3),
     )
-    assert (verdict.state, verdict.reason) == (State.STALLED, Reason.ENGINE_NOT_INSTALLED)
-    assert "CloudNativePG" in verdict.message
+    assert starting.verdict.state is State.PROGRESSING
+    assert "Setting up primary (1/3" in starting.verdict.message
+    assert starting.fields["endpoints"] == {
+        "readWrite": "main-rw.team.svc:5432",
+        "readOnly": "main-ro.team.svc:5432",
+    }
+
+    healthy = engine(
+        phase="Cluster in healthy state",
+        instances=3,
+        readyInstances=3,
+        currentPrimary="main-1",
+        image="repo/postgresql:17.6",
+        conditions=[{"type": "Ready", "status": "True", "observedGeneration": 2}],
+    )
+    ready = assess_managed(managed(), engine_installed=True, engine_cluster=healthy)
+    assert ready.verdict.state is State.READY
+    assert ready.fields["currentPrimary"] == "main-1"
+    assert ready.fields["version"] == "17.6"
+
+
+def test_engine_ready_for_an_older_generation_is_not_ready() -> None:
+    stale = engine(
+        instances=3,
+        readyInstances=3,
+        conditions=[{"type": "Ready", "status": "True", "observedGeneration": 1}],
+    )
+    got = assess_managed(managed(), engine_installed=True, engine_cluster=stale)
+    assert got.verdict.state is State.PROGRESSING
+
+
+def test_major_version_change_is_refused_and_nothing_applied() -> None:
+    got = assess_managed(
+        managed(version="18"), engine_installed=True, engine_cluster=engine("repo/postgresql:17.6")
+    )
+    assert (got.verdict.state, got.verdict.reason) == (
+        State.STALLED,
+        Reason.MAJOR_UPGRADE_UNSUPPORTED,
+    )
+    assert not got.apply
+    minor = assess_managed(
+        managed(version="17.7"),
+        engine_installed=True,
+        engine_cluster=engine("repo/postgresql:17.6"),
+    )
+    assert minor.apply
+
+
+def external_probe(**overrides: Any) -> cluster_logic.ServerProbe:
+    values: dict[str, Any] = {
+        "outcome": cluster_logic.ProbeOutcome.OK,
+        "version": "15.18",
+        "role": "admin",
+        "create_role": True,
+        "create_db": True,
+    }
+    return cluster_logic.ServerProbe(**{**values, **overrides})
+
+
+def assess_external(
+    spec: ManagedClusterSpec | None = None,
+    keys: set[str] | None = None,
+    probe: cluster_logic.ServerProbe | None = None,
+) -> cluster_logic.Assessment:
+    return cluster_logic.assess_external(
+        spec=spec or external(), admin_secret_keys=keys, probe=probe
+    )
 
 
 def test_external_cluster_waits_for_its_secret() -> None:
-    missing = cluster_logic.assess(
-        spec=external(),
-        observed=cluster_logic.ClusterObservation(engine_installed=False, admin_secret_keys=None),
+    missing = assess_external()
+    assert (missing.verdict.state, missing.verdict.reason) == (State.WAITING, Reason.SECRET_MISSING)
+    incomplete = assess_external(keys={"username"})
+    assert (incomplete.verdict.state, incomplete.verdict.reason) == (
+        State.STALLED,
+        Reason.SECRET_MISSING,
     )
-    assert (missing.state, missing.reason) == (State.WAITING, Reason.SECRET_MISSING)
-    incomplete = cluster_logic.assess(
-        spec=external(),
-        observed=cluster_logic.ClusterObservation(
-            engine_installed=False, admin_secret_keys={"username"}
+    assert "password" in incomplete.verdict.message
+
+
+KEYS = {"username", "password"}
+
+
+@pytest.mark.parametrize(
+    ("probe", "state", "reason"),
+    [
+        (
+            cluster_logic.ServerProbe(cluster_logic.ProbeOutcome.UNREACHABLE, "refused"),
+            State.WAITING,
+            Reason.UNREACHABLE,
         ),
-    )
-    assert (incomplete.state, incomplete.reason) == (State.STALLED, Reason.SECRET_MISSING)
-    assert "password" in incomplete.message
+        (
+            cluster_logic.ServerProbe(cluster_logic.ProbeOutcome.AUTHENTICATION_FAILED, "no"),
+            State.STALLED,
+            Reason.AUTHENTICATION_FAILED,
+        ),
+        (external_probe(create_role=False), State.STALLED, Reason.INSUFFICIENT_PRIVILEGES),
+        (external_probe(create_role=False, superuser=True), State.READY, Reason.AVAILABLE),
+        (external_probe(), State.READY, Reason.AVAILABLE),
+    ],
+)
+def test_external_probe_outcomes(
+    probe: cluster_logic.ServerProbe, state: State, reason: Reason
+) -> None:
+    got = assess_external(keys=KEYS, probe=probe)
+    assert (got.verdict.state, got.verdict.reason) == (state, reason)
+    assert got.fields["endpoints"] == {"readWrite": "pg:5432"}
+
+
+@pytest.mark.parametrize(
+    ("version", "ok"), [("15", True), ("15.18", True), ("15.17", False), ("17", False)]
+)
+def test_external_version_must_match_when_set(version: str, ok: bool) -> None:
+    got = assess_external(external(version=version), KEYS, external_probe())
+    assert (got.verdict.state is State.READY) is ok
+    if not ok:
+        assert got.verdict.reason is Reason.VERSION_MISMATCH

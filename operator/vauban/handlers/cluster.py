@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import kopf
 from pydantic import ValidationError
 
 from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
-from vauban.conditions import ConditionType, Verdict, is_true
+from vauban.builders import cnpg
+from vauban.conditions import ConditionType, Reason, State, Verdict, is_true
+from vauban.engines.postgres.probe import ServerAddress, probe
 from vauban.handlers.context import Context
 from vauban.handlers.publish import parse_spec, publish
 from vauban.reconcile import cluster as cluster_logic
@@ -27,26 +30,137 @@ def view_of(body: Mapping[str, Any]) -> ClusterView:
     return ClusterView(namespace=meta["namespace"], name=meta["name"], spec=spec, ready=ready)
 
 
+def _owner(body: Mapping[str, Any]) -> cnpg.Owner:
+    meta = body["metadata"]
+    return cnpg.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta.get("uid", ""))
+
+
 async def reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
     spec = await parse_spec(ctx, MANAGED_CLUSTER, ManagedClusterSpec, body)
     if spec is None:
         return
-    verdict = await _assess(ctx, body["metadata"]["namespace"], spec)
-    await publish(ctx, MANAGED_CLUSTER, body, verdict)
-
-
-async def _assess(ctx: Context, namespace: str, spec: ManagedClusterSpec) -> Verdict:
+    owner = _owner(body)
     if spec.mode == "Managed":
-        observed = cluster_logic.ClusterObservation(
-            engine_installed=await ctx.kube.crd_exists(cluster_logic.CNPG_CRD),
-            admin_secret_keys=None,
-        )
+        assessment = await _reconcile_managed(ctx, owner, spec)
     else:
-        assert spec.external is not None
-        observed = cluster_logic.ClusterObservation(
-            engine_installed=False,
-            admin_secret_keys=await ctx.kube.secret_keys(
-                namespace, spec.external.admin_secret_ref.name
-            ),
+        assessment = await _assess_external(ctx, owner.namespace, spec)
+        key = (owner.namespace, owner.name)
+        if assessment.verdict.state is State.READY:
+            ctx.backoff.succeeded(key)
+        else:
+            ctx.backoff.failed(key)
+    await publish(ctx, MANAGED_CLUSTER, body, assessment.verdict, fields=assessment.fields)
+
+
+async def _reconcile_managed(
+    ctx: Context, owner: cnpg.Owner, spec: ManagedClusterSpec
+) -> cluster_logic.Assessment:
+    installed = await ctx.kube.crd_exists(cluster_logic.CNPG_CRD)
+    # Read fresh before any write: the major-version guard must see what really runs.
+    existing = (
+        await ctx.kube.read_custom(
+            cnpg.CNPG_GROUP, cnpg.CNPG_VERSION, cnpg.CNPG_PLURAL, owner.namespace, owner.name
         )
-    return cluster_logic.assess(spec=spec, observed=observed)
+        if installed
+        else None
+    )
+
+    def assess(engine_cluster: Mapping[str, Any] | None) -> cluster_logic.Assessment:
+        return cluster_logic.assess_managed(
+            name=owner.name,
+            namespace=owner.namespace,
+            spec=spec,
+            engine_installed=installed,
+            engine_cluster=engine_cluster,
+        )
+
+    assessment = assess(existing)
+    if not assessment.apply:
+        return assessment
+    await ctx.kube.create_secret_if_absent(cnpg.superuser_secret(owner))
+    applied = await ctx.kube.apply_custom(
+        cnpg.CNPG_PLURAL,
+        cnpg.cluster(owner, spec, image_repository=ctx.settings.postgres_image_repository),
+    )
+    await ctx.kube.apply_network_policy(
+        cnpg.network_policy(
+            owner,
+            spec,
+            operator_namespaces=(ctx.settings.namespace, ctx.settings.cloudnativepg_namespace),
+        )
+    )
+    return assess(applied) if existing is None else assessment
+
+
+async def _assess_external(
+    ctx: Context, namespace: str, spec: ManagedClusterSpec
+) -> cluster_logic.Assessment:
+    external = spec.external
+    assert external is not None
+    credentials = await ctx.kube.read_secret(namespace, external.admin_secret_ref.name)
+    usable = credentials is not None and all(
+        k in credentials for k in cluster_logic.ADMIN_SECRET_KEYS
+    )
+    server_probe = None
+    if credentials is not None and usable:
+        ca_pem = None
+        if external.ca_secret_ref is not None:
+            ca = await ctx.kube.read_secret(namespace, external.ca_secret_ref.name) or {}
+            ca_pem = ca.get(external.ca_secret_ref.key)
+            if ca_pem is None:
+                return cluster_logic.Assessment(
+                    Verdict(
+                        State.WAITING,
+                        Reason.SECRET_MISSING,
+                        f"Secret {external.ca_secret_ref.name} (spec.external.caSecretRef) "
+                        f"does not exist or lacks the key {external.ca_secret_ref.key}.",
+                    )
+                )
+        server_probe = await probe(
+            ServerAddress(external.host, external.port, external.ssl_mode, ca_pem),
+            credentials["username"],
+            credentials["password"],
+        )
+    return cluster_logic.assess_external(
+        spec=spec,
+        admin_secret_keys=None if credentials is None else credentials.keys(),
+        probe=server_probe,
+    )
+
+
+async def finalize(
+    ctx: Context, body: Mapping[str, Any], dependents: Iterable[Mapping[str, Any]]
+) -> None:
+    """Before a ManagedCluster goes: refuse while databases use it, and keep what
+    deletionPolicy Retain keeps."""
+    owner = _owner(body)
+    users = sorted(f"{d['metadata']['namespace']}/{d['metadata']['name']}" for d in dependents)
+    if users:
+        message = (
+            f"Deletion waits: {len(users)} ManagedDatabase(s) still use this cluster "
+            f"({', '.join(users[:10])}). Delete them first."
+        )
+        await publish(
+            ctx, MANAGED_CLUSTER, body, Verdict(State.STALLED, Reason.DELETION_BLOCKED, message)
+        )
+        raise kopf.TemporaryError(message, delay=ctx.settings.recheck_interval_seconds)
+    try:
+        spec = ManagedClusterSpec.model_validate(body.get("spec", {}))
+    except ValidationError:
+        return  # nothing was ever created for a spec that never parsed
+    if spec.mode != "Managed" or spec.deletion_policy != "Retain":
+        return  # Delete: the garbage collector removes what the cluster owned
+    retained = {cnpg.RETAINED_LABEL: owner.name}
+    engine = await ctx.kube.read_custom(
+        cnpg.CNPG_GROUP, cnpg.CNPG_VERSION, cnpg.CNPG_PLURAL, owner.namespace, owner.name
+    )
+    if engine is not None:
+        await ctx.kube.release_claims(
+            owner.namespace,
+            f"{cnpg.CNPG_CLUSTER_LABEL}={owner.name}",
+            engine["metadata"]["uid"],
+            retained,
+        )
+    await ctx.kube.release_secrets(
+        owner.namespace, f"{cnpg.CLUSTER_LABEL}={owner.name}", owner.uid, retained
+    )

@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from vauban.kube.resources import Kube
 from vauban.settings import Settings
+
+
+@dataclass
+class Backoff:
+    """When an object that keeps failing (a server that does not answer) is next re-checked:
+    the interval doubles with each failure, up to `cap`. Watch events still reconcile at
+    once; only the periodic re-check waits."""
+
+    base: float
+    cap: float = 300.0
+    _next: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+
+    def due(self, key: tuple[str, str]) -> bool:
+        return time.monotonic() >= self._next.get(key, (0, 0.0))[1]
+
+    def failed(self, key: tuple[str, str]) -> None:
+        failures, _ = self._next.get(key, (0, 0.0))
+        delay = min(self.cap, self.base * 2**failures)
+        self._next[key] = (failures + 1, time.monotonic() + delay)
+
+    def succeeded(self, key: tuple[str, str]) -> None:
+        self._next.pop(key, None)
 
 
 @dataclass(frozen=True)
@@ -18,8 +41,13 @@ class Context:
     locks: defaultdict[tuple[str, str, str], asyncio.Lock] = field(
         default_factory=lambda: defaultdict(asyncio.Lock)
     )
-    """One lock per object: its own event, its timer and its cluster's event may reconcile it
-    at the same moment; they publish one after the other."""
+    """One lock per object: its own event, a re-check and its cluster's event may reconcile
+    it at the same moment; they publish one after the other."""
+
+    backoff: Backoff = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backoff", Backoff(self.settings.recheck_interval_seconds))
 
 
 def context_of(memo: Any) -> Context:

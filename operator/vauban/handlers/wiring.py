@@ -18,6 +18,7 @@ import kopf
 from vauban.api.cluster import MANAGED_CLUSTER
 from vauban.api.common import GROUP, VERSION
 from vauban.api.database import MANAGED_DATABASE
+from vauban.builders import cnpg
 from vauban.conditions import ConditionType, is_true
 from vauban.handlers import cluster, database
 from vauban.handlers.context import Context, context_of
@@ -80,6 +81,32 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         # their next periodic re-check.
         for dependent in list(dependents.get(_key(body), ())):
             await _guarded(database.reconcile(ctx, dependent, index), dependent)
+
+    @kopf.on.delete(*CLUSTERS, id="cluster_finalizer", registry=registry)
+    async def cluster_delete(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        dependents: DependentsIndex = kwargs["databases_by_cluster"]
+        await cluster.finalize(context_of(memo), body, list(dependents.get(_key(body), ())))
+
+    # Objects Vauban rendered (CloudNativePG Clusters, NetworkPolicies): a change of their
+    # status is mapped onto the owner's, a change by someone else is repaired by re-applying.
+    # kopf starts watching CloudNativePG's Clusters when its CRD appears.
+    @kopf.index(*CLUSTERS, id="cluster_bodies", registry=registry)
+    def cluster_bodies(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+        return {_key(body): snapshot(body)}
+
+    async def owned_object_event(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        owners: DependentsIndex = kwargs["cluster_bodies"]
+        name = body["metadata"].get("labels", {}).get(cnpg.CLUSTER_LABEL)
+        for owner in list(owners.get((body["metadata"]["namespace"], name), ())):
+            await _guarded(cluster.reconcile(context_of(memo), owner), owner)
+
+    for resource, handler_id in (
+        ((cnpg.CNPG_GROUP, cnpg.CNPG_VERSION, cnpg.CNPG_PLURAL), "engine_cluster"),
+        (("networking.k8s.io", "v1", "networkpolicies"), "network_policy"),
+    ):
+        kopf.on.event(*resource, id=handler_id, labels=cnpg.MANAGED_BY, registry=registry)(
+            owned_object_event
+        )
 
     @kopf.on.event(*DATABASES, id="database", registry=registry)
     async def database_event(
@@ -153,7 +180,8 @@ async def _recheck_forever(
         await asyncio.sleep(interval)
         for store in list(waiting_clusters.values()):
             for body in list(store):
-                await _guarded(cluster.reconcile(ctx, body), body)
+                if ctx.backoff.due(_key(body)):
+                    await _guarded(cluster.reconcile(ctx, body), body)
         for store in list(waiting_databases.values()):
             for body in list(store):
                 await _guarded(database.reconcile(ctx, body, clusters), body)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import base64
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from kubernetes.aio import client
@@ -23,6 +24,7 @@ class Kube:
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
         self._crds = client.ApiextensionsV1Api(api)
+        self._networking = client.NetworkingV1Api(api)
 
     async def close(self) -> None:
         await self._api.close()
@@ -58,10 +60,16 @@ class Kube:
         )
 
     async def read(self, kind: KindInfo, namespace: str, name: str) -> dict[str, Any] | None:
-        """The object as stored now; None when it is gone."""
+        """One of Vauban's objects as stored now; None when it is gone."""
+        return await self.read_custom(GROUP, VERSION, kind.plural, namespace, name)
+
+    async def read_custom(
+        self, group: str, version: str, plural: str, namespace: str, name: str
+    ) -> dict[str, Any] | None:
+        """A custom object as stored now; None when it (or its CRD) does not exist."""
         try:
             obj = await self._custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, kind.plural, name
+                group, version, namespace, plural, name
             )
         except ApiException as e:
             if e.status == 404:
@@ -69,6 +77,112 @@ class Kube:
             raise
         assert isinstance(obj, dict)
         return obj
+
+    async def apply_custom(self, plural: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply of a custom object: what Vauban sets is repaired if someone
+        changes it; what others set is theirs."""
+        group, version = str(body["apiVersion"]).split("/")
+        meta = body["metadata"]
+        obj = await self._custom.patch_namespaced_custom_object(
+            group,
+            version,
+            meta["namespace"],
+            plural,
+            meta["name"],
+            dict(body),
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type=APPLY_PATCH,
+        )
+        assert isinstance(obj, dict)
+        return obj
+
+    async def apply_network_policy(self, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        await self._networking.patch_namespaced_network_policy(
+            meta["name"],
+            meta["namespace"],
+            dict(body),
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type=APPLY_PATCH,
+        )
+
+    async def create_secret_if_absent(self, body: Mapping[str, Any]) -> bool:
+        """Create a Secret unless one of that name exists: a Secret holding a generated
+        password is never rewritten. Returns whether it was created."""
+        try:
+            await self._core.create_namespaced_secret(
+                body["metadata"]["namespace"], client.V1Secret.model_validate(dict(body))
+            )
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's decoded values, None when it does not exist. Only for code that must
+        use the credentials; values never go to logs, status or events."""
+        try:
+            secret = await self._core.read_namespaced_secret(name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return {
+            key: base64.b64decode(value).decode("utf-8", errors="replace")
+            for key, value in (secret.data or {}).items()
+        }
+
+    async def release_claims(
+        self, namespace: str, selector: str, owner_uid: str, labels: Mapping[str, str]
+    ) -> list[str]:
+        """Cut PersistentVolumeClaims loose from their owner so the garbage collector keeps
+        them, and label them. Returns the names released."""
+        claims = await self._core.list_namespaced_persistent_volume_claim(
+            namespace, label_selector=selector
+        )
+        metas = [c.metadata for c in claims.items if c.metadata is not None]
+        return await self._release(
+            metas, self._core.patch_namespaced_persistent_volume_claim, owner_uid, labels
+        )
+
+    async def release_secrets(
+        self, namespace: str, selector: str, owner_uid: str, labels: Mapping[str, str]
+    ) -> list[str]:
+        """As release_claims, for Secrets."""
+        secrets = await self._core.list_namespaced_secret(namespace, label_selector=selector)
+        metas = [s.metadata for s in secrets.items if s.metadata is not None]
+        return await self._release(metas, self._core.patch_namespaced_secret, owner_uid, labels)
+
+    @staticmethod
+    async def _release(
+        metas: list[client.V1ObjectMeta],
+        patch: Callable[..., Awaitable[object]],
+        owner_uid: str,
+        labels: Mapping[str, str],
+    ) -> list[str]:
+        released = []
+        for meta in metas:
+            if not any(ref.uid == owner_uid for ref in meta.owner_references or []):
+                continue
+            owners = [ref.to_dict() for ref in meta.owner_references or [] if ref.uid != owner_uid]
+            await patch(
+                meta.name,
+                meta.namespace,
+                {
+                    # The resourceVersion makes this a compare-and-swap of the owner list.
+                    "metadata": {
+                        "resourceVersion": meta.resource_version,
+                        "ownerReferences": owners or None,
+                        "labels": dict(labels),
+                    }
+                },
+                _content_type="application/merge-patch+json",
+            )
+            released.append(str(meta.name))
+        return released
 
     async def crd_exists(self, name: str) -> bool:
         try:

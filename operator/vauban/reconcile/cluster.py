@@ -1,67 +1,237 @@
-"""What a ManagedCluster needs before Vauban can run or adopt it, and the verdict."""
+"""What a ManagedCluster needs before Vauban can run or adopt it, and the verdict.
+
+Mode Managed: CloudNativePG runs the server; its Cluster's status is mapped onto ours.
+Mode External: an existing server, probed by the operator (`vauban.engines.postgres`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
 
 from vauban.api.cluster import ManagedClusterSpec
+from vauban.builders import cnpg
 from vauban.conditions import Reason, State, Verdict
 
-CNPG_CRD = "clusters.postgresql.cnpg.io"
+CNPG_CRD = f"{cnpg.CNPG_PLURAL}.{cnpg.CNPG_GROUP}"
 
 # Keys of a kubernetes.io/basic-auth Secret, which CloudNativePG and PGO use too.
 ADMIN_SECRET_KEYS = ("username", "password")
 
 
 @dataclass(frozen=True)
-class ClusterObservation:
-    """What the handler read from the apiserver for one cluster."""
+class Assessment:
+    """A verdict, the status fields that go with it, and whether the desired objects (mode
+    Managed) may be applied."""
 
-    engine_installed: bool
-    """Whether CloudNativePG's CRD exists (mode Managed)."""
-
-    admin_secret_keys: Collection[str] | None
-    """Keys present in the admin Secret (mode External); None when the Secret is missing."""
+    verdict: Verdict
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    apply: bool = False
 
 
-def assess(*, spec: ManagedClusterSpec, observed: ClusterObservation) -> Verdict:
-    if spec.mode == "Managed":
-        if not observed.engine_installed:
-            return Verdict(
+# -- mode Managed ------------------------------------------------------------------------
+
+
+def endpoints(name: str, namespace: str) -> dict[str, str]:
+    """CloudNativePG's Services: `-rw` reaches the primary, `-ro` the replicas."""
+    return {
+        "readWrite": f"{name}-rw.{namespace}.svc:{cnpg.POSTGRES_PORT}",
+        "readOnly": f"{name}-ro.{namespace}.svc:{cnpg.POSTGRES_PORT}",
+    }
+
+
+def assess_managed(
+    *,
+    name: str,
+    namespace: str,
+    spec: ManagedClusterSpec,
+    engine_installed: bool,
+    engine_cluster: Mapping[str, Any] | None,
+) -> Assessment:
+    """`engine_cluster` is CloudNativePG's Cluster as stored (None before it is created)."""
+    if not engine_installed:
+        return Assessment(
+            Verdict(
                 State.STALLED,
                 Reason.ENGINE_NOT_INSTALLED,
                 f"CloudNativePG is not installed: the CRD {CNPG_CRD} is missing. Install "
                 "CloudNativePG (its CRDs and operator) to run mode Managed clusters, or adopt "
                 "an existing server with mode External.",
             )
-        return Verdict(
-            State.STALLED,
-            Reason.NOT_IMPLEMENTED,
-            "CloudNativePG is installed, but this version of Vauban does not render managed "
-            "clusters yet. Nothing was created.",
+        )
+    assert spec.version is not None  # the CRD's CEL rules guarantee it for mode Managed
+    if engine_cluster is None:
+        return Assessment(
+            Verdict(
+                State.PROGRESSING,
+                Reason.PROVISIONING,
+                f"Creating the CloudNativePG Cluster {name} (PostgreSQL {spec.version}, "
+                f"{spec.instances} instance(s)).",
+            ),
+            apply=True,
         )
 
+    running = engine_cluster.get("spec", {}).get("imageName", "")
+    if running and cnpg.major(running) != cnpg.major(spec.version):
+        return Assessment(
+            Verdict(
+                State.STALLED,
+                Reason.MAJOR_UPGRADE_UNSUPPORTED,
+                f"spec.version asks for PostgreSQL {cnpg.major(spec.version)} but the cluster "
+                f"runs {cnpg.major(running)}: major upgrades are not supported yet. Set "
+                f"spec.version back to {cnpg.major(running)}; nothing was changed.",
+            ),
+            fields=_engine_fields(name, namespace, engine_cluster),
+        )
+
+    fields = _engine_fields(name, namespace, engine_cluster)
+    status = engine_cluster.get("status", {})
+    ready = _engine_ready(engine_cluster)
+    ready_instances = int(status.get("readyInstances") or 0)
+    if ready and ready_instances >= spec.instances:
+        return Assessment(
+            Verdict.ready(
+                f"{ready_instances}/{spec.instances} instance(s) ready; primary "
+                f"{status.get('currentPrimary', 'unknown')}."
+            ),
+            fields=fields,
+            apply=True,
+        )
+    phase = status.get("phase") or "starting"
+    return Assessment(
+        Verdict(
+            State.PROGRESSING,
+            Reason.PROVISIONING,
+            f"CloudNativePG: {phase} ({ready_instances}/{spec.instances} instance(s) ready).",
+        ),
+        fields=fields,
+        apply=True,
+    )
+
+
+def _engine_ready(engine_cluster: Mapping[str, Any]) -> bool:
+    """CloudNativePG's Ready condition, if it speaks of the Cluster's current generation."""
+    generation = engine_cluster.get("metadata", {}).get("generation", 0)
+    for condition in engine_cluster.get("status", {}).get("conditions", []):
+        if condition.get("type") == "Ready":
+            current = condition.get("observedGeneration", generation) >= generation
+            return bool(condition.get("status") == "True" and current)
+    return False
+
+
+def _engine_fields(name: str, namespace: str, engine_cluster: Mapping[str, Any]) -> dict[str, Any]:
+    status = engine_cluster.get("status", {})
+    running = status.get("image") or engine_cluster.get("spec", {}).get("imageName", "")
+    return {
+        "instances": status.get("instances"),
+        "readyInstances": status.get("readyInstances"),
+        "currentPrimary": status.get("currentPrimary"),
+        "version": running.rsplit(":", 1)[-1] if running else None,
+        "endpoints": endpoints(name, namespace),
+    }
+
+
+# -- mode External -----------------------------------------------------------------------
+
+
+class ProbeOutcome(StrEnum):
+    OK = "ok"
+    UNREACHABLE = "unreachable"
+    AUTHENTICATION_FAILED = "authentication-failed"
+
+
+@dataclass(frozen=True)
+class ServerProbe:
+    """What connecting to an external server showed. `detail` is safe to publish: it never
+    holds credentials."""
+
+    outcome: ProbeOutcome
+    detail: str = ""
+    version: str | None = None
+    """server_version, e.g. 17.6."""
+
+    role: str = ""
+    superuser: bool = False
+    create_role: bool = False
+    create_db: bool = False
+
+
+def assess_external(
+    *,
+    spec: ManagedClusterSpec,
+    admin_secret_keys: Collection[str] | None,
+    probe: ServerProbe | None,
+) -> Assessment:
+    """`probe` is None when the Secret was not usable and no connection was tried."""
     assert spec.external is not None  # the CRD's CEL rules guarantee it for mode External
+    server = f"{spec.external.host}:{spec.external.port}"
     secret = spec.external.admin_secret_ref.name
-    if observed.admin_secret_keys is None:
-        return Verdict(
-            State.WAITING,
-            Reason.SECRET_MISSING,
-            f"Secret {secret} (spec.external.adminSecretRef) does not exist. Create it with "
-            "the keys username and password of a role that may create roles and databases.",
+    if admin_secret_keys is None:
+        return Assessment(
+            Verdict(
+                State.WAITING,
+                Reason.SECRET_MISSING,
+                f"Secret {secret} (spec.external.adminSecretRef) does not exist. Create it with "
+                "the keys username and password of a role that may create roles and databases.",
+            )
         )
-    missing = [k for k in ADMIN_SECRET_KEYS if k not in observed.admin_secret_keys]
-    if missing:
-        return Verdict(
-            State.STALLED,
-            Reason.SECRET_MISSING,
-            f"Secret {secret} (spec.external.adminSecretRef) lacks the key(s) "
-            f"{', '.join(missing)}. Add them: Vauban needs username and password.",
+    missing = [k for k in ADMIN_SECRET_KEYS if k not in admin_secret_keys]
+    if missing or probe is None:
+        return Assessment(
+            Verdict(
+                State.STALLED,
+                Reason.SECRET_MISSING,
+                f"Secret {secret} (spec.external.adminSecretRef) lacks the key(s) "
+                f"{', '.join(missing or ADMIN_SECRET_KEYS)}. Add them: Vauban needs username "
+                "and password.",
+            )
         )
-    return Verdict(
-        State.STALLED,
-        Reason.NOT_IMPLEMENTED,
-        f"Secret {secret} is in place, but this version of Vauban does not connect to "
-        "external servers yet.",
+    fields: dict[str, Any] = {"endpoints": {"readWrite": server}}
+    if probe.outcome is ProbeOutcome.UNREACHABLE:
+        return Assessment(
+            Verdict(
+                State.WAITING,
+                Reason.UNREACHABLE,
+                f"Cannot reach PostgreSQL at {server}: {probe.detail}. Retrying with backoff.",
+            ),
+            fields=fields,
+        )
+    if probe.outcome is ProbeOutcome.AUTHENTICATION_FAILED:
+        return Assessment(
+            Verdict(
+                State.STALLED,
+                Reason.AUTHENTICATION_FAILED,
+                f"PostgreSQL at {server} refused the credentials of Secret {secret}: "
+                f"{probe.detail}. Fix the Secret's username or password.",
+            ),
+            fields=fields,
+        )
+    fields["version"] = probe.version
+    if not (probe.superuser or (probe.create_role and probe.create_db)):
+        return Assessment(
+            Verdict(
+                State.STALLED,
+                Reason.INSUFFICIENT_PRIVILEGES,
+                f"Role {probe.role} of Secret {secret} may not create roles and databases. "
+                "Grant it CREATEROLE and CREATEDB (ALTER ROLE ... CREATEROLE CREATEDB).",
+            ),
+            fields=fields,
+        )
+    if spec.version is not None and probe.version is not None:
+        wanted, running = cnpg.major(spec.version), cnpg.major(probe.version)
+        if wanted != running or (spec.version != wanted and spec.version != probe.version):
+            return Assessment(
+                Verdict(
+                    State.STALLED,
+                    Reason.VERSION_MISMATCH,
+                    f"spec.version is {spec.version} but the server at {server} runs "
+                    f"PostgreSQL {probe.version}. Fix spec.version, or leave it unset.",
+                ),
+                fields=fields,
+            )
+    return Assessment(
+        Verdict.ready(f"Adopted PostgreSQL {probe.version} at {server} as role {probe.role}."),
+        fields=fields,
     )

@@ -1,0 +1,1 @@
+"""Pure builders: spec in, the manifests Vauban applies out."""

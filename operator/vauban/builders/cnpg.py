@@ -1,0 +1,191 @@
+"""Desired objects of a managed ManagedCluster: CloudNativePG's `Cluster`, the superuser
+Secret and the NetworkPolicy. Pure: spec in, manifests out."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from vauban.api.cluster import ManagedClusterSpec
+from vauban.api.common import API_VERSION
+
+CNPG_GROUP = "postgresql.cnpg.io"
+CNPG_VERSION = "v1"
+CNPG_API_VERSION = f"{CNPG_GROUP}/{CNPG_VERSION}"
+CNPG_PLURAL = "clusters"
+CNPG_CLUSTER_LABEL = "cnpg.io/cluster"
+POSTGRES_PORT = 5432
+CNPG_STATUS_PORT = 8000
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "vauban"}
+CLUSTER_LABEL = "vauban.dev/cluster"
+RETAINED_LABEL = "vauban.dev/retained-from"
+
+# Every connection is TLS with SCRAM: plain-text connections are refused before CloudNativePG's
+# own rules (which would accept them) are reached.
+PG_HBA = (
+    "hostnossl all all all reject",
+    "hostssl all all all scram-sha-256",
+)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ManagedCluster the objects belong to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "ManagedCluster",
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+    def labels(self) -> dict[str, str]:
+        return {
+            **MANAGED_BY,
+            "app.kubernetes.io/name": "postgresql",
+            "app.kubernetes.io/instance": self.name,
+            CLUSTER_LABEL: self.name,
+        }
+
+
+def superuser_secret_name(cluster: str) -> str:
+    return f"{cluster}-superuser"
+
+
+def image(repository: str, version: str) -> str:
+    """The PostgreSQL image for a version: a major tag (`17`) follows CloudNativePG's latest
+    minor; `17.6` pins one."""
+    return f"{repository}:{version}"
+
+
+def major(version_or_image: str) -> str:
+    """The major version in `17`, `17.6` or `repo/postgresql:17.6-bookworm`."""
+    tag = version_or_image.rsplit(":", 1)[-1]
+    return tag.split(".", 1)[0].split("-", 1)[0]
+
+
+def cluster(owner: Owner, spec: ManagedClusterSpec, *, image_repository: str) -> dict[str, Any]:
+    """CloudNativePG's Cluster for a managed ManagedCluster (mode Managed: version and storage
+    are set, the CRD guarantees it)."""
+    assert spec.version is not None and spec.storage is not None
+    storage: dict[str, Any] = {"size": spec.storage.size}
+    if spec.storage.storage_class_name:
+        storage["storageClass"] = spec.storage.storage_class_name
+    body: dict[str, Any] = {
+        "apiVersion": CNPG_API_VERSION,
+        "kind": "Cluster",
+        "metadata": {
+            "name": owner.name,
+            "namespace": owner.namespace,
+            "labels": owner.labels(),
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "instances": spec.instances,
+            "imageName": image(image_repository, spec.version),
+            "storage": storage,
+            "enableSuperuserAccess": True,
+            "superuserSecret": {"name": superuser_secret_name(owner.name)},
+            "postgresql": {
+                "parameters": dict(spec.postgresql.parameters) if spec.postgresql else {},
+                "pg_hba": list(PG_HBA),
+            },
+            "affinity": {
+                "enablePodAntiAffinity": True,
+                "topologyKey": "kubernetes.io/hostname",
+                # Replicas on one node are no HA; with fewer nodes than instances the extra
+                # instances wait, visibly, rather than share a node.
+                "podAntiAffinityType": "required",
+            },
+            "monitoring": {"tls": {"enabled": True}},
+            "enablePDB": spec.instances > 1,
+            "inheritedMetadata": {"labels": owner.labels()},
+        },
+    }
+    if spec.resources is not None:
+        body["spec"]["resources"] = spec.resources.to_wire()
+    return body
+
+
+def superuser_secret(owner: Owner) -> dict[str, Any]:
+    """The superuser credentials, created once and never rewritten: a new password here would
+    lock CloudNativePG out of its own server."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/basic-auth",
+        "metadata": {
+            "name": superuser_secret_name(owner.name),
+            "namespace": owner.namespace,
+            "labels": owner.labels(),
+            "ownerReferences": [owner.reference()],
+        },
+        "stringData": {"username": "postgres", "password": secrets.token_urlsafe(32)},
+    }
+
+
+def network_policy(
+    owner: Owner, spec: ManagedClusterSpec, *, operator_namespaces: tuple[str, ...]
+) -> dict[str, Any]:
+    """Ingress to the instances: from each other (replication), from the namespaces allowed to
+    use the cluster (PostgreSQL only), and from the operators (PostgreSQL and CloudNativePG's
+    instance manager)."""
+    pods = {"matchLabels": {CNPG_CLUSTER_LABEL: owner.name}}
+    names = sorted(
+        {owner.namespace, *(spec.allowed_namespaces.names if spec.allowed_namespaces else [])}
+    )
+    postgres = [{"protocol": "TCP", "port": POSTGRES_PORT}]
+    tenants: list[dict[str, Any]] = [
+        {
+            "namespaceSelector": {
+                "matchExpressions": [
+                    {"key": "kubernetes.io/metadata.name", "operator": "In", "values": names}
+                ]
+            }
+        }
+    ]
+    selector = spec.allowed_namespaces.selector if spec.allowed_namespaces else None
+    if selector is not None:
+        tenants.append({"namespaceSelector": selector.to_wire()})
+    operators = {
+        "namespaceSelector": {
+            "matchExpressions": [
+                {
+                    "key": "kubernetes.io/metadata.name",
+                    "operator": "In",
+                    "values": sorted(set(operator_namespaces)),
+                }
+            ]
+        }
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": f"{owner.name}-postgresql",
+            "namespace": owner.namespace,
+            "labels": owner.labels(),
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "podSelector": pods,
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": pods}]},
+                {"from": tenants, "ports": postgres},
+                {
+                    "from": [operators],
+                    "ports": [*postgres, {"protocol": "TCP", "port": CNPG_STATUS_PORT}],
+                },
+            ],
+        },
+    }

@@ -1,0 +1,1 @@
+"""Talking to database servers. Only this package opens database connections."""

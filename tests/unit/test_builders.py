@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from typing import Any
+
+from vauban.api.cluster import ManagedClusterSpec
+from vauban.builders import cnpg
+
+OWNER = cnpg.Owner(name="main", namespace="team", uid="uid-1")
+
+
+def spec(**overrides: Any) -> ManagedClusterSpec:
+    raw = {"version": "17", "instances": 3, "storage": {"size": "20Gi"}}
+    return ManagedClusterSpec.model_validate({**raw, **overrides})
+
+
+def test_cluster_carries_the_spec_and_the_security_posture() -> None:
+    body = cnpg.cluster(
+        OWNER,
+        spec(
+            storage={"size": "20Gi", "storageClassName": "encrypted"},
+            resources={"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "2Gi"}},
+            postgresql={"parameters": {"max_connections": "200"}},
+        ),
+        image_repository="registry.example/postgresql",
+    )
+    assert body["apiVersion"] == "postgresql.cnpg.io/v1"
+    assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert body["metadata"]["labels"]["vauban.dev/cluster"] == "main"
+    s = body["spec"]
+    assert s["instances"] == 3
+    assert s["imageName"] == "registry.example/postgresql:17"
+    assert s["storage"] == {"size": "20Gi", "storageClass": "encrypted"}
+    assert s["resources"] == {
+        "requests": {"cpu": "1", "memory": "2Gi"},
+        "limits": {"memory": "2Gi"},
+    }
+    assert s["postgresql"]["parameters"] == {"max_connections": "200"}
+    assert s["postgresql"]["pg_hba"][0] == "hostnossl all all all reject"
+    assert all("scram-sha-256" in line for line in s["postgresql"]["pg_hba"][1:])
+    assert s["superuserSecret"] == {"name": "main-superuser"}
+    assert s["affinity"]["enablePodAntiAffinity"] is True
+    assert s["monitoring"]["tls"]["enabled"] is True
+    assert s["enablePDB"] is True
+
+
+def test_single_instance_has_no_disruption_budget() -> None:
+    assert (
+        cnpg.cluster(OWNER, spec(instances=1), image_repository="r")["spec"]["enablePDB"] is False
+    )
+
+
+def test_superuser_secret_is_random_and_owned() -> None:
+    first, second = cnpg.superuser_secret(OWNER), cnpg.superuser_secret(OWNER)
+    assert first["type"] == "kubernetes.io/basic-auth"
+    assert first["stringData"]["username"] == "postgres"
+    assert len(first["stringData"]["password"]) >= 32
+    assert first["stringData"]["password"] != second["stringData"]["password"]
+    assert first["metadata"]["ownerReferences"][0]["kind"] == "ManagedCluster"
+
+
+def test_network_policy_admits_tenants_and_operators_only() -> None:
+    policy = cnpg.network_policy(
+        OWNER,
+        spec(allowedNamespaces={"names": ["shop"], "selector": {"matchLabels": {"t": "1"}}}),
+        operator_namespaces=("vauban-system", "cnpg-system"),
+    )
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"cnpg.io/cluster": "main"}}
+    peers, tenants, operators = policy["spec"]["ingress"]
+    assert peers == {"from": [{"podSelector": {"matchLabels": {"cnpg.io/cluster": "main"}}}]}
+    assert tenants["ports"] == [{"protocol": "TCP", "port": 5432}]
+    names = tenants["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"]
+    assert names == ["shop", "team"]
+    assert tenants["from"][1]["namespaceSelector"]["matchLabels"] == {"t": "1"}
+    assert operators["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == [
+        "cnpg-system",
+        "vauban-system",
+    ]
+
+
+def test_major_of_versions_and_images() -> None:
+    assert cnpg.major("17") == "17"
+    assert cnpg.major("17.6") == "17"
+    assert cnpg.major("ghcr.io/cloudnative-pg/postgresql:16.4-bookworm") == "16"
