@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from support.kube import KubeCtl
-
-ROOT = Path(__file__).resolve().parents[1]
+from support.kube import KubeCtl, install_crds
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -53,15 +51,7 @@ def kube(kubeconfig: Path, kubectl_binary: str) -> KubeCtl:
 
 @pytest.fixture(scope="session")
 def crds(kube: KubeCtl) -> None:
-    kube.run("apply", "--server-side", "--field-manager=vauban-tests", "-f", str(ROOT / "crds"))
-    from vauban.api.crdgen import KINDS
-
-    kube.run(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        *(f"crd/{kind.crd_name}" for kind in KINDS),
-    )
+    install_crds(kube)
 
 
 @pytest.fixture

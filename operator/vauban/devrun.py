@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,10 +48,46 @@ def cluster(settings: Settings) -> Iterator[tuple[Path, Path]]:
         yield stable.resolve(), binaries.kubectl
 
 
+# What samples/20-managedcluster-external.yaml adopts.
+SAMPLE_SERVER_PORT = 5432
+SAMPLE_ADMIN = ("vauban_admin", "change-me")
+
+
+@contextlib.contextmanager
+def sample_server() -> Iterator[None]:
+    """A local PostgreSQL for the external sample to adopt, when port 5432 is free and the
+    machine has PostgreSQL's binaries; otherwise the sample says Unreachable, honestly."""
+    from vauban.devcluster.postgres import PostgresServer
+
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", SAMPLE_SERVER_PORT)) == 0:
+            logger.warning(
+                "127.0.0.1:%d is taken: the external sample adopts whatever runs there",
+                SAMPLE_SERVER_PORT,
+            )
+            yield
+            return
+    try:
+        server = PostgresServer(port=SAMPLE_SERVER_PORT)
+    except RuntimeError as e:
+        logger.warning("no PostgreSQL for the external sample: %s", e)
+        yield
+        return
+    try:
+        server.start()
+        server.create_role(*SAMPLE_ADMIN, "CREATEROLE", "CREATEDB")
+        yield
+    finally:
+        server.destroy()
+
+
 def dev_run(crds: Path, samples: Path | None) -> int:
     settings = Settings()
     configure_logging(settings)
-    with cluster(settings) as (kubeconfig, kubectl_binary):
+    with (
+        cluster(settings) as (kubeconfig, kubectl_binary),
+        sample_server() if samples is not None else contextlib.nullcontext(),
+    ):
         kubectl(
             kubectl_binary,
             kubeconfig,

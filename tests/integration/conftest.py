@@ -1,63 +1,28 @@
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from support.kube import OperatorProcess
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from support.vauban_process import running_operator
+from vauban.devcluster.postgres import PostgresServer
 
 
 @pytest.fixture(scope="session")
 def operator(
     kubeconfig: Path, crds: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    """`vauban run`, as a process of its own, the way it runs in a pod."""
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    port = _free_port()
-    env = {
-        **os.environ,
-        "VAUBAN_KUBECONFIG": str(kubeconfig),
-        "VAUBAN_RECHECK_INTERVAL_SECONDS": "1",
-        "VAUBAN_LIVENESS_PORT": str(port),
-        "VAUBAN_LOG_FORMAT": "json",
-        "VAUBAN_LOG_LEVEL": "DEBUG",
-    }
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "vauban", "run"], stdout=out, stderr=subprocess.STDOUT, env=env
-        )
-    running = OperatorProcess(process, log)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"operator exited:\n{running.log_text()[-4000:]}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"operator not live:\n{running.log_text()[-4000:]}"
-                    ) from None
-                time.sleep(0.3)
-        yield running
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running_operator(kubeconfig, log) as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session, on 127.0.0.1."""
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.destroy()

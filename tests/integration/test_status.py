@@ -19,7 +19,7 @@ def external_cluster(namespace: str, name: str = "main", **spec: Any) -> dict[st
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "mode": "External",
-            "external": {"host": "127.0.0.1", "adminSecretRef": {"name": "admin"}},
+            "external": {"host": "127.0.0.1", "port": 1, "adminSecretRef": {"name": "admin"}},
             **spec,
         },
     }
@@ -98,7 +98,8 @@ def test_database_follows_its_cluster(
     )
     eventually(lambda: reason_of(kube, "manageddatabase", "app", namespace, "ClusterNotReady"))
 
-    # The Secret appears: the periodic re-check notices without any change to the cluster.
+    # The Secret appears: the periodic re-check notices without any change to the cluster
+    # (nothing listens at the cluster's port, so it is then unreachable).
     kube.run(
         "create",
         "secret",
@@ -109,12 +110,22 @@ def test_database_follows_its_cluster(
         "--from-literal=username=admin",
         "--from-literal=password=s3cr3t-never-logged",
     )
-    eventually(lambda: reason_of(kube, "managedcluster", "main", namespace, "NotImplemented"))
+    eventually(lambda: reason_of(kube, "managedcluster", "main", namespace, "Unreachable"))
     assert "s3cr3t-never-logged" not in operator.log_text()
 
-    # The cluster goes away again: the database is told at once.
-    kube.run("delete", "managedcluster", "main", "-n", namespace)
-    eventually(lambda: reason_of(kube, "manageddatabase", "app", namespace, "ClusterNotFound"))
+    # Deleting the cluster waits for its databases: it says so, and goes once they are gone.
+    kube.run("delete", "managedcluster", "main", "-n", namespace, "--wait=false")
+    blocked = eventually(
+        lambda: reason_of(kube, "managedcluster", "main", namespace, "DeletionBlocked")
+    )
+    assert f"{namespace}/app" in (condition(blocked, "Stalled") or {})["message"]
+    kube.run("delete", "manageddatabase", "app", "-n", namespace)
+    eventually(
+        lambda: (
+            kube.run("get", "managedcluster", "main", "-n", namespace, check=False).returncode != 0
+        ),
+        what="the cluster to be gone",
+    )
 
 
 def test_managed_cluster_without_cloudnativepg_is_stalled(kube: KubeCtl, namespace: str) -> None:

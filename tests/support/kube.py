@@ -86,3 +86,19 @@ class OperatorProcess:
 
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def install_crds(kube: KubeCtl) -> None:
+    """Vauban's CRDs and admission policy, as `make run` and the Helm chart install them."""
+    from vauban.api.crdgen import KINDS
+
+    kube.run("apply", "--server-side", "--field-manager=vauban-tests", "-f", str(ROOT / "crds"))
+    kube.run(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        *(f"crd/{kind.crd_name}" for kind in KINDS),
+    )

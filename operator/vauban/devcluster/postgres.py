@@ -1,0 +1,154 @@
+"""A real PostgreSQL server on 127.0.0.1, from the machine's binaries (Debian's postgresql
+package; `.ci/run` installs it): what the tests adopt in mode External, and what `make run`
+starts for the external sample."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+
+def _bindir() -> Path:
+    explicit = os.environ.get("VAUBAN_TEST_PG_BINDIR")
+    if explicit:
+        return Path(explicit)
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+        key=lambda p: int(p.parent.parent.name),
+    )
+    if not candidates:
+        raise RuntimeError("no PostgreSQL server found: install Debian's postgresql package")
+    return candidates[-1].parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PostgresServer:
+    """initdb, then postgres listening on 127.0.0.1 only, with SCRAM passwords over TCP and
+    trust on its private Unix socket (for the suite's own setup)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.bindir = _bindir()
+        self.root = Path(tempfile.mkdtemp(prefix="vauban-pg-"))
+        self.data = self.root / "data"
+        self.port = port or _free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        # initdb and postgres refuse to run as root: use the package's own user.
+        self._as_user: list[str] = []
+        if os.geteuid() == 0:
+            self._as_user = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+            shutil.chown(self.root, "postgres", "postgres")
+        self._initdb()
+
+    @property
+    def version(self) -> str:
+        with self.superuser() as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        assert row is not None
+        return str(row[0]).split(" ", 1)[0]
+
+    def _initdb(self) -> None:
+        subprocess.run(
+            [
+                *self._as_user,
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        (self.data / "pg_hba.conf").write_text(
+            "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n", encoding="utf-8"
+        )
+
+    def start(self) -> None:
+        log = (self.root / "postgres.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                *self._as_user,
+                str(self.bindir / "postgres"),
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.root),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "password_encryption=scram-sha-256",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(psycopg.OperationalError), self.superuser():
+                return
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                tail = (self.root / "postgres.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"PostgreSQL did not start:\n{tail}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGINT)  # fast shutdown
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def superuser(
+        self, dbname: str = "postgres"
+    ) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+        with psycopg.connect(
+            host=str(self.root), port=self.port, user="postgres", dbname=dbname, autocommit=True
+        ) as conn:
+            yield conn
+
+    def create_role(self, name: str, password: str, *attributes: str) -> None:
+        """A LOGIN role with a password and, e.g., CREATEROLE or CREATEDB."""
+        allowed = {"CREATEROLE", "CREATEDB", "SUPERUSER"}
+        assert set(attributes) <= allowed
+        with self.superuser() as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} {}").format(
+                    sql.Identifier(name),
+                    sql.Literal(password),
+                    sql.SQL(" ").join(sql.SQL(a) for a in attributes),
+                )
+            )

@@ -1,0 +1,146 @@
+"""Mode External: adopting a real PostgreSQL server that the suite runs on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from support.kube import KubeCtl, OperatorProcess, condition, eventually
+from vauban.devcluster.postgres import PostgresServer
+
+pytestmark = pytest.mark.usefixtures("operator")
+
+
+def admin_secret(namespace: str, username: str, password: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/basic-auth",
+        "metadata": {"name": "admin", "namespace": namespace},
+        "stringData": {"username": username, "password": password},
+    }
+
+
+def external_cluster(namespace: str, port: int, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "vauban.dev/v1alpha1",
+        "kind": "ManagedCluster",
+        "metadata": {"name": "legacy", "namespace": namespace},
+        "spec": {
+            "mode": "External",
+            "external": {
+                "host": "127.0.0.1",
+                "port": port,
+                "adminSecretRef": {"name": "admin"},
+                # The suite's server has no certificate; real deployments keep verify-full.
+                "sslMode": "disable",
+            },
+            **spec,
+        },
+    }
+
+
+def ready_reason(kube: KubeCtl, namespace: str, reason: str) -> dict[str, Any] | None:
+    obj = kube.get("managedcluster", "legacy", namespace)
+    ready = condition(obj, "Ready")
+    return obj if ready and ready["reason"] == reason else None
+
+
+@pytest.fixture
+def admin(postgres: PostgresServer) -> Iterator[tuple[str, str]]:
+    name, password = f"admin_{secrets.token_hex(4)}", secrets.token_urlsafe(16)
+    postgres.create_role(name, password, "CREATEROLE", "CREATEDB")
+    yield name, password
+
+
+def test_adopts_a_reachable_server(
+    kube: KubeCtl,
+    namespace: str,
+    postgres: PostgresServer,
+    admin: tuple[str, str],
+    operator: OperatorProcess,
+) -> None:
+    kube.apply(admin_secret(namespace, *admin))
+    kube.apply(external_cluster(namespace, postgres.port))
+    obj = eventually(lambda: ready_reason(kube, namespace, "Available"), what="adopted")
+    status = obj["status"]
+    assert status["phase"] == "Ready"
+    assert status["version"] == postgres.version
+    assert status["endpoints"] == {"readWrite": f"127.0.0.1:{postgres.port}"}
+    ready = condition(obj, "Ready")
+    assert ready and f"as role {admin[0]}" in ready["message"]
+    # Nothing is created for an adopted server.
+    assert kube.get_list("networkpolicies", namespace) == []
+
+    # The password appears nowhere the operator writes.
+    events = kube.run("get", "events", "-n", namespace, "-o", "json").stdout
+    assert admin[1] not in json.dumps(status) and admin[1] not in events
+    assert admin[1] not in operator.log_text()
+
+
+def test_wrong_password_then_fixed(
+    kube: KubeCtl, namespace: str, postgres: PostgresServer, admin: tuple[str, str]
+) -> None:
+    kube.apply(admin_secret(namespace, admin[0], "not-the-password"))
+    kube.apply(external_cluster(namespace, postgres.port))
+    obj = eventually(lambda: ready_reason(kube, namespace, "AuthenticationFailed"))
+    stalled = condition(obj, "Stalled")
+    assert stalled and stalled["status"] == "True"
+    assert "Fix the Secret's username or password" in stalled["message"]
+    assert "not-the-password" not in json.dumps(obj)
+
+    kube.apply(admin_secret(namespace, *admin))
+    eventually(lambda: ready_reason(kube, namespace, "Available"), timeout=60, what="recovery")
+
+
+def test_role_without_privileges(kube: KubeCtl, namespace: str, postgres: PostgresServer) -> None:
+    name, password = f"weak_{secrets.token_hex(4)}", secrets.token_urlsafe(16)
+    postgres.create_role(name, password)
+    kube.apply(admin_secret(namespace, name, password))
+    kube.apply(external_cluster(namespace, postgres.port))
+    obj = eventually(lambda: ready_reason(kube, namespace, "InsufficientPrivileges"))
+    ready = condition(obj, "Ready")
+    assert ready and "CREATEROLE and CREATEDB" in ready["message"]
+
+
+def test_version_mismatch(
+    kube: KubeCtl, namespace: str, postgres: PostgresServer, admin: tuple[str, str]
+) -> None:
+    other = "17" if not postgres.version.startswith("17") else "16"
+    kube.apply(admin_secret(namespace, *admin))
+    kube.apply(external_cluster(namespace, postgres.port, version=other))
+    eventually(lambda: ready_reason(kube, namespace, "VersionMismatch"))
+
+
+def test_missing_secret_waits(kube: KubeCtl, namespace: str, postgres: PostgresServer) -> None:
+    kube.apply(external_cluster(namespace, postgres.port))
+    obj = eventually(lambda: ready_reason(kube, namespace, "SecretMissing"))
+    reconciling = condition(obj, "Reconciling")
+    assert reconciling and reconciling["status"] == "True"
+
+
+def test_server_going_away_and_coming_back(
+    kube: KubeCtl, namespace: str, admin: tuple[str, str]
+) -> None:
+    server = PostgresServer()
+    server.start()
+    try:
+        server.create_role(*admin, "CREATEROLE", "CREATEDB")
+        kube.apply(admin_secret(namespace, *admin))
+        kube.apply(external_cluster(namespace, server.port))
+        eventually(lambda: ready_reason(kube, namespace, "Available"))
+
+        server.stop()
+        obj = eventually(lambda: ready_reason(kube, namespace, "Unreachable"), timeout=60)
+        assert obj["status"]["phase"] == "Pending"
+        ready = condition(obj, "Ready")
+        assert ready and f"127.0.0.1:{server.port}" in ready["message"]
+
+        server.start()
+        eventually(lambda: ready_reason(kube, namespace, "Available"), timeout=90, what="back")
+    finally:
+        server.destroy()

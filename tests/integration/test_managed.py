@@ -1,0 +1,292 @@
+"""Mode Managed: Vauban renders CloudNativePG's Cluster and maps its status back.
+
+No CloudNativePG operator runs here (no PostgreSQL pods under kwok): the real apiserver holds
+CloudNativePG's CRDs, taken from its Go module at the tested version, so every rendered
+Cluster is checked against CloudNativePG's own schema, and the tests write status the way
+CloudNativePG's operator does. These tests have their own control plane: the session's has
+no CloudNativePG, which other tests rely on.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from support.kube import KubeCtl, OperatorProcess, condition, eventually, install_crds
+from support.vauban_process import running_operator
+
+CLOUDNATIVEPG_VERSION = "v1.30.1"
+
+pytestmark = pytest.mark.skipif(
+    bool(os.environ.get("VAUBAN_TEST_KUBECONFIG")),
+    reason="needs a control plane of its own with CloudNativePG's CRDs",
+)
+
+
+@pytest.fixture(scope="module")
+def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KubeCtl, OperatorProcess]]:
+    from vauban.devcluster import LocalControlPlane, ensure_binaries
+    from vauban.devcluster.build import module_source
+
+    root = tmp_path_factory.mktemp("managed")
+    with LocalControlPlane(root / "plane") as plane:
+        kube = KubeCtl(str(ensure_binaries().kubectl), plane.kubeconfig)
+        install_crds(kube)
+        bases = module_source("github.com/cloudnative-pg/cloudnative-pg", CLOUDNATIVEPG_VERSION)
+        kube.run("apply", "--server-side", "-f", str(bases / "config" / "crd" / "bases"))
+        kube.run("wait", "--for=condition=Established", "crd/clusters.postgresql.cnpg.io")
+        with running_operator(plane.kubeconfig, root / "operator.log") as operator:
+            yield kube, operator
+
+
+@pytest.fixture
+def kube(managed: tuple[KubeCtl, OperatorProcess]) -> KubeCtl:
+    return managed[0]
+
+
+@pytest.fixture
+def ns(kube: KubeCtl, request: pytest.FixtureRequest) -> str:
+    return kube.unique_namespace(request.node.name)
+
+
+def cluster(namespace: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "vauban.dev/v1alpha1",
+        "kind": "ManagedCluster",
+        "metadata": {"name": "main", "namespace": namespace},
+        "spec": {
+            "version": "17",
+            "instances": 3,
+            "storage": {"size": "10Gi", "storageClassName": "standard"},
+            **spec,
+        },
+    }
+
+
+def engine(kube: KubeCtl, namespace: str) -> dict[str, Any] | None:
+    result = kube.run(
+        "get", "clusters.postgresql.cnpg.io", "main", "-n", namespace, "-o", "json", check=False
+    )
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def reason(kube: KubeCtl, namespace: str, expected: str) -> dict[str, Any] | None:
+    obj = kube.get("managedcluster", "main", namespace)
+    ready = condition(obj, "Ready")
+    return obj if ready and ready["reason"] == expected else None
+
+
+def report_healthy(kube: KubeCtl, namespace: str, instances: int) -> None:
+    """Write status the way CloudNativePG's operator does once its instances are up."""
+    current = engine(kube, namespace)
+    assert current is not None
+    status = {
+        "instances": instances,
+        "readyInstances": instances,
+        "currentPrimary": "main-1",
+        "phase": "Cluster in healthy state",
+        "image": "ghcr.io/cloudnative-pg/postgresql:17.6",
+        "writeService": "main-rw",
+        "readService": "main-r",
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "ClusterIsReady",
+                "message": "Cluster is Ready",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+                "observedGeneration": current["metadata"]["generation"],
+            }
+        ],
+    }
+    kube.run(
+        "patch",
+        "clusters.postgresql.cnpg.io",
+        "main",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+    )
+
+
+def superuser_password(kube: KubeCtl, namespace: str) -> str:
+    secret = kube.get("secret", "main-superuser", namespace)
+    return base64.b64decode(secret["data"]["password"]).decode()
+
+
+def test_renders_cloudnativepg_cluster_and_maps_its_status(
+    kube: KubeCtl, ns: str, managed: tuple[KubeCtl, OperatorProcess]
+) -> None:
+    kube.apply(
+        cluster(
+            ns,
+            resources={"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "2Gi"}},
+            postgresql={"parameters": {"max_connections": "200"}},
+            allowedNamespaces={"names": ["shop"]},
+        )
+    )
+    rendered = eventually(lambda: engine(kube, ns), what="the CloudNativePG Cluster")
+    owner = kube.get("managedcluster", "main", ns)
+    assert rendered["metadata"]["ownerReferences"][0]["uid"] == owner["metadata"]["uid"]
+    spec = rendered["spec"]
+    assert spec["instances"] == 3
+    assert spec["imageName"] == "ghcr.io/cloudnative-pg/postgresql:17"
+    # CloudNativePG's schema defaults the rest (resizeInUseVolumes...).
+    assert spec["storage"]["size"] == "10Gi" and spec["storage"]["storageClass"] == "standard"
+    assert spec["resources"]["limits"] == {"memory": "2Gi"}
+    assert spec["postgresql"]["parameters"]["max_connections"] == "200"
+    assert spec["postgresql"]["pg_hba"][0] == "hostnossl all all all reject"
+    assert spec["superuserSecret"] == {"name": "main-superuser"}
+
+    policy = kube.get("networkpolicy", "main-postgresql", ns)
+    tenants = policy["spec"]["ingress"][1]["from"][0]["namespaceSelector"]
+    assert tenants["matchExpressions"][0]["values"] == sorted([ns, "shop"])
+    assert kube.get("secret", "main-superuser", ns)["type"] == "kubernetes.io/basic-auth"
+
+    provisioning = eventually(lambda: reason(kube, ns, "Provisioning"))
+    assert provisioning["status"]["phase"] == "Provisioning"
+    assert provisioning["status"]["endpoints"] == {
+        "readWrite": f"main-rw.{ns}.svc:5432",
+        "readOnly": f"main-ro.{ns}.svc:5432",
+    }
+
+    report_healthy(kube, ns, 3)
+    ready = eventually(lambda: reason(kube, ns, "Available"), what="Ready from CloudNativePG")
+    status = ready["status"]
+    assert (status["readyInstances"], status["currentPrimary"], status["version"]) == (
+        3,
+        "main-1",
+        "17.6",
+    )
+    assert status["phase"] == "Ready"
+
+    password = superuser_password(kube, ns)
+    events = kube.run("get", "events", "-n", ns, "-o", "json").stdout
+    assert password not in json.dumps(status) and password not in events
+    assert password not in managed[1].log_text()
+
+
+def test_updates_pass_through_and_drift_is_repaired(kube: KubeCtl, ns: str) -> None:
+    kube.apply(cluster(ns))
+    eventually(lambda: engine(kube, ns))
+    password = superuser_password(kube, ns)
+
+    kube.apply(cluster(ns, instances=5, postgresql={"parameters": {"work_mem": "64MB"}}))
+    eventually(
+        lambda: (
+            (e := engine(kube, ns))
+            and e["spec"]["instances"] == 5
+            and e["spec"]["postgresql"]["parameters"] == {"work_mem": "64MB"}
+        ),
+        what="the scale-up to reach CloudNativePG",
+    )
+
+    # Someone edits the rendered Cluster by hand: Vauban puts its fields back.
+    kube.run(
+        "patch",
+        "clusters.postgresql.cnpg.io",
+        "main",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"instances": 1}}),
+    )
+    eventually(
+        lambda: (e := engine(kube, ns)) and e["spec"]["instances"] == 5,
+        what="the drift to be repaired",
+    )
+    kube.run(
+        "patch",
+        "networkpolicy",
+        "main-postgresql",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"ingress": [{}]}}),
+    )
+    eventually(
+        lambda: len(kube.get("networkpolicy", "main-postgresql", ns)["spec"]["ingress"]) == 3,
+        what="the NetworkPolicy to be repaired",
+    )
+    # The generated superuser password is never regenerated.
+    assert superuser_password(kube, ns) == password
+
+
+def test_major_version_change_is_refused(kube: KubeCtl, ns: str) -> None:
+    kube.apply(cluster(ns))
+    eventually(lambda: engine(kube, ns))
+    kube.apply(cluster(ns, version="18"))
+    obj = eventually(lambda: reason(kube, ns, "MajorUpgradeUnsupported"))
+    stalled = condition(obj, "Stalled")
+    assert stalled and stalled["status"] == "True"
+    current = engine(kube, ns)
+    assert current and current["spec"]["imageName"].endswith(":17")
+
+
+def _volume(kube: KubeCtl, ns: str) -> None:
+    """A claim as CloudNativePG creates one for an instance: owned by its Cluster."""
+    current = engine(kube, ns)
+    assert current is not None
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {
+                "name": "main-1",
+                "namespace": ns,
+                "labels": {"cnpg.io/cluster": "main"},
+                "ownerReferences": [
+                    {
+                        "apiVersion": "postgresql.cnpg.io/v1",
+                        "kind": "Cluster",
+                        "name": "main",
+                        "uid": current["metadata"]["uid"],
+                        "controller": True,
+                    }
+                ],
+            },
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "10Gi"}},
+            },
+        }
+    )
+
+
+def _gone(kube: KubeCtl, *args: str) -> bool:
+    return kube.run("get", *args, check=False).returncode != 0
+
+
+def test_deletion_retains_volumes_and_credentials_by_default(kube: KubeCtl, ns: str) -> None:
+    kube.apply(cluster(ns))
+    eventually(lambda: engine(kube, ns))
+    _volume(kube, ns)
+    kube.run("delete", "managedcluster", "main", "-n", ns)
+    eventually(lambda: engine(kube, ns) is None, what="the CloudNativePG Cluster to go")
+
+    claim = kube.get("pvc", "main-1", ns)
+    assert not claim["metadata"].get("ownerReferences")
+    assert claim["metadata"]["labels"]["vauban.dev/retained-from"] == "main"
+    secret = kube.get("secret", "main-superuser", ns)
+    assert not secret["metadata"].get("ownerReferences")
+    assert secret["metadata"]["labels"]["vauban.dev/retained-from"] == "main"
+
+
+def test_deletion_policy_delete_removes_them(kube: KubeCtl, ns: str) -> None:
+    kube.apply(cluster(ns, deletionPolicy="Delete"))
+    eventually(lambda: engine(kube, ns))
+    _volume(kube, ns)
+    kube.run("delete", "managedcluster", "main", "-n", ns)
+    eventually(lambda: _gone(kube, "pvc", "main-1", "-n", ns), what="the claim to be collected")
+    eventually(lambda: _gone(kube, "secret", "main-superuser", "-n", ns))
+    eventually(lambda: _gone(kube, "networkpolicy", "main-postgresql", "-n", ns))
