@@ -25,7 +25,7 @@ class ServerAddress:
 
 
 @contextlib.contextmanager
-def _ssl_root_cert(ca_pem: str | None) -> Iterator[str | None]:
+def ssl_root_cert(ca_pem: str | None) -> Iterator[str | None]:
     """libpq reads the CA from a file: write it to one that lives as long as the connection."""
     if ca_pem is None:
         yield None
@@ -39,7 +39,7 @@ def _ssl_root_cert(ca_pem: str | None) -> Iterator[str | None]:
 async def probe(
     address: ServerAddress, username: str, password: str, *, connect_timeout: int = 5
 ) -> ServerProbe:
-    with _ssl_root_cert(address.ca_pem) as root_cert:
+    with ssl_root_cert(address.ca_pem) as root_cert:
         try:
             connection = await psycopg.AsyncConnection.connect(
                 host=address.host,

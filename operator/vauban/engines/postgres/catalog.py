@@ -1,0 +1,160 @@
+"""Read what a server has of one ManagedDatabase, and apply a plan to it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from vauban.engines.postgres.plan import Catalog, Plan, RoleState
+from vauban.engines.postgres.probe import ServerAddress, ssl_root_cert
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AdminCredentials:
+    address: ServerAddress
+    username: str
+    password: str
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    admin: AdminCredentials, dbname: str = "postgres"
+) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
+    with ssl_root_cert(admin.address.ca_pem) as root_cert:
+        connection = await psycopg.AsyncConnection.connect(
+            host=admin.address.host,
+            port=admin.address.port,
+            user=admin.username,
+            password=admin.password,
+            dbname=dbname,
+            sslmode=admin.address.ssl_mode,
+            sslrootcert=root_cert,
+            connect_timeout=5,
+            application_name="vauban",
+            autocommit=True,
+        )
+        async with connection:
+            yield connection
+
+
+async def read_catalog(admin: AdminCredentials, database: str, owner: str) -> Catalog:
+    async with connect(admin) as conn:
+        rows: list[Any] = await (
+            await conn.execute(
+                """
+                SELECT r.rolname, r.rolcanlogin, r.rolconnlimit, r.rolsuper,
+                       COALESCE(array_agg(o.rolname) FILTER (WHERE o.rolname IS NOT NULL), '{}'),
+                       (SELECT substring(c FROM '^role=(.*)$')
+                          FROM unnest(s.setconfig) AS c WHERE c LIKE 'role=%%')
+                  FROM pg_roles r
+                  LEFT JOIN pg_auth_members m ON m.member = r.oid
+                  LEFT JOIN pg_roles o ON o.oid = m.roleid
+                  LEFT JOIN pg_db_role_setting s ON s.setrole = r.oid AND s.setdatabase = 0
+                 WHERE r.rolname = %(owner)s OR r.rolname = current_user
+                    OR r.oid IN (SELECT member FROM pg_auth_members
+                                  WHERE roleid = (SELECT oid FROM pg_roles
+                                                   WHERE rolname = %(owner)s))
+                 GROUP BY r.rolname, r.rolcanlogin, r.rolconnlimit, r.rolsuper, s.setconfig
+                """,
+                {"owner": owner},
+            )
+        ).fetchall()
+        roles = {
+            str(name): RoleState(
+                can_login=bool(login),
+                connection_limit=int(limit),
+                member_of=frozenset(members),
+                default_role=default_role,
+                superuser=bool(superuser),
+            )
+            for name, login, limit, superuser, members, default_role in rows
+        }
+        admin_row = await (
+            await conn.execute(
+                "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user"
+            )
+        ).fetchone()
+        assert admin_row is not None
+        admin_name, superuser = str(admin_row[0]), bool(admin_row[1])
+        db_row = await (
+            await conn.execute(
+                """
+                SELECT pg_get_userbyid(d.datdba),
+                       EXISTS (SELECT 1 FROM aclexplode(COALESCE(d.datacl,
+                                   acldefault('d', d.datdba))) a
+                                WHERE a.grantee = 0 AND a.privilege_type = 'CONNECT')
+                  FROM pg_database d WHERE d.datname = %s
+                """,
+                (database,),
+            )
+        ).fetchone()
+    extensions: frozenset[str] = frozenset()
+    if db_row is not None:
+        async with connect(admin, database) as conn:
+            names = await (await conn.execute("SELECT extname FROM pg_extension")).fetchall()
+            extensions = frozenset(str(n) for (n,) in names)
+    admin_roles = roles.get(admin_name)
+    return Catalog(
+        roles={k: v for k, v in roles.items() if k != admin_name or k == owner},
+        database_owner=None if db_row is None else str(db_row[0]),
+        public_can_connect=bool(db_row[1]) if db_row else False,
+        extensions=extensions,
+        admin=admin_name,
+        admin_is_superuser=superuser,
+        admin_member_of=admin_roles.member_of if admin_roles else frozenset(),
+    )
+
+
+async def execute(admin: AdminCredentials, database: str, owner: str, plan: Plan) -> None:
+    """Run a plan, phase by phase. Statements are never logged: one may carry a password
+    verifier."""
+    if plan.server:
+        async with connect(admin) as conn:
+            await _run(conn, plan.server)
+    if plan.database:
+        async with connect(admin, database) as conn:
+            catalog_admin = await (
+                await conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            ).fetchone()
+            if not (catalog_admin and catalog_admin[0]):
+                await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
+            await _run(conn, plan.database)
+    if plan.retire:
+        async with connect(admin) as conn:
+            await _run(conn, plan.retire)
+
+
+async def run_statements(
+    admin: AdminCredentials, statements: Sequence[sql.Composed], dbname: str = "postgres"
+) -> None:
+    async with connect(admin, dbname) as conn:
+        await _run(conn, statements)
+
+
+async def _run(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], statements: Sequence[sql.Composed]
+) -> None:
+    for statement in statements:
+        await conn.execute(statement)
+
+
+async def usage(admin: AdminCredentials, database: str) -> tuple[int, int] | None:
+    """(size in bytes, open connections) of a database; None when it does not exist."""
+    async with connect(admin) as conn:
+        row = await (
+            await conn.execute(
+                "SELECT pg_database_size(datname),"
+                " (SELECT count(*) FROM pg_stat_activity WHERE datname = %s)"
+                " FROM pg_database WHERE datname = %s",
+                (database, database),
+            )
+        ).fetchone()
+    return None if row is None else (int(str(row[0])), int(str(row[1])))
