@@ -42,7 +42,7 @@ class Reason(StrEnum):
     VERSION_MISMATCH = "VersionMismatch"
     DELETION_BLOCKED = "DeletionBlocked"
     INVALID_SPEC = "InvalidSpec"
-    NOT_IMPLEMENTED = "NotImplemented"
+    PROVISIONING_FAILED = "ProvisioningFailed"
     BACKUP_FAILED = "BackupFailed"
     BACKUP_TOO_OLD = "BackupTooOld"
     STORAGE_CLASS_NOT_ENCRYPTED = "StorageClassNotEncrypted"

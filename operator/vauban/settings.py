@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     cloudnativepg_namespace: str = "cnpg-system"
     """Namespace of the CloudNativePG operator, admitted by each cluster's NetworkPolicy."""
 
+    probe_interval_seconds: float = Field(default=300.0, gt=0)
+    """How often a ready database is looked at again (its size and connections in status)."""
+
     log_format: Literal["json", "plain"] = "plain"
     """json for log collectors, plain for people."""
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,12 +37,14 @@ def test_samples_report_what_the_readme_says(
     eventually(reported, what=f"{kind} {name}: {reason}/{phase}")
 
 
-def test_external_sample_gets_a_status(kube: KubeCtl) -> None:
+def test_external_samples_get_a_status(kube: KubeCtl) -> None:
     """What it says depends on what listens at 127.0.0.1:5432 (make run starts a server
     there; the suite does not), but it always says something."""
     for sample in sorted(SAMPLES.glob("*.yaml")):
         kube.run("apply", "-f", str(sample))
-    eventually(
-        lambda: condition(kube.get("managedcluster", "legacy", "vauban-demo"), "Ready"),
-        what="a Ready condition on the external sample",
-    )
+    for kind, name in (("managedcluster", "legacy"), ("manageddatabase", "inventory")):
+        eventually(partial(_ready_condition, kube, kind, name), what=f"Ready on {kind} {name}")
+
+
+def _ready_condition(kube: KubeCtl, kind: str, name: str) -> dict[str, Any] | None:
+    return condition(kube.get(kind, name, "vauban-demo"), "Ready")

@@ -176,7 +176,8 @@ def test_namespace_not_allowed(kube: KubeCtl, namespace: str) -> None:
 
 
 def test_operator_writes_only_status(kube: KubeCtl, namespace: str) -> None:
-    """GitOps tools own spec, labels and annotations; the operator owns status, nothing else."""
+    """GitOps tools own spec and labels; the operator owns status, plus kopf's finalizer and
+    its own vauban.dev/ bookkeeping annotations, which no manifest sets."""
     kube.apply(database(namespace))
     obj = eventually(
         lambda: reason_of(kube, "manageddatabase", "app", namespace, "ClusterNotFound")
@@ -189,10 +190,22 @@ def test_operator_writes_only_status(kube: KubeCtl, namespace: str) -> None:
     ours = [f for f in fields if f["manager"] != "kubectl-client-side-apply"]
     assert ours, fields
     for entry in ours:
+        if entry["manager"] == "kopf":
+            # kopf's finalizer, so deletion can revoke logins or drop the database.
+            touched = entry["fieldsV1"]
+            assert set(touched) == {"f:metadata"}, entry
+            assert touched["f:metadata"]["f:finalizers"] == {
+                ".": {},
+                'v:"vauban.dev/finalizer"': {},
+            }
+            annotations = touched["f:metadata"].get("f:annotations", {})
+            assert all(a.startswith("f:vauban.dev/") for a in annotations), entry
+            continue
         assert entry["manager"] == "vauban", entry
         assert entry.get("subresource") == "status", entry
         assert entry["operation"] == "Apply", entry
-    assert obj["metadata"].get("annotations", {}).keys() <= {
-        "kubectl.kubernetes.io/last-applied-configuration"
-    }
+    assert all(
+        key == "kubectl.kubernetes.io/last-applied-configuration" or key.startswith("vauban.dev/")
+        for key in obj["metadata"].get("annotations", {})
+    )
     assert kube.get("manageddatabase", "app", namespace)["metadata"]["generation"] == generation

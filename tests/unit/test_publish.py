@@ -36,7 +36,13 @@ def test_snapshot_keeps_what_a_reconcile_reads() -> None:
         "status": {"phase": "Ready"},
     }
     assert snapshot(body) == {
-        "metadata": {"name": "a", "namespace": "n", "uid": "u", "generation": 2},
+        "metadata": {
+            "name": "a",
+            "namespace": "n",
+            "uid": "u",
+            "generation": 2,
+            "annotations": {"k": "v"},
+        },
         "spec": {"x": 1},
         "status": {"phase": "Ready"},
     }

@@ -88,9 +88,9 @@ Quantity = Annotated[
     ),
 ]
 
-# A duration in whole days, hours or weeks, e.g. 30d, 12h, 2w.
+# A duration in whole seconds, minutes, hours, days or weeks, e.g. 30s, 15m, 12h, 30d, 2w.
 Duration = Annotated[
-    str, StringConstraints(min_length=2, max_length=12, pattern=r"^[1-9][0-9]{0,5}[hdw]$")
+    str, StringConstraints(min_length=2, max_length=12, pattern=r"^[1-9][0-9]{0,5}[smhdw]$")
 ]
 
 # A cron schedule: five fields, or one of the @-macros CronJob understands.

@@ -106,6 +106,19 @@ class DatabaseBackup(ApiModel):
     """Days the backups of a deleted database are kept before they are purged."""
 
 
+class CredentialsPolicy(ApiModel):
+    """How the tenant's credentials are rotated. A rotation never breaks running
+    applications: a new login role goes into the Secret, and the previous one keeps working
+    for the grace period before it is revoked."""
+
+    rotation_period: Duration | None = None
+    """Rotate this often (e.g. 90d); only on request when unset (annotation
+    vauban.dev/rotate-credentials)."""
+
+    grace_period: Duration = "1h"
+    """How long the previous credentials keep working after a rotation."""
+
+
 class RestoreSource(ApiModel):
     """Where a new database's content comes from. Exactly one of backupRef or databaseRef."""
 
@@ -187,7 +200,13 @@ class ManagedDatabaseSpec(ApiModel):
     """Extensions to create in the database, from an allow-list; removing one drops it."""
 
     connection_limit: Annotated[int, Field(ge=1, le=10000)] | None = None
-    """Most concurrent connections of the owner role; no limit but the server's when unset."""
+    """Most concurrent connections of the tenant's login role; no limit but the server's
+    when unset."""
+
+    credentials: CredentialsPolicy = Field(
+        default_factory=CredentialsPolicy, json_schema_extra={"default": {}}
+    )
+    """Rotation of the credentials in the Secret `<metadata.name>-credentials`."""
 
     deletion_policy: DeletionPolicy = "Retain"
     """What deleting the ManagedDatabase does: Retain keeps the database and revokes the
@@ -213,6 +232,17 @@ class CredentialsStatus(StatusModel):
     secret_name: Annotated[str, StringConstraints(max_length=253)] | None = None
     """Secret holding the credentials, in the database's namespace."""
 
+    username: Annotated[str, StringConstraints(max_length=63)] | None = None
+    """The login role in the Secret (it inherits the owner role)."""
+
+    retiring: Annotated[
+        list[Annotated[str, StringConstraints(max_length=63)]], Field(max_length=16)
+    ] = Field(default_factory=list)
+    """Former login roles that keep working until retireAfter, then are revoked."""
+
+    retire_after: str | None = None
+    """When the retiring login roles are revoked (RFC 3339)."""
+
     last_rotation: str | None = None
     """When the credentials were last rotated (RFC 3339)."""
 
@@ -234,6 +264,12 @@ class ManagedDatabaseStatus(StatusModel):
 
     cluster: Annotated[str, StringConstraints(max_length=317)] | None = None
     """The resolved cluster, as namespace/name."""
+
+    extensions: Annotated[
+        list[Annotated[str, StringConstraints(max_length=63)]], Field(max_length=64)
+    ] = Field(default_factory=list)
+    """Extensions Vauban created in the database (only these are dropped when removed from
+    the spec)."""
 
     credentials: CredentialsStatus | None = None
     """The tenant's credentials."""

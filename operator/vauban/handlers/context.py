@@ -45,6 +45,8 @@ class Context:
     it at the same moment; they publish one after the other."""
 
     backoff: Backoff = field(init=False)
+    probed: dict[tuple[str, str], float] = field(default_factory=dict)
+    """When each database was last reconciled, for the periodic probe of ready ones."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backoff", Backoff(self.settings.recheck_interval_seconds))

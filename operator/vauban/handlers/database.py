@@ -2,20 +2,68 @@
 
 from __future__ import annotations
 
+import base64
+import logging
+import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+import kopf
+import psycopg
+
+from vauban.api.cluster import ManagedClusterSpec
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
+from vauban.builders import cnpg
+from vauban.builders.credentials import Endpoint, credentials_secret, secret_name
+from vauban.conditions import ConditionType, Reason, State, Verdict, is_true
+from vauban.engines.postgres import catalog as pg
+from vauban.engines.postgres.plan import (
+    Desired,
+    Login,
+    drop_database,
+    plan,
+    retire_login,
+    takeover,
+)
+from vauban.engines.postgres.probe import ServerAddress
+from vauban.engines.postgres.scram import new_password, verifier
 from vauban.handlers.context import Context
-from vauban.handlers.publish import parse_spec, publish
+from vauban.handlers.publish import parse_spec, post_event, publish
 from vauban.reconcile import database as database_logic
-from vauban.reconcile.database import ClusterView
+from vauban.reconcile.database import Claim, ClusterView
+from vauban.reconcile.status import previous_conditions
 from vauban.reconcile.tenancy import needs_namespace_labels
+
+logger = logging.getLogger(__name__)
+
+ROTATE_ANNOTATION = "vauban.dev/rotate-credentials"
+
+
+def claim_of(body: Mapping[str, Any]) -> Claim:
+    meta, spec = body["metadata"], body.get("spec", {})
+    return Claim(
+        namespace=meta["namespace"],
+        name=meta["name"],
+        created=str(meta.get("creationTimestamp", "")),
+        database=str(spec.get("databaseName", "")),
+        owner=str(spec.get("owner", "")),
+        provisioned=_provisioned(body),
+    )
+
+
+def _provisioned(body: Mapping[str, Any]) -> bool:
+    return bool(((body.get("status") or {}).get("credentials") or {}).get("username"))
 
 
 async def reconcile(
-    ctx: Context, body: Mapping[str, Any], clusters: Mapping[tuple[str, str], Iterable[ClusterView]]
+    ctx: Context,
+    body: Mapping[str, Any],
+    clusters: Mapping[tuple[str, str], Iterable[ClusterView]],
+    neighbours: Mapping[tuple[str, str], Iterable[Mapping[str, Any]]],
 ) -> None:
+    """`neighbours`: the databases of each cluster, for name conflicts."""
     spec = await parse_spec(ctx, MANAGED_DATABASE, ManagedDatabaseSpec, body)
     if spec is None:
         return
@@ -36,4 +84,277 @@ async def reconcile(
     verdict = database_logic.assess(
         namespace=namespace, spec=spec, cluster=cluster, namespace_labels=labels
     )
-    await publish(ctx, MANAGED_DATABASE, body, verdict, fields={"cluster": "/".join(key)})
+    fields: dict[str, Any] = {"cluster": "/".join(key)}
+    if verdict.state is State.PROGRESSING and cluster is not None and cluster.spec is not None:
+        others = [claim_of(b) for b in neighbours.get(key, ())]
+        conflict = database_logic.name_conflict(claim_of(body), others)
+        if conflict is not None:
+            verdict = conflict
+        else:
+            verdict, provisioned = await _provision(ctx, body, spec, cluster, cluster.spec)
+            fields.update(provisioned)
+    await publish(ctx, MANAGED_DATABASE, body, verdict, fields=fields)
+    key_of_me = (namespace, body["metadata"]["name"])
+    ctx.probed[key_of_me] = time.monotonic()
+    # Only failures that cost a connection back off; waiting on Kubernetes objects is cheap
+    # and must notice a fix (a namespace labelled) within one re-check interval.
+    if verdict.reason in (Reason.UNREACHABLE, Reason.PROVISIONING_FAILED):
+        ctx.backoff.failed(key_of_me)
+    else:
+        ctx.backoff.succeeded(key_of_me)
+
+
+def due(ctx: Context, body: Mapping[str, Any]) -> bool:
+    """Whether the periodic re-check should reconcile this database now."""
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    status = body.get("status") or {}
+    if not is_true(previous_conditions(status), ConditionType.READY):
+        return ctx.backoff.due(key)
+    if database_logic.timers_due(status, body.get("spec") or {}, datetime.now(UTC)):
+        return True
+    return time.monotonic() - ctx.probed.get(key, 0.0) >= ctx.settings.probe_interval_seconds
+
+
+@dataclass(frozen=True)
+class Connection:
+    admin: pg.AdminCredentials
+    endpoint: Endpoint
+
+
+async def _connection(
+    ctx: Context, cluster: ClusterView, spec: ManagedClusterSpec, database: str
+) -> Connection | Verdict:
+    """How the operator reaches the cluster as admin, and how tenants reach the database."""
+    if spec.external is not None:
+        external = spec.external
+        admin = await ctx.kube.read_secret(cluster.namespace, external.admin_secret_ref.name)
+        ca_pem = None
+        if external.ca_secret_ref is not None:
+            ca = await ctx.kube.read_secret(cluster.namespace, external.ca_secret_ref.name)
+            ca_pem = (ca or {}).get(external.ca_secret_ref.key)
+        address = ServerAddress(external.host, external.port, external.ssl_mode, ca_pem)
+        secret = external.admin_secret_ref.name
+    else:
+        admin = await ctx.kube.read_secret(
+            cluster.namespace, cnpg.superuser_secret_name(cluster.name)
+        )
+        ca = await ctx.kube.read_secret(cluster.namespace, f"{cluster.name}-ca")
+        address = ServerAddress(
+            f"{cluster.name}-rw.{cluster.namespace}.svc",
+            cnpg.POSTGRES_PORT,
+            "verify-full",
+            (ca or {}).get("ca.crt"),
+        )
+        secret = cnpg.superuser_secret_name(cluster.name)
+    if admin is None or "username" not in admin or "password" not in admin:
+        return Verdict(
+            State.WAITING,
+            Reason.CLUSTER_NOT_READY,
+            f"The admin Secret {cluster.namespace}/{secret} of ManagedCluster {cluster.ref} "
+            "is missing or incomplete.",
+        )
+    return Connection(
+        pg.AdminCredentials(address, admin["username"], admin["password"]),
+        Endpoint(address.host, address.port, database, address.ssl_mode, address.ca_pem),
+    )
+
+
+def _parse_time(value: Any) -> datetime | None:
+    return database_logic.parse_time(str(value)) if value else None
+
+
+def _rfc3339(value: datetime) -> str:
+    return value.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _database_error(error: psycopg.Error) -> Verdict:
+    if isinstance(error, psycopg.OperationalError) and error.sqlstate is None:
+        return Verdict(
+            State.WAITING,
+            Reason.UNREACHABLE,
+            f"Cannot reach the cluster's server: {' '.join(str(error).split())[:300]}",
+        )
+    primary = error.diag.message_primary or type(error).__name__
+    return Verdict(
+        State.STALLED,
+        Reason.PROVISIONING_FAILED,
+        f"PostgreSQL refused a step of provisioning: {primary}. Fix the spec (or the "
+        "server's setup); Vauban retries on every change.",
+    )
+
+
+async def _provision(
+    ctx: Context,
+    body: Mapping[str, Any],
+    spec: ManagedDatabaseSpec,
+    cluster: ClusterView,
+    cluster_spec: ManagedClusterSpec,
+) -> tuple[Verdict, dict[str, Any]]:
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    status = body.get("status") or {}
+    credentials = status.get("credentials") or {}
+    connection = await _connection(ctx, cluster, cluster_spec, spec.database_name)
+    if isinstance(connection, Verdict):
+        return connection, {}
+    now = datetime.now(UTC)
+    try:
+        catalog = await pg.read_catalog(connection.admin, spec.database_name, spec.owner)
+        secret = await ctx.kube.read_secret(namespace, secret_name(name))
+        token = (meta.get("annotations") or {}).get(ROTATE_ANNOTATION)
+        steps = database_logic.plan_credentials(
+            owner=spec.owner,
+            secret_username=(secret or {}).get("username")
+            if secret and "password" in secret
+            else None,
+            existing_logins=[r for r in catalog.roles if r != spec.owner],
+            retiring=credentials.get("retiring") or [],
+            retire_after=_parse_time(credentials.get("retireAfter")),
+            last_rotation=_parse_time(credentials.get("lastRotation")),
+            rotate_token=token,
+            acted_token=credentials.get("rotationToken"),
+            rotation_period=spec.credentials.rotation_period,
+            grace_period=spec.credentials.grace_period,
+            now=now,
+        )
+        password = new_password() if steps.new_password else (secret or {})["password"]
+        desired = Desired(
+            database=spec.database_name,
+            owner=spec.owner,
+            login=Login(steps.login, verifier(password)),
+            connection_limit=spec.connection_limit or -1,
+            extensions=frozenset(spec.extensions),
+            managed_extensions=frozenset(status.get("extensions") or []),
+            retire=frozenset(steps.retire_now),
+        )
+        taken = None if _provisioned(body) else takeover(desired, catalog)
+        if taken is not None:
+            return Verdict(
+                State.STALLED,
+                Reason.NAME_CONFLICT,
+                f"The {taken}: Vauban does not take over what it did not create. Choose "
+                "other names; nothing was changed.",
+            ), {}
+        sql_plan = plan(desired, catalog)
+        await pg.execute(connection.admin, spec.database_name, spec.owner, sql_plan)
+        # The login role exists before the Secret names it: an application never reads
+        # credentials the server does not accept yet.
+        desired_secret = credentials_secret(
+            name=name,
+            namespace=namespace,
+            owner_uid=meta.get("uid", ""),
+            username=steps.login,
+            password=password,
+            endpoint=connection.endpoint,
+        )
+        if _secret_differs(secret, desired_secret):
+            await ctx.kube.apply_secret(desired_secret)
+        usage = await pg.usage(connection.admin, spec.database_name)
+    except psycopg.Error as e:
+        # What was provisioned before stays reported: a failed step loses no information.
+        kept = ("credentials", "extensions", "sizeBytes", "connections")
+        return _database_error(e), {k: status[k] for k in kept if k in status}
+
+    if sql_plan:
+        await post_event(
+            ctx,
+            MANAGED_DATABASE,
+            body,
+            "Normal",
+            "Provisioned",
+            "Applied: " + "; ".join(sql_plan.summary())[:900],
+        )
+    if steps.rotated and secret is not None:
+        await post_event(
+            ctx,
+            MANAGED_DATABASE,
+            body,
+            "Normal",
+            "CredentialsRotated",
+            f"Secret {secret_name(name)} now holds login {steps.login}; "
+            f"previous logins work until the grace period ends.",
+        )
+    fields: dict[str, Any] = {
+        "credentials": {
+            "secretName": secret_name(name),
+            "username": steps.login,
+            "lastRotation": _rfc3339(now) if steps.rotated else credentials.get("lastRotation"),
+            "rotationToken": token if steps.rotated else credentials.get("rotationToken"),
+            "retiring": list(steps.retiring),
+            "retireAfter": _rfc3339(steps.retire_after) if steps.retire_after else None,
+        },
+        "extensions": sorted(spec.extensions),
+        "sizeBytes": usage[0] if usage else None,
+        "connections": usage[1] if usage else None,
+    }
+    fields["credentials"] = {k: v for k, v in fields["credentials"].items() if v is not None}
+    return (
+        Verdict.ready(
+            f"Database {spec.database_name} (owner {spec.owner}) is ready on ManagedCluster "
+            f"{cluster.ref}; credentials in Secret {secret_name(name)}."
+        ),
+        fields,
+    )
+
+
+def _secret_differs(current: Mapping[str, str] | None, desired: Mapping[str, Any]) -> bool:
+    if current is None:
+        return True
+    wanted = {k: base64.b64decode(v).decode() for k, v in desired["data"].items()}
+    return dict(current) != wanted
+
+
+async def finalize(
+    ctx: Context,
+    body: Mapping[str, Any],
+    clusters: Mapping[tuple[str, str], Iterable[ClusterView]],
+    neighbours: Mapping[tuple[str, str], Iterable[Mapping[str, Any]]],
+) -> None:
+    """Before a ManagedDatabase goes: Retain revokes the tenant's logins and keeps the
+    database; Delete drops the database and its roles. Nothing is touched on the server for
+    a database this object never provisioned (a name conflict)."""
+    try:
+        spec = ManagedDatabaseSpec.model_validate(body.get("spec", {}))
+    except ValueError:
+        return
+    namespace = body["metadata"]["namespace"]
+    key = database_logic.cluster_key(namespace, spec)
+    cluster = next(iter(clusters.get(key, ())), None)
+    provisioned = _provisioned(body)
+    others = [claim_of(b) for b in neighbours.get(key, ())]
+    if cluster is None or cluster.spec is None or not provisioned:
+        return
+    if database_logic.name_conflict(claim_of(body), others) is not None:
+        return
+    connection = await _connection(ctx, cluster, cluster.spec, spec.database_name)
+    if isinstance(connection, Verdict):
+        # Without the admin Secret (deleted with its namespace, say) nothing can be done on
+        # the server; blocking the deletion forever would not make it possible.
+        await post_event(
+            ctx,
+            MANAGED_DATABASE,
+            body,
+            "Warning",
+            "CleanupSkipped",
+            f"{connection.message} Revoke the logins of {spec.owner} "
+            f"(or drop {spec.database_name}) by hand.",
+        )
+        return
+    try:
+        catalog = await pg.read_catalog(connection.admin, spec.database_name, spec.owner)
+        logins = sorted(
+            r for r in catalog.roles if database_logic.login_generation(spec.owner, r) is not None
+        )
+        if spec.deletion_policy == "Delete":
+            statements = drop_database(spec.database_name, [*logins, spec.owner])
+        else:
+            statements = [s for role in logins for s in retire_login(role)]
+        await pg.run_statements(connection.admin, statements)
+    except psycopg.Error as e:
+        raise kopf.TemporaryError(_database_error(e).message, delay=30) from e
+    logger.info(
+        "ManagedDatabase %s/%s: %s on deletion",
+        namespace,
+        body["metadata"]["name"],
+        "dropped" if spec.deletion_policy == "Delete" else "logins revoked, data kept",
+    )

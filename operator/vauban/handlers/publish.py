@@ -24,7 +24,11 @@ def snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
     outside of its own events (when its cluster changes, or at a re-check)."""
     meta = body["metadata"]
     return {
-        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "generation") if k in meta},
+        "metadata": {
+            k: meta[k]
+            for k in ("name", "namespace", "uid", "generation", "creationTimestamp", "annotations")
+            if k in meta
+        },
         "spec": dict(body.get("spec", {})),
         "status": dict(body.get("status", {})),
     }
@@ -87,13 +91,34 @@ async def publish(
         await ctx.kube.apply_status(kind, namespace, name, update.status)
     if update.transition:
         logger.info("%s %s/%s: %s (%s)", kind.kind, namespace, name, verdict.state, verdict.reason)
-        await events.post(
-            ctx.kube.core,
-            kind=kind.kind,
-            namespace=namespace,
-            name=name,
-            uid=meta.get("uid", ""),
-            type_="Warning" if verdict.state is State.STALLED else "Normal",
-            reason=verdict.reason,
-            message=verdict.message,
+        await post_event(
+            ctx,
+            kind,
+            body,
+            "Warning" if verdict.state is State.STALLED else "Normal",
+            verdict.reason,
+            verdict.message,
         )
+
+
+async def post_event(
+    ctx: Context,
+    kind: KindInfo,
+    body: Mapping[str, Any],
+    type_: events.EventType,
+    reason: str,
+    message: str,
+) -> None:
+    """An Event on the object: for transitions, and for actions a person audits (what was
+    created, credentials rotated). Messages never carry secrets."""
+    meta = body["metadata"]
+    await events.post(
+        ctx.kube.core,
+        kind=kind.kind,
+        namespace=meta["namespace"],
+        name=meta["name"],
+        uid=meta.get("uid", ""),
+        type_=type_,
+        reason=reason,
+        message=message,
+    )

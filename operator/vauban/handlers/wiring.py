@@ -80,7 +80,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         # Databases waiting on this cluster learn of its change (or its deletion) now, not at
         # their next periodic re-check.
         for dependent in list(dependents.get(_key(body), ())):
-            await _guarded(database.reconcile(ctx, dependent, index), dependent)
+            await _guarded(database.reconcile(ctx, dependent, index, dependents), dependent)
 
     @kopf.on.delete(*CLUSTERS, id="cluster_finalizer", registry=registry)
     async def cluster_delete(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
@@ -116,14 +116,22 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         **kwargs: Any,
     ) -> None:
         if _live(type, body):
-            await database.reconcile(context_of(memo), body, kwargs["clusters"])
+            await database.reconcile(
+                context_of(memo), body, kwargs["clusters"], kwargs["databases_by_cluster"]
+            )
 
-    # Objects that are not ready are looked at again every `recheck` seconds: what they wait
-    # for may not be watched (a Secret created, a namespace labelled). kopf timers would do
-    # it, but each timer forces a finalizer onto its object, and a finalizer blocks deletion
-    # whenever the operator is down.
-    for resource, index_id in ((CLUSTERS, "waiting_clusters"), (DATABASES, "waiting_databases")):
-        kopf.index(*resource, id=index_id, when=_not_ready, registry=registry)(_waiting)
+    @kopf.on.delete(*DATABASES, id="database_finalizer", registry=registry)
+    async def database_delete(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        await database.finalize(
+            context_of(memo), body, kwargs["clusters"], kwargs["databases_by_cluster"]
+        )
+
+    # Clusters that are not ready are looked at again every `recheck` seconds (with backoff
+    # for failing servers): what they wait for may not be watched (a Secret created). kopf
+    # timers would do it, but each timer forces a finalizer onto its object, and a finalizer
+    # blocks deletion whenever the operator is down.
+    waiting = kopf.index(*CLUSTERS, id="waiting_clusters", when=_not_ready, registry=registry)
+    waiting(_waiting)
 
     @kopf.on.startup(id="recheck", registry=registry)
     async def start_recheck(memo: kopf.Memo, **kwargs: Any) -> None:
@@ -133,7 +141,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
                 recheck,
                 clusters=kwargs["clusters"],
                 waiting_clusters=kwargs["waiting_clusters"],
-                waiting_databases=kwargs["waiting_databases"],
+                databases=kwargs["databases_by_cluster"],
             ),
             name="vauban-recheck",
         )
@@ -174,7 +182,7 @@ async def _recheck_forever(
     *,
     clusters: ClusterIndex,
     waiting_clusters: DependentsIndex,
-    waiting_databases: DependentsIndex,
+    databases: DependentsIndex,
 ) -> None:
     while True:
         await asyncio.sleep(interval)
@@ -182,9 +190,12 @@ async def _recheck_forever(
             for body in list(store):
                 if ctx.backoff.due(_key(body)):
                     await _guarded(cluster.reconcile(ctx, body), body)
-        for store in list(waiting_databases.values()):
+        # Every database: those not ready, those with credentials to retire or rotate, and
+        # the ready ones once per probe interval (size, connections).
+        for store in list(databases.values()):
             for body in list(store):
-                await _guarded(database.reconcile(ctx, body, clusters), body)
+                if database.due(ctx, body):
+                    await _guarded(database.reconcile(ctx, body, clusters, databases), body)
 
 
 async def _guarded(reconcile: Awaitable[None], body: Mapping[str, Any]) -> None:

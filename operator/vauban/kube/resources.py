@@ -98,15 +98,11 @@ class Kube:
         return obj
 
     async def apply_network_policy(self, body: Mapping[str, Any]) -> None:
-        meta = body["metadata"]
-        await self._networking.patch_namespaced_network_policy(
-            meta["name"],
-            meta["namespace"],
-            dict(body),
-            field_manager=FIELD_MANAGER,
-            force=True,
-            _content_type=APPLY_PATCH,
-        )
+        await _apply(self._networking.patch_namespaced_network_policy, body)
+
+    async def apply_secret(self, body: Mapping[str, Any]) -> None:
+        """Server-side apply of a Secret Vauban owns whole (a tenant's credentials)."""
+        await _apply(self._core.patch_namespaced_secret, body)
 
     async def create_secret_if_absent(self, body: Mapping[str, Any]) -> bool:
         """Create a Secret unless one of that name exists: a Secret holding a generated
@@ -207,3 +203,16 @@ class Kube:
                 return None
             raise
         return frozenset((secret.data or {}).keys()) | frozenset((secret.string_data or {}).keys())
+
+
+async def _apply(patch: Callable[..., Awaitable[object]], body: Mapping[str, Any]) -> None:
+    """Server-side apply of a namespaced built-in object with Vauban's field manager."""
+    meta = body["metadata"]
+    await patch(
+        meta["name"],
+        meta["namespace"],
+        dict(body),
+        field_manager=FIELD_MANAGER,
+        force=True,
+        _content_type=APPLY_PATCH,
+    )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
 from vauban.api.cluster import ManagedClusterSpec
 from vauban.api.database import ManagedDatabaseSpec
@@ -70,8 +72,154 @@ def assess(
             "the database is provisioned once it is.",
         )
     return Verdict(
-        State.STALLED,
-        Reason.NOT_IMPLEMENTED,
-        f"ManagedCluster {ref} is ready, but this version of Vauban does not provision "
-        "databases yet. Nothing was created.",
+        State.PROGRESSING,
+        Reason.PROVISIONING,
+        f"Provisioning database {spec.database_name} on ManagedCluster {ref}.",
     )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Another ManagedDatabase's hold on names of the same cluster."""
+
+    namespace: str
+    name: str
+    created: str
+    database: str
+    owner: str
+    provisioned: bool
+    """Whether it already provisioned its names: it keeps them, whatever its age."""
+
+    def precedence(self) -> tuple[bool, str, str, str]:
+        return (not self.provisioned, self.created, self.namespace, self.name)
+
+
+def name_conflict(me: Claim, others: Iterable[Claim]) -> Verdict | None:
+    """Two ManagedDatabases may not share a database or owner role on one cluster: the one
+    that provisioned them keeps them, else the older (then the first by namespace/name); the
+    other is told why."""
+    for other in others:
+        if (other.namespace, other.name) == (me.namespace, me.name):
+            continue
+        if other.precedence() > me.precedence():
+            continue
+        clash = (
+            f"database {me.database}"
+            if other.database == me.database
+            else f"owner role {me.owner}"
+            if other.owner in (me.owner, me.database) or other.database == me.owner
+            else None
+        )
+        if clash:
+            return Verdict(
+                State.STALLED,
+                Reason.NAME_CONFLICT,
+                f"The {clash} is already provided by ManagedDatabase "
+                f"{other.namespace}/{other.name} on the same cluster. Choose another name; "
+                "nothing was created.",
+            )
+    return None
+
+
+# -- credentials -----------------------------------------------------------------------------
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def seconds(duration: str) -> int:
+    """`30s`, `15m`, `12h`, `30d`, `2w` in seconds (the Duration pattern guarantees the
+    form)."""
+    return int(duration[:-1]) * _DURATION_UNITS[duration[-1]]
+
+
+def login_name(owner: str, generation: int) -> str:
+    """The n-th login role of an owner, within PostgreSQL's 63-byte names."""
+    return f"{owner[:52]}_login{generation}"
+
+
+def login_generation(owner: str, role: str) -> int | None:
+    prefix = f"{owner[:52]}_login"
+    suffix = role.removeprefix(prefix)
+    return int(suffix) if role.startswith(prefix) and suffix.isdigit() else None
+
+
+@dataclass(frozen=True)
+class CredentialsPlan:
+    """What to do about the tenant's credentials this reconcile."""
+
+    login: str
+    """The login role the Secret names after this reconcile."""
+
+    new_password: bool
+    """Generate a password (a new login role), rather than use the Secret's."""
+
+    retiring: tuple[str, ...]
+    """Former logins still working, until retire_after."""
+
+    retire_after: datetime | None
+    retire_now: tuple[str, ...]
+    """Former logins whose grace period is over: revoke them now."""
+
+    rotated: bool
+
+
+def plan_credentials(
+    *,
+    owner: str,
+    secret_username: str | None,
+    existing_logins: Iterable[str],
+    retiring: Iterable[str],
+    retire_after: datetime | None,
+    last_rotation: datetime | None,
+    rotate_token: str | None,
+    acted_token: str | None,
+    rotation_period: str | None,
+    grace_period: str,
+    now: datetime,
+) -> CredentialsPlan:
+    """The credentials step, from the Secret, the server's login roles and the status.
+
+    The Secret is the only source of a password: with no rotation due, its username and
+    password are used as they are (a login role missing on the server is recreated with
+    them), so a restart never brings back a stale password."""
+    logins = sorted(
+        (r for r in existing_logins if login_generation(owner, r) is not None),
+        key=lambda r: login_generation(owner, r) or 0,
+    )
+    token_due = rotate_token is not None and rotate_token != acted_token
+    period_due = (
+        rotation_period is not None
+        and last_rotation is not None
+        and now >= last_rotation + timedelta(seconds=seconds(rotation_period))
+    )
+    rotate = secret_username is None or token_due or period_due
+    highest = max((login_generation(owner, r) or 0 for r in logins), default=0)
+    current = login_name(owner, highest + 1) if rotate else str(secret_username)
+    # Logins other than the current one: those already retiring keep their deadline, any
+    # other (the one just replaced, or one left by an interrupted rotation) gets a full grace.
+    others = [r for r in logins if r != current]
+    pending = set(retiring) & set(others)
+    fresh = [r for r in others if r not in pending]
+    deadline = retire_after if pending else None
+    if fresh:
+        deadline = now + timedelta(seconds=seconds(grace_period))
+    if deadline is not None and now >= deadline:
+        return CredentialsPlan(current, rotate, (), None, tuple(sorted(others)), rotate)
+    return CredentialsPlan(current, rotate, tuple(sorted(others)), deadline, (), rotate)
+
+
+def timers_due(status: Mapping[str, Any], spec: Mapping[str, Any], now: datetime) -> bool:
+    """Whether time alone calls for a reconcile: retiring logins past their grace period, or
+    a rotation period elapsed."""
+    credentials = status.get("credentials") or {}
+    retire_after = credentials.get("retireAfter")
+    if credentials.get("retiring") and retire_after and now >= parse_time(retire_after):
+        return True
+    period = (spec.get("credentials") or {}).get("rotationPeriod")
+    last = credentials.get("lastRotation")
+    return bool(period and last and now >= parse_time(last) + timedelta(seconds=seconds(period)))
+
+
+def parse_time(value: str) -> datetime:
+    """An RFC 3339 time as status stores it."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
