@@ -14,6 +14,8 @@ from typing import Any
 from vauban.devcluster.build import ensure_binaries
 from vauban.devcluster.controlplane import LocalControlPlane
 
+logger = logging.getLogger(__name__)
+
 
 def _build(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -32,7 +34,7 @@ def _up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    with LocalControlPlane() as plane:
+    with LocalControlPlane(keep=args.keep) as plane:
         kubeconfig = plane.kubeconfig
         if args.kubeconfig_out:
             kubeconfig = Path(args.kubeconfig_out)
@@ -40,6 +42,7 @@ def _up(args: argparse.Namespace) -> int:
             shutil.copyfile(plane.kubeconfig, kubeconfig)
             kubeconfig.chmod(0o600)
         print(f"export KUBECONFIG={kubeconfig.resolve()}", flush=True)
+        logger.info("component logs in %s", plane.data_dir / "logs")
         stop.wait()
     return 0
 
@@ -50,4 +53,7 @@ def register(commands: Any) -> None:
     build.set_defaults(func=_build)
     up = commands.add_parser("up", help="start a local control plane until interrupted")
     up.add_argument("--kubeconfig-out", help="also write the kubeconfig here")
+    up.add_argument(
+        "--keep", action="store_true", help="keep the data folder (etcd, logs) after stopping"
+    )
     up.set_defaults(func=_up)

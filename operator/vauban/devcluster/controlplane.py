@@ -20,6 +20,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -73,11 +74,27 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: if the process that started the control plane dies
-    (a killed test run), the kernel ends the component too, so none is left running."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with(parent: int) -> Callable[[], None] | None:
+    """A `preexec_fn` for the children: if the process that started the control plane dies (a
+    killed test run), the kernel kills the component too, so none is left running. Linux only;
+    elsewhere `stop()` alone cleans up.
+
+    SIGKILL, not SIGTERM: all components get the signal at once, and a kube-apiserver whose
+    etcd is already gone hangs in its graceful shutdown instead of exiting.
+
+    The kernel ties the signal to the *thread* that forked, so a control plane must be started
+    from a thread that outlives it (the main thread, in the CLI and under pytest)."""
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        # The parent may have died between fork and prctl: then nobody would send the signal.
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 @dataclass
@@ -116,8 +133,16 @@ class LocalControlPlane:
     """Start with `start()` or as a context manager; `kubeconfig` is then usable by kubectl,
     the Python client and the operator."""
 
-    def __init__(self, data_dir: Path | None = None, *, binaries: Binaries | None = None) -> None:
-        self._owns_dir = data_dir is None
+    def __init__(
+        self,
+        data_dir: Path | None = None,
+        *,
+        binaries: Binaries | None = None,
+        keep: bool = False,
+    ) -> None:
+        """`data_dir` defaults to a fresh temporary folder, removed by `stop()` unless `keep`
+        (its logs/ help after a failure); a given `data_dir` is always kept."""
+        self._owns_dir = data_dir is None and not keep
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="vauban-controlplane-"))
         self._binaries = binaries
         self._components: list[Component] = []
@@ -284,7 +309,7 @@ class LocalControlPlane:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with(os.getpid()),
                 cwd=self.data_dir,
             )
         component = Component(name, process, log)

@@ -36,6 +36,12 @@ def _owner(body: Mapping[str, Any]) -> cnpg.Owner:
 
 
 async def reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
+    meta = body["metadata"]
+    async with ctx.locks[(MANAGED_CLUSTER.kind, meta["namespace"], meta["name"])]:
+        await _reconcile(ctx, body)
+
+
+async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
     spec = await parse_spec(ctx, MANAGED_CLUSTER, ManagedClusterSpec, body)
     if spec is None:
         return

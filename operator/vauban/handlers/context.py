@@ -42,7 +42,7 @@ class Context:
         default_factory=lambda: defaultdict(asyncio.Lock)
     )
     """One lock per object: its own event, a re-check and its cluster's event may reconcile
-    it at the same moment; they publish one after the other."""
+    it at the same moment; they run one after the other."""
 
     backoff: Backoff = field(init=False)
     probed: dict[tuple[str, str], float] = field(default_factory=dict)

@@ -64,6 +64,22 @@ async def reconcile(
     neighbours: Mapping[tuple[str, str], Iterable[Mapping[str, Any]]],
 ) -> None:
     """`neighbours`: the databases of each cluster, for name conflicts."""
+    meta = body["metadata"]
+    async with ctx.locks[(MANAGED_DATABASE.kind, meta["namespace"], meta["name"])]:
+        # Re-read under the lock: a reconcile that waited must see what the previous one
+        # wrote (a rotation done twice would cut the grace period of the first).
+        fresh = await ctx.kube.read(MANAGED_DATABASE, meta["namespace"], meta["name"])
+        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            return
+        await _reconcile(ctx, fresh, clusters, neighbours)
+
+
+async def _reconcile(
+    ctx: Context,
+    body: Mapping[str, Any],
+    clusters: Mapping[tuple[str, str], Iterable[ClusterView]],
+    neighbours: Mapping[tuple[str, str], Iterable[Mapping[str, Any]]],
+) -> None:
     spec = await parse_spec(ctx, MANAGED_DATABASE, ManagedDatabaseSpec, body)
     if spec is None:
         return

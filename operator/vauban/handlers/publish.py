@@ -26,7 +26,15 @@ def snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "metadata": {
             k: meta[k]
-            for k in ("name", "namespace", "uid", "generation", "creationTimestamp", "annotations")
+            for k in (
+                "name",
+                "namespace",
+                "uid",
+                "generation",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "annotations",
+            )
             if k in meta
         },
         "spec": dict(body.get("spec", {})),
@@ -66,9 +74,10 @@ async def publish(
     """Write the status `verdict` implies, and an Event on a transition, only if the stored
     status differs.
 
-    The body a handler got may be stale (a timer's, or a dependent's copy from an index), so
-    a change seen against it is confirmed against the object as stored now — a read, never
-    a write, and only when something seems to have changed.
+    The body a handler got may be stale (a re-check's, or a dependent's copy from an index),
+    so a change seen against it is confirmed against the object as stored now — a read,
+    never a write, and only when something seems to have changed. Callers hold the object's
+    lock (`Context.locks`).
     """
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
@@ -81,14 +90,13 @@ async def publish(
 
     if not update_from(body.get("status")).changed:
         return
-    async with ctx.locks[(kind.kind, namespace, name)]:
-        stored = await ctx.kube.read(kind, namespace, name)
-        if stored is None or stored["metadata"].get("generation", 0) > generation:
-            return  # gone, or its spec changed since: the next event reconciles it
-        update = update_from(stored.get("status"))
-        if not update.changed:
-            return
-        await ctx.kube.apply_status(kind, namespace, name, update.status)
+    stored = await ctx.kube.read(kind, namespace, name)
+    if stored is None or stored["metadata"].get("generation", 0) > generation:
+        return  # gone, or its spec changed since: the next event reconciles it
+    update = update_from(stored.get("status"))
+    if not update.changed:
+        return
+    await ctx.kube.apply_status(kind, namespace, name, update.status)
     if update.transition:
         logger.info("%s %s/%s: %s (%s)", kind.kind, namespace, name, verdict.state, verdict.reason)
         await post_event(

@@ -80,7 +80,8 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         # Databases waiting on this cluster learn of its change (or its deletion) now, not at
         # their next periodic re-check.
         for dependent in list(dependents.get(_key(body), ())):
-            await _guarded(database.reconcile(ctx, dependent, index, dependents), dependent)
+            if _live("MODIFIED", dependent):
+                await _guarded(database.reconcile(ctx, dependent, index, dependents), dependent)
 
     @kopf.on.delete(*CLUSTERS, id="cluster_finalizer", registry=registry)
     async def cluster_delete(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
@@ -98,7 +99,8 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         owners: DependentsIndex = kwargs["cluster_bodies"]
         name = body["metadata"].get("labels", {}).get(cnpg.CLUSTER_LABEL)
         for owner in list(owners.get((body["metadata"]["namespace"], name), ())):
-            await _guarded(cluster.reconcile(context_of(memo), owner), owner)
+            if _live("MODIFIED", owner):
+                await _guarded(cluster.reconcile(context_of(memo), owner), owner)
 
     for resource, handler_id in (
         ((cnpg.CNPG_GROUP, cnpg.CNPG_VERSION, cnpg.CNPG_PLURAL), "engine_cluster"),
@@ -188,13 +190,13 @@ async def _recheck_forever(
         await asyncio.sleep(interval)
         for store in list(waiting_clusters.values()):
             for body in list(store):
-                if ctx.backoff.due(_key(body)):
+                if _live("MODIFIED", body) and ctx.backoff.due(_key(body)):
                     await _guarded(cluster.reconcile(ctx, body), body)
         # Every database: those not ready, those with credentials to retire or rotate, and
         # the ready ones once per probe interval (size, connections).
         for store in list(databases.values()):
             for body in list(store):
-                if database.due(ctx, body):
+                if _live("MODIFIED", body) and database.due(ctx, body):
                     await _guarded(database.reconcile(ctx, body, clusters, databases), body)
 
 
