@@ -6,11 +6,14 @@ import asyncio
 import logging
 
 import kopf
+from aiohttp import web
+from prometheus_client import generate_latest
 
 from vauban.handlers import wiring
 from vauban.handlers.context import Context
 from vauban.kube.client import connect
 from vauban.kube.resources import Kube
+from vauban.metrics import Metrics
 from vauban.settings import FINALIZER, Settings
 
 logger = logging.getLogger(__name__)
@@ -49,16 +52,44 @@ def configure_logging(settings: Settings) -> None:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
+async def serve_metrics(metrics: Metrics, ready: asyncio.Event, port: int) -> web.AppRunner:
+    """/metrics for Prometheus, /readyz for the kubelet (ready once kopf has started)."""
+
+    async def scrape(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry), content_type="text/plain")
+
+    async def readyz(_: web.Request) -> web.Response:
+        return web.Response(
+            text="ok" if ready.is_set() else "starting", status=200 if ready.is_set() else 503
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", scrape)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()  # noqa: S104 - scraped from the pod IP
+    return runner
+
+
 async def run(settings: Settings, *, stop_flag: asyncio.Event | None = None) -> None:
     """Run until `stop_flag` is set or the process is signalled."""
     kube = Kube(await connect(settings.kubeconfig))
+    metrics = Metrics()
+    ready = asyncio.Event()
+    runner = (
+        await serve_metrics(metrics, ready, settings.metrics_port)
+        if settings.metrics_port
+        else None
+    )
     registry = kopf.OperatorRegistry()
     wiring.register(registry, settings)
     try:
         await kopf.operator(
             registry=registry,
             settings=operator_settings(),
-            memo=kopf.Memo(ctx=Context(kube=kube, settings=settings)),
+            memo=kopf.Memo(ctx=Context(kube=kube, settings=settings, metrics=metrics)),
+            ready_flag=ready,
             clusterwide=not settings.watch_namespaces,
             namespaces=settings.watch_namespaces,
             # Until leader election lands, one replica: peering needs kopf's own CRDs.
@@ -71,4 +102,6 @@ async def run(settings: Settings, *, stop_flag: asyncio.Event | None = None) -> 
             stop_flag=stop_flag,
         )
     finally:
+        if runner is not None:
+            await runner.cleanup()
         await kube.close()

@@ -45,4 +45,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     liveness_port: int = Field(default=8081, ge=0, le=65535)
-    """Port of the /healthz endpoint; 0 disables it."""
+    """Port of kopf's /healthz liveness endpoint; 0 disables it."""
+
+    metrics_port: int = Field(default=8080, ge=0, le=65535)
+    """Port of /metrics (Prometheus) and /readyz; 0 disables them."""

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from support.kube import KubeCtl, condition, eventually
+from support.kube import KubeCtl, OperatorProcess, condition, eventually
 from vauban.devcluster.postgres import PostgresServer
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -107,7 +107,11 @@ def provisioned(kube: KubeCtl, namespace: str, **spec: Any) -> dict[str, Any]:
 
 
 def test_database_role_secret_and_tenant_access(
-    kube: KubeCtl, namespace: str, cluster: str, postgres: PostgresServer
+    kube: KubeCtl,
+    namespace: str,
+    cluster: str,
+    postgres: PostgresServer,
+    operator: OperatorProcess,
 ) -> None:
     obj = provisioned(kube, namespace, extensions=["pgcrypto", "citext"], connectionLimit=5)
     spec = obj["spec"]
@@ -177,6 +181,13 @@ def test_database_role_secret_and_tenant_access(
         if e["involvedObject"]["name"] == "shop"
     ]
     assert "Provisioned" in events
+
+    labels = {"namespace": namespace, "database": "shop"}
+    assert operator.metric("vauban_database_up", **labels) == 1.0
+    assert (operator.metric("vauban_database_size_bytes", **labels) or 0) > 0
+    reconciles = operator.metric("vauban_reconcile_total", kind="ManagedDatabase", result="success")
+    assert (reconciles or 0) > 0
+    assert operator.metric("vauban_build_info") == 1.0
 
 
 def test_second_reconcile_changes_nothing(kube: KubeCtl, namespace: str, cluster: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -124,8 +125,10 @@ def test_missing_secret_waits(kube: KubeCtl, namespace: str, postgres: PostgresS
 
 
 def test_server_going_away_and_coming_back(
-    kube: KubeCtl, namespace: str, admin: tuple[str, str]
+    kube: KubeCtl, namespace: str, admin: tuple[str, str], operator: OperatorProcess
 ) -> None:
+    """The operator probes ready clusters every probe interval (2 s in the suite): a server
+    that stops is Unreachable within two intervals, and the up metric follows."""
     server = PostgresServer()
     server.start()
     try:
@@ -133,14 +136,21 @@ def test_server_going_away_and_coming_back(
         kube.apply(admin_secret(namespace, *admin))
         kube.apply(external_cluster(namespace, server.port))
         eventually(lambda: ready_reason(kube, namespace, "Available"))
+        up = {"namespace": namespace, "cluster": "legacy"}
+        assert operator.metric("vauban_cluster_up", **up) == 1.0
 
         server.stop()
+        stopped = time.monotonic()
         obj = eventually(lambda: ready_reason(kube, namespace, "Unreachable"), timeout=60)
+        # Two probe intervals, plus the time to notice and write status.
+        assert time.monotonic() - stopped < 2 * 2 + 3
+        assert operator.metric("vauban_cluster_up", **up) == 0.0
         assert obj["status"]["phase"] == "Pending"
         ready = condition(obj, "Ready")
         assert ready and f"127.0.0.1:{server.port}" in ready["message"]
 
         server.start()
         eventually(lambda: ready_reason(kube, namespace, "Available"), timeout=90, what="back")
+        assert operator.metric("vauban_cluster_up", **up) == 1.0
     finally:
         server.destroy()

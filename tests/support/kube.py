@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,9 +84,25 @@ class OperatorProcess:
 
     process: subprocess.Popen[bytes]
     log: Path
+    metrics_port: int
 
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample of the operator's /metrics, as Prometheus would scrape it."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    return float(sample.value)
+        return None
 
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,12 +23,14 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def running_operator(kubeconfig: Path, log: Path) -> Iterator[OperatorProcess]:
-    port = _free_port()
+    port, metrics_port = _free_port(), _free_port()
     env = {
         **os.environ,
         "VAUBAN_KUBECONFIG": str(kubeconfig),
         "VAUBAN_RECHECK_INTERVAL_SECONDS": "1",
+        "VAUBAN_PROBE_INTERVAL_SECONDS": "2",
         "VAUBAN_LIVENESS_PORT": str(port),
+        "VAUBAN_METRICS_PORT": str(metrics_port),
         "VAUBAN_LOG_FORMAT": "json",
         "VAUBAN_LOG_LEVEL": "DEBUG",
     }
@@ -36,13 +38,13 @@ def running_operator(kubeconfig: Path, log: Path) -> Iterator[OperatorProcess]:
         process = subprocess.Popen(
             [sys.executable, "-m", "vauban", "run"], stdout=out, stderr=subprocess.STDOUT, env=env
         )
-    running = OperatorProcess(process, log)
+    running = OperatorProcess(process, log, metrics_port)
     try:
         deadline = time.monotonic() + 60
         while True:
             assert process.poll() is None, f"operator exited:\n{running.log_text()[-4000:]}"
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2):
                     break
             except OSError:
                 if time.monotonic() > deadline:

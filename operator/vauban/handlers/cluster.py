@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -38,7 +39,8 @@ def _owner(body: Mapping[str, Any]) -> cnpg.Owner:
 async def reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
     meta = body["metadata"]
     async with ctx.locks[(MANAGED_CLUSTER.kind, meta["namespace"], meta["name"])]:
-        await _reconcile(ctx, body)
+        with ctx.metrics.reconcile(MANAGED_CLUSTER.kind):
+            await _reconcile(ctx, body)
 
 
 async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
@@ -50,12 +52,32 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
         assessment = await _reconcile_managed(ctx, owner, spec)
     else:
         assessment = await _assess_external(ctx, owner.namespace, spec)
-        key = (owner.namespace, owner.name)
-        if assessment.verdict.state is State.READY:
-            ctx.backoff.succeeded(key)
-        else:
-            ctx.backoff.failed(key)
     await publish(ctx, MANAGED_CLUSTER, body, assessment.verdict, fields=assessment.fields)
+    key = (owner.namespace, owner.name)
+    ctx.probed[key] = time.monotonic()
+    # Failures that cost a connection (or wait for software to be installed) back off.
+    if assessment.verdict.reason in _COSTLY_FAILURES:
+        ctx.backoff.failed(key)
+    else:
+        ctx.backoff.succeeded(key)
+
+
+_COSTLY_FAILURES = (
+    Reason.UNREACHABLE,
+    Reason.AUTHENTICATION_FAILED,
+    Reason.INSUFFICIENT_PRIVILEGES,
+    Reason.VERSION_MISMATCH,
+    Reason.ENGINE_NOT_INSTALLED,
+)
+
+
+def due(ctx: Context, body: Mapping[str, Any]) -> bool:
+    """Whether the periodic re-check should reconcile this cluster now: when not ready (after
+    any backoff), and when ready once per probe interval."""
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    if not is_true(previous_conditions(body.get("status")), ConditionType.READY):
+        return ctx.backoff.due(key)
+    return time.monotonic() - ctx.probed.get(key, 0.0) >= ctx.settings.probe_interval_seconds
 
 
 async def _reconcile_managed(

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vauban.kube.resources import Kube
+from vauban.metrics import Metrics
 from vauban.settings import Settings
 
 
@@ -38,6 +39,7 @@ class Backoff:
 class Context:
     kube: Kube
     settings: Settings
+    metrics: Metrics
     locks: defaultdict[tuple[str, str, str], asyncio.Lock] = field(
         default_factory=lambda: defaultdict(asyncio.Lock)
     )

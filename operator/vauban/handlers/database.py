@@ -71,7 +71,8 @@ async def reconcile(
         fresh = await ctx.kube.read(MANAGED_DATABASE, meta["namespace"], meta["name"])
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return
-        await _reconcile(ctx, fresh, clusters, neighbours)
+        with ctx.metrics.reconcile(MANAGED_DATABASE.kind):
+            await _reconcile(ctx, fresh, clusters, neighbours)
 
 
 async def _reconcile(

@@ -88,7 +88,9 @@ async def publish(
             status, verdict, generation=generation, now=now_rfc3339(), fields=fields
         )
 
-    if not update_from(body.get("status")).changed:
+    first = update_from(body.get("status"))
+    ctx.metrics.observe(kind.kind, namespace, name, first.status)
+    if not first.changed:
         return
     stored = await ctx.kube.read(kind, namespace, name)
     if stored is None or stored["metadata"].get("generation", 0) > generation:

@@ -19,12 +19,10 @@ from vauban.api.cluster import MANAGED_CLUSTER
 from vauban.api.common import GROUP, VERSION
 from vauban.api.database import MANAGED_DATABASE
 from vauban.builders import cnpg
-from vauban.conditions import ConditionType, is_true
 from vauban.handlers import cluster, database
 from vauban.handlers.context import Context, context_of
 from vauban.handlers.publish import snapshot
 from vauban.reconcile.database import ClusterView
-from vauban.reconcile.status import previous_conditions
 from vauban.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -35,10 +33,6 @@ DATABASES = (GROUP, VERSION, MANAGED_DATABASE.plural)
 
 def _live(type: str | None, body: Mapping[str, Any]) -> bool:  # noqa: A002 - kopf's kwarg name
     return type != "DELETED" and not body["metadata"].get("deletionTimestamp")
-
-
-def _not_ready(status: Mapping[str, Any], **_: Any) -> bool:
-    return not is_true(previous_conditions(status), ConditionType.READY)
 
 
 ClusterIndex = kopf.Index[tuple[str, str], ClusterView]
@@ -75,7 +69,9 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         ctx = context_of(memo)
         index: ClusterIndex = kwargs["clusters"]
         dependents: DependentsIndex = kwargs["databases_by_cluster"]
-        if _live(type, body):
+        if type == "DELETED":
+            ctx.metrics.forget(MANAGED_CLUSTER.kind, *_key(body))
+        elif _live(type, body):
             await cluster.reconcile(ctx, body)
         # Databases waiting on this cluster learn of its change (or its deletion) now, not at
         # their next periodic re-check.
@@ -117,10 +113,11 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         memo: kopf.Memo,
         **kwargs: Any,
     ) -> None:
-        if _live(type, body):
-            await database.reconcile(
-                context_of(memo), body, kwargs["clusters"], kwargs["databases_by_cluster"]
-            )
+        ctx = context_of(memo)
+        if type == "DELETED":
+            ctx.metrics.forget(MANAGED_DATABASE.kind, *_key(body))
+        elif _live(type, body):
+            await database.reconcile(ctx, body, kwargs["clusters"], kwargs["databases_by_cluster"])
 
     @kopf.on.delete(*DATABASES, id="database_finalizer", registry=registry)
     async def database_delete(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
@@ -128,12 +125,11 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             context_of(memo), body, kwargs["clusters"], kwargs["databases_by_cluster"]
         )
 
-    # Clusters that are not ready are looked at again every `recheck` seconds (with backoff
-    # for failing servers): what they wait for may not be watched (a Secret created). kopf
-    # timers would do it, but each timer forces a finalizer onto its object, and a finalizer
-    # blocks deletion whenever the operator is down.
-    waiting = kopf.index(*CLUSTERS, id="waiting_clusters", when=_not_ready, registry=registry)
-    waiting(_waiting)
+    # One background task re-examines objects: those not ready every `recheck` seconds (with
+    # backoff for failing servers), since what they wait for may not be watched (a Secret
+    # created); ready ones once per probe interval (an external server going away, sizes).
+    # kopf timers would do it, but each timer forces a finalizer onto its object, and a
+    # finalizer blocks deletion whenever the operator is down.
 
     @kopf.on.startup(id="recheck", registry=registry)
     async def start_recheck(memo: kopf.Memo, **kwargs: Any) -> None:
@@ -142,7 +138,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
                 context_of(memo),
                 recheck,
                 clusters=kwargs["clusters"],
-                waiting_clusters=kwargs["waiting_clusters"],
+                cluster_bodies=kwargs["cluster_bodies"],
                 databases=kwargs["databases_by_cluster"],
             ),
             name="vauban-recheck",
@@ -174,23 +170,19 @@ def _key(body: Mapping[str, Any]) -> tuple[str, str]:
     return (body["metadata"]["namespace"], body["metadata"]["name"])
 
 
-def _waiting(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    return {_key(body): snapshot(body)}
-
-
 async def _recheck_forever(
     ctx: Context,
     interval: float,
     *,
     clusters: ClusterIndex,
-    waiting_clusters: DependentsIndex,
+    cluster_bodies: DependentsIndex,
     databases: DependentsIndex,
 ) -> None:
     while True:
         await asyncio.sleep(interval)
-        for store in list(waiting_clusters.values()):
+        for store in list(cluster_bodies.values()):
             for body in list(store):
-                if _live("MODIFIED", body) and ctx.backoff.due(_key(body)):
+                if _live("MODIFIED", body) and cluster.due(ctx, body):
                     await _guarded(cluster.reconcile(ctx, body), body)
         # Every database: those not ready, those with credentials to retire or rotate, and
         # the ready ones once per probe interval (size, connections).
