@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from lupa import LuaRuntime
 
-from support.kube import KubeCtl, condition, eventually
+from support.kube import KubeCtl, eventually, external_cluster, with_reason
 from vauban.devcluster.postgres import PostgresServer
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -26,12 +26,6 @@ def health(obj: dict[str, Any]) -> tuple[str, str]:
     return str(result.status), str(result.message)
 
 
-def reason_of(kube: KubeCtl, kind: str, name: str, namespace: str, reason: str) -> Any:
-    obj = kube.get(kind, name, namespace)
-    ready = condition(obj, "Ready")
-    return obj if ready and ready["reason"] == reason else None
-
-
 def test_waiting_on_a_dependency_is_progressing_not_degraded(kube: KubeCtl, namespace: str) -> None:
     kube.apply(
         {
@@ -42,7 +36,7 @@ def test_waiting_on_a_dependency_is_progressing_not_degraded(kube: KubeCtl, name
         }
     )
     obj = eventually(
-        lambda: reason_of(kube, "manageddatabase", "app", namespace, "ClusterNotFound")
+        lambda: with_reason(kube, "manageddatabase", "app", namespace, "ClusterNotFound")
     )
     status, message = health(obj)
     assert status == "Progressing"
@@ -66,7 +60,7 @@ def test_a_person_must_act_is_degraded(kube: KubeCtl, namespace: str) -> None:
         }
     )
     obj = eventually(
-        lambda: reason_of(kube, "managedcluster", "main", namespace, "EngineNotInstalled")
+        lambda: with_reason(kube, "managedcluster", "main", namespace, "EngineNotInstalled")
     )
     status, message = health(obj)
     assert status == "Degraded"
@@ -86,21 +80,6 @@ def test_ready_is_healthy(kube: KubeCtl, namespace: str, postgres: PostgresServe
         f"--from-literal=username={admin}",
         f"--from-literal=password={password}",
     )
-    kube.apply(
-        {
-            "apiVersion": "vauban.dev/v1alpha1",
-            "kind": "ManagedCluster",
-            "metadata": {"name": "pg", "namespace": namespace},
-            "spec": {
-                "mode": "External",
-                "external": {
-                    "host": "127.0.0.1",
-                    "port": postgres.port,
-                    "adminSecretRef": {"name": "admin"},
-                    "sslMode": "disable",
-                },
-            },
-        }
-    )
-    obj = eventually(lambda: reason_of(kube, "managedcluster", "pg", namespace, "Available"))
+    kube.apply(external_cluster(namespace, "pg", postgres.port))
+    obj = eventually(lambda: with_reason(kube, "managedcluster", "pg", namespace, "Available"))
     assert health(obj)[0] == "Healthy"

@@ -13,7 +13,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from support.kube import KubeCtl, OperatorProcess, condition, eventually
+from support.kube import (
+    KubeCtl,
+    OperatorProcess,
+    condition,
+    eventually,
+    external_cluster,
+    with_reason,
+)
 from vauban.devcluster.postgres import PostgresServer
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -34,22 +41,7 @@ def cluster(kube: KubeCtl, namespace: str, postgres: PostgresServer) -> Iterator
             "stringData": {"username": admin, "password": password},
         }
     )
-    kube.apply(
-        {
-            "apiVersion": "vauban.dev/v1alpha1",
-            "kind": "ManagedCluster",
-            "metadata": {"name": "pg", "namespace": namespace},
-            "spec": {
-                "mode": "External",
-                "external": {
-                    "host": "127.0.0.1",
-                    "port": postgres.port,
-                    "adminSecretRef": {"name": "admin"},
-                    "sslMode": "disable",
-                },
-            },
-        }
-    )
+    kube.apply(external_cluster(namespace, "pg", postgres.port))
     eventually(lambda: ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
     yield "pg"
 
@@ -58,12 +50,6 @@ def ready(kube: KubeCtl, kind: str, name: str, namespace: str) -> dict[str, Any]
     obj = kube.get(kind, name, namespace)
     c = condition(obj, "Ready")
     return obj if c and c["status"] == "True" else None
-
-
-def reason(kube: KubeCtl, name: str, namespace: str, expected: str) -> dict[str, Any] | None:
-    obj = kube.get("manageddatabase", name, namespace)
-    c = condition(obj, "Ready")
-    return obj if c and c["reason"] == expected else None
 
 
 def database(namespace: str, name: str = "shop", **spec: Any) -> dict[str, Any]:
@@ -350,7 +336,9 @@ def test_name_conflict_and_its_deletion_leave_the_first_alone(
         namespace, name="copycat", databaseName=db, owner="someone_else", deletionPolicy="Delete"
     )
     kube.apply(second)
-    obj = eventually(lambda: reason(kube, "copycat", namespace, "NameConflict"))
+    obj = eventually(
+        lambda: with_reason(kube, "manageddatabase", "copycat", namespace, "NameConflict")
+    )
     assert f"{namespace}/shop" in (condition(obj, "Ready") or {})["message"]
 
     kube.run("delete", "manageddatabase", "copycat", "-n", namespace)

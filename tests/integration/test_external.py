@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from support.kube import KubeCtl, OperatorProcess, condition, eventually
+from support.kube import (
+    KubeCtl,
+    OperatorProcess,
+    condition,
+    eventually,
+    external_cluster,
+    with_reason,
+)
 from vauban.devcluster.postgres import PostgresServer
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -24,31 +31,6 @@ def admin_secret(namespace: str, username: str, password: str) -> dict[str, Any]
         "metadata": {"name": "admin", "namespace": namespace},
         "stringData": {"username": username, "password": password},
     }
-
-
-def external_cluster(namespace: str, port: int, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "vauban.dev/v1alpha1",
-        "kind": "ManagedCluster",
-        "metadata": {"name": "legacy", "namespace": namespace},
-        "spec": {
-            "mode": "External",
-            "external": {
-                "host": "127.0.0.1",
-                "port": port,
-                "adminSecretRef": {"name": "admin"},
-                # The suite's server has no certificate; real deployments keep verify-full.
-                "sslMode": "disable",
-            },
-            **spec,
-        },
-    }
-
-
-def ready_reason(kube: KubeCtl, namespace: str, reason: str) -> dict[str, Any] | None:
-    obj = kube.get("managedcluster", "legacy", namespace)
-    ready = condition(obj, "Ready")
-    return obj if ready and ready["reason"] == reason else None
 
 
 @pytest.fixture
@@ -66,8 +48,11 @@ def test_adopts_a_reachable_server(
     operator: OperatorProcess,
 ) -> None:
     kube.apply(admin_secret(namespace, *admin))
-    kube.apply(external_cluster(namespace, postgres.port))
-    obj = eventually(lambda: ready_reason(kube, namespace, "Available"), what="adopted")
+    kube.apply(external_cluster(namespace, "legacy", postgres.port))
+    obj = eventually(
+        lambda: with_reason(kube, "managedcluster", "legacy", namespace, "Available"),
+        what="adopted",
+    )
     status = obj["status"]
     assert status["phase"] == "Ready"
     assert status["version"] == postgres.version
@@ -87,23 +72,31 @@ def test_wrong_password_then_fixed(
     kube: KubeCtl, namespace: str, postgres: PostgresServer, admin: tuple[str, str]
 ) -> None:
     kube.apply(admin_secret(namespace, admin[0], "not-the-password"))
-    kube.apply(external_cluster(namespace, postgres.port))
-    obj = eventually(lambda: ready_reason(kube, namespace, "AuthenticationFailed"))
+    kube.apply(external_cluster(namespace, "legacy", postgres.port))
+    obj = eventually(
+        lambda: with_reason(kube, "managedcluster", "legacy", namespace, "AuthenticationFailed")
+    )
     stalled = condition(obj, "Stalled")
     assert stalled and stalled["status"] == "True"
     assert "Fix the Secret's username or password" in stalled["message"]
     assert "not-the-password" not in json.dumps(obj)
 
     kube.apply(admin_secret(namespace, *admin))
-    eventually(lambda: ready_reason(kube, namespace, "Available"), timeout=60, what="recovery")
+    eventually(
+        lambda: with_reason(kube, "managedcluster", "legacy", namespace, "Available"),
+        timeout=60,
+        what="recovery",
+    )
 
 
 def test_role_without_privileges(kube: KubeCtl, namespace: str, postgres: PostgresServer) -> None:
     name, password = f"weak_{secrets.token_hex(4)}", secrets.token_urlsafe(16)
     postgres.create_role(name, password)
     kube.apply(admin_secret(namespace, name, password))
-    kube.apply(external_cluster(namespace, postgres.port))
-    obj = eventually(lambda: ready_reason(kube, namespace, "InsufficientPrivileges"))
+    kube.apply(external_cluster(namespace, "legacy", postgres.port))
+    obj = eventually(
+        lambda: with_reason(kube, "managedcluster", "legacy", namespace, "InsufficientPrivileges")
+    )
     ready = condition(obj, "Ready")
     assert ready and "CREATEROLE and CREATEDB" in ready["message"]
 
@@ -113,13 +106,15 @@ def test_version_mismatch(
 ) -> None:
     other = "17" if not postgres.version.startswith("17") else "16"
     kube.apply(admin_secret(namespace, *admin))
-    kube.apply(external_cluster(namespace, postgres.port, version=other))
-    eventually(lambda: ready_reason(kube, namespace, "VersionMismatch"))
+    kube.apply(external_cluster(namespace, "legacy", postgres.port, version=other))
+    eventually(lambda: with_reason(kube, "managedcluster", "legacy", namespace, "VersionMismatch"))
 
 
 def test_missing_secret_waits(kube: KubeCtl, namespace: str, postgres: PostgresServer) -> None:
-    kube.apply(external_cluster(namespace, postgres.port))
-    obj = eventually(lambda: ready_reason(kube, namespace, "SecretMissing"))
+    kube.apply(external_cluster(namespace, "legacy", postgres.port))
+    obj = eventually(
+        lambda: with_reason(kube, "managedcluster", "legacy", namespace, "SecretMissing")
+    )
     reconciling = condition(obj, "Reconciling")
     assert reconciling and reconciling["status"] == "True"
 
@@ -134,14 +129,17 @@ def test_server_going_away_and_coming_back(
     try:
         server.create_role(*admin, "CREATEROLE", "CREATEDB")
         kube.apply(admin_secret(namespace, *admin))
-        kube.apply(external_cluster(namespace, server.port))
-        eventually(lambda: ready_reason(kube, namespace, "Available"))
+        kube.apply(external_cluster(namespace, "legacy", server.port))
+        eventually(lambda: with_reason(kube, "managedcluster", "legacy", namespace, "Available"))
         up = {"namespace": namespace, "cluster": "legacy"}
         assert operator.metric("vauban_cluster_up", **up) == 1.0
 
         server.stop()
         stopped = time.monotonic()
-        obj = eventually(lambda: ready_reason(kube, namespace, "Unreachable"), timeout=60)
+        obj = eventually(
+            lambda: with_reason(kube, "managedcluster", "legacy", namespace, "Unreachable"),
+            timeout=60,
+        )
         # Two probe intervals, plus the time to notice and write status.
         assert time.monotonic() - stopped < 2 * 2 + 3
         assert operator.metric("vauban_cluster_up", **up) == 0.0
@@ -150,7 +148,11 @@ def test_server_going_away_and_coming_back(
         assert ready and f"127.0.0.1:{server.port}" in ready["message"]
 
         server.start()
-        eventually(lambda: ready_reason(kube, namespace, "Available"), timeout=90, what="back")
+        eventually(
+            lambda: with_reason(kube, "managedcluster", "legacy", namespace, "Available"),
+            timeout=90,
+            what="back",
+        )
         assert operator.metric("vauban_cluster_up", **up) == 1.0
     finally:
         server.destroy()

@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from support.kube import KubeCtl, OperatorProcess, condition, eventually, install_crds
+from support.kube import (
+    KubeCtl,
+    OperatorProcess,
+    condition,
+    eventually,
+    install_crds,
+    with_reason,
+)
 from support.vauban_process import running_operator
 
 CLOUDNATIVEPG_VERSION = "v1.30.1"
@@ -73,12 +80,6 @@ def engine(kube: KubeCtl, namespace: str) -> dict[str, Any] | None:
         "get", "clusters.postgresql.cnpg.io", "main", "-n", namespace, "-o", "json", check=False
     )
     return json.loads(result.stdout) if result.returncode == 0 else None
-
-
-def reason(kube: KubeCtl, namespace: str, expected: str) -> dict[str, Any] | None:
-    obj = kube.get("managedcluster", "main", namespace)
-    ready = condition(obj, "Ready")
-    return obj if ready and ready["reason"] == expected else None
 
 
 def report_healthy(kube: KubeCtl, namespace: str, instances: int) -> None:
@@ -151,7 +152,9 @@ def test_renders_cloudnativepg_cluster_and_maps_its_status(
     assert tenants["matchExpressions"][0]["values"] == sorted([ns, "shop"])
     assert kube.get("secret", "main-superuser", ns)["type"] == "kubernetes.io/basic-auth"
 
-    provisioning = eventually(lambda: reason(kube, ns, "Provisioning"))
+    provisioning = eventually(
+        lambda: with_reason(kube, "managedcluster", "main", ns, "Provisioning")
+    )
     assert provisioning["status"]["phase"] == "Provisioning"
     assert provisioning["status"]["endpoints"] == {
         "readWrite": f"main-rw.{ns}.svc:5432",
@@ -159,7 +162,10 @@ def test_renders_cloudnativepg_cluster_and_maps_its_status(
     }
 
     report_healthy(kube, ns, 3)
-    ready = eventually(lambda: reason(kube, ns, "Available"), what="Ready from CloudNativePG")
+    ready = eventually(
+        lambda: with_reason(kube, "managedcluster", "main", ns, "Available"),
+        what="Ready from CloudNativePG",
+    )
     status = ready["status"]
     assert (status["readyInstances"], status["currentPrimary"], status["version"]) == (
         3,
@@ -226,7 +232,9 @@ def test_major_version_change_is_refused(kube: KubeCtl, ns: str) -> None:
     kube.apply(cluster(ns))
     eventually(lambda: engine(kube, ns))
     kube.apply(cluster(ns, version="18"))
-    obj = eventually(lambda: reason(kube, ns, "MajorUpgradeUnsupported"))
+    obj = eventually(
+        lambda: with_reason(kube, "managedcluster", "main", ns, "MajorUpgradeUnsupported")
+    )
     stalled = condition(obj, "Stalled")
     assert stalled and stalled["status"] == "True"
     current = engine(kube, ns)

@@ -7,22 +7,16 @@ from typing import Any
 
 import pytest
 
-from support.kube import KubeCtl, OperatorProcess, condition, eventually
+from support.kube import (
+    KubeCtl,
+    OperatorProcess,
+    condition,
+    eventually,
+    external_cluster,
+    with_reason,
+)
 
 pytestmark = pytest.mark.usefixtures("operator")
-
-
-def external_cluster(namespace: str, name: str = "main", **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "vauban.dev/v1alpha1",
-        "kind": "ManagedCluster",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "mode": "External",
-            "external": {"host": "127.0.0.1", "port": 1, "adminSecretRef": {"name": "admin"}},
-            **spec,
-        },
-    }
 
 
 def database(
@@ -37,20 +31,12 @@ def database(
     }
 
 
-def reason_of(
-    kube: KubeCtl, kind: str, name: str, namespace: str, reason: str
-) -> dict[str, Any] | None:
-    obj = kube.get(kind, name, namespace)
-    ready = condition(obj, "Ready")
-    return obj if ready and ready["reason"] == reason else None
-
-
 def test_database_without_cluster_waits_with_reason_and_event(
     kube: KubeCtl, namespace: str
 ) -> None:
     kube.apply(database(namespace))
     obj = eventually(
-        lambda: reason_of(kube, "manageddatabase", "app", namespace, "ClusterNotFound"),
+        lambda: with_reason(kube, "manageddatabase", "app", namespace, "ClusterNotFound"),
         what="Ready=False/ClusterNotFound",
     )
     status = obj["status"]
@@ -83,12 +69,12 @@ def test_database_follows_its_cluster(
     kube: KubeCtl, namespace: str, operator: OperatorProcess
 ) -> None:
     kube.apply(database(namespace))
-    eventually(lambda: reason_of(kube, "manageddatabase", "app", namespace, "ClusterNotFound"))
+    eventually(lambda: with_reason(kube, "manageddatabase", "app", namespace, "ClusterNotFound"))
 
     # The cluster appears, waiting for its admin Secret: the database now waits on readiness.
-    kube.apply(external_cluster(namespace))
+    kube.apply(external_cluster(namespace, "main", 1))
     cluster = eventually(
-        lambda: reason_of(kube, "managedcluster", "main", namespace, "SecretMissing"),
+        lambda: with_reason(kube, "managedcluster", "main", namespace, "SecretMissing"),
         what="cluster waiting for its Secret",
     )
     assert cluster["status"]["phase"] == "Pending"
@@ -96,7 +82,7 @@ def test_database_follows_its_cluster(
         "Secret admin (spec.external.adminSecretRef) does not exist"
         in (condition(cluster, "Ready") or {})["message"]
     )
-    eventually(lambda: reason_of(kube, "manageddatabase", "app", namespace, "ClusterNotReady"))
+    eventually(lambda: with_reason(kube, "manageddatabase", "app", namespace, "ClusterNotReady"))
 
     # The Secret appears: the periodic re-check notices without any change to the cluster
     # (nothing listens at the cluster's port, so it is then unreachable).
@@ -110,13 +96,13 @@ def test_database_follows_its_cluster(
         "--from-literal=username=admin",
         "--from-literal=password=s3cr3t-never-logged",
     )
-    eventually(lambda: reason_of(kube, "managedcluster", "main", namespace, "Unreachable"))
+    eventually(lambda: with_reason(kube, "managedcluster", "main", namespace, "Unreachable"))
     assert "s3cr3t-never-logged" not in operator.log_text()
 
     # Deleting the cluster waits for its databases: it says so, and goes once they are gone.
     kube.run("delete", "managedcluster", "main", "-n", namespace, "--wait=false")
     blocked = eventually(
-        lambda: reason_of(kube, "managedcluster", "main", namespace, "DeletionBlocked")
+        lambda: with_reason(kube, "managedcluster", "main", namespace, "DeletionBlocked")
     )
     assert f"{namespace}/app" in (condition(blocked, "Stalled") or {})["message"]
     kube.run("delete", "manageddatabase", "app", "-n", namespace)
@@ -138,7 +124,7 @@ def test_managed_cluster_without_cloudnativepg_is_stalled(kube: KubeCtl, namespa
         }
     )
     obj = eventually(
-        lambda: reason_of(kube, "managedcluster", "main", namespace, "EngineNotInstalled")
+        lambda: with_reason(kube, "managedcluster", "main", namespace, "EngineNotInstalled")
     )
     assert obj["status"]["phase"] == "Failed"
     stalled = condition(obj, "Stalled")
@@ -153,12 +139,12 @@ def test_managed_cluster_without_cloudnativepg_is_stalled(kube: KubeCtl, namespa
 
 
 def test_namespace_not_allowed(kube: KubeCtl, namespace: str) -> None:
-    kube.apply(external_cluster(namespace))
+    kube.apply(external_cluster(namespace, "main", 1))
     other = kube.unique_namespace("tenant")
     try:
         kube.apply(database(other, cluster_namespace=namespace))
         obj = eventually(
-            lambda: reason_of(kube, "manageddatabase", "app", other, "NamespaceNotAllowed")
+            lambda: with_reason(kube, "manageddatabase", "app", other, "NamespaceNotAllowed")
         )
         stalled = condition(obj, "Stalled")
         assert stalled and stalled["status"] == "True"
@@ -166,11 +152,11 @@ def test_namespace_not_allowed(kube: KubeCtl, namespace: str) -> None:
         # Admitting the namespace by label unblocks it (it then waits for the cluster).
         kube.apply(
             external_cluster(
-                namespace, allowedNamespaces={"selector": {"matchLabels": {"team": "x"}}}
+                namespace, "main", 1, allowedNamespaces={"selector": {"matchLabels": {"team": "x"}}}
             )
         )
         kube.run("label", "namespace", other, "team=x")
-        eventually(lambda: reason_of(kube, "manageddatabase", "app", other, "ClusterNotReady"))
+        eventually(lambda: with_reason(kube, "manageddatabase", "app", other, "ClusterNotReady"))
     finally:
         kube.run("delete", "namespace", other, "--wait=false", check=False)
 
@@ -180,7 +166,7 @@ def test_operator_writes_only_status(kube: KubeCtl, namespace: str) -> None:
     its own vauban.dev/ bookkeeping annotations, which no manifest sets."""
     kube.apply(database(namespace))
     obj = eventually(
-        lambda: reason_of(kube, "manageddatabase", "app", namespace, "ClusterNotFound")
+        lambda: with_reason(kube, "manageddatabase", "app", namespace, "ClusterNotFound")
     )
     generation = obj["metadata"]["generation"]
     managers = kube.run(

@@ -66,6 +66,35 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return None
 
 
+def with_reason(
+    kube: KubeCtl, kind: str, name: str, namespace: str, reason: str
+) -> dict[str, Any] | None:
+    """The object if its Ready condition has `reason`, else None (for `eventually`)."""
+    obj = kube.get(kind, name, namespace)
+    ready = condition(obj, "Ready")
+    return obj if ready and ready["reason"] == reason else None
+
+
+def external_cluster(namespace: str, name: str, port: int, **spec: Any) -> dict[str, Any]:
+    """A mode External ManagedCluster at 127.0.0.1:`port`, admin Secret `admin`. The suite's
+    servers have no certificate; real deployments keep sslMode verify-full."""
+    return {
+        "apiVersion": "vauban.dev/v1alpha1",
+        "kind": "ManagedCluster",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "mode": "External",
+            "external": {
+                "host": "127.0.0.1",
+                "port": port,
+                "adminSecretRef": {"name": "admin"},
+                "sslMode": "disable",
+            },
+            **spec,
+        },
+    }
+
+
 def eventually(probe: Callable[[], T | None], *, timeout: float = 30.0, what: str = "") -> T:
     """Poll until `probe` returns something truthy; fail with the last value otherwise."""
     deadline = time.monotonic() + timeout
