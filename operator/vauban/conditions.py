@@ -43,6 +43,7 @@ class Reason(StrEnum):
     DELETION_BLOCKED = "DeletionBlocked"
     INVALID_SPEC = "InvalidSpec"
     PROVISIONING_FAILED = "ProvisioningFailed"
+    RECONCILE_FAILED = "ReconcileFailed"
     BACKUP_FAILED = "BackupFailed"
     BACKUP_TOO_OLD = "BackupTooOld"
     STORAGE_CLASS_NOT_ENCRYPTED = "StorageClassNotEncrypted"

@@ -345,3 +345,26 @@ def test_name_conflict_and_its_deletion_leave_the_first_alone(
     with postgres.superuser() as conn:
         assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone()
     assert _can_connect(credentials(kube, namespace))
+
+
+def test_a_secret_of_the_same_name_is_never_overwritten(
+    kube: KubeCtl, namespace: str, cluster: str
+) -> None:
+    kube.run(
+        "create",
+        "secret",
+        "generic",
+        "shop-credentials",
+        "-n",
+        namespace,
+        "--from-literal=mine=precious",
+    )
+    kube.apply(database(namespace))
+    obj = eventually(
+        lambda: with_reason(kube, "manageddatabase", "shop", namespace, "NameConflict")
+    )
+    assert "Secret shop-credentials already exists" in (condition(obj, "Ready") or {})["message"]
+    secret = kube.get("secret", "shop-credentials", namespace)
+    assert secret["type"] == "Opaque"
+    assert base64.b64decode(secret["data"]["mine"]).decode() == "precious"
+    assert set(secret["data"]) == {"mine"}

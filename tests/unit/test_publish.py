@@ -46,3 +46,17 @@ def test_snapshot_keeps_what_a_reconcile_reads() -> None:
         "spec": {"x": 1},
         "status": {"phase": "Ready"},
     }
+
+
+def test_unexpected_errors_become_a_condition_without_their_body() -> None:
+    from vauban.handlers.publish import unexpected
+
+    class ApiLikeError(Exception):
+        status = 422
+        reason = "Unprocessable Entity"
+
+    verdict = unexpected(ApiLikeError('{"data": {"password": "cGFzcw=="}}'))
+    assert (verdict.state, verdict.reason) == (State.WAITING, Reason.RECONCILE_FAILED)
+    assert "ApiLikeError (HTTP 422 Unprocessable Entity)" in verdict.message
+    assert "password" not in verdict.message
+    assert "(HTTP" not in unexpected(ValueError("x")).message

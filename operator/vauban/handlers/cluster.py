@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -14,10 +15,12 @@ from vauban.builders import cnpg
 from vauban.conditions import ConditionType, Reason, State, Verdict, is_true
 from vauban.engines.postgres.probe import ServerAddress, probe
 from vauban.handlers.context import Context
-from vauban.handlers.publish import parse_spec, publish
+from vauban.handlers.publish import parse_spec, publish, unexpected
 from vauban.reconcile import cluster as cluster_logic
 from vauban.reconcile.database import ClusterView
 from vauban.reconcile.status import previous_conditions
+
+logger = logging.getLogger(__name__)
 
 
 def view_of(body: Mapping[str, Any]) -> ClusterView:
@@ -39,8 +42,22 @@ def _owner(body: Mapping[str, Any]) -> cnpg.Owner:
 async def reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
     meta = body["metadata"]
     async with ctx.locks[(MANAGED_CLUSTER.kind, meta["namespace"], meta["name"])]:
+        # Re-read under the lock: a stale copy (an index's, a waiting reconcile's) of a
+        # cluster already gone would re-create the CloudNativePG Cluster it owned.
+        fresh = await ctx.kube.read(MANAGED_CLUSTER, meta["namespace"], meta["name"])
+        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            return
+        body = fresh
         with ctx.metrics.reconcile(MANAGED_CLUSTER.kind):
-            await _reconcile(ctx, body)
+            try:
+                await _reconcile(ctx, body)
+            except Exception as e:
+                logger.exception(
+                    "reconcile of ManagedCluster %s/%s failed", meta["namespace"], meta["name"]
+                )
+                await publish(ctx, MANAGED_CLUSTER, body, unexpected(e))
+                ctx.backoff.failed((meta["namespace"], meta["name"]))
+                raise
 
 
 async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:

@@ -30,7 +30,7 @@ from vauban.engines.postgres.plan import (
 from vauban.engines.postgres.probe import ServerAddress
 from vauban.engines.postgres.scram import new_password, verifier
 from vauban.handlers.context import Context
-from vauban.handlers.publish import parse_spec, post_event, publish
+from vauban.handlers.publish import parse_spec, post_event, publish, unexpected
 from vauban.reconcile import database as database_logic
 from vauban.reconcile.database import Claim, ClusterView
 from vauban.reconcile.status import previous_conditions
@@ -53,6 +53,12 @@ def claim_of(body: Mapping[str, Any]) -> Claim:
     )
 
 
+def _kept(status: Mapping[str, Any]) -> dict[str, Any]:
+    """What was provisioned before stays reported: a failed step loses no information."""
+    fields = ("cluster", "credentials", "extensions", "sizeBytes", "connections")
+    return {k: status[k] for k in fields if k in status}
+
+
 def _provisioned(body: Mapping[str, Any]) -> bool:
     return bool(((body.get("status") or {}).get("credentials") or {}).get("username"))
 
@@ -72,7 +78,21 @@ async def reconcile(
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return
         with ctx.metrics.reconcile(MANAGED_DATABASE.kind):
-            await _reconcile(ctx, fresh, clusters, neighbours)
+            try:
+                await _reconcile(ctx, fresh, clusters, neighbours)
+            except Exception as e:
+                logger.exception(
+                    "reconcile of ManagedDatabase %s/%s failed", meta["namespace"], meta["name"]
+                )
+                # Keep what status knew; say what failed.
+                kept = {
+                    k: v
+                    for k, v in (fresh.get("status") or {}).items()
+                    if k in ("cluster", "credentials", "extensions", "sizeBytes", "connections")
+                }
+                await publish(ctx, MANAGED_DATABASE, fresh, unexpected(e), fields=kept)
+                ctx.backoff.failed((meta["namespace"], meta["name"]))
+                raise
 
 
 async def _reconcile(
@@ -217,7 +237,15 @@ async def _provision(
     now = datetime.now(UTC)
     try:
         catalog = await pg.read_catalog(connection.admin, spec.database_name, spec.owner)
-        secret = await ctx.kube.read_secret(namespace, secret_name(name))
+        found = await ctx.kube.read_secret_and_owners(namespace, secret_name(name))
+        if found is not None and meta.get("uid") not in found[1]:
+            return Verdict(
+                State.STALLED,
+                Reason.NAME_CONFLICT,
+                f"Secret {secret_name(name)} already exists and was not created for this "
+                "ManagedDatabase; Vauban does not overwrite it. Delete or rename it.",
+            ), _kept(status)
+        secret = None if found is None else found[0]
         token = (meta.get("annotations") or {}).get(ROTATE_ANNOTATION)
         steps = database_logic.plan_credentials(
             owner=spec.owner,
@@ -268,9 +296,7 @@ async def _provision(
             await ctx.kube.apply_secret(desired_secret)
         usage = await pg.usage(connection.admin, spec.database_name)
     except psycopg.Error as e:
-        # What was provisioned before stays reported: a failed step loses no information.
-        kept = ("credentials", "extensions", "sizeBytes", "connections")
-        return _database_error(e), {k: status[k] for k in kept if k in status}
+        return _database_error(e), _kept(status)
 
     if sql_plan:
         await post_event(

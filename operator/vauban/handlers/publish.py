@@ -52,6 +52,23 @@ def invalid_spec(error: ValidationError) -> Verdict:
     return Verdict(State.STALLED, Reason.INVALID_SPEC, f"spec is invalid: {problems}")
 
 
+def unexpected(error: Exception) -> Verdict:
+    """A reconcile that failed for a reason no rule foresaw (the apiserver refusing a write,
+    a bug): a condition says so, instead of a traceback in the logs being the only signal.
+    The message has the error's kind and HTTP status, never its body, which may echo an
+    object."""
+    detail = type(error).__name__
+    status = getattr(error, "status", None)
+    if isinstance(status, int):
+        detail += f" (HTTP {status} {getattr(error, 'reason', '') or ''})".replace(" )", ")")
+    return Verdict(
+        State.WAITING,
+        Reason.RECONCILE_FAILED,
+        f"Reconcile failed with {detail}; retrying with backoff. The operator's log has the "
+        "details.",
+    )
+
+
 async def parse_spec(
     ctx: Context, kind: KindInfo, model: type[SpecT], body: Mapping[str, Any]
 ) -> SpecT | None:

@@ -94,8 +94,12 @@ class Kube:
             force=True,
             _content_type=APPLY_PATCH,
         )
-        assert isinstance(obj, dict)
-        return obj
+        if isinstance(obj, dict):
+            return obj
+        # The client does not decode every response of a create-by-apply: read it back.
+        stored = await self.read_custom(group, version, plural, meta["namespace"], meta["name"])
+        assert stored is not None
+        return stored
 
     async def apply_network_policy(self, body: Mapping[str, Any]) -> None:
         await _apply(self._networking.patch_namespaced_network_policy, body)
@@ -120,16 +124,27 @@ class Kube:
     async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's decoded values, None when it does not exist. Only for code that must
         use the credentials; values never go to logs, status or events."""
+        found = await self.read_secret_and_owners(namespace, name)
+        return None if found is None else found[0]
+
+    async def read_secret_and_owners(
+        self, namespace: str, name: str
+    ) -> tuple[dict[str, str], frozenset[str]] | None:
+        """As read_secret, with the uids of the Secret's owners."""
         try:
             secret = await self._core.read_namespaced_secret(name, namespace)
         except ApiException as e:
             if e.status == 404:
                 return None
             raise
-        return {
+        values = {
             key: base64.b64decode(value).decode("utf-8", errors="replace")
             for key, value in (secret.data or {}).items()
         }
+        owners = frozenset(
+            ref.uid for ref in (secret.metadata.owner_references if secret.metadata else None) or []
+        )
+        return values, owners
 
     async def release_claims(
         self, namespace: str, selector: str, owner_uid: str, labels: Mapping[str, str]
