@@ -31,8 +31,12 @@ CLUSTERS = (GROUP, VERSION, MANAGED_CLUSTER.plural)
 DATABASES = (GROUP, VERSION, MANAGED_DATABASE.plural)
 
 
+def _being_deleted(body: Mapping[str, Any]) -> bool:
+    return bool(body["metadata"].get("deletionTimestamp"))
+
+
 def _live(type: str | None, body: Mapping[str, Any]) -> bool:  # noqa: A002 - kopf's kwarg name
-    return type != "DELETED" and not body["metadata"].get("deletionTimestamp")
+    return type != "DELETED" and not _being_deleted(body)
 
 
 ClusterIndex = kopf.Index[tuple[str, str], ClusterView]
@@ -76,7 +80,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         # Databases waiting on this cluster learn of its change (or its deletion) now, not at
         # their next periodic re-check.
         for dependent in list(dependents.get(_key(body), ())):
-            if _live("MODIFIED", dependent):
+            if not _being_deleted(dependent):
                 await _guarded(database.reconcile(ctx, dependent, index, dependents), dependent)
 
     @kopf.on.delete(*CLUSTERS, id="cluster_finalizer", registry=registry)
@@ -95,7 +99,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         owners: DependentsIndex = kwargs["cluster_bodies"]
         name = body["metadata"].get("labels", {}).get(cnpg.CLUSTER_LABEL)
         for owner in list(owners.get((body["metadata"]["namespace"], name), ())):
-            if _live("MODIFIED", owner):
+            if not _being_deleted(owner):
                 await _guarded(cluster.reconcile(context_of(memo), owner), owner)
 
     for resource, handler_id in (
@@ -182,13 +186,13 @@ async def _recheck_forever(
         await asyncio.sleep(interval)
         for store in list(cluster_bodies.values()):
             for body in list(store):
-                if _live("MODIFIED", body) and cluster.due(ctx, body):
+                if not _being_deleted(body) and cluster.due(ctx, body):
                     await _guarded(cluster.reconcile(ctx, body), body)
         # Every database: those not ready, those with credentials to retire or rotate, and
         # the ready ones once per probe interval (size, connections).
         for store in list(databases.values()):
             for body in list(store):
-                if _live("MODIFIED", body) and database.due(ctx, body):
+                if not _being_deleted(body) and database.due(ctx, body):
                     await _guarded(database.reconcile(ctx, body, clusters, databases), body)
 
 
