@@ -73,7 +73,6 @@ class Phase(StrEnum):
     PENDING = "Pending"
     PROVISIONING = "Provisioning"
     FAILED = "Failed"
-    DELETING = "Deleting"
 
 
 _PHASES = {

@@ -204,20 +204,6 @@ class ResourceRequirements(ApiModel):
     """Most resources each instance may use. Memory above the limit gets the instance killed."""
 
 
-class Metadata(BaseModel):
-    """The subset of ObjectMeta the operator reads."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel)
-
-    name: str
-    namespace: str = ""
-    uid: str = ""
-    generation: int = 0
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
-    deletion_timestamp: str | None = None
-
-
 @dataclass(frozen=True)
 class PrinterColumn:
     """A column of `kubectl get`."""

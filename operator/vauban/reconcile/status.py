@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from vauban.api.common import Condition
-from vauban.conditions import ConditionType, DomainCondition, Verdict, kstatus_conditions, merge
+from vauban.conditions import ConditionType, Verdict, kstatus_conditions, merge
 
 _CONDITIONS = TypeAdapter(list[Condition])
 
@@ -40,14 +40,11 @@ def compute(
     *,
     generation: int,
     now: str,
-    domain: tuple[DomainCondition, ...] = (),
     fields: Mapping[str, Any] | None = None,
 ) -> StatusUpdate:
     """The status for `verdict`; `fields` are kind-specific status fields (camelCase)."""
     before = previous_conditions(previous)
-    conditions = merge(
-        before, [*kstatus_conditions(verdict), *domain], generation=generation, now=now
-    )
+    conditions = merge(before, kstatus_conditions(verdict), generation=generation, now=now)
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": [c.model_dump(by_alias=True, exclude_none=True) for c in conditions],
