@@ -17,8 +17,9 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = Settings()
     configure_logging(settings)
-    asyncio.run(run(settings))
-    return 0
+    lost_leadership = asyncio.run(run(settings))
+    # Exiting lets the kubelet restart the replica as a standby.
+    return 1 if lost_leadership else 0
 
 
 def _crds(args: argparse.Namespace) -> int:

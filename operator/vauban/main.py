@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 
 import kopf
 from aiohttp import web
@@ -72,11 +74,15 @@ async def serve_metrics(metrics: Metrics, ready: asyncio.Event, port: int) -> we
     return runner
 
 
-async def run(settings: Settings, *, stop_flag: asyncio.Event | None = None) -> None:
-    """Run until `stop_flag` is set or the process is signalled."""
+LEASE_NAME = "vauban-leader"
+
+
+async def run(settings: Settings) -> bool:
+    """Run until the process is signalled, or until leadership is lost. Returns whether it
+    was lost: the process should then exit and start over as a standby."""
     kube = Kube(await connect(settings.kubeconfig))
     metrics = Metrics()
-    ready = asyncio.Event()
+    ready, stop = asyncio.Event(), asyncio.Event()
     runner = (
         await serve_metrics(metrics, ready, settings.metrics_port)
         if settings.metrics_port
@@ -84,7 +90,21 @@ async def run(settings: Settings, *, stop_flag: asyncio.Event | None = None) -> 
     )
     registry = kopf.OperatorRegistry()
     wiring.register(registry, settings)
+    election, keeping = None, None
     try:
+        if settings.leader_election:
+            election = kube.leader_election(
+                namespace=settings.namespace,
+                name=LEASE_NAME,
+                identity=settings.pod_name or f"{socket.gethostname()}-{os.getpid()}",
+                duration_seconds=settings.lease_duration_seconds,
+            )
+            # A standby is ready: it serves metrics and takes over when needed; holding a
+            # rolling update on it would deadlock the update.
+            ready.set()
+            await election.acquire()
+            keeping = asyncio.create_task(election.keep(), name="vauban-lease")
+            keeping.add_done_callback(lambda _: stop.set())
         await kopf.operator(
             registry=registry,
             settings=operator_settings(),
@@ -92,16 +112,23 @@ async def run(settings: Settings, *, stop_flag: asyncio.Event | None = None) -> 
             ready_flag=ready,
             clusterwide=not settings.watch_namespaces,
             namespaces=settings.watch_namespaces,
-            # Until leader election lands, one replica: peering needs kopf's own CRDs.
+            # Replicas are coordinated by the Lease above, not by kopf's peering (equal peers
+            # all run; it also needs kopf's own CRDs).
             standalone=True,
             liveness_endpoint=(
                 f"http://0.0.0.0:{settings.liveness_port}/healthz"
                 if settings.liveness_port
                 else None
             ),
-            stop_flag=stop_flag,
+            stop_flag=stop,
         )
     finally:
+        lost = keeping is not None and keeping.done() and not keeping.cancelled()
+        if keeping is not None and not keeping.done():
+            keeping.cancel()
+        if election is not None and not lost:
+            await election.release()
         if runner is not None:
             await runner.cleanup()
         await kube.close()
+    return lost

@@ -39,6 +39,17 @@ class Settings(BaseSettings):
     probe_interval_seconds: float = Field(default=300.0, gt=0)
     """How often a ready database is looked at again (its size and connections in status)."""
 
+    leader_election: bool = False
+    """Run only while holding the Lease `vauban-leader` in `namespace`: with several
+    replicas, exactly one reconciles; the others stand by and take over."""
+
+    lease_duration_seconds: int = Field(default=15, ge=3, le=300)
+    """How long a silent leader keeps the Lease before a standby takes over."""
+
+    pod_name: str = ""
+    """This replica's identity in the Lease (the downward API's metadata.name); host name
+    and process id when unset."""
+
     log_format: Literal["json", "plain"] = "plain"
     """json for log collectors, plain for people."""
 

@@ -22,7 +22,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_operator(kubeconfig: Path, log: Path) -> Iterator[OperatorProcess]:
+def running_operator(kubeconfig: Path, log: Path, **extra_env: str) -> Iterator[OperatorProcess]:
     port, metrics_port = _free_port(), _free_port()
     env = {
         **os.environ,
@@ -33,6 +33,7 @@ def running_operator(kubeconfig: Path, log: Path) -> Iterator[OperatorProcess]:
         "VAUBAN_METRICS_PORT": str(metrics_port),
         "VAUBAN_LOG_FORMAT": "json",
         "VAUBAN_LOG_LEVEL": "DEBUG",
+        **extra_env,
     }
     with log.open("wb") as out:
         process = subprocess.Popen(

@@ -92,3 +92,16 @@ def test_unreadable_stored_conditions_are_replaced() -> None:
         ConditionType.RECONCILING,
         ConditionType.STALLED,
     ]
+
+
+def test_lease_acquisition_rules() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from vauban.kube.lease import LeaseState, may_acquire
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert may_acquire(None, "a", now)
+    assert may_acquire(LeaseState(None, None, 15), "a", now)
+    assert may_acquire(LeaseState("a", now, 15), "a", now)
+    assert not may_acquire(LeaseState("b", now - timedelta(seconds=14), 15), "a", now)
+    assert may_acquire(LeaseState("b", now - timedelta(seconds=15), 15), "a", now)

@@ -11,6 +11,7 @@ from kubernetes.aio.client.exceptions import ApiException
 
 from vauban.api.common import API_VERSION, GROUP, VERSION, KindInfo
 from vauban.kube.client import Credentials, credentials_of
+from vauban.kube.lease import LeaderElection
 from vauban.settings import FIELD_MANAGER
 
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -28,6 +29,18 @@ class Kube:
 
     async def close(self) -> None:
         await self._api.close()
+
+    def leader_election(
+        self, *, namespace: str, name: str, identity: str, duration_seconds: int
+    ) -> LeaderElection:
+        return LeaderElection(
+            self._api,
+            namespace=namespace,
+            name=name,
+            identity=identity,
+            duration_seconds=duration_seconds,
+            renew_seconds=max(1.0, duration_seconds / 3),
+        )
 
     async def credentials(self) -> Credentials:
         return await credentials_of(self._api)
