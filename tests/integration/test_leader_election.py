@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from support.kube import KubeCtl, eventually, install_crds, with_reason
+from support.kube import KubeCtl, eventually, own_control_plane, with_reason
 from support.vauban_process import running_operator
 
 LEASE_SECONDS = 6
@@ -25,12 +25,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KubeCtl, Path]]:
-    from vauban.devcluster import LocalControlPlane, ensure_binaries
-
     root = tmp_path_factory.mktemp("election")
-    with LocalControlPlane(root / "plane") as local:
-        kube = KubeCtl(str(ensure_binaries().kubectl), local.kubeconfig)
-        install_crds(kube)
+    with own_control_plane(root) as kube:
         kube.run("create", "namespace", "vauban-system")
         yield kube, root
 

@@ -22,7 +22,7 @@ from support.kube import (
     OperatorProcess,
     condition,
     eventually,
-    install_crds,
+    own_control_plane,
     with_reason,
 )
 from support.vauban_process import running_operator
@@ -37,17 +37,14 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KubeCtl, OperatorProcess]]:
-    from vauban.devcluster import LocalControlPlane, ensure_binaries
     from vauban.devcluster.build import module_source
 
     root = tmp_path_factory.mktemp("managed")
-    with LocalControlPlane(root / "plane") as plane:
-        kube = KubeCtl(str(ensure_binaries().kubectl), plane.kubeconfig)
-        install_crds(kube)
+    with own_control_plane(root) as kube:
         bases = module_source("github.com/cloudnative-pg/cloudnative-pg", CLOUDNATIVEPG_VERSION)
         kube.run("apply", "--server-side", "-f", str(bases / "config" / "crd" / "bases"))
         kube.run("wait", "--for=condition=Established", "crd/clusters.postgresql.cnpg.io")
-        with running_operator(plane.kubeconfig, root / "operator.log") as operator:
+        with running_operator(kube.kubeconfig, root / "operator.log") as operator:
             yield kube, operator
 
 

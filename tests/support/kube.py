@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -148,3 +149,15 @@ def install_crds(kube: KubeCtl) -> None:
         "--timeout=60s",
         *(f"crd/{kind.crd_name}" for kind in KINDS),
     )
+
+
+@contextlib.contextmanager
+def own_control_plane(root: Path) -> Iterator[KubeCtl]:
+    """A control plane of a test module's own, with Vauban's CRDs, for tests that need what
+    the session's must not have (CloudNativePG's CRDs, operators of their own)."""
+    from vauban.devcluster import LocalControlPlane, ensure_binaries
+
+    with LocalControlPlane(root / "plane") as plane:
+        kube = KubeCtl(str(ensure_binaries().kubectl), plane.kubeconfig)
+        install_crds(kube)
+        yield kube
