@@ -60,3 +60,13 @@ def test_unexpected_errors_become_a_condition_without_their_body() -> None:
     assert "ApiLikeError (HTTP 422 Unprocessable Entity)" in verdict.message
     assert "password" not in verdict.message
     assert "(HTTP" not in unexpected(ValueError("x")).message
+
+
+def test_nothing_is_created_before_the_finalizer() -> None:
+    from vauban.handlers.publish import awaiting_finalizer
+
+    fresh = {"metadata": {"name": "a", "namespace": "n"}}
+    waiting = awaiting_finalizer(fresh)
+    assert waiting is not None and waiting.state is State.PROGRESSING
+    guarded = {"metadata": {"name": "a", "namespace": "n", "finalizers": ["vauban.dev/finalizer"]}}
+    assert awaiting_finalizer(guarded) is None

@@ -15,7 +15,7 @@ from vauban.builders import cnpg
 from vauban.conditions import ConditionType, Reason, State, Verdict, is_true
 from vauban.engines.postgres.probe import ServerAddress, probe
 from vauban.handlers.context import Context
-from vauban.handlers.publish import parse_spec, publish, unexpected
+from vauban.handlers.publish import awaiting_finalizer, parse_spec, publish, unexpected
 from vauban.reconcile import cluster as cluster_logic
 from vauban.reconcile.database import ClusterView
 from vauban.reconcile.status import previous_conditions
@@ -66,7 +66,7 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
         return
     owner = _owner(body)
     if spec.mode == "Managed":
-        assessment = await _reconcile_managed(ctx, owner, spec)
+        assessment = await _reconcile_managed(ctx, owner, spec, awaiting_finalizer(body))
     else:
         assessment = await _assess_external(ctx, owner.namespace, spec)
     await publish(ctx, MANAGED_CLUSTER, body, assessment.verdict, fields=assessment.fields)
@@ -98,7 +98,7 @@ def due(ctx: Context, body: Mapping[str, Any]) -> bool:
 
 
 async def _reconcile_managed(
-    ctx: Context, owner: cnpg.Owner, spec: ManagedClusterSpec
+    ctx: Context, owner: cnpg.Owner, spec: ManagedClusterSpec, unprepared: Verdict | None
 ) -> cluster_logic.Assessment:
     installed = await ctx.kube.crd_exists(cluster_logic.CNPG_CRD)
     # Read fresh before any write: the major-version guard must see what really runs.
@@ -122,6 +122,8 @@ async def _reconcile_managed(
     assessment = assess(existing)
     if not assessment.apply:
         return assessment
+    if unprepared is not None:
+        return cluster_logic.Assessment(unprepared)
     await ctx.kube.create_secret_if_absent(cnpg.superuser_secret(owner))
     applied = await ctx.kube.apply_custom(
         cnpg.CNPG_PLURAL,

@@ -30,7 +30,13 @@ from vauban.engines.postgres.plan import (
 from vauban.engines.postgres.probe import ServerAddress
 from vauban.engines.postgres.scram import new_password, verifier
 from vauban.handlers.context import Context
-from vauban.handlers.publish import parse_spec, post_event, publish, unexpected
+from vauban.handlers.publish import (
+    awaiting_finalizer,
+    parse_spec,
+    post_event,
+    publish,
+    unexpected,
+)
 from vauban.reconcile import database as database_logic
 from vauban.reconcile.database import Claim, ClusterView
 from vauban.reconcile.status import previous_conditions
@@ -125,8 +131,11 @@ async def _reconcile(
     if verdict.state is State.PROGRESSING and cluster is not None and cluster.spec is not None:
         others = [claim_of(b) for b in neighbours.get(key, ())]
         conflict = database_logic.name_conflict(claim_of(body), others)
+        unprepared = awaiting_finalizer(body)
         if conflict is not None:
             verdict = conflict
+        elif unprepared is not None:
+            verdict = unprepared
         else:
             verdict, provisioned = await _provision(ctx, body, spec, cluster, cluster.spec)
             fields.update(provisioned)

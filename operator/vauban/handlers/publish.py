@@ -13,6 +13,7 @@ from vauban.conditions import Reason, State, Verdict, now_rfc3339
 from vauban.handlers.context import Context
 from vauban.kube import events
 from vauban.reconcile import status as status_
+from vauban.settings import FINALIZER
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,20 @@ def snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
         "spec": dict(body.get("spec", {})),
         "status": dict(body.get("status", {})),
     }
+
+
+def awaiting_finalizer(body: Mapping[str, Any]) -> Verdict | None:
+    """Nothing is created for an object before kopf has put Vauban's finalizer on it:
+    deleted right after creation, it would otherwise skip its deletion policy (a volume to
+    retain collected, a database to drop left behind). kopf adds it at the object's first
+    event; its arrival is the next event."""
+    if FINALIZER in (body["metadata"].get("finalizers") or []):
+        return None
+    return Verdict(
+        State.PROGRESSING,
+        Reason.PROVISIONING,
+        "Preparing: waiting for Vauban's finalizer before creating anything.",
+    )
 
 
 def invalid_spec(error: ValidationError) -> Verdict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
@@ -15,6 +15,8 @@ from vauban.kube.lease import LeaderElection
 from vauban.settings import FIELD_MANAGER
 
 APPLY_PATCH = "application/apply-patch+yaml"
+
+T = TypeVar("T")
 
 
 class Kube:
@@ -80,14 +82,11 @@ class Kube:
         self, group: str, version: str, plural: str, namespace: str, name: str
     ) -> dict[str, Any] | None:
         """A custom object as stored now; None when it (or its CRD) does not exist."""
-        try:
-            obj = await self._custom.get_namespaced_custom_object(
-                group, version, namespace, plural, name
-            )
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        obj = await _unless_missing(
+            self._custom.get_namespaced_custom_object(group, version, namespace, plural, name)
+        )
+        if obj is None:
+            return None
         assert isinstance(obj, dict)
         return obj
 
@@ -144,12 +143,9 @@ class Kube:
         self, namespace: str, name: str
     ) -> tuple[dict[str, str], frozenset[str]] | None:
         """As read_secret, with the uids of the Secret's owners."""
-        try:
-            secret = await self._core.read_namespaced_secret(name, namespace)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        secret = await _unless_missing(self._core.read_namespaced_secret(name, namespace))
+        if secret is None:
+            return None
         values = {
             key: base64.b64decode(value).decode("utf-8", errors="replace")
             for key, value in (secret.data or {}).items()
@@ -209,28 +205,21 @@ class Kube:
         return released
 
     async def crd_exists(self, name: str) -> bool:
-        try:
-            await self._crds.read_custom_resource_definition(name)
-        except ApiException as e:
-            if e.status == 404:
-                return False
-            raise
-        return True
+        return await _unless_missing(self._crds.read_custom_resource_definition(name)) is not None
 
     async def namespace_labels(self, name: str) -> dict[str, str]:
         namespace = await self._core.read_namespace(name)
         return dict(namespace.metadata.labels or {}) if namespace.metadata else {}
 
-    async def secret_keys(self, namespace: str, name: str) -> frozenset[str] | None:
-        """The keys of a Secret, None when it does not exist. Values are never returned:
-        callers that only check a Secret's shape must not hold its content."""
-        try:
-            secret = await self._core.read_namespaced_secret(name, namespace)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        return frozenset((secret.data or {}).keys()) | frozenset((secret.string_data or {}).keys())
+
+async def _unless_missing(call: Awaitable[T]) -> T | None:
+    """The result of a read, None when the apiserver answers 404."""
+    try:
+        return await call
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
 
 
 async def _apply(patch: Callable[..., Awaitable[object]], body: Mapping[str, Any]) -> None:
