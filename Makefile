@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## create .venv with Vauban and its development tools
 
 .PHONY: binaries
-binaries: venv ## build (once, cached in ~/.cache/vauban) the local control plane's binaries
+binaries: venv ## build (once, cached in ~/.cache/vauban) the control plane and test tools
 	$(BIN)/vauban dev build
 
 .PHONY: crds

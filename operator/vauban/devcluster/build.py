@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.8"
 KWOK_VERSION = "v0.8.0"
+HELM_VERSION = "v3.22.0"
+VERSITYGW_VERSION = "v1.8.0"
+PROMETHEUS_VERSION = "v0.316.0"
 
 # operator/vauban/devcluster/build.py -> the repository root.
 TOOLS = Path(__file__).resolve().parents[3] / "tools"
@@ -90,6 +93,30 @@ COMPONENTS = (
         version=KWOK_VERSION,
         module="kwok",
         packages={"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
+    ),
+)
+
+# Tools some tests need besides the control plane; built by `vauban dev build` (so once per
+# machine in `make test`), and on first use otherwise, so `make run` never waits for them.
+TOOLS_COMPONENTS = (
+    Component(
+        name="helm",
+        version=HELM_VERSION,
+        module="helm",
+        packages={"helm": "helm.sh/helm/v3/cmd/helm"},
+        ldflags=f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
+    ),
+    Component(
+        name="versitygw",
+        version=VERSITYGW_VERSION,
+        module="versitygw",
+        packages={"versitygw": "github.com/versity/versitygw/cmd/versitygw"},
+    ),
+    Component(
+        name="promtool",
+        version=PROMETHEUS_VERSION,
+        module="promtool",
+        packages={"promtool": "github.com/prometheus/prometheus/cmd/promtool"},
     ),
 )
 
@@ -175,11 +202,10 @@ def _go_build(component: Component, target: Path) -> None:
     )
 
 
-def ensure_binaries() -> Binaries:
-    """Every binary of the local control plane, built if the cache lacks it."""
+def _ensure(components: tuple[Component, ...]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     bin_dir = cache_dir() / "bin"
-    for component in COMPONENTS:
+    for component in components:
         target = bin_dir / component.folder
         missing = []
         for binary in component.packages:
@@ -195,7 +221,26 @@ def ensure_binaries() -> Binaries:
             shutil.rmtree(target, ignore_errors=True)
             _go_build(component, target)
             found.update({b: target / b for b in missing})
+    return found
+
+
+def ensure_binaries() -> Binaries:
+    """Every binary of the local control plane, built if the cache lacks it."""
+    found = _ensure(COMPONENTS)
     return Binaries(**{name.replace("-", "_"): path for name, path in found.items()})
+
+
+def ensure_tool(name: str) -> Path:
+    """One of TOOLS_COMPONENTS' binaries (helm, versitygw, promtool), built if missing."""
+    for component in TOOLS_COMPONENTS:
+        if name in component.packages:
+            return _ensure((component,))[name]
+    raise KeyError(f"no tool named {name!r}")
+
+
+def ensure_all() -> dict[str, Path]:
+    """The control plane's binaries and every tool: what `make test` needs."""
+    return _ensure(COMPONENTS + TOOLS_COMPONENTS)
 
 
 def module_source(module: str, version: str) -> Path:

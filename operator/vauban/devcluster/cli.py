@@ -7,11 +7,10 @@ import logging
 import shutil
 import signal
 import threading
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from vauban.devcluster.build import ensure_binaries
+from vauban.devcluster.build import ensure_all
 from vauban.devcluster.controlplane import LocalControlPlane
 
 logger = logging.getLogger(__name__)
@@ -19,9 +18,8 @@ logger = logging.getLogger(__name__)
 
 def _build(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    binaries = ensure_binaries()
-    for field in fields(binaries):
-        print(f"{field.name.replace('_', '-'):24} {getattr(binaries, field.name)}")
+    for name, path in ensure_all().items():
+        print(f"{name:24} {path}")
     return 0
 
 
@@ -49,7 +47,7 @@ def _up(args: argparse.Namespace) -> int:
 
 def register(commands: Any) -> None:
     """Add the dev sub-commands to the `vauban dev` sub-parsers."""
-    build = commands.add_parser("build", help="build the control plane's binaries (cached)")
+    build = commands.add_parser("build", help="build the control plane's binaries and test tools (cached)")
     build.set_defaults(func=_build)
     up = commands.add_parser("up", help="start a local control plane until interrupted")
     up.add_argument("--kubeconfig-out", help="also write the kubeconfig here")
