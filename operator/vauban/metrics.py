@@ -67,6 +67,32 @@ class Metrics:
             ["namespace", "cluster"],
             registry=r,
         )
+        # Cluster health (status.health), at the last probe.
+        self.cluster_connections = Gauge(
+            "vauban_cluster_connections",
+            "Client sessions on the server at the last probe.",
+            ["namespace", "cluster"],
+            registry=r,
+        )
+        self.cluster_max_connections = Gauge(
+            "vauban_cluster_max_connections",
+            "The server's max_connections.",
+            ["namespace", "cluster"],
+            registry=r,
+        )
+        self.cluster_wal_bytes = Gauge(
+            "vauban_cluster_wal_bytes",
+            "Size of pg_wal at the last probe.",
+            ["namespace", "cluster"],
+            registry=r,
+        )
+        self.cluster_replication_lag = Gauge(
+            "vauban_cluster_replication_lag_seconds",
+            "Replay lag of each standby at the last probe.",
+            ["namespace", "cluster", "instance"],
+            registry=r,
+        )
+        self._lagging: dict[tuple[str, str], set[str]] = {}
         self.database_up = Gauge(
             "vauban_database_up",
             "1 when the database is Ready, else 0.",
@@ -110,6 +136,7 @@ class Metrics:
             self.cluster_up.labels(namespace, name).set(up)
             if status.get("readyInstances") is not None:
                 self.cluster_ready_instances.labels(namespace, name).set(status["readyInstances"])
+            self._observe_health(namespace, name, status.get("health") or {})
         elif kind == "ManagedDatabase":
             self.database_up.labels(namespace, name).set(up)
             if status.get("sizeBytes") is not None:
@@ -117,9 +144,36 @@ class Metrics:
             if status.get("connections") is not None:
                 self.database_connections.labels(namespace, name).set(status["connections"])
 
+    def _observe_health(self, namespace: str, name: str, health: Mapping[str, Any]) -> None:
+        """Cluster health series: set from status.health, removed where it has no value."""
+        for gauge, key in (
+            (self.cluster_connections, "connections"),
+            (self.cluster_max_connections, "maxConnections"),
+            (self.cluster_wal_bytes, "walBytes"),
+        ):
+            if health.get(key) is not None:
+                gauge.labels(namespace, name).set(health[key])
+            else:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(namespace, name)
+        lags = {
+            str(r["name"]): float(r["lagSeconds"])
+            for r in health.get("replicas") or ()
+            if r.get("lagSeconds") is not None
+        }
+        for instance in self._lagging.pop((namespace, name), set()) - lags.keys():
+            with contextlib.suppress(KeyError):
+                self.cluster_replication_lag.remove(namespace, name, instance)
+        for instance, lag in lags.items():
+            self.cluster_replication_lag.labels(namespace, name, instance).set(lag)
+        if lags:
+            self._lagging[(namespace, name)] = set(lags)
+
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """Drop an object's series once it is gone."""
         self._phases.phases.pop((kind, namespace, name), None)
+        if kind == "ManagedCluster":
+            self._observe_health(namespace, name, {})
         gauges = (
             (self.cluster_up, self.cluster_ready_instances)
             if kind == "ManagedCluster"

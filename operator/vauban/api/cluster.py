@@ -390,6 +390,53 @@ class Endpoints(StatusModel):
     """host:port of the replicas, for read-only traffic."""
 
 
+class ReplicaStatus(StatusModel):
+    """A standby of the cluster."""
+
+    name: Annotated[str, StringConstraints(max_length=253)]
+    """The standby's application_name (mode External) or pod name (mode Managed)."""
+
+    state: Annotated[str, StringConstraints(max_length=32)] | None = None
+    """Mode External: pg_stat_replication.state (streaming, catchup...). Mode Managed:
+    CloudNativePG's status of the instance (healthy, replicating, failed)."""
+
+    lag_seconds: Annotated[float, Field(ge=0)] | None = None
+    """Replay lag in seconds (mode External; 0 when caught up). Absent when the admin role
+    may not see it (it needs pg_monitor), and in mode Managed, where CloudNativePG's exporter
+    reports it as cnpg_pg_replication_lag."""
+
+
+class ClusterHealth(StatusModel):
+    """The server's load at the last probe. Fields the admin role may not read are absent."""
+
+    last_probe_time: Annotated[str, StringConstraints(max_length=32)] | None = None
+    """When an external server was last probed (RFC 3339); refreshed once per probe
+    interval."""
+
+    connections: Annotated[int, Field(ge=0)] | None = None
+    """Client sessions open on the server."""
+
+    max_connections: Annotated[int, Field(ge=0)] | None = None
+    """The server's max_connections."""
+
+    connections_near_limit: bool | None = None
+    """True while client sessions exceed 90 % of max_connections (an Event
+    ConnectionsNearLimit marks the change). The cluster stays Ready."""
+
+    in_recovery: bool | None = None
+    """True when the server is a standby (pg_is_in_recovery)."""
+
+    replicas: Annotated[list[ReplicaStatus], Field(max_length=9)] | None = None
+    """The standbys (at most 9), with their state and replay lag."""
+
+    wal_bytes: Annotated[int, Field(ge=0)] | None = None
+    """Size of pg_wal; needs superuser or pg_monitor."""
+
+    databases_bytes: Annotated[int, Field(ge=0)] | None = None
+    """Total size of the server's databases; reported when the admin role may read every
+    database (CONNECT on each, or pg_monitor)."""
+
+
 class ManagedClusterStatus(StatusModel):
     """Observed state of a ManagedCluster."""
 
@@ -416,6 +463,10 @@ class ManagedClusterStatus(StatusModel):
 
     endpoints: Endpoints | None = None
     """Where clients connect."""
+
+    health: ClusterHealth | None = None
+    """Load of the server and its replicas, from the last probe (mode External) or from
+    CloudNativePG's status (mode Managed)."""
 
 
 # Cluster names become Service names (`<name>-rw`, `<name>-ro`) and pod names, which must stay

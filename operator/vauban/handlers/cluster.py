@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -12,10 +14,16 @@ from pydantic import ValidationError
 
 from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
 from vauban.builders import cnpg
-from vauban.conditions import ConditionType, Reason, State, Verdict, is_true
+from vauban.conditions import ConditionType, Reason, State, Verdict, is_true, now_rfc3339
 from vauban.engines.postgres.probe import ServerAddress, probe
 from vauban.handlers.context import Context
-from vauban.handlers.publish import awaiting_finalizer, parse_spec, publish, unexpected
+from vauban.handlers.publish import (
+    awaiting_finalizer,
+    parse_spec,
+    post_event,
+    publish,
+    unexpected,
+)
 from vauban.reconcile import cluster as cluster_logic
 from vauban.reconcile.database import ClusterView
 from vauban.reconcile.status import previous_conditions
@@ -68,8 +76,11 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
     if spec.mode == "Managed":
         assessment = await _reconcile_managed(ctx, owner, spec, awaiting_finalizer(body))
     else:
-        assessment = await _assess_external(ctx, owner.namespace, spec)
+        assessment = await _assess_external(ctx, owner.namespace, spec, body.get("status"))
     await publish(ctx, MANAGED_CLUSTER, body, assessment.verdict, fields=assessment.fields)
+    event = cluster_logic.connections_event(body.get("status"), assessment.fields.get("health"))
+    if event is not None:
+        await post_event(ctx, MANAGED_CLUSTER, body, event.type, event.reason, event.message)
     key = (owner.namespace, owner.name)
     ctx.probed[key] = time.monotonic()
     # Failures that cost a connection (or wait for software to be installed) back off.
@@ -140,7 +151,7 @@ async def _reconcile_managed(
 
 
 async def _assess_external(
-    ctx: Context, namespace: str, spec: ManagedClusterSpec
+    ctx: Context, namespace: str, spec: ManagedClusterSpec, previous: Mapping[str, Any] | None
 ) -> cluster_logic.Assessment:
     external = spec.external
     assert external is not None
@@ -167,12 +178,17 @@ async def _assess_external(
             ServerAddress(external.host, external.port, external.ssl_mode, ca_pem),
             credentials["username"],
             credentials["password"],
+            health=cluster_logic.health_due(
+                previous, datetime.now(UTC), ctx.settings.probe_interval_seconds
+            ),
         )
-    return cluster_logic.assess_external(
+    assessment = cluster_logic.assess_external(
         spec=spec,
         admin_secret_keys=None if credentials is None else credentials.keys(),
         probe=server_probe,
     )
+    health = cluster_logic.external_health(previous, server_probe, now_rfc3339())
+    return replace(assessment, fields={**assessment.fields, "health": health})
 
 
 async def finalize(

@@ -6,10 +6,11 @@ Mode External: an existing server, probed by the operator (`vauban.engines.postg
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from vauban.api.cluster import ManagedClusterSpec
 from vauban.builders import cnpg
@@ -130,6 +131,7 @@ def _engine_fields(name: str, namespace: str, engine_cluster: Mapping[str, Any])
         "currentPrimary": status.get("currentPrimary"),
         "version": running.rsplit(":", 1)[-1] if running else None,
         "endpoints": endpoints(name, namespace),
+        "health": managed_health(engine_cluster),
     }
 
 
@@ -156,6 +158,8 @@ class ServerProbe:
     superuser: bool = False
     create_role: bool = False
     create_db: bool = False
+    health: ServerHealth | None = None
+    """The server's load, when the probe was asked to read it."""
 
 
 def assess_external(
@@ -235,3 +239,164 @@ def assess_external(
         Verdict.ready(f"Adopted PostgreSQL {probe.version} at {server} as role {probe.role}."),
         fields=fields,
     )
+
+
+# -- health ------------------------------------------------------------------------------
+
+MAX_REPLICAS = 9
+"""status.health.replicas is bounded: a ManagedCluster has at most 9 instances."""
+
+NEAR_LIMIT_EVENT = "ConnectionsNearLimit"
+WITHIN_LIMIT_EVENT = "ConnectionsWithinLimit"
+
+
+@dataclass(frozen=True)
+class ReplicaHealth:
+    name: str
+    """application_name of the standby (mode External), pod name (mode Managed)."""
+
+    state: str | None = None
+    """pg_stat_replication.state (streaming, catchup...), or CloudNativePG's instance status
+    (healthy, replicating, failed)."""
+
+    lag_seconds: float | None = None
+    """replay_lag: how long ago the standby was last caught up."""
+
+
+@dataclass(frozen=True)
+class ServerHealth:
+    """What a probe read of a server's load. None where it could not be read (a query not
+    permitted to the admin role, or timed out): the other fields are still reported."""
+
+    connections: int | None = None
+    """Client sessions (pg_stat_activity)."""
+
+    max_connections: int | None = None
+    in_recovery: bool | None = None
+    replicas: Sequence[ReplicaHealth] | None = None
+    wal_bytes: int | None = None
+    """Size of pg_wal (pg_ls_waldir: superuser or pg_monitor only)."""
+
+    databases_bytes: int | None = None
+    """Total size of the server's databases, when every one of them is readable."""
+
+    @property
+    def near_limit(self) -> bool | None:
+        """Whether client sessions exceed 90 % of max_connections."""
+        if self.connections is None or not self.max_connections:
+            return None
+        return self.connections * 10 > self.max_connections * 9
+
+
+def health_due(previous: Mapping[str, Any] | None, now: datetime, interval: float) -> bool:
+    """Whether the server's load is read again: once per probe interval. Every status write
+    is itself a watch event, so a reconcile in between keeps what status has (refreshing it
+    each time would write status in a loop)."""
+    last = ((previous or {}).get("health") or {}).get("lastProbeTime")
+    try:
+        when = datetime.fromisoformat(str(last).replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    return (now - when).total_seconds() >= interval
+
+
+def health_status(health: ServerHealth, now: str) -> dict[str, Any]:
+    """status.health for an external server: bounded, unreadable fields omitted."""
+    replicas = None
+    if health.replicas is not None:
+        replicas = [
+            {
+                k: v
+                for k, v in (
+                    ("name", r.name),
+                    ("state", r.state),
+                    ("lagSeconds", None if r.lag_seconds is None else round(r.lag_seconds, 3)),
+                )
+                if v is not None
+            }
+            for r in health.replicas[:MAX_REPLICAS]
+        ]
+    values = {
+        "lastProbeTime": now,
+        "connections": health.connections,
+        "maxConnections": health.max_connections,
+        "connectionsNearLimit": health.near_limit,
+        "inRecovery": health.in_recovery,
+        "replicas": replicas,
+        "walBytes": health.wal_bytes,
+        "databasesBytes": health.databases_bytes,
+    }
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def external_health(
+    previous: Mapping[str, Any] | None, probe: ServerProbe | None, now: str
+) -> dict[str, Any] | None:
+    """status.health of an external cluster: the probe's reading when it took one, what
+    status has between two readings, nothing when the server did not answer (stale figures
+    would mislead)."""
+    if probe is None or probe.outcome is not ProbeOutcome.OK:
+        return None
+    if probe.health is None:
+        kept = (previous or {}).get("health")
+        return dict(kept) if isinstance(kept, Mapping) and kept.get("lastProbeTime") else None
+    return health_status(probe.health, now)
+
+
+def managed_health(engine_cluster: Mapping[str, Any]) -> dict[str, Any] | None:
+    """status.health of a managed cluster, from what CloudNativePG reports: its replicas and
+    their status. CloudNativePG's Cluster status carries no replication lag (its exporter
+    does: cnpg_pg_replication_lag), and the operator never dials a managed cluster for it."""
+    status = engine_cluster.get("status") or {}
+    states = {
+        pod: str(state)
+        for state, pods in (status.get("instancesStatus") or {}).items()
+        for pod in pods or ()
+    }
+    reported = status.get("instancesReportedState") or {}
+    primary = status.get("currentPrimary") or next(
+        (pod for pod, r in reported.items() if (r or {}).get("isPrimary")), None
+    )
+    replicas = sorted((set(states) | set(reported)) - {primary})
+    if primary is None or not replicas:
+        return None  # before a primary is known, no instance is a replica of anything
+    return {
+        "replicas": [
+            {"name": pod, **({"state": states[pod]} if pod in states else {})}
+            for pod in replicas[:MAX_REPLICAS]
+        ]
+    }
+
+
+@dataclass(frozen=True)
+class HealthEvent:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+def connections_event(
+    previous: Mapping[str, Any] | None, health: Mapping[str, Any] | None
+) -> HealthEvent | None:
+    """An Event when client sessions go over 90 % of max_connections, and one when they go
+    back under. Not a condition of readiness: the server still works, new sessions are
+    refused only at the limit."""
+    if not health or "connectionsNearLimit" not in health:
+        return None
+    before = bool(((previous or {}).get("health") or {}).get("connectionsNearLimit"))
+    near = bool(health["connectionsNearLimit"])
+    if near == before:
+        return None
+    used = (
+        f"{health.get('connections')} client sessions of max_connections "
+        f"{health.get('maxConnections')} are in use"
+    )
+    if near:
+        return HealthEvent(
+            "Warning",
+            NEAR_LIMIT_EVENT,
+            f"{used} (over 90 %); the server refuses new sessions "
+            "at the limit. Raise max_connections, lower the databases' connectionLimit, or put "
+            "a connection pooler in front.",
+        )
+    return HealthEvent("Normal", WITHIN_LIMIT_EVENT, f"{used}.")

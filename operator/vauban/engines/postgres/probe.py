@@ -1,16 +1,34 @@
 """Connect to a PostgreSQL server as the admin role and report what Vauban needs to know:
-reachable, credentials accepted, version, privileges."""
+reachable, credentials accepted, version, privileges, and on request the server's load
+(sessions against max_connections, replicas and their lag, WAL and database sizes).
+
+Every statement runs under a statement timeout and the whole probe under a deadline, so a
+server that hangs costs a reconcile seconds, not forever. Reading the load never fails the
+probe: what the admin role may not read (pg_ls_waldir needs pg_monitor) or what times out
+is left out.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
-from vauban.reconcile.cluster import ProbeOutcome, ServerProbe
+from vauban.reconcile.cluster import ProbeOutcome, ReplicaHealth, ServerHealth, ServerProbe
+
+logger = logging.getLogger(__name__)
+
+STATEMENT_TIMEOUT_MS = 3000
+"""Each statement of a probe; a server that takes longer is too busy to be asked more."""
+
+HEALTH_DEADLINE_SECONDS = 10.0
+"""All the load queries together; what was not read by then is left out."""
 
 # SQLSTATE class 28: invalid authorization (wrong password, no pg_hba entry for the role).
 _AUTH_SQLSTATES = ("28000", "28P01")
@@ -37,31 +55,49 @@ def ssl_root_cert(ca_pem: str | None) -> Iterator[str | None]:
 
 
 async def probe(
-    address: ServerAddress, username: str, password: str, *, connect_timeout: int = 5
+    address: ServerAddress,
+    username: str,
+    password: str,
+    *,
+    connect_timeout: int = 5,
+    health: bool = False,
 ) -> ServerProbe:
+    """Connect, check the admin role; with `health`, read the server's load too."""
+    # libpq may try twice (sslmode prefer/allow), each within connect_timeout.
+    deadline = 2 * connect_timeout + STATEMENT_TIMEOUT_MS / 1000
     with ssl_root_cert(address.ca_pem) as root_cert:
         try:
-            connection = await psycopg.AsyncConnection.connect(
-                host=address.host,
-                port=address.port,
-                user=username,
-                password=password,
-                dbname="postgres",
-                sslmode=address.ssl_mode,
-                sslrootcert=root_cert,
-                connect_timeout=connect_timeout,
-                application_name="vauban",
-                autocommit=True,
-            )
+            async with asyncio.timeout(deadline) as answer:
+                connection = await psycopg.AsyncConnection.connect(
+                    host=address.host,
+                    port=address.port,
+                    user=username,
+                    password=password,
+                    dbname="postgres",
+                    sslmode=address.ssl_mode,
+                    sslrootcert=root_cert,
+                    connect_timeout=connect_timeout,
+                    application_name="vauban",
+                    autocommit=True,
+                )
+                async with connection:
+                    await connection.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+                    cursor = await connection.execute(
+                        "SELECT current_setting('server_version'), current_user,"
+                        " rolsuper, rolcreaterole, rolcreatedb"
+                        " FROM pg_roles WHERE rolname = current_user"
+                    )
+                    row = await cursor.fetchone()
+                    # The server answered: the load has a deadline of its own, and running
+                    # out of it leaves fields out, it does not make the server unreachable.
+                    answer.reschedule(None)
+                    server_health = await read_health(connection) if health else None
         except psycopg.OperationalError as e:
             return _failure(e)
-        async with connection:
-            cursor = await connection.execute(
-                "SELECT current_setting('server_version'), current_user,"
-                " rolsuper, rolcreaterole, rolcreatedb"
-                " FROM pg_roles WHERE rolname = current_user"
+        except TimeoutError:
+            return ServerProbe(
+                ProbeOutcome.UNREACHABLE, detail=f"no answer within {deadline:g} seconds"
             )
-            row = await cursor.fetchone()
     assert row is not None
     version, role, superuser, create_role, create_db = row
     return ServerProbe(
@@ -71,7 +107,123 @@ async def probe(
         superuser=bool(superuser),
         create_role=bool(create_role),
         create_db=bool(create_db),
+        health=server_health,
     )
+
+
+Connection = psycopg.AsyncConnection[tuple[Any, ...]]
+
+
+async def read_health(connection: Connection) -> ServerHealth:
+    """The server's load, one query per aspect: a query that fails or times out leaves its
+    fields out, the others are still read. Bounded by HEALTH_DEADLINE_SECONDS in all."""
+    found: dict[str, Any] = {}
+    reads: Sequence[tuple[str, Callable[[Connection], Awaitable[dict[str, Any]]]]] = (
+        ("sessions", _sessions),
+        ("replication", _replication),
+        ("database sizes", _databases_bytes),
+        ("WAL size", _wal_bytes),
+    )
+    try:
+        async with asyncio.timeout(HEALTH_DEADLINE_SECONDS):
+            for what, read in reads:
+                try:
+                    found.update(await read(connection))
+                except psycopg.Error as e:
+                    logger.info("health probe: %s not read: %s", what, _one_line(e))
+    except TimeoutError:
+        logger.info("health probe: stopped after %g seconds", HEALTH_DEADLINE_SECONDS)
+    return ServerHealth(**found)
+
+
+# Client sessions. Sessions of roles the admin has no privileges of show a NULL
+# backend_type (without pg_read_all_stats): those attached to a database are counted as
+# client sessions too (which may count an autovacuum worker or two).
+_SESSIONS = """
+SELECT (SELECT count(*) FROM pg_stat_activity
+         WHERE backend_type = 'client backend'
+            OR (backend_type IS NULL AND datid IS NOT NULL)),
+       current_setting('max_connections')::int,
+       pg_is_in_recovery()
+"""
+
+
+async def _sessions(connection: Connection) -> dict[str, Any]:
+    row = await (await connection.execute(_SESSIONS)).fetchone()
+    assert row is not None
+    return {"connections": int(row[0]), "max_connections": int(row[1]), "in_recovery": row[2]}
+
+
+# replay_lag is NULL once an idle standby has replayed everything (and for a role without
+# pg_read_all_stats, which sees only application_name): caught up counts as 0. At most
+# MAX_REPLICAS (9) rows, as status.health.replicas.
+_REPLICATION = """
+SELECT application_name, client_addr::text, pid, state,
+       CASE WHEN replay_lag IS NOT NULL THEN extract(epoch FROM replay_lag)::float8
+            WHEN state = 'streaming' AND replay_lsn >= sent_lsn THEN 0 END
+  FROM pg_stat_replication
+ ORDER BY application_name, client_addr, pid
+ LIMIT 9
+"""
+
+
+async def _replication(connection: Connection) -> dict[str, Any]:
+    rows = await (await connection.execute(_REPLICATION)).fetchall()
+    return {"replicas": replicas_of(rows)}
+
+
+def replicas_of(rows: Sequence[tuple[Any, ...]]) -> tuple[ReplicaHealth, ...]:
+    """Rows of pg_stat_replication (application_name, client_addr, pid, state, lag), named
+    by application_name; standbys that share one (the default is walreceiver) are told apart
+    by their address, or their pid when the address is hidden."""
+    names = [str(row[0] or "walreceiver") for row in rows]
+    replicas = []
+    for name, (_, address, pid, state, lag) in zip(names, rows, strict=True):
+        if names.count(name) > 1:
+            name = f"{name}@{address or pid}"
+        replicas.append(
+            ReplicaHealth(
+                name=name[:253],
+                state=None if state is None else str(state)[:32],
+                lag_seconds=None if lag is None else max(0.0, float(lag)),
+            )
+        )
+    return tuple(replicas)
+
+
+# pg_database_size needs CONNECT on the database (or pg_read_all_stats): the total is
+# reported only when every database is readable, never a partial sum.
+_DATABASES = """
+SELECT sum(CASE WHEN readable THEN pg_database_size(oid) END), bool_and(readable)
+  FROM (SELECT oid, has_database_privilege(oid, 'CONNECT')
+                    OR pg_has_role('pg_read_all_stats', 'USAGE') AS readable
+          FROM pg_database) d
+"""
+
+
+async def _databases_bytes(connection: Connection) -> dict[str, Any]:
+    row = await (await connection.execute(_DATABASES)).fetchone()
+    if row is None or not row[1] or row[0] is None:
+        return {}
+    return {"databases_bytes": int(row[0])}
+
+
+async def _wal_bytes(connection: Connection) -> dict[str, Any]:
+    """pg_ls_waldir is for superusers and pg_monitor: asked first, so a role without it
+    leaves no permission error in the server's log at every probe."""
+    allowed = await (
+        await connection.execute("SELECT has_function_privilege('pg_ls_waldir()', 'EXECUTE')")
+    ).fetchone()
+    if not (allowed and allowed[0]):
+        return {}
+    row = await (
+        await connection.execute("SELECT coalesce(sum(size), 0) FROM pg_ls_waldir()")
+    ).fetchone()
+    return {} if row is None else {"wal_bytes": int(row[0])}
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300] or type(error).__name__
 
 
 # What libpq says when the server refused the login (psycopg has no SQLSTATE for errors
