@@ -1,6 +1,6 @@
 """Health probes of external clusters against real PostgreSQL servers on 127.0.0.1: the load
 in status.health and in the operator's metrics, the ConnectionsNearLimit Event, a real
-streaming replica's lag, and a server that never answers.
+streaming replica's lag, and the tenant login check.
 
 The module has a server of its own, with a small max_connections (so that a handful of
 sessions bring it near its limit) and replication allowed on its private socket."""
@@ -30,8 +30,8 @@ from support.kube import (
     with_reason,
 )
 from vauban.devcluster.postgres import PostgresServer
-from vauban.engines.postgres.probe import ServerAddress, probe
-from vauban.reconcile.cluster import ProbeOutcome
+from vauban.engines.postgres.probe import ServerAddress, check_login, probe
+from vauban.reconcile.cluster import ProbeOutcome, ServerProbe
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -270,6 +270,30 @@ def test_streaming_replica_and_its_lag(
         lambda: operator.metric("vauban_cluster_replication_lag_seconds", **lag) is None,
         what="lag series removed",
     )
+
+
+def test_tenant_login_check(server: PostgresServer) -> None:
+    """The check a ManagedDatabase can make with its tenant's Secret: refused credentials are
+    told apart from a login that is merely at its connection limit."""
+    name, password = f"app_{secrets.token_hex(4)}", secrets.token_urlsafe(16)
+    server.create_role(name, password)
+    address = ServerAddress("127.0.0.1", server.port, "disable")
+
+    def check(secret: str = password) -> ServerProbe:
+        return asyncio.run(check_login(address, name, secret, "postgres"))
+
+    assert check().outcome is ProbeOutcome.OK
+    wrong = check("not-the-password")
+    assert wrong.outcome is ProbeOutcome.AUTHENTICATION_FAILED
+    assert "not-the-password" not in wrong.detail
+    role = sql.Identifier(name)
+    with server.superuser() as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT 0").format(role))
+    busy = check()
+    assert busy.outcome is ProbeOutcome.UNREACHABLE and "too many connections" in busy.detail
+    with server.superuser() as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN CONNECTION LIMIT -1").format(role))
+    assert check().outcome is ProbeOutcome.AUTHENTICATION_FAILED
 
 
 def test_a_server_that_never_answers_times_out() -> None:

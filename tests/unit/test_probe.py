@@ -6,10 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from prometheus_client import generate_latest
 
-from vauban.engines.postgres.probe import replicas_of
+from vauban.engines.postgres.probe import _failure, replicas_of
 from vauban.metrics import Metrics
 from vauban.reconcile.cluster import (
     MAX_REPLICAS,
@@ -215,3 +216,26 @@ def test_health_metrics_follow_status_and_go_with_the_cluster() -> None:
     for name in ("vauban_cluster_connections", lag, "vauban_cluster_up"):
         assert samples(metrics, name) == {}
     metrics.forget("ManagedCluster", "ns", "never-seen")
+
+
+@pytest.mark.parametrize(
+    ("message", "outcome"),
+    [
+        (
+            'FATAL: password authentication failed for user "app"',
+            ProbeOutcome.AUTHENTICATION_FAILED,
+        ),
+        ('FATAL: role "app" is not permitted to log in', ProbeOutcome.AUTHENTICATION_FAILED),
+        ('FATAL: no pg_hba.conf entry for host "10.0.0.1"', ProbeOutcome.AUTHENTICATION_FAILED),
+        ('FATAL: too many connections for role "app"', ProbeOutcome.UNREACHABLE),
+        ("FATAL: sorry, too many clients already", ProbeOutcome.UNREACHABLE),
+        ("FATAL: the database system is starting up", ProbeOutcome.UNREACHABLE),
+        ("connection refused", ProbeOutcome.UNREACHABLE),
+    ],
+)
+def test_refusals_that_pass_by_themselves_are_not_bad_credentials(
+    message: str, outcome: ProbeOutcome
+) -> None:
+    got = _failure(psycopg.OperationalError(message))
+    assert got.outcome is outcome
+    assert got.detail == message

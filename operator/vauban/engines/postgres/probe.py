@@ -111,6 +111,45 @@ async def probe(
     )
 
 
+async def check_login(
+    address: ServerAddress,
+    username: str,
+    password: str,
+    dbname: str,
+    *,
+    connect_timeout: int = 3,
+) -> ServerProbe:
+    """Whether a tenant's login works: connect to its database with the credentials its
+    Secret holds and run SELECT 1. AUTHENTICATION_FAILED when the server refused them (wrong
+    password, login disabled, no pg_hba entry for this role from here); UNREACHABLE when it
+    could not be asked, including a login at its connection limit (that passes by itself)."""
+    deadline = 2 * connect_timeout + STATEMENT_TIMEOUT_MS / 1000
+    with ssl_root_cert(address.ca_pem) as root_cert:
+        try:
+            async with asyncio.timeout(deadline):
+                connection = await psycopg.AsyncConnection.connect(
+                    host=address.host,
+                    port=address.port,
+                    user=username,
+                    password=password,
+                    dbname=dbname,
+                    sslmode=address.ssl_mode,
+                    sslrootcert=root_cert,
+                    connect_timeout=connect_timeout,
+                    application_name="vauban-login-check",
+                    autocommit=True,
+                )
+                async with connection:
+                    await connection.execute("SELECT 1")
+        except psycopg.OperationalError as e:
+            return _failure(e)
+        except TimeoutError:
+            return ServerProbe(
+                ProbeOutcome.UNREACHABLE, detail=f"no answer within {deadline:g} seconds"
+            )
+    return ServerProbe(ProbeOutcome.OK, role=username)
+
+
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 
 
@@ -236,10 +275,16 @@ _AUTH_MESSAGES = (
 )
 
 
+# Refusals that pass by themselves: a login at its connection limit, a full server.
+_BUSY_MESSAGES = ("too many connections", "too many clients", "the database system is")
+
+
 def _failure(error: psycopg.OperationalError) -> ServerProbe:
     """Classify a failed connection. The detail is libpq's own message, which names the server
     and the problem but never the password."""
     text = " ".join(str(error).split()) or type(error).__name__
+    if any(m in text for m in _BUSY_MESSAGES):
+        return ServerProbe(ProbeOutcome.UNREACHABLE, detail=text[:500])
     if error.sqlstate in _AUTH_SQLSTATES or any(m in text for m in _AUTH_MESSAGES):
         return ServerProbe(ProbeOutcome.AUTHENTICATION_FAILED, detail=text[:500])
     return ServerProbe(ProbeOutcome.UNREACHABLE, detail=text[:500])
