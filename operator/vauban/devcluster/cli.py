@@ -47,7 +47,9 @@ def _up(args: argparse.Namespace) -> int:
 
 def register(commands: Any) -> None:
     """Add the dev sub-commands to the `vauban dev` sub-parsers."""
-    build = commands.add_parser("build", help="build the control plane's binaries and test tools (cached)")
+    build = commands.add_parser(
+        "build", help="build the control plane's binaries and test tools (cached)"
+    )
     build.set_defaults(func=_build)
     up = commands.add_parser("up", help="start a local control plane until interrupted")
     up.add_argument("--kubeconfig-out", help="also write the kubeconfig here")
