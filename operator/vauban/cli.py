@@ -26,8 +26,18 @@ def _crds(args: argparse.Namespace) -> int:
     from vauban.api import crdgen, docgen
 
     directory, reference = Path(args.directory), Path(args.reference)
+    chart = _chart_copies(
+        Path(args.chart), crdgen.manifests(), f"{crdgen.DELETION_PROTECTION}.yaml"
+    )
     if args.check:
         stale = crdgen.drift(directory)
+        stale += [str(path) for path, content in chart.items() if _differs(path, content)]
+        stale += [
+            str(extra)
+            for folder in sorted({path.parent for path in chart})
+            for extra in sorted(folder.glob("*.yaml"))
+            if extra not in chart
+        ]
         if not reference.is_file() or reference.read_text(encoding="utf-8") != docgen.render():
             stale.append(str(reference))
         for path in stale:
@@ -38,9 +48,27 @@ def _crds(args: argparse.Namespace) -> int:
         return 1 if stale else 0
     for written in crdgen.write(directory):
         print(written)
+    for path, content in chart.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content, encoding="utf-8")
+        print(path)
     reference.write_text(docgen.render(), encoding="utf-8")
     print(reference)
     return 0
+
+
+def _chart_copies(chart: Path, manifests: dict[str, str], policy: str) -> dict[Path, str]:
+    """The Helm chart's copy of the generated files: CRDs in its crds/ (Helm installs them
+    before the templates), the admission policy in admission/ (a template renders it, so
+    `helm upgrade` carries its changes)."""
+    return {
+        chart / ("admission" if name == policy else "crds") / name: content
+        for name, content in manifests.items()
+    }
+
+
+def _differs(path: Path, content: str) -> bool:
+    return not path.is_file() or path.read_text(encoding="utf-8") != content
 
 
 def _dev_run(args: argparse.Namespace) -> int:
@@ -60,6 +88,7 @@ def parser() -> argparse.ArgumentParser:
     crds = commands.add_parser("crds", help="generate the CRDs from the API models")
     crds.add_argument("--directory", default="crds", help="where the CRD files live")
     crds.add_argument("--reference", default="docs/api.md", help="the API reference page")
+    crds.add_argument("--chart", default="helm/vauban", help="the Helm chart holding a copy")
     crds.add_argument(
         "--check",
         action="store_true",
