@@ -52,3 +52,62 @@ run: binaries ## run the operator (on a local control plane unless VAUBAN_KUBECO
 .PHONY: clean
 clean: ## remove the virtualenv and local state (not the binary cache)
 	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache
+
+# -- Packaging: images, the Helm chart, a kind cluster (docs/install.md) ---------------------
+
+CONTAINER_TOOL ?= docker
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' operator/vauban/__init__.py)
+IMAGE_REGISTRY ?= ghcr.io/vauban-dev
+OPERATOR_IMAGE ?= $(IMAGE_REGISTRY)/vauban
+AGENT_IMAGE ?= $(IMAGE_REGISTRY)/vauban-agent
+KIND ?= kind
+KIND_CLUSTER ?= vauban
+KUBECTL ?= kubectl
+# The CloudNativePG release `make kind-up` installs: the one Vauban is tested against.
+CLOUDNATIVEPG_VERSION ?= 1.30.1
+# helm built from its Go module (cached), unless HELM names one; resolved only when used.
+HELM ?= $(shell $(BIN)/python -c 'from vauban.devcluster.build import ensure_tool; print(ensure_tool("helm"))')
+HELM_KUBE_VERSION := 1.36.3
+
+# e.g. --build-arg PYTHON_IMAGE=<mirror>/python@sha256:<digest> --build-arg PGDG_URL=<mirror>
+IMAGE_BUILD_ARGS ?=
+
+.PHONY: images
+images: ## build the operator and backup-agent images (CONTAINER_TOOL=podman for podman)
+	$(CONTAINER_TOOL) build -f Containerfile $(IMAGE_BUILD_ARGS) --target operator \
+		-t $(OPERATOR_IMAGE):$(VERSION) .
+	$(CONTAINER_TOOL) build -f Containerfile $(IMAGE_BUILD_ARGS) --target agent \
+		-t $(AGENT_IMAGE):$(VERSION) .
+
+.PHONY: helm-lint
+helm-lint: venv ## lint and render the Helm chart in both install modes
+	$(HELM) lint --strict helm/vauban --kube-version $(HELM_KUBE_VERSION)
+	$(HELM) lint --strict helm/vauban --kube-version $(HELM_KUBE_VERSION) \
+		--set 'watchNamespaces={tenant-a,tenant-b}' --set metrics.serviceMonitor.enabled=true \
+		--set prometheusRule.enabled=true --set dashboard.enabled=true
+	$(HELM) template vauban helm/vauban --kube-version $(HELM_KUBE_VERSION) --include-crds >/dev/null
+
+.PHONY: kind-up
+kind-up: ## create the kind cluster of kind-config.yaml, with CloudNativePG (needs Docker, kind)
+	$(KIND) get clusters | grep -qx '$(KIND_CLUSTER)' \
+		|| $(KIND) create cluster --name $(KIND_CLUSTER) --config kind-config.yaml
+	$(KUBECTL) --context kind-$(KIND_CLUSTER) apply --server-side -f \
+		https://raw.githubusercontent.com/cloudnative-pg/cloudnative-pg/release-$(basename $(CLOUDNATIVEPG_VERSION))/releases/cnpg-$(CLOUDNATIVEPG_VERSION).yaml
+	$(KUBECTL) --context kind-$(KIND_CLUSTER) -n cnpg-system rollout status \
+		deployment/cnpg-controller-manager --timeout=300s
+
+.PHONY: kind-deploy
+kind-deploy: venv images ## build the images, load them into kind, install the chart there
+	$(KIND) load docker-image --name $(KIND_CLUSTER) \
+		$(OPERATOR_IMAGE):$(VERSION) $(AGENT_IMAGE):$(VERSION)
+	$(KUBECTL) --context kind-$(KIND_CLUSTER) create namespace vauban-system \
+		--dry-run=client -o yaml | $(KUBECTL) --context kind-$(KIND_CLUSTER) apply -f -
+	$(KUBECTL) --context kind-$(KIND_CLUSTER) label namespace vauban-system --overwrite \
+		pod-security.kubernetes.io/enforce=restricted
+	# Helm installs CRDs only on first install: apply them on every deploy.
+	$(KUBECTL) --context kind-$(KIND_CLUSTER) apply --server-side -f helm/vauban/crds
+	$(HELM) upgrade --install vauban helm/vauban --kube-context kind-$(KIND_CLUSTER) \
+		--namespace vauban-system --wait --timeout 5m \
+		--set image.repository=$(OPERATOR_IMAGE) --set image.tag=$(VERSION) \
+		--set backupAgent.image.repository=$(AGENT_IMAGE) \
+		--set backupAgent.image.tag=$(VERSION)
