@@ -48,10 +48,10 @@ def _crds(args: argparse.Namespace) -> int:
         return 1 if stale else 0
     for written in crdgen.write(directory):
         print(written)
-    for path, content in chart.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content, encoding="utf-8")
-        print(path)
+    for copy, content in chart.items():
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_text(content, encoding="utf-8")
+        print(copy)
     reference.write_text(docgen.render(), encoding="utf-8")
     print(reference)
     return 0
