@@ -88,10 +88,10 @@ the apply creates the object (the apiserver checks both).
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [list, patch]
-# One Event per state transition of an object (create), a repeated one bumped (patch).
+# One Event per state transition of an object, always a new one (create; never updated).
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 # The backup agent's Jobs: kopf watches them wherever it watches (labelled
 # vauban.dev/component=agent); the operator acts only on those of its own namespace (below).
 - apiGroups: [batch]
