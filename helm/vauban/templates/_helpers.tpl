@@ -71,6 +71,11 @@ the apply creates the object (the apiserver checks both).
 - apiGroups: [postgresql.cnpg.io]
   resources: [clusters]
   verbs: [get, list, watch, create, patch]
+# CloudNativePG ScheduledBackups of a managed cluster's base backups, following its backup
+# schedule: server-side applied (create, patch), removed with the schedule (delete).
+- apiGroups: [postgresql.cnpg.io]
+  resources: [scheduledbackups]
+  verbs: [create, patch, delete]
 # The NetworkPolicy of each managed cluster: server-side applied, watched to repair hand edits.
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
@@ -88,6 +93,11 @@ the apply creates the object (the apiserver checks both).
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [list, patch]
+# Services of a managed cluster, found by its label: one of type LoadBalancer would expose
+# PostgreSQL outside the cluster, which compliance profiles forbid.
+- apiGroups: [""]
+  resources: [services]
+  verbs: [list]
 # One Event per state transition of an object, always a new one (create; never updated).
 - apiGroups: [""]
   resources: [events]
