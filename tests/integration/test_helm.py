@@ -508,6 +508,8 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KubeCtl, P
 
 
 def install(kube: KubeCtl, helm: Helm, release: str, namespace: str, *args: str) -> None:
+    """`helm install` as a user runs it. Without --wait: the chart's pods are kwok's fakes
+    (the rollout is checked above); the operator under test is the process run below."""
     kube.run("create", "namespace", namespace)
     kube.run("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     helm.run(
@@ -515,8 +517,6 @@ def install(kube: KubeCtl, helm: Helm, release: str, namespace: str, *args: str)
         release,
         str(CHART),
         f"--namespace={namespace}",
-        "--wait",
-        "--timeout=90s",
         *args,
         kubeconfig=kube.kubeconfig,
     )
