@@ -1,4 +1,4 @@
-"""The `vauban` command: the operator, its development tools, and (later) the backup agent."""
+"""The `vauban` command: the operator, its development tools, and the backup agent."""
 
 from __future__ import annotations
 
@@ -107,6 +107,13 @@ def parser() -> argparse.ArgumentParser:
     dev_run.add_argument("--crds", default="crds", help="CRD files to install first")
     dev_run.add_argument("--samples", help="folder of manifests to apply once the CRDs are in")
     dev_run.set_defaults(func=_dev_run)
+
+    from vauban.backup.agent import register as register_agent
+
+    agent = commands.add_parser(
+        "agent", help="the backup agent, run in Jobs (settings from the environment)"
+    )
+    register_agent(agent.add_subparsers(dest="agent_command", required=True))
     return root
 
 

@@ -1,0 +1,204 @@
+"""What the agent asks PostgreSQL, and how it finds and runs pg_dump and pg_restore.
+
+Connections take libpq's standard variables from the environment (PGHOST, PGUSER,
+PGPASSWORD...), exactly as pg_dump and pg_restore do, so all three reach the same server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, TypeAlias
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from vauban.backup.errors import DatabaseFailure
+from vauban.backup.settings import ConfigurationError
+
+Connection: TypeAlias = psycopg.Connection[tuple[object, ...]]
+
+CONNECT_TIMEOUT_SECONDS = "10"
+# Schemas that are PostgreSQL's own, and objects that belong to an extension (pg_dump
+# creates the extension, not its members).
+_USER_OBJECT = """
+    {ns}.nspname NOT IN ('pg_catalog', 'information_schema')
+    AND {ns}.nspname NOT LIKE 'pg\\_toast%'
+    AND {ns}.nspname NOT LIKE 'pg\\_temp\\_%'
+    AND NOT EXISTS (
+        SELECT FROM pg_depend d
+        WHERE d.classid = {catalog}::regclass AND d.objid = {obj}.oid AND d.deptype = 'e'
+    )
+"""
+
+
+def _user(ns: str, catalog: str, obj: str) -> sql.Composed:
+    return sql.SQL(_USER_OBJECT).format(
+        ns=sql.Identifier(ns), catalog=sql.Literal(catalog), obj=sql.Identifier(obj)
+    )
+
+
+_TABLES = sql.SQL("""
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND {tables}
+ORDER BY 1, 2
+""").format(tables=_user("n", "pg_class", "c"))
+_USER_OBJECTS = sql.SQL("""
+SELECT 'schema ' || quote_ident(n.nspname)
+FROM pg_namespace n
+WHERE n.nspname <> 'public' AND {schemas}
+UNION ALL
+SELECT 'relation ' || quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE {relations}
+UNION ALL
+SELECT 'function ' || quote_ident(n.nspname) || '.' || quote_ident(p.proname)
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE {functions}
+UNION ALL
+SELECT 'type ' || quote_ident(n.nspname) || '.' || quote_ident(t.typname)
+FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+WHERE t.typrelid = 0 AND t.typcategory <> 'A' AND {types}
+UNION ALL
+SELECT 'large objects' FROM pg_largeobject_metadata HAVING count(*) > 0
+LIMIT 5
+""").format(
+    schemas=_user("n", "pg_namespace", "n"),
+    relations=_user("n", "pg_class", "c"),
+    functions=_user("n", "pg_proc", "p"),
+    types=_user("n", "pg_type", "t"),
+)
+
+
+def child_environment() -> dict[str, str]:
+    """The environment of pg_dump and pg_restore: ours without the object store's
+    credentials and the data key, which they have no use for."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VAUBAN_"))}
+    env.setdefault("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT_SECONDS)
+    env.setdefault("PGAPPNAME", "vauban-agent")
+    return env
+
+
+@contextlib.contextmanager
+def connect(dbname: str | None = None, *, autocommit: bool = False) -> Iterator[Connection]:
+    """A connection from libpq's environment (to `dbname` instead of PGDATABASE if given);
+    DatabaseFailure(DatabaseUnreachable) when it cannot be opened."""
+    params: dict[str, str] = {"application_name": os.environ.get("PGAPPNAME", "vauban-agent")}
+    if "PGCONNECT_TIMEOUT" not in os.environ:
+        params["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+    if dbname is not None:
+        params["dbname"] = dbname
+    try:
+        conn = psycopg.connect(make_conninfo("", **params), autocommit=autocommit)
+    except psycopg.OperationalError as e:
+        # libpq's message names the host, port, user and cause; never the password.
+        raise DatabaseFailure("DatabaseUnreachable", f"cannot connect to PostgreSQL: {e}") from None
+    with conn:
+        yield conn
+
+
+def server_version(conn: Connection) -> tuple[str, int]:
+    """("15.18", 15)."""
+    row = conn.execute(
+        "SELECT current_setting('server_version'), current_setting('server_version_num')::int"
+    ).fetchone()
+    assert row is not None
+    return str(row[0]).split(" ", 1)[0], int(str(row[1])) // 10000
+
+
+def database_size(conn: Connection) -> int:
+    row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+def table_counts(conn: Connection) -> dict[str, int]:
+    """Rows per `schema.table` of every table whose data pg_dump dumps, in the connection's
+    current snapshot."""
+    counts = {}
+    for schema, table in conn.execute(_TABLES).fetchall():
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+            sql.Identifier(str(schema)), sql.Identifier(str(table))
+        )
+        row = conn.execute(query).fetchone()
+        assert row is not None
+        counts[f"{schema}.{table}"] = int(str(row[0]))
+    return counts
+
+
+def user_objects(conn: Connection) -> list[str]:
+    """Up to five objects a restore would collide with: anything besides the public schema,
+    extensions and PostgreSQL's own catalogs."""
+    return [str(row[0]) for row in conn.execute(_USER_OBJECTS).fetchall()]
+
+
+# -- the client programs ----------------------------------------------------------------------
+
+_VERSION = re.compile(rb"\(PostgreSQL\) (\d+)")
+
+
+def _major(binary: Path) -> int | None:
+    try:
+        out = subprocess.run(
+            [str(binary), "--version"], capture_output=True, check=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = _VERSION.search(out)
+    return int(match.group(1)) if match else None
+
+
+def find_client(name: str, server_major: int, bin_dir: str | None) -> Path:
+    """pg_dump or pg_restore for a server of `server_major`: VAUBAN_PG_BIN_DIR's if set,
+    else the one of the same major among PATH's and /usr/lib/postgresql/*/bin, else the
+    newest (a newer client reads older servers; an older one refuses newer servers)."""
+    if bin_dir:
+        candidates = [Path(bin_dir) / name]
+    else:
+        on_path = shutil.which(name)
+        candidates = [Path(on_path)] if on_path else []
+        candidates += sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    versions = {c: m for c in candidates if (m := _major(c)) is not None}
+    if not versions:
+        where = bin_dir or "PATH or /usr/lib/postgresql/*/bin"
+        raise ConfigurationError("ClientNotFound", f"no working {name} found in {where}")
+    same = [c for c, m in versions.items() if m == server_major]
+    if same:
+        return same[0]
+    newest = max(versions, key=lambda c: versions[c])
+    if versions[newest] < server_major:
+        raise ConfigurationError(
+            "ClientTooOld",
+            f"{name} {versions[newest]} cannot handle PostgreSQL {server_major}: install "
+            f"the client of version {server_major} or newer",
+        )
+    return newest
+
+
+def errors_only(stderr: IO[bytes], limit: int = 1500) -> str:
+    """The error lines of pg_dump's or pg_restore's output, without the DETAIL, CONTEXT and
+    'Command was' lines, which can quote rows of the database (never into logs or status)."""
+    stderr.seek(0)
+    lines = []
+    for raw in stderr.read().decode("utf-8", errors="replace").splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("DETAIL:", "CONTEXT:", "HINT:", "LINE ", "Command was:")):
+            continue
+        if "error" in line.lower() or "fatal" in line.lower():
+            lines.append(line)
+    text = " | ".join(lines) or "no error message"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def terminate(process: subprocess.Popen[bytes]) -> None:
+    """Stop a child for good (it may be stopped, blocked on a pipe, or already gone)."""
+    if process.poll() is None:
+        process.kill()
+    process.wait()
