@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from support.kube import KubeCtl, install_crds
+from vauban.devcluster.postgres import PostgresServer
+from vauban.devcluster.s3 import S3Server
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -60,3 +62,19 @@ def namespace(kube: KubeCtl, request: pytest.FixtureRequest) -> Iterator[str]:
     name = kube.unique_namespace(request.node.name)
     yield name
     kube.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session, on 127.0.0.1."""
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """One real S3 object store (versitygw) for the session, on 127.0.0.1."""
+    with S3Server() as server:
+        yield server

@@ -1,0 +1,147 @@
+"""A real S3 object store on 127.0.0.1: versitygw (built from its Go module, like the control
+plane) serving a temporary folder. Where the backup tests and `make run` store backups.
+
+versitygw runs its POSIX backend with a versioning folder, so buckets created with Object Lock
+are versioned and enforce retention as S3 does. Each object is a plain file under
+`root/<bucket>/<key>`, which lets tests damage a stored backup the way a faulty disk would.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from minio import Minio
+
+from vauban.devcluster.build import ensure_tool
+from vauban.devcluster.controlplane import _die_with
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class S3Server:
+    """versitygw on a free loopback port, with its own root credentials."""
+
+    def __init__(
+        self,
+        buckets: tuple[str, ...] = (),
+        locked_buckets: tuple[str, ...] = (),
+        region: str = "us-east-1",
+    ) -> None:
+        self.binary = ensure_tool("versitygw")
+        self.root = Path(tempfile.mkdtemp(prefix="vauban-s3-"))
+        self.data = self.root / "data"
+        self.region = region
+        self.port = _free_port()
+        self.access_key = f"vauban{secrets.token_hex(4)}"
+        self.secret_key = secrets.token_urlsafe(24)
+        self.process: subprocess.Popen[bytes] | None = None
+        self._buckets = buckets
+        self._locked_buckets = locked_buckets
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def object_path(self, bucket: str, key: str) -> Path:
+        """The file holding an object (its current version)."""
+        return self.data / bucket / key
+
+    def client(self) -> Minio:
+        return Minio(
+            f"127.0.0.1:{self.port}",
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            secure=False,
+            region=self.region,
+        )
+
+    def create_bucket(self, name: str, *, object_lock: bool = False) -> None:
+        self.client().make_bucket(name, object_lock=object_lock)
+
+    def start(self) -> S3Server:
+        self.data.mkdir(parents=True, exist_ok=True)
+        (self.root / "versions").mkdir(exist_ok=True)
+        log = (self.root / "versitygw.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                str(self.binary),
+                "--port",
+                f"127.0.0.1:{self.port}",
+                "--region",
+                self.region,
+                "--quiet",
+                "posix",
+                "--versioning-dir",
+                str(self.root / "versions"),
+                str(self.data),
+            ],
+            # Credentials by environment: they would show in `ps` as arguments.
+            env={
+                **os.environ,
+                "ROOT_ACCESS_KEY_ID": self.access_key,
+                "ROOT_SECRET_ACCESS_KEY": self.secret_key,
+            },
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with(os.getpid()),
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while not self._listening():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                tail = (self.root / "versitygw.log").read_text(errors="replace")[-2000:]
+                self.stop()
+                raise RuntimeError(f"versitygw did not start:\n{tail}")
+            time.sleep(0.05)
+        for bucket in self._buckets:
+            self.create_bucket(bucket)
+        for bucket in self._locked_buckets:
+            self.create_bucket(bucket, object_lock=True)
+        return self
+
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> S3Server:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.destroy()
