@@ -4,6 +4,7 @@ import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from vauban.api.common import duration_seconds
 from vauban.builders.credentials import Endpoint, credentials_secret
 from vauban.reconcile.database import (
     Claim,
@@ -11,7 +12,6 @@ from vauban.reconcile.database import (
     login_name,
     name_conflict,
     plan_credentials,
-    seconds,
     timers_due,
 )
 
@@ -89,7 +89,7 @@ def test_login_names_fit_postgres_and_parse_back() -> None:
     assert len(name) <= 63 and login_generation(owner, name) == 12
     assert login_generation("app", "app") is None
     assert login_generation("app", "app_login") is None
-    assert seconds("90s") == 90 and seconds("2w") == 14 * 86400
+    assert duration_seconds("90s") == 90 and duration_seconds("2w") == 14 * 86400
 
 
 def test_timers() -> None:

@@ -70,7 +70,7 @@ ALLOWED_PARAMETERS = (
 Mode = Literal["Managed", "External"]
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 ComplianceProfile = Literal["none", "iso27001", "hds", "secnumcloud"]
-KeyProvider = Literal["kubernetes-secret"]
+KeyProvider = Literal["kubernetes-secret", "kmip"]
 
 LabelValue = Annotated[
     str,
@@ -191,6 +191,12 @@ class ObjectStore(ApiModel):
     credentials_secret_ref: LocalObjectReference
     """Secret with keys `accessKeyId` and `secretAccessKey` for the bucket."""
 
+    object_lock_days: Annotated[int, Field(ge=1, le=3650)] | None = None
+    """Make each backup undeletable for this many days (S3 Object Lock, compliance mode):
+    not even stolen credentials can remove it. Needs a bucket created with Object Lock;
+    without it, backups are written unlocked and their status says so. Retention cannot
+    remove a backup before its lock ends."""
+
 
 class RetentionPolicy(ApiModel):
     """How long backups are kept. A backup is deleted once it breaks either rule."""
@@ -219,9 +225,21 @@ class EncryptionSpec(ApiModel):
     """Keys of the cluster: backups are encrypted with a data key per database, wrapped by a
     key-encryption key held by the key provider."""
 
-    provider: KeyProvider = "kubernetes-secret"
+    provider: Annotated[
+        KeyProvider,
+        Field(
+            json_schema_extra=validations(
+                cel(
+                    "self == oldSelf",
+                    "encryption.provider is immutable: existing data keys are wrapped by the "
+                    "first provider's key",
+                )
+            )
+        ),
+    ] = "kubernetes-secret"
     """Key provider. kubernetes-secret keeps the key-encryption key in a Secret of the
-    operator's namespace."""
+    operator's namespace; kmip keeps it in the platform's key manager (an HSM speaking KMIP),
+    which the operator must be configured for. Immutable."""
 
     rotation_period: Duration | None = None
     """Rotate the key-encryption key this often (e.g. 90d); never when unset."""
@@ -437,6 +455,73 @@ class ClusterHealth(StatusModel):
     database (CONNECT on each, or pg_monitor)."""
 
 
+class ContinuousArchivingStatus(StatusModel):
+    """Point-in-time recovery of the whole cluster, as CloudNativePG reports it."""
+
+    archiving: bool | None = None
+    """Whether WAL archiving works (CloudNativePG's ContinuousArchiving condition)."""
+
+    message: Annotated[str, StringConstraints(max_length=512)] | None = None
+    """CloudNativePG's explanation, when archiving fails."""
+
+    first_recoverability_point: str | None = None
+    """The earliest time the cluster can be recovered to (RFC 3339)."""
+
+    last_successful_backup: str | None = None
+    """When the last base backup succeeded (RFC 3339)."""
+
+
+class EncryptionStatus(StatusModel):
+    """The cluster's key-encryption key (KEK), which wraps the data key of each database."""
+
+    provider: KeyProvider
+    """Key provider holding the KEK."""
+
+    key_id: Annotated[str, StringConstraints(max_length=253)]
+    """Id of the KEK (the Secret recording its versions in the operator's namespace)."""
+
+    key_version: Annotated[int, Field(ge=1)]
+    """Current version; older ones are kept while data keys or backups need them."""
+
+    key_created: str | None = None
+    """When the current version was made (RFC 3339): the key's age."""
+
+    last_rotation: str | None = None
+    """When the KEK was last rotated (RFC 3339)."""
+
+    rotation_token: Annotated[str, StringConstraints(max_length=253)] | None = None
+    """The vauban.dev/rotate-key token last acted on."""
+
+
+class RuleStatus(StatusModel):
+    """One rule of the compliance profile."""
+
+    rule: Annotated[str, StringConstraints(max_length=64)]
+    """The rule's id, e.g. encrypted-storage."""
+
+    met: bool
+    """Whether the cluster meets it."""
+
+    evidence: Annotated[str, StringConstraints(max_length=512)]
+    """What the judgement rests on."""
+
+
+class ComplianceStatus(StatusModel):
+    """The compliance profile, judged."""
+
+    profile: ComplianceProfile
+    """The profile the rules come from."""
+
+    rules: Annotated[list[RuleStatus], Field(max_length=16)] = Field(default_factory=list)
+    """Each rule of the profile."""
+
+    storage_class: Annotated[str, StringConstraints(max_length=253)] | None = None
+    """The StorageClass of the volumes (mode Managed)."""
+
+    storage_evidence: Annotated[str, StringConstraints(max_length=512)] | None = None
+    """Why the StorageClass is, or is not, considered encrypting."""
+
+
 class ManagedClusterStatus(StatusModel):
     """Observed state of a ManagedCluster."""
 
@@ -467,6 +552,15 @@ class ManagedClusterStatus(StatusModel):
     health: ClusterHealth | None = None
     """Load of the server and its replicas, from the last probe (mode External) or from
     CloudNativePG's status (mode Managed)."""
+
+    continuous_archiving: ContinuousArchivingStatus | None = None
+    """CloudNativePG's WAL archiving and base backups (mode Managed with spec.backup)."""
+
+    encryption: EncryptionStatus | None = None
+    """The key-encryption key: its id and version, never its material."""
+
+    compliance: ComplianceStatus | None = None
+    """Each rule of the compliance profile, met or not, with its evidence."""
 
 
 # Cluster names become Service names (`<name>-rw`, `<name>-ro`) and pod names, which must stay

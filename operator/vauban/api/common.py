@@ -93,6 +93,15 @@ Duration = Annotated[
     str, StringConstraints(min_length=2, max_length=12, pattern=r"^[1-9][0-9]{0,5}[smhdw]$")
 ]
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration_seconds(duration: str) -> int:
+    """`30s`, `15m`, `12h`, `30d`, `2w` in seconds (the Duration pattern guarantees the
+    form)."""
+    return int(duration[:-1]) * _DURATION_UNITS[duration[-1]]
+
+
 # A cron schedule: five fields, or one of the @-macros CronJob understands.
 CronSchedule = Annotated[
     str,

@@ -17,11 +17,12 @@ from typing import Any
 
 import yaml
 
+from vauban.api.backup import MANAGED_BACKUP
 from vauban.api.cluster import MANAGED_CLUSTER
 from vauban.api.common import GROUP, VERSION, KindInfo
 from vauban.api.database import MANAGED_DATABASE
 
-KINDS: tuple[KindInfo, ...] = (MANAGED_CLUSTER, MANAGED_DATABASE)
+KINDS: tuple[KindInfo, ...] = (MANAGED_CLUSTER, MANAGED_DATABASE, MANAGED_BACKUP)
 
 _DROPPED_KEYS = frozenset({"title", "$defs", "discriminator"})
 
@@ -176,7 +177,11 @@ def deletion_protection() -> list[dict[str, Any]]:
                             "apiGroups": [GROUP],
                             "apiVersions": ["*"],
                             "operations": ["DELETE"],
-                            "resources": [kind.plural for kind in KINDS],
+                            "resources": [
+                                kind.plural
+                                for kind in KINDS
+                                if "deletion_protection" in kind.spec.model_fields
+                            ],
                         }
                     ]
                 },

@@ -249,6 +249,45 @@ class CredentialsStatus(StatusModel):
     rotation_token: Annotated[str, StringConstraints(max_length=253)] | None = None
     """The vauban.dev/rotate-credentials token last acted on."""
 
+    accepted: bool | None = None
+    """Whether the server accepted the Secret's credentials at the last probe (mode
+    External: Vauban logs in as the tenant, as an application would)."""
+
+
+class BackupStatus(StatusModel):
+    """The database's backups, summarised; each one is a ManagedBackup."""
+
+    schedule: Annotated[str, StringConstraints(max_length=128)] | None = None
+    """The schedule in effect (the database's, else the cluster's), cron in UTC."""
+
+    last_backup: Annotated[str, StringConstraints(max_length=63)] | None = None
+    """The latest successful ManagedBackup."""
+
+    last_backup_time: str | None = None
+    """When it finished (RFC 3339)."""
+
+    last_verified_backup: Annotated[str, StringConstraints(max_length=63)] | None = None
+    """The latest ManagedBackup a restore test passed on."""
+
+    last_verified_time: str | None = None
+    """When that restore test finished (RFC 3339)."""
+
+    data_key_id: Annotated[str, StringConstraints(max_length=253)] | None = None
+    """Id of the database's data key (never the key itself)."""
+
+
+class RestoreStatus(StatusModel):
+    """The restore that filled this database at creation."""
+
+    source: Annotated[str, StringConstraints(max_length=63)]
+    """The ManagedBackup restored."""
+
+    phase: Literal["Running", "Succeeded", "Failed"]
+    """Where the restore is."""
+
+    completed_at: str | None = None
+    """When it succeeded (RFC 3339)."""
+
 
 class ManagedDatabaseStatus(StatusModel):
     """Observed state of a ManagedDatabase."""
@@ -279,6 +318,12 @@ class ManagedDatabaseStatus(StatusModel):
 
     connections: Annotated[int, Field(ge=0)] | None = None
     """Open connections to the database, from the last probe."""
+
+    backup: BackupStatus | None = None
+    """Backups of the database."""
+
+    restore: RestoreStatus | None = None
+    """The restore that filled the database at creation, when spec.restore asks for one."""
 
 
 MANAGED_DATABASE = KindInfo(

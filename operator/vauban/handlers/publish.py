@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from vauban.api.common import ApiModel, KindInfo
-from vauban.conditions import Reason, State, Verdict, now_rfc3339
+from vauban.conditions import DomainCondition, Reason, State, Verdict, now_rfc3339
 from vauban.handlers.context import Context
 from vauban.kube import events
 from vauban.reconcile import status as status_
@@ -102,6 +102,7 @@ async def publish(
     verdict: Verdict,
     *,
     fields: Mapping[str, Any] | None = None,
+    domain: Sequence[DomainCondition] = (),
 ) -> None:
     """Write the status `verdict` implies, and an Event on a transition, only if the stored
     status differs.
@@ -117,7 +118,7 @@ async def publish(
 
     def update_from(status: Mapping[str, Any] | None) -> status_.StatusUpdate:
         return status_.compute(
-            status, verdict, generation=generation, now=now_rfc3339(), fields=fields
+            status, verdict, generation=generation, now=now_rfc3339(), fields=fields, domain=domain
         )
 
     first = update_from(body.get("status"))
@@ -140,6 +141,15 @@ async def publish(
             "Warning" if verdict.state is State.STALLED else "Normal",
             verdict.reason,
             verdict.message,
+        )
+    for condition in update.domain_transitions:
+        await post_event(
+            ctx,
+            kind,
+            body,
+            "Warning" if condition.status == "False" else "Normal",
+            condition.reason,
+            condition.message,
         )
 
 

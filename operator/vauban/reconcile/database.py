@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from vauban.api.cluster import ManagedClusterSpec
+from vauban.api.common import duration_seconds
 from vauban.api.database import ManagedDatabaseSpec
 from vauban.conditions import Reason, State, Verdict
 from vauban.reconcile.tenancy import namespace_allowed
@@ -23,6 +24,7 @@ class ClusterView:
     """None when the cluster's spec does not parse (the cluster reports InvalidSpec)."""
 
     ready: bool
+    uid: str = ""
 
     @property
     def ref(self) -> str:
@@ -123,14 +125,6 @@ def name_conflict(me: Claim, others: Iterable[Claim]) -> Verdict | None:
 
 # -- credentials -----------------------------------------------------------------------------
 
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def seconds(duration: str) -> int:
-    """`30s`, `15m`, `12h`, `30d`, `2w` in seconds (the Duration pattern guarantees the
-    form)."""
-    return int(duration[:-1]) * _DURATION_UNITS[duration[-1]]
-
 
 def login_name(owner: str, generation: int) -> str:
     """The n-th login role of an owner, within PostgreSQL's 63-byte names."""
@@ -190,7 +184,7 @@ def plan_credentials(
     period_due = (
         rotation_period is not None
         and last_rotation is not None
-        and now >= last_rotation + timedelta(seconds=seconds(rotation_period))
+        and now >= last_rotation + timedelta(seconds=duration_seconds(rotation_period))
     )
     rotate = secret_username is None or token_due or period_due
     highest = max((login_generation(owner, r) or 0 for r in logins), default=0)
@@ -202,7 +196,7 @@ def plan_credentials(
     fresh = [r for r in others if r not in pending]
     deadline = retire_after if pending else None
     if fresh:
-        deadline = now + timedelta(seconds=seconds(grace_period))
+        deadline = now + timedelta(seconds=duration_seconds(grace_period))
     if deadline is not None and now >= deadline:
         return CredentialsPlan(current, rotate, (), None, tuple(sorted(others)), rotate)
     return CredentialsPlan(current, rotate, tuple(sorted(others)), deadline, (), rotate)
@@ -217,7 +211,9 @@ def timers_due(status: Mapping[str, Any], spec: Mapping[str, Any], now: datetime
         return True
     period = (spec.get("credentials") or {}).get("rotationPeriod")
     last = credentials.get("lastRotation")
-    return bool(period and last and now >= parse_time(last) + timedelta(seconds=seconds(period)))
+    return bool(
+        period and last and now >= parse_time(last) + timedelta(seconds=duration_seconds(period))
+    )
 
 
 def parse_time(value: str) -> datetime:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from vauban.api.common import Condition
-from vauban.conditions import ConditionType, Verdict, kstatus_conditions, merge
+from vauban.conditions import (
+    ConditionType,
+    DomainCondition,
+    Verdict,
+    kstatus_conditions,
+    merge,
+)
 
 _CONDITIONS = TypeAdapter(list[Condition])
 
@@ -24,6 +30,9 @@ class StatusUpdate:
 
     transition: bool
     """Whether the Ready condition changed status or reason: that is what an Event reports."""
+
+    domain_transitions: tuple[DomainCondition, ...] = ()
+    """Domain conditions whose status or reason changed: each is an Event too."""
 
 
 def previous_conditions(previous: Mapping[str, Any] | None) -> list[Condition]:
@@ -41,10 +50,14 @@ def compute(
     generation: int,
     now: str,
     fields: Mapping[str, Any] | None = None,
+    domain: Sequence[DomainCondition] = (),
 ) -> StatusUpdate:
-    """The status for `verdict`; `fields` are kind-specific status fields (camelCase)."""
+    """The status for `verdict`; `fields` are kind-specific status fields (camelCase),
+    `domain` the conditions beyond kstatus's (BackupHealthy...)."""
     before = previous_conditions(previous)
-    conditions = merge(before, kstatus_conditions(verdict), generation=generation, now=now)
+    conditions = merge(
+        before, [*kstatus_conditions(verdict), *domain], generation=generation, now=now
+    )
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": [c.model_dump(by_alias=True, exclude_none=True) for c in conditions],
@@ -63,4 +76,8 @@ def compute(
     # Only our own keys count: another writer's status fields are theirs to keep.
     cleared = [k for k, v in (fields or {}).items() if v is None and k in old]
     changed = bool(cleared) or any(old.get(k) != v for k, v in status.items())
-    return StatusUpdate(status=status, changed=changed, transition=transition)
+    previous_by_type = {c.type: (c.status, c.reason) for c in before}
+    flipped = tuple(d for d in domain if previous_by_type.get(d.type) != (d.status, d.reason.value))
+    return StatusUpdate(
+        status=status, changed=changed, transition=transition, domain_transitions=flipped
+    )
