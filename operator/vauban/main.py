@@ -13,6 +13,9 @@ from prometheus_client import generate_latest
 
 from vauban.handlers import wiring
 from vauban.handlers.context import Context
+from vauban.kms import KeyProvider
+from vauban.kms.kmip import KmipProvider
+from vauban.kms.local import SecretKeyProvider
 from vauban.kube.client import connect
 from vauban.kube.resources import Kube
 from vauban.metrics import Metrics
@@ -39,6 +42,27 @@ def operator_settings() -> kopf.OperatorSettings:
     return settings
 
 
+def key_providers(settings: Settings) -> dict[str, KeyProvider]:
+    """The key providers this operator offers: always kubernetes-secret, and kmip when the
+    platform configured a key manager."""
+    providers: dict[str, KeyProvider] = {"kubernetes-secret": SecretKeyProvider()}
+    if settings.kmip_host:
+        if not (settings.kmip_cert_file and settings.kmip_key_file and settings.kmip_ca_file):
+            raise SystemExit(
+                "VAUBAN_KMIP_HOST is set: VAUBAN_KMIP_CERT_FILE, VAUBAN_KMIP_KEY_FILE and "
+                "VAUBAN_KMIP_CA_FILE are needed too"
+            )
+        providers["kmip"] = KmipProvider(
+            settings.kmip_host,
+            settings.kmip_port,
+            settings.kmip_cert_file,
+            settings.kmip_key_file,
+            settings.kmip_ca_file,
+            server_name=settings.kmip_server_name,
+        )
+    return providers
+
+
 def configure_logging(settings: Settings) -> None:
     kopf.configure(
         log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
@@ -49,6 +73,9 @@ def configure_logging(settings: Settings) -> None:
     # aiohttp and the client log request bodies at DEBUG: bodies can hold Secrets.
     for noisy in ("aiohttp", "kubernetes", "urllib3"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+    # PyKMIP logs each failed connection at ERROR with its own words; the provider's
+    # KeyProviderError says it once, in the object's Encrypted condition.
+    logging.getLogger("kmip").setLevel(logging.CRITICAL)
     # kopf says "Handler succeeded" for every event; Vauban logs state transitions itself.
     if settings.log_level != "DEBUG":
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
@@ -108,10 +135,20 @@ async def run(settings: Settings) -> bool:
         await kopf.operator(
             registry=registry,
             settings=operator_settings(),
-            memo=kopf.Memo(ctx=Context(kube=kube, settings=settings, metrics=metrics)),
+            memo=kopf.Memo(
+                ctx=Context(
+                    kube=kube,
+                    settings=settings,
+                    metrics=metrics,
+                    key_providers=key_providers(settings),
+                )
+            ),
             ready_flag=ready,
             clusterwide=not settings.watch_namespaces,
-            namespaces=settings.watch_namespaces,
+            # The agent's Jobs run in the operator's own namespace, watched in every mode.
+            namespaces=sorted({*settings.watch_namespaces, settings.namespace})
+            if settings.watch_namespaces
+            else [],
             # Replicas are coordinated by the Lease above, not by kopf's peering (equal peers
             # all run; it also needs kopf's own CRDs).
             standalone=True,

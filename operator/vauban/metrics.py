@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -35,6 +36,34 @@ class _Phases(Collector):
         for (kind, phase), count in sorted(counts.items()):
             family.add_metric([kind, phase], count)
         yield family
+
+
+class _KeyAges(Collector):
+    """vauban_key_age_seconds and vauban_key_rotation_period_seconds, per cluster: an age
+    set at reconcile time would be stale by the next scrape."""
+
+    def __init__(self) -> None:
+        self.created: dict[tuple[str, str], float] = {}
+        self.periods: dict[tuple[str, str], float] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = time.time()
+        age = GaugeMetricFamily(
+            "vauban_key_age_seconds",
+            "Age of the current version of each cluster's key-encryption key.",
+            labels=["namespace", "cluster"],
+        )
+        for (namespace, cluster), created in sorted(self.created.items()):
+            age.add_metric([namespace, cluster], now - created)
+        yield age
+        period = GaugeMetricFamily(
+            "vauban_key_rotation_period_seconds",
+            "Rotation period of each cluster's key-encryption key, when it has one.",
+            labels=["namespace", "cluster"],
+        )
+        for (namespace, cluster), seconds in sorted(self.periods.items()):
+            period.add_metric([namespace, cluster], seconds)
+        yield period
 
 
 class Metrics:
@@ -111,8 +140,54 @@ class Metrics:
             ["namespace", "database"],
             registry=r,
         )
+        # Backups, per database: set from its ManagedBackups at each reconcile.
+        db = ["namespace", "database"]
+        self.backup_last_success = Gauge(
+            "vauban_database_last_backup_success_timestamp_seconds",
+            "When the latest successful backup finished (Unix time).",
+            db,
+            registry=r,
+        )
+        self.backup_last_duration = Gauge(
+            "vauban_database_last_backup_duration_seconds",
+            "How long the latest successful backup took.",
+            db,
+            registry=r,
+        )
+        self.backup_last_size = Gauge(
+            "vauban_database_last_backup_size_bytes",
+            "Stored (compressed, encrypted) size of the latest successful backup.",
+            db,
+            registry=r,
+        )
+        self.backup_schedule = Gauge(
+            "vauban_database_backup_schedule_seconds",
+            "Nominal interval of the backup schedule: BackupTooOld fires past twice this.",
+            db,
+            registry=r,
+        )
+        self.backup_failures = Counter(
+            "vauban_database_backup_failures",
+            "Backups that failed.",
+            db,
+            registry=r,
+        )
+        self.backup_last_verified = Gauge(
+            "vauban_database_last_verified_backup_timestamp_seconds",
+            "When a restore test last passed (Unix time).",
+            db,
+            registry=r,
+        )
+        self.verification_failures = Counter(
+            "vauban_database_restore_verification_failures",
+            "Restore tests that failed.",
+            db,
+            registry=r,
+        )
         self._phases = _Phases()
         r.register(self._phases)
+        self._keys = _KeyAges()
+        r.register(self._keys)
 
     @contextlib.contextmanager
     def reconcile(self, kind: str) -> Iterator[None]:
@@ -174,6 +249,7 @@ class Metrics:
         self._phases.phases.pop((kind, namespace, name), None)
         if kind == "ManagedCluster":
             self._observe_health(namespace, name, {})
+            self.key(namespace, name, created=None, period_seconds=None)
         gauges = (
             (self.cluster_up, self.cluster_ready_instances)
             if kind == "ManagedCluster"
@@ -184,3 +260,73 @@ class Metrics:
                 gauge.remove(namespace, name)
             except KeyError:
                 continue
+
+    def backups(
+        self,
+        namespace: str,
+        database: str,
+        *,
+        last_success: datetime | None,
+        last_verified: datetime | None,
+        schedule_seconds: float | None,
+        last: Mapping[str, Any] | None,
+    ) -> None:
+        """Record a database's backup state, as its reconcile computed it."""
+        for gauge, value in (
+            (self.backup_last_success, last_success.timestamp() if last_success else None),
+            (self.backup_last_verified, last_verified.timestamp() if last_verified else None),
+            (self.backup_schedule, schedule_seconds),
+        ):
+            if value is not None:
+                gauge.labels(namespace, database).set(value)
+        status = (last or {}).get("status") or {}
+        if status.get("sizeBytes") is not None:
+            self.backup_last_size.labels(namespace, database).set(status["sizeBytes"])
+        started, finished = _time(status.get("startedAt")), _time(status.get("finishedAt"))
+        if started is not None and finished is not None:
+            self.backup_last_duration.labels(namespace, database).set(
+                (finished - started).total_seconds()
+            )
+
+    def key(
+        self,
+        namespace: str,
+        cluster: str,
+        *,
+        created: datetime | None,
+        period_seconds: float | None,
+    ) -> None:
+        """Record a cluster's key-encryption key: its age is computed at each scrape."""
+        if created is None:
+            self._keys.created.pop((namespace, cluster), None)
+        else:
+            self._keys.created[(namespace, cluster)] = created.timestamp()
+        if period_seconds is None:
+            self._keys.periods.pop((namespace, cluster), None)
+        else:
+            self._keys.periods[(namespace, cluster)] = period_seconds
+
+    def backup_failed(self, namespace: str, database: str) -> None:
+        self.backup_failures.labels(namespace, database).inc()
+
+    def verification_failed(self, namespace: str, database: str) -> None:
+        self.verification_failures.labels(namespace, database).inc()
+
+    def forget_backups(self, namespace: str, database: str) -> None:
+        for metric in (
+            self.backup_last_success,
+            self.backup_last_duration,
+            self.backup_last_size,
+            self.backup_schedule,
+            self.backup_failures,
+            self.backup_last_verified,
+            self.verification_failures,
+        ):
+            with contextlib.suppress(KeyError):
+                metric.remove(namespace, database)
+
+
+def _time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))

@@ -33,6 +33,29 @@ class Settings(BaseSettings):
     """Repository of the PostgreSQL images managed clusters run, tagged by version. A
     sovereign cloud points this at its own registry mirror."""
 
+    agent_image: str = "ghcr.io/vauban-dev/vauban-agent:0.1.0"
+    """Image of the backup agent (`vauban agent`, with PostgreSQL's client tools) that backup,
+    restore and restore-test Jobs run, in the operator's namespace."""
+
+    kmip_host: str | None = None
+    """Host of the platform's KMIP key manager (an HSM); the `kmip` key provider is available
+    only when it is set."""
+
+    kmip_port: int = Field(default=5696, ge=1, le=65535)
+    kmip_cert_file: Path | None = None
+    """Client certificate the operator presents to the key manager (mutual TLS)."""
+
+    kmip_key_file: Path | None = None
+    kmip_ca_file: Path | None = None
+    """CA that signed the key manager's certificate."""
+
+    kmip_server_name: str | None = None
+    """Name the key manager's certificate must carry; `kmip_host` when unset."""
+
+    allowed_backup_regions: list[str] = Field(default_factory=list)
+    """Regions the hds and secnumcloud profiles allow for backup buckets (the platform's
+    sovereign regions); any region when empty."""
+
     cloudnativepg_namespace: str = "cnpg-system"
     """Namespace of the CloudNativePG operator, admitted by each cluster's NetworkPolicy."""
 

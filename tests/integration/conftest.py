@@ -5,14 +5,48 @@ from pathlib import Path
 
 import pytest
 
-from support.kube import OperatorProcess
+from support.kube import OPERATOR_NAMESPACE, KubeCtl, OperatorProcess, operator_namespace
 from support.vauban_process import running_operator
+from vauban.devcluster.agentrunner import AgentRunner
+from vauban.devcluster.kmip import KmipServer
+
+
+@pytest.fixture(scope="session")
+def kmip() -> Iterator[KmipServer]:
+    """A real KMIP key manager (PyKMIP's server) on 127.0.0.1, for the `kmip` key provider."""
+    server = KmipServer()
+    server.start()
+    yield server
+    server.destroy()
 
 
 @pytest.fixture(scope="session")
 def operator(
-    kubeconfig: Path, crds: None, tmp_path_factory: pytest.TempPathFactory
+    kube: KubeCtl,
+    kubeconfig: Path,
+    crds: None,
+    kmip: KmipServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
+    # Keys and the backup agent's Jobs live in the operator's namespace.
+    kube.apply(operator_namespace())
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    with running_operator(kubeconfig, log) as process:
+    with running_operator(
+        kubeconfig,
+        log,
+        VAUBAN_NAMESPACE=OPERATOR_NAMESPACE,
+        VAUBAN_KMIP_HOST=kmip.host,
+        VAUBAN_KMIP_PORT=str(kmip.port),
+        VAUBAN_KMIP_CERT_FILE=str(kmip.cert_file),
+        VAUBAN_KMIP_KEY_FILE=str(kmip.key_file),
+        VAUBAN_KMIP_CA_FILE=str(kmip.ca_file),
+    ) as process:
         yield process
+
+
+@pytest.fixture(scope="session")
+def agent_runner(kube: KubeCtl, kubeconfig: Path) -> Iterator[AgentRunner]:
+    """Runs the backup agent's pods for real (kwok fakes every other pod)."""
+    runner = AgentRunner(kube.binary, kubeconfig, OPERATOR_NAMESPACE).start()
+    yield runner
+    runner.stop()

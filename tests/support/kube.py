@@ -160,4 +160,13 @@ def own_control_plane(root: Path) -> Iterator[KubeCtl]:
     with LocalControlPlane(root / "plane") as plane:
         kube = KubeCtl(str(ensure_binaries().kubectl), plane.kubeconfig)
         install_crds(kube)
+        kube.apply(operator_namespace())
         yield kube
+
+
+OPERATOR_NAMESPACE = "vauban-system"
+
+
+def operator_namespace() -> dict[str, Any]:
+    """The operator's own namespace (its keys, its backup agent's Jobs), as its chart makes."""
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}

@@ -29,9 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import yaml
 
+from vauban.builders.backup import AGENT_POD_LABEL
 from vauban.devcluster import pki
 from vauban.devcluster.build import KWOK_VERSION, Binaries, ensure_binaries, module_source
 
@@ -374,6 +376,14 @@ class LocalControlPlane:
     def _write_kwok_stages(self) -> Path:
         source = module_source("sigs.k8s.io/kwok", KWOK_VERSION) / "kustomize" / "stage"
         documents = [(source / stage).read_text(encoding="utf-8") for stage in KWOK_STAGES]
+        # Pods of Vauban's backup agent are not completed by kwok: the AgentRunner runs them
+        # for real (on loopback) and writes their outcome.
+        documents = [
+            yaml.safe_dump(_without_agent_pods(yaml.safe_load(d)))
+            if "name: pod-complete" in d
+            else d
+            for d in documents
+        ]
         # Claims of our default class are provisioned by kwok's stage, written for its own.
         text = "\n---\n".join(documents).replace(f"'{KWOK_STORAGE_CLASS}'", f"'{STORAGE_CLASS}'")
         path = self.data_dir / "kwok-stages.yaml"
@@ -428,6 +438,13 @@ class LocalControlPlane:
         )
         if result.returncode != 0:
             raise ControlPlaneError(f"could not create nodes and storage class:\n{result.stderr}")
+
+
+def _without_agent_pods(stage: dict[str, Any]) -> dict[str, Any]:
+    stage["spec"]["selector"]["matchExpressions"].append(
+        {"key": f'.metadata.labels["{AGENT_POD_LABEL}"]', "operator": "DoesNotExist"}
+    )
+    return stage
 
 
 def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:

@@ -8,6 +8,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from vauban.kms import KeyProvider
+from vauban.kms.local import SecretKeyProvider
 from vauban.kube.resources import Kube
 from vauban.metrics import Metrics
 from vauban.settings import Settings
@@ -49,6 +51,15 @@ class Context:
     backoff: Backoff = field(init=False)
     probed: dict[tuple[str, str], float] = field(default_factory=dict)
     """When each database was last reconciled, for the periodic probe of ready ones."""
+
+    key_providers: dict[str, KeyProvider] = field(
+        default_factory=lambda: {"kubernetes-secret": SecretKeyProvider()}
+    )
+    """The key providers this operator is configured for, by name."""
+
+    applied: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    """Fingerprint of what this process last applied per (kind, namespace, name), for
+    objects re-rendered at every reconcile: unchanged ones are not written again."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backoff", Backoff(self.settings.recheck_interval_seconds))

@@ -16,8 +16,9 @@ import psycopg
 from vauban.api.cluster import ManagedClusterSpec
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
 from vauban.builders import cnpg
+from vauban.builders.backup import AgentLogin
 from vauban.builders.credentials import Endpoint, credentials_secret, secret_name
-from vauban.conditions import ConditionType, Reason, State, Verdict, is_true
+from vauban.conditions import ConditionType, DomainCondition, Reason, State, Verdict, is_true
 from vauban.engines.postgres import catalog as pg
 from vauban.engines.postgres.plan import (
     Desired,
@@ -27,8 +28,9 @@ from vauban.engines.postgres.plan import (
     retire_login,
     takeover,
 )
-from vauban.engines.postgres.probe import ServerAddress
+from vauban.engines.postgres.probe import ServerAddress, check_login
 from vauban.engines.postgres.scram import new_password, verifier
+from vauban.handlers import backup
 from vauban.handlers.context import Context
 from vauban.handlers.publish import (
     awaiting_finalizer,
@@ -37,7 +39,9 @@ from vauban.handlers.publish import (
     publish,
     unexpected,
 )
+from vauban.reconcile import compliance
 from vauban.reconcile import database as database_logic
+from vauban.reconcile.cluster import ProbeOutcome
 from vauban.reconcile.database import Claim, ClusterView
 from vauban.reconcile.status import previous_conditions
 from vauban.reconcile.tenancy import needs_namespace_labels
@@ -59,10 +63,14 @@ def claim_of(body: Mapping[str, Any]) -> Claim:
     )
 
 
+_KEPT = ("cluster", "credentials", "extensions", "sizeBytes", "connections", "backup", "restore")
+
+Index = Mapping[tuple[str, str], Iterable[Mapping[str, Any]]]
+
+
 def _kept(status: Mapping[str, Any]) -> dict[str, Any]:
     """What was provisioned before stays reported: a failed step loses no information."""
-    fields = ("cluster", "credentials", "extensions", "sizeBytes", "connections")
-    return {k: status[k] for k in fields if k in status}
+    return {k: status[k] for k in _KEPT if k in status}
 
 
 def _provisioned(body: Mapping[str, Any]) -> bool:
@@ -73,9 +81,11 @@ async def reconcile(
     ctx: Context,
     body: Mapping[str, Any],
     clusters: Mapping[tuple[str, str], Iterable[ClusterView]],
-    neighbours: Mapping[tuple[str, str], Iterable[Mapping[str, Any]]],
+    neighbours: Index,
+    backups: Index,
 ) -> None:
-    """`neighbours`: the databases of each cluster, for name conflicts."""
+    """`neighbours`: the databases of each cluster, for name conflicts; `backups`: the
+    ManagedBackups of each database."""
     meta = body["metadata"]
     async with ctx.locks[(MANAGED_DATABASE.kind, meta["namespace"], meta["name"])]:
         # Re-read under the lock: a reconcile that waited must see what the previous one
@@ -85,17 +95,13 @@ async def reconcile(
             return
         with ctx.metrics.reconcile(MANAGED_DATABASE.kind):
             try:
-                await _reconcile(ctx, fresh, clusters, neighbours)
+                await _reconcile(ctx, fresh, clusters, neighbours, backups)
             except Exception as e:
                 logger.exception(
                     "reconcile of ManagedDatabase %s/%s failed", meta["namespace"], meta["name"]
                 )
                 # Keep what status knew; say what failed.
-                kept = {
-                    k: v
-                    for k, v in (fresh.get("status") or {}).items()
-                    if k in ("cluster", "credentials", "extensions", "sizeBytes", "connections")
-                }
+                kept = _kept(fresh.get("status") or {})
                 await publish(ctx, MANAGED_DATABASE, fresh, unexpected(e), fields=kept)
                 ctx.backoff.failed((meta["namespace"], meta["name"]))
                 raise
@@ -105,7 +111,8 @@ async def _reconcile(
     ctx: Context,
     body: Mapping[str, Any],
     clusters: Mapping[tuple[str, str], Iterable[ClusterView]],
-    neighbours: Mapping[tuple[str, str], Iterable[Mapping[str, Any]]],
+    neighbours: Index,
+    backups: Index,
 ) -> None:
     spec = await parse_spec(ctx, MANAGED_DATABASE, ManagedDatabaseSpec, body)
     if spec is None:
@@ -128,6 +135,13 @@ async def _reconcile(
         namespace=namespace, spec=spec, cluster=cluster, namespace_labels=labels
     )
     fields: dict[str, Any] = {"cluster": "/".join(key)}
+    domain: list[DomainCondition] = []
+    if cluster is not None and cluster.spec is not None:
+        placement = compliance.placement(cluster.spec.compliance.profile, spec.data_classification)
+        domain.append(placement)
+        # A database already provisioned keeps serving: the condition says what is wrong.
+        if placement.status == "False" and not _provisioned(body):
+            verdict = Verdict(State.STALLED, placement.reason, placement.message)
     if verdict.state is State.PROGRESSING and cluster is not None and cluster.spec is not None:
         others = [claim_of(b) for b in neighbours.get(key, ())]
         conflict = database_logic.name_conflict(claim_of(body), others)
@@ -137,9 +151,12 @@ async def _reconcile(
         elif unprepared is not None:
             verdict = unprepared
         else:
-            verdict, provisioned = await _provision(ctx, body, spec, cluster, cluster.spec)
+            verdict, provisioned, backup_conditions = await _provision(
+                ctx, body, spec, cluster, cluster.spec, backups
+            )
             fields.update(provisioned)
-    await publish(ctx, MANAGED_DATABASE, body, verdict, fields=fields)
+            domain += backup_conditions
+    await publish(ctx, MANAGED_DATABASE, body, verdict, fields=fields, domain=domain)
     key_of_me = (namespace, body["metadata"]["name"])
     ctx.probed[key_of_me] = time.monotonic()
     # Only failures that cost a connection back off; waiting on Kubernetes objects is cheap
@@ -235,25 +252,30 @@ async def _provision(
     spec: ManagedDatabaseSpec,
     cluster: ClusterView,
     cluster_spec: ManagedClusterSpec,
-) -> tuple[Verdict, dict[str, Any]]:
+    backups: Index,
+) -> tuple[Verdict, dict[str, Any], list[DomainCondition]]:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     status = body.get("status") or {}
     credentials = status.get("credentials") or {}
     connection = await _connection(ctx, cluster, cluster_spec, spec.database_name)
     if isinstance(connection, Verdict):
-        return connection, {}
+        return connection, {}, []
     now = datetime.now(UTC)
     try:
         catalog = await pg.read_catalog(connection.admin, spec.database_name, spec.owner)
         found = await ctx.kube.read_secret_and_owners(namespace, secret_name(name))
         if found is not None and meta.get("uid") not in found[1]:
-            return Verdict(
-                State.STALLED,
-                Reason.NAME_CONFLICT,
-                f"Secret {secret_name(name)} already exists and was not created for this "
-                "ManagedDatabase; Vauban does not overwrite it. Delete or rename it.",
-            ), _kept(status)
+            return (
+                Verdict(
+                    State.STALLED,
+                    Reason.NAME_CONFLICT,
+                    f"Secret {secret_name(name)} already exists and was not created for this "
+                    "ManagedDatabase; Vauban does not overwrite it. Delete or rename it.",
+                ),
+                _kept(status),
+                [],
+            )
         secret = None if found is None else found[0]
         token = (meta.get("annotations") or {}).get(ROTATE_ANNOTATION)
         steps = database_logic.plan_credentials(
@@ -283,12 +305,16 @@ async def _provision(
         )
         taken = None if _provisioned(body) else takeover(desired, catalog)
         if taken is not None:
-            return Verdict(
-                State.STALLED,
-                Reason.NAME_CONFLICT,
-                f"The {taken}: Vauban does not take over what it did not create. Choose "
-                "other names; nothing was changed.",
-            ), {}
+            return (
+                Verdict(
+                    State.STALLED,
+                    Reason.NAME_CONFLICT,
+                    f"The {taken}: Vauban does not take over what it did not create. Choose "
+                    "other names; nothing was changed.",
+                ),
+                {},
+                [],
+            )
         sql_plan = plan(desired, catalog)
         await pg.execute(connection.admin, spec.database_name, spec.owner, sql_plan)
         # The login role exists before the Secret names it: an application never reads
@@ -305,7 +331,7 @@ async def _provision(
             await ctx.kube.apply_secret(desired_secret)
         usage = await pg.usage(connection.admin, spec.database_name)
     except psycopg.Error as e:
-        return _database_error(e), _kept(status)
+        return _database_error(e), _kept(status), []
 
     if sql_plan:
         await post_event(
@@ -339,14 +365,85 @@ async def _provision(
         "sizeBytes": usage[0] if usage else None,
         "connections": usage[1] if usage else None,
     }
+    if cluster_spec.external is not None:
+        fields["credentials"]["accepted"] = await _login_accepted(
+            ctx, body, connection, steps.login, password, spec.database_name
+        )
     fields["credentials"] = {k: v for k, v in fields["credentials"].items() if v is not None}
+    endpoint = connection.endpoint
+    logins = backup.Logins(
+        tenant=AgentLogin(
+            endpoint.host,
+            endpoint.port,
+            steps.login,
+            password,
+            spec.database_name,
+            endpoint.sslmode,
+            endpoint.ca_pem,
+        ),
+        admin=AgentLogin(
+            endpoint.host,
+            endpoint.port,
+            connection.admin.username,
+            connection.admin.password,
+            "postgres",
+            endpoint.sslmode,
+            endpoint.ca_pem,
+        ),
+    )
+    restoring, fields["restore"] = await backup.restore(
+        ctx, body, spec, cluster, cluster_spec, logins.tenant, backups
+    )
+    if restoring is not None:
+        return restoring, fields, []
+    outcome = await backup.for_database(
+        ctx,
+        body,
+        spec,
+        cluster,
+        cluster_spec,
+        logins,
+        list(backups.get((namespace, name), ())),
+    )
+    fields["backup"] = outcome.fields if outcome else None
     return (
         Verdict.ready(
             f"Database {spec.database_name} (owner {spec.owner}) is ready on ManagedCluster "
             f"{cluster.ref}; credentials in Secret {secret_name(name)}."
         ),
         fields,
+        outcome.conditions if outcome else [],
     )
+
+
+async def _login_accepted(
+    ctx: Context,
+    body: Mapping[str, Any],
+    connection: Connection,
+    username: str,
+    password: str,
+    dbname: str,
+) -> bool | None:
+    """Log in as the tenant, as an application would. A refusal leaves the database Ready
+    (the operator may come through another pg_hba path than the applications) but is said,
+    once, with what to do. None when the server could not be asked."""
+    outcome = await check_login(connection.admin.address, username, password, dbname)
+    if outcome.outcome is ProbeOutcome.UNREACHABLE:
+        return None
+    accepted = outcome.outcome is ProbeOutcome.OK
+    before = ((body.get("status") or {}).get("credentials") or {}).get("accepted")
+    if not accepted and before is not False:
+        await post_event(
+            ctx,
+            MANAGED_DATABASE,
+            body,
+            "Warning",
+            "CredentialsRejected",
+            f"The server refused the credentials of Secret {secret_name(body['metadata']['name'])}"
+            f": {outcome.detail[:300]}. If the password was changed by hand, rotate them with the "
+            f"annotation {ROTATE_ANNOTATION}.",
+        )
+    return accepted
 
 
 def _secret_differs(current: Mapping[str, str] | None, desired: Mapping[str, Any]) -> bool:
@@ -374,6 +471,9 @@ async def finalize(
     cluster = next(iter(clusters.get(key, ())), None)
     provisioned = _provisioned(body)
     others = [claim_of(b) for b in neighbours.get(key, ())]
+    if provisioned and spec.backup is not None and spec.backup.final_backup:
+        await backup.final_backup(ctx, body)
+    await backup.database_deleted(ctx, body, spec, cluster)
     if cluster is None or cluster.spec is None or not provisioned:
         return
     if database_logic.name_conflict(claim_of(body), others) is not None:

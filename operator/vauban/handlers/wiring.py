@@ -10,16 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import kopf
 
+from vauban.api.backup import MANAGED_BACKUP
 from vauban.api.cluster import MANAGED_CLUSTER
 from vauban.api.common import GROUP, VERSION
 from vauban.api.database import MANAGED_DATABASE
+from vauban.builders import backup as backup_objects
 from vauban.builders import cnpg
-from vauban.handlers import cluster, database
+from vauban.handlers import backup, cluster, database
 from vauban.handlers.context import Context, context_of
 from vauban.handlers.publish import snapshot
 from vauban.reconcile.database import ClusterView
@@ -29,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 CLUSTERS = (GROUP, VERSION, MANAGED_CLUSTER.plural)
 DATABASES = (GROUP, VERSION, MANAGED_DATABASE.plural)
+BACKUPS = (GROUP, VERSION, MANAGED_BACKUP.plural)
+JOBS = ("batch", "v1", "jobs")
 
 
 def _being_deleted(body: Mapping[str, Any]) -> bool:
@@ -81,7 +86,12 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         # their next periodic re-check.
         for dependent in list(dependents.get(_key(body), ())):
             if not _being_deleted(dependent):
-                await _guarded(database.reconcile(ctx, dependent, index, dependents), dependent)
+                await _guarded(
+                    database.reconcile(
+                        ctx, dependent, index, dependents, kwargs["backups_by_database"]
+                    ),
+                    dependent,
+                )
 
     @kopf.on.delete(*CLUSTERS, id="cluster_finalizer", registry=registry)
     async def cluster_delete(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
@@ -120,13 +130,87 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         ctx = context_of(memo)
         if type == "DELETED":
             ctx.metrics.forget(MANAGED_DATABASE.kind, *_key(body))
+            ctx.metrics.forget_backups(*_key(body))
         elif _live(type, body):
-            await database.reconcile(ctx, body, kwargs["clusters"], kwargs["databases_by_cluster"])
+            await database.reconcile(
+                ctx,
+                body,
+                kwargs["clusters"],
+                kwargs["databases_by_cluster"],
+                kwargs["backups_by_database"],
+            )
 
     @kopf.on.delete(*DATABASES, id="database_finalizer", registry=registry)
     async def database_delete(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         await database.finalize(
             context_of(memo), body, kwargs["clusters"], kwargs["databases_by_cluster"]
+        )
+
+    @kopf.index(*BACKUPS, id="backups_by_database", registry=registry)
+    def backups_by_database(
+        body: kopf.Body, **_: Any
+    ) -> dict[tuple[str, str], dict[str, Any]] | None:
+        name = (body.get("spec", {}).get("databaseRef") or {}).get("name")
+        if name is None:
+            return None
+        return {(body["metadata"]["namespace"], str(name)): snapshot(body)}
+
+    @kopf.on.event(*BACKUPS, id="backup", registry=registry)
+    async def backup_event(
+        type: str,  # noqa: A002 - kopf's kwarg name
+        body: kopf.Body,
+        memo: kopf.Memo,
+        **kwargs: Any,
+    ) -> None:
+        if _live(type, body):
+            await backup.reconcile(context_of(memo), body)
+        # The database's status (last backup, BackupHealthy) follows its backups.
+        ref = body.get("spec", {}).get("databaseRef") or {}
+        await _reconcile_database(
+            context_of(memo), body["metadata"]["namespace"], ref.get("name"), kwargs
+        )
+
+    @kopf.on.delete(*BACKUPS, id="backup_finalizer", registry=registry)
+    async def backup_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        await backup.finalize(context_of(memo), body)
+
+    # The agent's Jobs, in the operator's namespace: their outcome becomes a ManagedBackup's
+    # status, a restore's progress, a restore test's result.
+    @kopf.on.event(
+        *JOBS,
+        id="agent_job",
+        labels={backup_objects.COMPONENT_LABEL: backup_objects.AGENT_COMPONENT},
+        when=lambda namespace, **_: namespace == settings.namespace,
+        registry=registry,
+    )
+    async def agent_job_event(
+        type: str,  # noqa: A002 - kopf's kwarg name
+        body: kopf.Body,
+        memo: kopf.Memo,
+        **kwargs: Any,
+    ) -> None:
+        if type == "DELETED":
+            return
+        ctx = context_of(memo)
+        owner = await backup.job_event(ctx, body)
+        if owner is not None:
+            await _reconcile_database(ctx, *owner, kwargs)
+
+    async def _reconcile_database(
+        ctx: Context, namespace: str, name: str | None, indices: Mapping[str, Any]
+    ) -> None:
+        if not name:
+            return
+        target = {"metadata": {"namespace": namespace, "name": name}}
+        await _guarded(
+            database.reconcile(
+                ctx,
+                target,
+                indices["clusters"],
+                indices["databases_by_cluster"],
+                indices["backups_by_database"],
+            ),
+            target,
         )
 
     # One background task re-examines objects: those not ready every `recheck` seconds (with
@@ -144,6 +228,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
                 clusters=kwargs["clusters"],
                 cluster_bodies=kwargs["cluster_bodies"],
                 databases=kwargs["databases_by_cluster"],
+                backups=kwargs["backups_by_database"],
             ),
             name="vauban-recheck",
         )
@@ -181,9 +266,19 @@ async def _recheck_forever(
     clusters: ClusterIndex,
     cluster_bodies: DependentsIndex,
     databases: DependentsIndex,
+    backups: DependentsIndex,
 ) -> None:
+    purged = 0.0
     while True:
         await asyncio.sleep(interval)
+        # Backups of deleted databases past their retention: looked for once per probe
+        # interval (one list of Secrets), since days are the unit.
+        if time.monotonic() - purged >= ctx.settings.probe_interval_seconds:
+            purged = time.monotonic()
+            await _guarded(
+                backup.purge_expired(ctx, backups),
+                {"metadata": {"namespace": ctx.settings.namespace, "name": "purge"}},
+            )
         for store in list(cluster_bodies.values()):
             for body in list(store):
                 if not _being_deleted(body) and cluster.due(ctx, body):
@@ -193,7 +288,15 @@ async def _recheck_forever(
         for store in list(databases.values()):
             for body in list(store):
                 if not _being_deleted(body) and database.due(ctx, body):
-                    await _guarded(database.reconcile(ctx, body, clusters, databases), body)
+                    await _guarded(
+                        database.reconcile(ctx, body, clusters, databases, backups), body
+                    )
+        # Backups waiting for their database (or for a Job event missed while down).
+        for store in list(backups.values()):
+            for body in list(store):
+                phase = (body.get("status") or {}).get("phase")
+                if not _being_deleted(body) and phase not in ("Succeeded", "Failed"):
+                    await _guarded(backup.reconcile(ctx, body), body)
 
 
 async def _guarded(reconcile: Awaitable[None], body: Mapping[str, Any]) -> None:

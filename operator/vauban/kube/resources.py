@@ -28,6 +28,8 @@ class Kube:
         self._core = client.CoreV1Api(api)
         self._crds = client.ApiextensionsV1Api(api)
         self._networking = client.NetworkingV1Api(api)
+        self._batch = client.BatchV1Api(api)
+        self._storage = client.StorageV1Api(api)
 
     async def close(self) -> None:
         await self._api.close()
@@ -203,6 +205,163 @@ class Kube:
             )
             released.append(str(meta.name))
         return released
+
+    async def delete_secret(self, namespace: str, name: str) -> None:
+        await _unless_missing(self._core.delete_namespaced_secret(name, namespace))
+
+    async def read_secret_and_annotations(
+        self, namespace: str, name: str
+    ) -> tuple[dict[str, str], dict[str, str]] | None:
+        secret = await _unless_missing(self._core.read_namespaced_secret(name, namespace))
+        if secret is None:
+            return None
+        values = {
+            key: base64.b64decode(value).decode("utf-8", errors="replace")
+            for key, value in (secret.data or {}).items()
+        }
+        return values, dict((secret.metadata.annotations if secret.metadata else None) or {})
+
+    async def update_secret_values(
+        self, namespace: str, name: str, values: Mapping[str, str]
+    ) -> None:
+        """Change some values of a Secret, leaving the others."""
+        await self._core.patch_namespaced_secret(
+            name,
+            namespace,
+            {"data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}},
+            _content_type="application/merge-patch+json",
+        )
+
+    async def annotate_secret(
+        self, namespace: str, name: str, annotations: Mapping[str, str]
+    ) -> None:
+        await _unless_missing(
+            self._core.patch_namespaced_secret(
+                name,
+                namespace,
+                {"metadata": {"annotations": dict(annotations)}},
+                _content_type="application/merge-patch+json",
+            )
+        )
+
+    async def secret_annotations(self, namespace: str, selector: str) -> dict[str, dict[str, str]]:
+        """Name -> annotations of the Secrets matching a label selector (values not read)."""
+        secrets = await self._core.list_namespaced_secret(namespace, label_selector=selector)
+        return {
+            str(s.metadata.name): dict(s.metadata.annotations or {})
+            for s in secrets.items
+            if s.metadata is not None
+        }
+
+    async def create_custom(self, plural: str, body: Mapping[str, Any]) -> bool:
+        """Create a custom object unless one of that name exists; returns whether it was
+        created. For objects whose name is their identity (a scheduled run's record)."""
+        group, version = str(body["apiVersion"]).split("/")
+        try:
+            await self._custom.create_namespaced_custom_object(
+                group, version, body["metadata"]["namespace"], plural, dict(body)
+            )
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    async def delete_custom(self, kind: KindInfo, namespace: str, name: str) -> None:
+        await self.delete_custom_object(GROUP, VERSION, kind.plural, namespace, name)
+
+    async def delete_custom_object(
+        self, group: str, version: str, plural: str, namespace: str, name: str
+    ) -> None:
+        await _unless_missing(
+            self._custom.delete_namespaced_custom_object(group, version, namespace, plural, name)
+        )
+
+    async def create_job(self, body: Mapping[str, Any]) -> bool:
+        """Create a Job unless it exists (a Job's pod template cannot change once created);
+        returns whether it was created."""
+        try:
+            await self._batch.create_namespaced_job(
+                body["metadata"]["namespace"], client.V1Job.model_validate(dict(body))
+            )
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    async def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        job = await _unless_missing(self._batch.read_namespaced_job(name, namespace))
+        return (
+            None if job is None else job.model_dump(by_alias=True, exclude_none=True, mode="json")
+        )
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a Job and, in the background, its pods."""
+        await _unless_missing(
+            self._batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        )
+
+    async def apply_cronjob(self, body: Mapping[str, Any]) -> None:
+        await _apply(self._batch.patch_namespaced_cron_job, body)
+
+    async def delete_cronjob(self, namespace: str, name: str) -> None:
+        await _unless_missing(
+            self._batch.delete_namespaced_cron_job(name, namespace, propagation_policy="Background")
+        )
+
+    async def termination_message(self, namespace: str, job: str) -> str | None:
+        """The termination message of a Job's (last) pod: the agent's JSON result."""
+        pods = await self._core.list_namespaced_pod(
+            namespace, label_selector=f"batch.kubernetes.io/job-name={job}"
+        )
+        for pod in sorted(
+            pods.items,
+            key=lambda p: str(p.metadata.creation_timestamp if p.metadata else ""),
+            reverse=True,
+        ):
+            for container in (pod.status.container_statuses if pod.status else None) or []:
+                terminated = container.state.terminated if container.state else None
+                if terminated is not None and terminated.message:
+                    return str(terminated.message)
+        return None
+
+    async def storage_class(
+        self, name: str | None
+    ) -> tuple[str, dict[str, str], dict[str, str]] | None:
+        """A StorageClass's name, annotations and parameters; with no name, the default
+        class's. None when there is no such class."""
+        if name is not None:
+            found = await _unless_missing(self._storage.read_storage_class(name))
+            classes = [found] if found is not None else []
+        else:
+            listed = await self._storage.list_storage_class()
+            classes = [
+                c
+                for c in listed.items
+                if c.metadata is not None
+                and (c.metadata.annotations or {}).get(
+                    "storageclass.kubernetes.io/is-default-class"
+                )
+                == "true"
+            ]
+        meta = classes[0].metadata if classes else None
+        if meta is None:
+            return None
+        return (
+            str(meta.name),
+            dict(meta.annotations or {}),
+            dict(classes[0].parameters or {}),
+        )
+
+    async def load_balancers(self, namespace: str, selector: str) -> list[str]:
+        """Names of the Services of type LoadBalancer matching a label selector."""
+        services = await self._core.list_namespaced_service(namespace, label_selector=selector)
+        return sorted(
+            str(s.metadata.name)
+            for s in services.items
+            if s.spec is not None and s.spec.type == "LoadBalancer" and s.metadata is not None
+        )
 
     async def crd_exists(self, name: str) -> bool:
         return await _unless_missing(self._crds.read_custom_resource_definition(name)) is not None

@@ -1,0 +1,43 @@
+"""Key providers: where key-encryption keys (KEKs) live and who wraps data keys with them.
+
+One small interface, two providers: `kubernetes-secret` (the KEK's material in a Secret of
+the operator's namespace, wrapping done here) and `kmip` (the KEK in a key manager — the HSMs
+of sovereign providers speak KMIP — referenced by its id, never leaving it). The operator
+stores, per cluster and KEK version, only what `create_kek` returns: material for the first,
+an identifier for the second.
+
+Calls are synchronous (PyKMIP is); the operator runs them in a thread.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class KeyProviderError(Exception):
+    """The key manager cannot be used (unreachable, refused, misconfigured); the message is for
+    humans and carries no secret."""
+
+
+class WrongKey(Exception):
+    """The key does not open this wrapped key: another key, another context, or tampering."""
+
+
+class KeyProvider(Protocol):
+    name: str
+
+    def create_kek(self, label: str) -> str:
+        """Create a new AES-256 key-encryption key; return its reference."""
+        ...
+
+    def wrap(self, kek_ref: str, plaintext: bytes, context: bytes) -> bytes:
+        """Encrypt a data key under the KEK, bound to `context` (associated data)."""
+        ...
+
+    def unwrap(self, kek_ref: str, wrapped: bytes, context: bytes) -> bytes:
+        """Decrypt a wrapped data key; raises WrongKey when it does not open."""
+        ...
+
+    def destroy_kek(self, kek_ref: str) -> None:
+        """Destroy the KEK: every data key it wraps becomes unreadable."""
+        ...

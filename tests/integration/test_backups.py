@@ -1,0 +1,415 @@
+"""Backups end to end: ManagedBackups on a real PostgreSQL and a real S3 server (versitygw),
+through the operator's Jobs, whose pods the AgentRunner runs for real on loopback."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from support.kube import (
+    OPERATOR_NAMESPACE,
+    KubeCtl,
+    OperatorProcess,
+    condition,
+    eventually,
+    external_cluster,
+)
+from vauban.devcluster.agentrunner import AgentRunner
+from vauban.devcluster.postgres import PostgresServer
+from vauban.devcluster.s3 import S3Server
+
+pytestmark = pytest.mark.usefixtures("operator", "agent_runner")
+
+
+@pytest.fixture
+def bucket(s3: S3Server) -> str:
+    name = f"b-{secrets.token_hex(4)}"
+    s3.create_bucket(name)
+    return name
+
+
+def _cluster(
+    kube: KubeCtl,
+    namespace: str,
+    postgres: PostgresServer,
+    s3: S3Server,
+    bucket: str,
+    *,
+    secret_key: str | None = None,
+    encryption: dict[str, Any] | None = None,
+    **store_spec: Any,
+) -> None:
+    admin, password = f"admin_{secrets.token_hex(4)}", secrets.token_urlsafe(16)
+    postgres.create_role(admin, password, "CREATEROLE", "CREATEDB")
+    for name, data in (
+        ("admin", {"username": admin, "password": password}),
+        (
+            "bucket",
+            {"accessKeyId": s3.access_key, "secretAccessKey": secret_key or s3.secret_key},
+        ),
+    ):
+        kube.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name, "namespace": namespace},
+                "stringData": data,
+            }
+        )
+    store = {
+        "bucket": bucket,
+        "endpoint": s3.endpoint,
+        "region": "us-east-1",
+        "prefix": "vauban",
+        "credentialsSecretRef": {"name": "bucket"},
+        **store_spec,
+    }
+    extra = {"encryption": encryption} if encryption else {}
+    kube.apply(
+        external_cluster(namespace, "pg", postgres.port, backup={"objectStore": store}, **extra)
+    )
+
+
+@pytest.fixture
+def cluster(
+    kube: KubeCtl, namespace: str, postgres: PostgresServer, s3: S3Server, bucket: str
+) -> Iterator[str]:
+    _cluster(kube, namespace, postgres, s3, bucket)
+    eventually(lambda: _ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
+    yield "pg"
+
+
+def _ready(kube: KubeCtl, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+    obj = kube.get(kind, name, namespace)
+    c = condition(obj, "Ready")
+    return obj if c and c["status"] == "True" else None
+
+
+def _database(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "vauban.dev/v1alpha1",
+        "kind": "ManagedDatabase",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "clusterRef": {"name": "pg"},
+            "databaseName": f"{name}_{namespace[-6:]}".replace("-", "_"),
+            "owner": f"own_{name}_{namespace[-6:]}".replace("-", "_"),
+            **spec,
+        },
+    }
+
+
+def _backup(namespace: str, name: str, database: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "vauban.dev/v1alpha1",
+        "kind": "ManagedBackup",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"databaseRef": {"name": database}},
+    }
+
+
+def _finished(kube: KubeCtl, namespace: str, name: str) -> dict[str, Any] | None:
+    obj = kube.get("managedbackup", name, namespace)
+    return obj if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
+
+
+def _connect(kube: KubeCtl, namespace: str, database: str) -> psycopg.Connection[Any]:
+    data = kube.get("secret", f"{database}-credentials", namespace)["data"]
+    values = {k: base64.b64decode(v).decode() for k, v in data.items()}
+    return psycopg.connect(
+        host="127.0.0.1",
+        port=int(values["port"]),
+        user=values["username"],
+        password=values["password"],
+        dbname=values["dbname"],
+        autocommit=True,
+    )
+
+
+def _keys(s3: S3Server, bucket: str) -> set[str]:
+    return {str(o.object_name) for o in s3.client().list_objects(bucket, recursive=True)}
+
+
+def test_on_demand_backup_retention_and_restore(
+    kube: KubeCtl,
+    namespace: str,
+    cluster: str,
+    s3: S3Server,
+    bucket: str,
+    operator: OperatorProcess,
+    agent_runner: AgentRunner,
+) -> None:
+    kube.apply(_database(namespace, "orders", backup={"retention": {"keepLast": 1}}))
+    db = eventually(lambda: _ready(kube, "manageddatabase", "orders", namespace), what="Ready")
+    assert condition(db, "BackupHealthy")["reason"] == "NoBackupYet"  # type: ignore[index]
+    with _connect(kube, namespace, "orders") as conn:
+        conn.execute("CREATE TABLE item (id int PRIMARY KEY, label text)")
+        conn.execute("INSERT INTO item SELECT g, 'étiquette ' || g FROM generate_series(1, 3000) g")
+
+    kube.apply(_backup(namespace, "first", "orders"))
+    first = eventually(lambda: _finished(kube, namespace, "first"), timeout=90, what="first")
+    status = first["status"]
+    assert status["phase"] == "Succeeded", status
+    assert condition(first, "Ready")["status"] == "True"  # type: ignore[index]
+    assert status["trigger"] == "OnDemand" and status["tables"] == 1
+    assert status["sizeBytes"] > 0 and len(status["sha256"]) == 64
+    assert status["dataKeyId"].startswith("dek-")
+    key = status["location"]["key"]
+    assert {f"{key}/manifest.json", f"{key}/data"} <= _keys(s3, bucket)
+    # The Job and its pod are gone once the result is recorded.
+    eventually(
+        lambda: not kube.get_list("jobs", OPERATOR_NAMESPACE, "-l", "vauban.dev/operation=backup"),
+        what="Job deleted",
+    )
+
+    def healthy() -> dict[str, Any] | None:
+        obj = kube.get("manageddatabase", "orders", namespace)
+        c = condition(obj, "BackupHealthy")
+        return obj if c and c["status"] == "True" else None
+
+    db = eventually(healthy, what="BackupHealthy")
+    assert db["status"]["backup"]["lastBackup"] == "first"
+    metric = eventually(
+        lambda: operator.metric(
+            "vauban_database_last_backup_success_timestamp_seconds",
+            namespace=namespace,
+            database="orders",
+        ),
+        what="backup metric",
+    )
+    assert abs(metric - time.time()) < 600
+
+    # A second backup: retention (keepLast 1) removes the first, object included.
+    kube.apply(_backup(namespace, "second", "orders"))
+    eventually(lambda: _finished(kube, namespace, "second"), timeout=90, what="second")
+    eventually(
+        lambda: (
+            kube.run("get", "managedbackup", "first", "-n", namespace, check=False).returncode != 0
+        ),
+        what="first backup removed by retention",
+    )
+    eventually(lambda: f"{key}/manifest.json" not in _keys(s3, bucket), what="objects deleted")
+
+    # Restore into a new database, then compare from the database itself.
+    kube.apply(_database(namespace, "copy", restore={"backupRef": {"name": "second"}}))
+    copy = eventually(
+        lambda: _ready(kube, "manageddatabase", "copy", namespace), timeout=90, what="restored"
+    )
+    assert copy["status"]["restore"]["phase"] == "Succeeded"
+    with _connect(kube, namespace, "copy") as conn:
+        rows = conn.execute("SELECT count(*), max(label) FROM item").fetchone()
+    assert rows == (3000, "étiquette 999")
+
+
+def test_scheduled_backup_and_restore_test(
+    kube: KubeCtl, namespace: str, cluster: str, s3: S3Server, bucket: str
+) -> None:
+    kube.apply(
+        _database(
+            namespace,
+            "ledger",
+            backup={"schedule": "0 3 * * *", "verify": {"schedule": "0 4 * * 0"}},
+        )
+    )
+    db = eventually(lambda: _ready(kube, "manageddatabase", "ledger", namespace), what="Ready")
+    uid = db["metadata"]["uid"]
+    cronjob = eventually(
+        lambda: (
+            kube.run(
+                "get",
+                "cronjob",
+                f"backup-{uid}",
+                "-n",
+                OPERATOR_NAMESPACE,
+                "-o",
+                "json",
+                check=False,
+            ).stdout
+        ),
+        what="backup CronJob",
+    )
+    assert '"schedule": "0 3 * * *"' in cronjob
+    # Run the schedule now, as the CronJob controller would at 03:00.
+    kube.run(
+        "create",
+        "job",
+        f"backup-{uid[:8]}-1",
+        f"--from=cronjob/backup-{uid}",
+        "-n",
+        OPERATOR_NAMESPACE,
+    )
+    name = "ledger-1"
+    record = eventually(lambda: _finished(kube, namespace, name), timeout=90, what="scheduled")
+    assert record["status"]["phase"] == "Succeeded", record["status"]
+    assert record["status"]["trigger"] == "Scheduled"
+
+    # The restore test CronJob follows the latest backup; run it now.
+    eventually(
+        lambda: (
+            kube.run(
+                "get", "cronjob", f"verify-{uid}", "-n", OPERATOR_NAMESPACE, check=False
+            ).returncode
+            == 0
+        ),
+        what="verify CronJob",
+    )
+    kube.run(
+        "create",
+        "job",
+        f"verify-{uid[:8]}-1",
+        f"--from=cronjob/verify-{uid}",
+        "-n",
+        OPERATOR_NAMESPACE,
+    )
+
+    def verified() -> dict[str, Any] | None:
+        obj = kube.get("managedbackup", name, namespace)
+        return obj if (obj.get("status") or {}).get("verification") else None
+
+    result = eventually(verified, timeout=90, what="restore test")["status"]["verification"]
+    assert result["result"] == "Passed", result
+
+
+def test_wrong_bucket_credentials_fail_the_backup_clearly(
+    kube: KubeCtl, namespace: str, postgres: PostgresServer, s3: S3Server, bucket: str
+) -> None:
+    _cluster(kube, namespace, postgres, s3, bucket, secret_key="not-the-key")
+    eventually(lambda: _ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
+    kube.apply(_database(namespace, "notes"))
+    eventually(lambda: _ready(kube, "manageddatabase", "notes", namespace), what="Ready")
+    kube.apply(_backup(namespace, "doomed", "notes"))
+    failed = eventually(lambda: _finished(kube, namespace, "doomed"), timeout=90, what="failed")
+    assert failed["status"]["phase"] == "Failed"
+    stalled = condition(failed, "Stalled")
+    assert stalled is not None and stalled["reason"] == "BackupFailed"
+    assert "AccessDenied" in stalled["message"]
+    assert "not-the-key" not in str(failed)
+    assert not _keys(s3, bucket)
+
+
+def _backed_up(kube: KubeCtl, namespace: str, database: str, name: str, **spec: Any) -> None:
+    """A Ready database with a table, and one successful backup of it."""
+    kube.apply(_database(namespace, database, **spec))
+    eventually(lambda: _ready(kube, "manageddatabase", database, namespace), what="Ready")
+    with _connect(kube, namespace, database) as conn:
+        conn.execute("CREATE TABLE fact (id int)")
+        conn.execute("INSERT INTO fact SELECT generate_series(1, 42)")
+    kube.apply(_backup(namespace, name, database))
+    done = eventually(lambda: _finished(kube, namespace, name), timeout=90, what=name)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+
+
+def test_key_rotation_keeps_old_backups_restorable(
+    kube: KubeCtl, namespace: str, cluster: str
+) -> None:
+    _backed_up(kube, namespace, "before", "old")
+    first = kube.get("managedcluster", cluster, namespace)["status"]["encryption"]
+    assert first["keyVersion"] == 1 and first["provider"] == "kubernetes-secret"
+    assert "keyCreated" in first
+    kube.run("annotate", "managedcluster", cluster, "-n", namespace, "vauban.dev/rotate-key=r1")
+
+    def rotated() -> dict[str, Any] | None:
+        status = kube.get("managedcluster", cluster, namespace)["status"]
+        encryption = status.get("encryption") or {}
+        return encryption if encryption.get("keyVersion") == 2 else None
+
+    encryption = eventually(rotated, what="key rotated")
+    assert encryption["rotationToken"] == "r1" and encryption["lastRotation"]
+    kek = kube.get("secret", encryption["keyId"], OPERATOR_NAMESPACE)
+    assert {"v1", "v2"} <= kek["data"].keys()  # the old version stays
+    # The backup taken under version 1 restores: only its data key was re-wrapped.
+    kube.apply(_database(namespace, "after", restore={"backupRef": {"name": "old"}}))
+    eventually(
+        lambda: _ready(kube, "manageddatabase", "after", namespace), timeout=90, what="restored"
+    )
+    with _connect(kube, namespace, "after") as conn:
+        assert conn.execute("SELECT count(*) FROM fact").fetchone() == (42,)
+
+
+def test_deleting_a_database_shreds_its_key(kube: KubeCtl, namespace: str, cluster: str) -> None:
+    _backed_up(
+        kube,
+        namespace,
+        "gone",
+        "last",
+        deletionPolicy="Delete",
+        backup={"retainAfterDeletionDays": 0},
+    )
+    key_id = kube.get("managedbackup", "last", namespace)["status"]["dataKeyId"]
+    kube.run("delete", "manageddatabase", "gone", "-n", namespace, "--wait=true", "--timeout=60s")
+    secret = f"vauban-{key_id}"  # the key's id names its Secret
+    assert kube.run("get", "secret", secret, "-n", OPERATOR_NAMESPACE, check=False).returncode
+    # The ManagedBackup is kept (its object too), but nothing can read it any more.
+    assert kube.get("managedbackup", "last", namespace)["status"]["phase"] == "Succeeded"
+    kube.apply(_database(namespace, "revived", restore={"backupRef": {"name": "last"}}))
+
+    def refused() -> dict[str, Any] | None:
+        obj = kube.get("manageddatabase", "revived", namespace)
+        stalled = condition(obj, "Stalled")
+        return obj if stalled and stalled["reason"] == "RestoreFailed" else None
+
+    obj = eventually(refused, timeout=60, what="restore refused")
+    message = condition(obj, "Stalled")["message"]  # type: ignore[index]
+    assert "crypto-shredding" in message, message
+
+
+def test_final_backup_before_deletion(kube: KubeCtl, namespace: str, cluster: str) -> None:
+    kube.apply(_database(namespace, "closing", backup={"finalBackup": True}))
+    eventually(lambda: _ready(kube, "manageddatabase", "closing", namespace), what="Ready")
+    kube.run(
+        "delete", "manageddatabase", "closing", "-n", namespace, "--wait=true", "--timeout=90s"
+    )
+    final = kube.get("managedbackup", "closing-final", namespace)
+    assert final["status"]["phase"] == "Succeeded", final["status"]
+    assert final["status"]["trigger"] == "Final"
+
+
+def test_object_lock_keeps_backups_undeletable(
+    kube: KubeCtl, namespace: str, postgres: PostgresServer, s3: S3Server
+) -> None:
+    locked = f"l-{secrets.token_hex(4)}"
+    s3.create_bucket(locked, object_lock=True)
+    _cluster(kube, namespace, postgres, s3, locked, objectLockDays=1)
+    eventually(lambda: _ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
+    _backed_up(kube, namespace, "vault", "sealed")
+    status = kube.get("managedbackup", "sealed", namespace)["status"]
+    assert status["retainUntil"] > status["finishedAt"]
+    key = status["location"]["key"]
+    kube.run("delete", "managedbackup", "sealed", "-n", namespace, "--wait=true", "--timeout=60s")
+    # The record is gone; the object is not, and an Event says why.
+    assert f"{key}/manifest.json" in _keys(s3, locked)
+    events = kube.run(
+        "get", "events", "-n", namespace, "--field-selector", "reason=BackupLocked", "-o", "name"
+    ).stdout
+    assert events.strip()
+
+
+def test_kmip_key_provider(
+    kube: KubeCtl, namespace: str, postgres: PostgresServer, s3: S3Server, bucket: str
+) -> None:
+    """The cluster's key-encryption key lives in a real KMIP key manager: Vauban records only
+    its id; backups, rotation and restore work through it."""
+    _cluster(kube, namespace, postgres, s3, bucket, encryption={"provider": "kmip"})
+    eventually(lambda: _ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
+    _backed_up(kube, namespace, "hsm", "first")
+
+    def recorded() -> dict[str, Any] | None:
+        encryption = kube.get("managedcluster", "pg", namespace)["status"].get("encryption")
+        return encryption if encryption and encryption.get("provider") == "kmip" else None
+
+    encryption = recorded() or eventually(recorded, what="kmip key in status")
+    kek = kube.get("secret", encryption["keyId"], OPERATOR_NAMESPACE)["data"]
+    reference = base64.b64decode(kek["v1"]).decode()
+    assert len(reference) < 64 and not reference.endswith("=")  # an id, not key material
+    kube.run("annotate", "managedcluster", "pg", "-n", namespace, "vauban.dev/rotate-key=k2")
+    eventually(lambda: (recorded() or {}).get("keyVersion") == 2, what="kmip key rotated")
+    kube.apply(_database(namespace, "hsm2", restore={"backupRef": {"name": "first"}}))
+    eventually(
+        lambda: _ready(kube, "manageddatabase", "hsm2", namespace), timeout=90, what="restored"
+    )
