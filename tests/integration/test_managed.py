@@ -295,3 +295,56 @@ def test_deletion_policy_delete_removes_them(kube: KubeCtl, ns: str) -> None:
     eventually(lambda: _gone(kube, "pvc", "main-1", "-n", ns), what="the claim to be collected")
     eventually(lambda: _gone(kube, "secret", "main-superuser", "-n", ns))
     eventually(lambda: _gone(kube, "networkpolicy", "main-postgresql", "-n", ns))
+
+
+def encrypted_class(kube: KubeCtl) -> str:
+    """A StorageClass the platform declares encrypting (a LUKS-backed CSI driver, say)."""
+    kube.apply(
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": "luks", "annotations": {"vauban.dev/encrypted": "true"}},
+            "provisioner": "kwok.x-k8s.io/volume",
+        }
+    )
+    return "luks"
+
+
+def test_hds_profile_refuses_a_class_that_does_not_encrypt(kube: KubeCtl, ns: str) -> None:
+    kube.apply(cluster(ns, compliance={"profile": "hds"}))
+    obj = eventually(
+        lambda: with_reason(kube, "managedcluster", "main", ns, "StorageClassNotEncrypted"),
+        what="StorageClassNotEncrypted",
+    )
+    encrypted = condition(obj, "Encrypted")
+    assert encrypted is not None and encrypted["status"] == "False"
+    assert encrypted["reason"] == "StorageClassNotEncrypted"
+    assert obj["status"]["compliance"]["storageClass"] == "standard"
+    assert engine(kube, ns) is None  # no workload on unencrypted volumes
+
+
+def test_hds_profile_on_an_encrypting_class_with_archiving(kube: KubeCtl, ns: str) -> None:
+    store = {"bucket": "wal", "region": "eu-west-3", "credentialsSecretRef": {"name": "bucket"}}
+    kube.apply(
+        cluster(
+            ns,
+            storage={"size": "10Gi", "storageClassName": encrypted_class(kube)},
+            compliance={"profile": "hds"},
+            backup={"objectStore": store, "schedule": "0 2 * * *"},
+        )
+    )
+    rendered = eventually(lambda: engine(kube, ns), what="the CloudNativePG Cluster")
+    barman = rendered["spec"]["backup"]["barmanObjectStore"]
+    assert barman["destinationPath"] == f"s3://wal/{ns}/main/wal-archive"
+    scheduled = kube.run(
+        "get", "scheduledbackups.postgresql.cnpg.io", "main-base", "-n", ns, "-o", "json"
+    ).stdout
+    assert json.loads(scheduled)["spec"]["schedule"] == "0 0 2 * * *"
+    obj = kube.get("managedcluster", "main", ns)
+    encrypted = condition(obj, "Encrypted")
+    assert encrypted is not None and encrypted["status"] == "True"
+    compliant = condition(obj, "Compliant")
+    # Everything but the backup bucket's region (no allowed regions configured: any is fine)
+    assert compliant is not None and compliant["status"] == "True", compliant
+    rules = {r["rule"]: r["met"] for r in obj["status"]["compliance"]["rules"]}
+    assert rules["encrypted-storage"] and rules["no-load-balancer"]

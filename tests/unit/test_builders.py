@@ -81,3 +81,35 @@ def test_major_of_versions_and_images() -> None:
     assert cnpg.major("17") == "17"
     assert cnpg.major("17.6") == "17"
     assert cnpg.major("ghcr.io/cloudnative-pg/postgresql:16.4-bookworm") == "16"
+
+
+STORE = {
+    "bucket": "backups",
+    "endpoint": "https://s3.example",
+    "region": "eu-west-3",
+    "prefix": "vauban/",
+    "credentialsSecretRef": {"name": "bucket"},
+}
+
+
+def test_cluster_archives_wal_to_the_object_store() -> None:
+    backup = {"objectStore": STORE, "retention": {"maxAge": "36h"}, "schedule": "0 2 * * *"}
+    body = cnpg.cluster(OWNER, spec(backup=backup), image_repository="repo")
+    archiving = body["spec"]["backup"]
+    barman = archiving["barmanObjectStore"]
+    assert barman["destinationPath"] == "s3://backups/vauban/team/main/wal-archive"
+    assert barman["endpointURL"] == "https://s3.example"
+    assert barman["s3Credentials"]["accessKeyId"] == {"name": "bucket", "key": "accessKeyId"}
+    assert barman["wal"]["encryption"] == "AES256"
+    assert archiving["retentionPolicy"] == "2d"  # 36 h, rounded up to whole days
+
+
+def test_no_backup_policy_no_archiving() -> None:
+    assert "backup" not in cnpg.cluster(OWNER, spec(), image_repository="repo")["spec"]
+
+
+def test_scheduled_base_backups_use_cloudnativepg_cron() -> None:
+    scheduled = cnpg.scheduled_backup(OWNER, "0 2 * * *")
+    assert scheduled["spec"]["schedule"] == "0 0 2 * * *"
+    assert scheduled["spec"]["cluster"] == {"name": "main"}
+    assert cnpg.scheduled_backup(OWNER, "@daily")["spec"]["schedule"] == "@daily"

@@ -7,8 +7,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from vauban.api.cluster import ManagedClusterSpec
-from vauban.api.common import API_VERSION
+from vauban.api.cluster import ClusterBackupPolicy, ManagedClusterSpec, ObjectStore
+from vauban.api.common import API_VERSION, duration_seconds
 
 CNPG_GROUP = "postgresql.cnpg.io"
 CNPG_VERSION = "v1"
@@ -113,7 +113,67 @@ def cluster(owner: Owner, spec: ManagedClusterSpec, *, image_repository: str) ->
     }
     if spec.resources is not None:
         body["spec"]["resources"] = spec.resources.to_wire()
+    if spec.backup is not None:
+        body["spec"]["backup"] = continuous_archiving(owner, spec.backup)
     return body
+
+
+def archive_path(owner: Owner, store: ObjectStore) -> str:
+    """Where CloudNativePG archives WAL and base backups: beside the logical backups, under
+    the cluster's own prefix."""
+    parts = [store.prefix.strip("/"), owner.namespace, owner.name, "wal-archive"]
+    return f"s3://{store.bucket}/" + "/".join(p for p in parts if p)
+
+
+def continuous_archiving(owner: Owner, policy: ClusterBackupPolicy) -> dict[str, Any]:
+    """CloudNativePG's barman-cloud archiving (WAL and base backups: point-in-time recovery
+    of the whole cluster), to the cluster's object store. Encrypted at rest by the bucket
+    (SSE): barman-cloud has no client-side encryption, unlike Vauban's logical backups."""
+    store = policy.object_store
+    credentials = store.credentials_secret_ref.name
+    barman: dict[str, Any] = {
+        "destinationPath": archive_path(owner, store),
+        "s3Credentials": {
+            "accessKeyId": {"name": credentials, "key": "accessKeyId"},
+            "secretAccessKey": {"name": credentials, "key": "secretAccessKey"},
+        },
+        "wal": {"compression": "gzip", "encryption": "AES256"},
+        "data": {"compression": "gzip", "encryption": "AES256"},
+    }
+    if store.endpoint:
+        barman["endpointURL"] = store.endpoint
+    archiving: dict[str, Any] = {"barmanObjectStore": barman, "target": "prefer-standby"}
+    if policy.retention is not None and policy.retention.max_age is not None:
+        # CloudNativePG counts in days, weeks or months; ours may be in hours: round up.
+        days = max(1, -(-duration_seconds(policy.retention.max_age) // 86400))
+        archiving["retentionPolicy"] = f"{days}d"
+    return archiving
+
+
+def scheduled_backup_name(owner: Owner) -> str:
+    return f"{owner.name}-base"
+
+
+def scheduled_backup(owner: Owner, schedule: str) -> dict[str, Any]:
+    """CloudNativePG's ScheduledBackup of base backups, on the cluster's backup schedule."""
+    return {
+        "apiVersion": CNPG_API_VERSION,
+        "kind": "ScheduledBackup",
+        "metadata": {
+            "name": scheduled_backup_name(owner),
+            "namespace": owner.namespace,
+            "labels": owner.labels(),
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            # CloudNativePG's cron has a leading seconds field.
+            "schedule": schedule if schedule.startswith("@") else f"0 {schedule}",
+            "cluster": {"name": owner.name},
+            "method": "barmanObjectStore",
+            "backupOwnerReference": "self",
+            "immediate": True,
+        },
+    }
 
 
 def superuser_secret(owner: Owner) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
 from vauban.builders import cnpg
 from vauban.conditions import ConditionType, Reason, State, Verdict, is_true, now_rfc3339
 from vauban.engines.postgres.probe import ServerAddress, probe
+from vauban.handlers import posture as posture_
 from vauban.handlers.context import Context
 from vauban.handlers.publish import (
     awaiting_finalizer,
@@ -39,7 +40,13 @@ def view_of(body: Mapping[str, Any]) -> ClusterView:
     except ValidationError:
         spec = None
     ready = is_true(previous_conditions(body.get("status")), ConditionType.READY)
-    return ClusterView(namespace=meta["namespace"], name=meta["name"], spec=spec, ready=ready)
+    return ClusterView(
+        namespace=meta["namespace"],
+        name=meta["name"],
+        spec=spec,
+        ready=ready,
+        uid=meta.get("uid", ""),
+    )
 
 
 def _owner(body: Mapping[str, Any]) -> cnpg.Owner:
@@ -73,11 +80,21 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
     if spec is None:
         return
     owner = _owner(body)
-    if spec.mode == "Managed":
+    posture = await posture_.assess(ctx, body, spec)
+    if posture.blocked is not None:
+        assessment = cluster_logic.Assessment(posture.blocked)
+    elif spec.mode == "Managed":
         assessment = await _reconcile_managed(ctx, owner, spec, awaiting_finalizer(body))
     else:
         assessment = await _assess_external(ctx, owner.namespace, spec, body.get("status"))
-    await publish(ctx, MANAGED_CLUSTER, body, assessment.verdict, fields=assessment.fields)
+    await publish(
+        ctx,
+        MANAGED_CLUSTER,
+        body,
+        assessment.verdict,
+        fields={**assessment.fields, **posture.fields},
+        domain=posture.conditions,
+    )
     event = cluster_logic.connections_event(body.get("status"), assessment.fields.get("health"))
     if event is not None:
         await post_event(ctx, MANAGED_CLUSTER, body, event.type, event.reason, event.message)
@@ -140,6 +157,7 @@ async def _reconcile_managed(
         cnpg.CNPG_PLURAL,
         cnpg.cluster(owner, spec, image_repository=ctx.settings.postgres_image_repository),
     )
+    await _scheduled_base_backups(ctx, owner, spec)
     await ctx.kube.apply_network_policy(
         cnpg.network_policy(
             owner,
@@ -148,6 +166,25 @@ async def _reconcile_managed(
         )
     )
     return assess(applied) if existing is None else assessment
+
+
+async def _scheduled_base_backups(
+    ctx: Context, owner: cnpg.Owner, spec: ManagedClusterSpec
+) -> None:
+    """CloudNativePG's ScheduledBackup follows spec.backup.schedule; once per process, a
+    cluster without a schedule has any leftover one removed (a schedule taken out of the
+    spec while the operator was down)."""
+    name = cnpg.scheduled_backup_name(owner)
+    memo = ("ScheduledBackup", owner.namespace, name)
+    schedule = spec.backup.schedule if spec.backup else None
+    if schedule is not None:
+        await ctx.kube.apply_custom("scheduledbackups", cnpg.scheduled_backup(owner, schedule))
+        ctx.applied[memo] = schedule
+    elif ctx.applied.get(memo) != "":
+        await ctx.kube.delete_custom_object(
+            cnpg.CNPG_GROUP, cnpg.CNPG_VERSION, "scheduledbackups", owner.namespace, name
+        )
+        ctx.applied[memo] = ""
 
 
 async def _assess_external(

@@ -132,7 +132,27 @@ def _engine_fields(name: str, namespace: str, engine_cluster: Mapping[str, Any])
         "version": running.rsplit(":", 1)[-1] if running else None,
         "endpoints": endpoints(name, namespace),
         "health": managed_health(engine_cluster),
+        "continuousArchiving": continuous_archiving(engine_cluster),
     }
+
+
+def continuous_archiving(engine_cluster: Mapping[str, Any]) -> dict[str, Any] | None:
+    """CloudNativePG's WAL archiving and base backups as it reports them; None when the
+    cluster has none configured."""
+    if not (engine_cluster.get("spec") or {}).get("backup"):
+        return None
+    status = engine_cluster.get("status") or {}
+    condition = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "ContinuousArchiving"),
+        None,
+    )
+    found = {
+        "archiving": None if condition is None else condition.get("status") == "True",
+        "message": (condition or {}).get("message", "")[:512] or None,
+        "firstRecoverabilityPoint": status.get("firstRecoverabilityPoint"),
+        "lastSuccessfulBackup": status.get("lastSuccessfulBackup"),
+    }
+    return {k: v for k, v in found.items() if v is not None}
 
 
 # -- mode External -----------------------------------------------------------------------
