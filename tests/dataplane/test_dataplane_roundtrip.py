@@ -4,12 +4,14 @@ versitygw, and the object store API the operator calls."""
 from __future__ import annotations
 
 import io
+import json
 from datetime import UTC, datetime
 
 import pytest
 
 from dataplane.harness import (
     LOCKED_BUCKET,
+    PASSWORD,
     Agent,
     connect,
     database_exists,
@@ -65,6 +67,12 @@ def test_backup_restore_verify(agent: Agent, location: str, empty_database: str)
     assert verify.reason == "VerificationPassed"
     assert verify.result["tablesChecked"] == 3
     assert not database_exists(agent.postgres, "dp_verify_scratch")
+
+    # Neither the logs nor the results carry a password or a key.
+    for outcome in (backup, restore, verify):
+        said = outcome.stderr + json.dumps(outcome.result)
+        for secret in (PASSWORD, agent.env["VAUBAN_DATA_KEY"], agent.s3.secret_key):
+            assert secret not in said
 
 
 def test_a_retried_backup_job_finds_its_backup_done(

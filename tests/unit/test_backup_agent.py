@@ -6,9 +6,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 
 import pytest
 
+from vauban.backup import postgres
 from vauban.backup.agent import TERMINATION_LIMIT, termination_message
 from vauban.backup.dump import MAX_PARTS, part_size_for
 from vauban.backup.postgres import errors_only
@@ -110,3 +112,36 @@ def test_errors_only_drops_lines_that_quote_data() -> None:
     text = errors_only(output)
     assert "duplicate key value" in text
     assert "alice" not in text
+
+
+def fake_client(folder: Path, name: str, major: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(f"#!/bin/sh\necho '{name} (PostgreSQL) {major}.3 (Debian {major}.3-1)'\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_the_client_matching_the_server_is_chosen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packaged = tmp_path / "usr-lib-postgresql"
+    v15 = fake_client(packaged / "15" / "bin", "pg_dump", 15)
+    v17 = fake_client(packaged / "17" / "bin", "pg_dump", 17)
+    on_path = fake_client(tmp_path / "bin", "pg_dump", 16)
+    monkeypatch.setattr(postgres, "PACKAGED_CLIENTS", packaged)
+    monkeypatch.setenv("PATH", str(on_path.parent))
+
+    assert postgres.find_client("pg_dump", 15, None) == v15
+    assert postgres.find_client("pg_dump", 16, None) == on_path
+    assert postgres.find_client("pg_dump", 17, None) == v17
+    # No client of the server's major: the newest, which reads older servers.
+    assert postgres.find_client("pg_dump", 14, None) == v17
+    with pytest.raises(ConfigurationError, match="pg_dump 17 cannot handle PostgreSQL 18") as e:
+        postgres.find_client("pg_dump", 18, None)
+    assert e.value.reason == "ClientTooOld"
+    # VAUBAN_PG_BIN_DIR is the only place looked at when set.
+    assert postgres.find_client("pg_dump", 15, str(on_path.parent)) == on_path
+    with pytest.raises(ConfigurationError, match="no working pg_restore") as e:
+        postgres.find_client("pg_restore", 17, str(on_path.parent))
+    assert e.value.reason == "ClientNotFound"

@@ -25,6 +25,9 @@ from vauban.backup.settings import ConfigurationError
 Connection: TypeAlias = psycopg.Connection[tuple[object, ...]]
 
 CONNECT_TIMEOUT_SECONDS = "10"
+PACKAGED_CLIENTS = Path("/usr/lib/postgresql")
+"""Where Debian and Ubuntu install each major version's programs, side by side."""
+
 # Schemas that are PostgreSQL's own, and objects that belong to an extension (pg_dump
 # creates the extension, not its members).
 _USER_OBJECT = """
@@ -164,7 +167,7 @@ def find_client(name: str, server_major: int, bin_dir: str | None) -> Path:
     else:
         on_path = shutil.which(name)
         candidates = [Path(on_path)] if on_path else []
-        candidates += sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+        candidates += sorted(PACKAGED_CLIENTS.glob(f"*/bin/{name}"))
     versions = {c: m for c in candidates if (m := _major(c)) is not None}
     if not versions:
         where = bin_dir or "PATH or /usr/lib/postgresql/*/bin"

@@ -275,14 +275,6 @@ class ObjectStore:
                 response.close()
                 response.release_conn()
 
-    def exists(self, key: str) -> bool:
-        try:
-            with self._translate():
-                self._client.stat_object(self.bucket, key)
-        except ObjectNotFound:
-            return False
-        return True
-
     # -- internals --------------------------------------------------------------------------
 
     def _get_small(self, key: str) -> bytes | None:
