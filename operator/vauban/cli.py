@@ -71,6 +71,39 @@ def _differs(path: Path, content: str) -> bool:
     return not path.is_file() or path.read_text(encoding="utf-8") != content
 
 
+def _compliance_report(args: argparse.Namespace) -> int:
+    import json
+    from datetime import UTC, datetime
+
+    from vauban import report
+    from vauban.api.cluster import MANAGED_CLUSTER
+    from vauban.api.database import MANAGED_DATABASE
+    from vauban.kube.client import connect
+    from vauban.kube.resources import Kube
+    from vauban.settings import Settings
+
+    async def collect() -> dict[str, object]:
+        kube = Kube(await connect(Settings().kubeconfig))
+        try:
+            clusters = await kube.list_all(MANAGED_CLUSTER)
+            databases = await kube.list_all(MANAGED_DATABASE)
+        finally:
+            await kube.close()
+        return report.build(clusters, databases, datetime.now(UTC))
+
+    built = asyncio.run(collect())
+    text = (
+        report.markdown(built)
+        if args.format == "markdown"
+        else json.dumps(built, indent=2, ensure_ascii=False) + "\n"
+    )
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _dev_run(args: argparse.Namespace) -> int:
     from vauban.devrun import dev_run
 
@@ -95,6 +128,17 @@ def parser() -> argparse.ArgumentParser:
         help="fail if the files differ from what the models generate",
     )
     crds.set_defaults(func=_crds)
+
+    compliance = commands.add_parser("compliance", help="evidence for auditors")
+    compliance_commands = compliance.add_subparsers(dest="compliance_command", required=True)
+    report = compliance_commands.add_parser(
+        "report",
+        help="per cluster and database: profile, rules, storage, keys, backups "
+        "(from VAUBAN_KUBECONFIG, in-cluster credentials or ~/.kube/config)",
+    )
+    report.add_argument("--format", choices=("json", "markdown"), default="json")
+    report.add_argument("--output", help="write to this file instead of standard output")
+    report.set_defaults(func=_compliance_report)
 
     from vauban.devcluster.cli import register as register_dev
 

@@ -4,9 +4,14 @@ through the operator's Jobs, whose pods the AgentRunner runs for real on loopbac
 from __future__ import annotations
 
 import base64
+import json
+import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -413,3 +418,26 @@ def test_kmip_key_provider(
     eventually(
         lambda: _ready(kube, "manageddatabase", "hsm2", namespace), timeout=90, what="restored"
     )
+
+
+def test_compliance_report(
+    kube: KubeCtl, namespace: str, cluster: str, kubeconfig: Path, tmp_path: Path
+) -> None:
+    _backed_up(kube, namespace, "audited", "proof")
+    eventually(
+        lambda: (
+            kube.get("manageddatabase", "audited", namespace)["status"].get("backup") or {}
+        ).get("lastBackup"),
+        what="last backup in status",
+    )
+    env = {**os.environ, "VAUBAN_KUBECONFIG": str(kubeconfig)}
+    command = [sys.executable, "-m", "vauban", "compliance", "report"]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    built = json.loads(out)
+    mine = next(c for c in built["clusters"] if c["namespace"] == namespace)
+    assert mine["keyProvider"] == "kubernetes-secret" and mine["keyVersion"] == 1
+    database = next(d for d in built["databases"] if d["namespace"] == namespace)
+    assert database["lastBackup"] == "proof" and database["dataKeyId"].startswith("dek-")
+    page = tmp_path / "report.md"
+    subprocess.run([*command, "--format", "markdown", "--output", str(page)], env=env, check=True)
+    assert f"| {namespace}/audited | {namespace}/pg |" in page.read_text(encoding="utf-8")

@@ -80,6 +80,11 @@ class Kube:
         """One of Vauban's objects as stored now; None when it is gone."""
         return await self.read_custom(GROUP, VERSION, kind.plural, namespace, name)
 
+    async def list_all(self, kind: KindInfo) -> list[dict[str, Any]]:
+        """Every object of one of Vauban's kinds, in every namespace the caller may list."""
+        listed = await self._custom.list_cluster_custom_object(GROUP, VERSION, kind.plural)
+        return list(listed.get("items", [])) if isinstance(listed, dict) else []
+
     async def read_custom(
         self, group: str, version: str, plural: str, namespace: str, name: str
     ) -> dict[str, Any] | None:
