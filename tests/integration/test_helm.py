@@ -99,6 +99,29 @@ def test_one_replica_may_run_without_leader_election(helm: Helm) -> None:
     assert not [o for o in objects if o["kind"] == "PodDisruptionBudget"]
 
 
+def test_environment_is_what_the_operator_reads(
+    helm: Helm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settings ignore unknown variables: a misspelt name in the chart would go unnoticed.
+    Every VAUBAN_* variable the chart sets is a setting, and parses to what was meant."""
+    from vauban.settings import Settings
+
+    values = {**NAMESPACED, "operator": {"allowedBackupRegions": ["fr-par"]}}
+    env = container(helm.render("vauban", "vauban-system", values))["env"]
+    known = {f"VAUBAN_{name.upper()}" for name in Settings.model_fields}
+    assert {e["name"] for e in env} <= known
+    for name in [n for n in os.environ if n.startswith("VAUBAN_")]:
+        monkeypatch.delenv(name)
+    for variable in env:
+        monkeypatch.setenv(variable["name"], variable.get("value", "from-the-downward-api"))
+    settings = Settings()
+    assert settings.watch_namespaces == ["tenant-a", "tenant-b"]
+    assert settings.allowed_backup_regions == ["fr-par"]
+    assert settings.leader_election and settings.lease_duration_seconds == 15
+    assert (settings.metrics_port, settings.liveness_port) == (8080, 0)
+    assert settings.agent_image == "ghcr.io/vauban-dev/vauban-agent:0.1.0"
+
+
 def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
     spec = find(objects, "Deployment")["spec"]["template"]["spec"]
     return spec["containers"][0]  # type: ignore[no-any-return]
