@@ -103,6 +103,13 @@ def buckets(s3: S3Server) -> None:
 
 
 @pytest.fixture(scope="session")
+def tls_s3() -> Iterator[S3Server]:
+    """A second versitygw, over HTTPS with a certificate from its own CA."""
+    with S3Server(buckets=(BUCKET,), tls=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def data_key() -> bytes:
     return os.urandom(32)
 

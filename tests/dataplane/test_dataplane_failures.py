@@ -26,6 +26,7 @@ from dataplane.harness import (
 )
 from vauban.backup import agent as agent_module
 from vauban.backup.manifest import Manifest, data_key, manifest_key
+from vauban.devcluster.s3 import S3Server
 
 
 def objects_under(agent: Agent, location: str) -> list[str]:
@@ -112,6 +113,27 @@ def test_wrong_credentials(agent: Agent, location: str, monkeypatch: pytest.Monk
     assert (outcome.code, outcome.reason) == (3, "AccessDenied"), outcome
     assert "not-the-secret" not in json.dumps(outcome.result)
     assert agent.s3.secret_key not in json.dumps(outcome.result)
+
+
+def test_tls_needs_the_store_ca(
+    agent: Agent, tls_s3: S3Server, location: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = {
+        "VAUBAN_S3_ENDPOINT": tls_s3.endpoint,
+        "AWS_ACCESS_KEY_ID": tls_s3.access_key,
+        "AWS_SECRET_ACCESS_KEY": tls_s3.secret_key,
+    }
+    untrusted = agent.call(monkeypatch, "backup", "--location", location, **store)
+    assert (untrusted.code, untrusted.reason) == (3, "BucketUnreachable"), untrusted
+    assert "TLS failed" in untrusted.result["message"]
+
+    trusted = {**store, "AWS_CA_BUNDLE": str(tls_s3.ca_file)}
+    backup = agent.call(monkeypatch, "backup", "--location", location, **trusted)
+    assert backup.code == 0, backup
+    verify = agent.call(
+        monkeypatch, "verify", "--location", location, "--scratch-database", "dp_tls", **trusted
+    )
+    assert (verify.code, verify.reason) == (0, "VerificationPassed"), verify
 
 
 def test_no_such_bucket(agent: Agent, location: str, monkeypatch: pytest.MonkeyPatch) -> None:

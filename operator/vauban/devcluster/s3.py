@@ -1,5 +1,6 @@
 """A real S3 object store on 127.0.0.1: versitygw (built from its Go module, like the control
-plane) serving a temporary folder. Where the backup tests and `make run` store backups.
+plane) serving a temporary folder, over HTTP or HTTPS (a certificate from a local CA). Where
+the backup tests and `make run` store backups.
 
 versitygw runs its POSIX backend with a versioning folder, so buckets created with Object Lock
 are versioned and enforce retention as S3 does. Each object is a plain file under
@@ -19,8 +20,10 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+import urllib3
 from minio import Minio
 
+from vauban.devcluster import pki
 from vauban.devcluster.build import ensure_tool
 from vauban.devcluster.controlplane import _die_with
 
@@ -39,21 +42,30 @@ class S3Server:
         buckets: tuple[str, ...] = (),
         locked_buckets: tuple[str, ...] = (),
         region: str = "us-east-1",
+        *,
+        port: int | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        tls: bool = False,
     ) -> None:
+        """Random port and credentials unless given (`make run` fixes them for its samples)."""
         self.binary = ensure_tool("versitygw")
         self.root = Path(tempfile.mkdtemp(prefix="vauban-s3-"))
         self.data = self.root / "data"
         self.region = region
-        self.port = _free_port()
-        self.access_key = f"vauban{secrets.token_hex(4)}"
-        self.secret_key = secrets.token_urlsafe(24)
+        self.port = port or _free_port()
+        self.access_key = access_key or f"vauban{secrets.token_hex(4)}"
+        self.secret_key = secret_key or secrets.token_urlsafe(24)
         self.process: subprocess.Popen[bytes] | None = None
         self._buckets = buckets
         self._locked_buckets = locked_buckets
+        self.tls = tls
+        self.ca_file: Path | None = None
+        """With tls, the CA that signed the server's certificate (for 127.0.0.1)."""
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def object_path(self, bucket: str, key: str) -> Path:
         """The file holding an object (its current version)."""
@@ -64,8 +76,9 @@ class S3Server:
             f"127.0.0.1:{self.port}",
             access_key=self.access_key,
             secret_key=self.secret_key,
-            secure=False,
+            secure=self.tls,
             region=self.region,
+            http_client=urllib3.PoolManager(ca_certs=str(self.ca_file)) if self.ca_file else None,
         )
 
     def create_bucket(self, name: str, *, object_lock: bool = False) -> None:
@@ -74,6 +87,11 @@ class S3Server:
     def start(self) -> S3Server:
         self.data.mkdir(parents=True, exist_ok=True)
         (self.root / "versions").mkdir(exist_ok=True)
+        tls: list[str] = []
+        if self.tls:
+            certificates = pki.create(self.root / "pki", service_ip="127.0.0.1")
+            self.ca_file = certificates.ca_cert
+            tls = ["--cert", str(certificates.server_cert), "--key", str(certificates.server_key)]
         log = (self.root / "versitygw.log").open("ab")
         self.process = subprocess.Popen(
             [
@@ -82,6 +100,7 @@ class S3Server:
                 f"127.0.0.1:{self.port}",
                 "--region",
                 self.region,
+                *tls,
                 "--quiet",
                 "posix",
                 "--versioning-dir",
