@@ -175,6 +175,18 @@ def test_backup_not_found(
     assert (outcome.code, outcome.reason) == (4, "BackupNotFound"), outcome
 
 
+def test_an_invalid_manifest_is_an_integrity_failure(
+    agent: Agent, backed_up: Manifest, empty_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = agent.s3.object_path(BUCKET, manifest_key(backed_up.location))
+    path.write_bytes(path.read_bytes().replace(b'"formatVersion": 1', b'"formatVersion": 9'))
+    outcome = agent.call(
+        monkeypatch, "restore", "--location", backed_up.location, PGDATABASE=empty_database
+    )
+    assert (outcome.code, outcome.reason) == (4, "IntegrityCheckFailed"), outcome
+    assert "not a valid manifest (formatVersion)" in outcome.result["message"]
+
+
 def flip_byte(path: Path, offset: int) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0x01

@@ -134,6 +134,8 @@ def test_listing_and_deleting_backups(
     client = agent.s3.client()
     client.put_object("dp-backups", f"{location}/c/data", io.BytesIO(b"orphan"), 6)
     client.put_object("dp-backups", f"{location}/notes.txt", io.BytesIO(b"hello"), 5)
+    # Nor is a manifest this code cannot read: skipped, and it hides no other backup.
+    client.put_object("dp-backups", f"{location}/d/manifest.json", io.BytesIO(b"{}"), 2)
 
     listed = store.list_manifests(f"{location}/")
     assert [m.location for m in listed] == [f"{location}/a", f"{location}/b"]
@@ -144,4 +146,6 @@ def test_listing_and_deleting_backups(
     store.delete_backup(f"{location}/a")  # idempotent
     store.delete_backup(f"{location}/c")  # data without manifest: removed too
     assert not agent.s3.object_path("dp-backups", data_key(f"{location}/c")).exists()
+    store.delete_backup(f"{location}/d")  # an invalid manifest: removed too
+    assert not agent.s3.object_path("dp-backups", manifest_key(f"{location}/d")).exists()
     assert not multipart_uploads(agent.s3, "dp-backups")

@@ -29,7 +29,7 @@ from vauban.backup import postgres
 from vauban.backup.errors import DatabaseFailure, IntegrityFailure, VerificationMismatch
 from vauban.backup.manifest import Manifest, data_key
 from vauban.backup.settings import AgentSettings
-from vauban.backup.storage import ObjectNotFound, ObjectStore
+from vauban.backup.storage import InvalidManifest, ObjectNotFound, ObjectStore
 from vauban.crypto import envelope
 from vauban.crypto.stream import Decryptor, StreamError
 
@@ -52,7 +52,10 @@ class VerifiedBackup:
 
 def load_manifest(store: ObjectStore, location: str) -> Manifest:
     store.check_bucket()
-    manifest = store.read_manifest(location)
+    try:
+        manifest = store.read_manifest(location)
+    except InvalidManifest as e:
+        raise IntegrityFailure("IntegrityCheckFailed", str(e)) from None
     if manifest is None:
         raise IntegrityFailure(
             "BackupNotFound", f"no backup at {location}: it has no manifest (absent or unfinished)"

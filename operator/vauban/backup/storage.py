@@ -36,7 +36,14 @@ from urllib3.exceptions import (
 )
 from urllib3.exceptions import TimeoutError as HTTPTimeout
 
-from vauban.backup.manifest import MANIFEST, Manifest, ObjectLock, data_key, manifest_key
+from vauban.backup.manifest import (
+    MANIFEST,
+    Manifest,
+    ObjectLock,
+    data_key,
+    manifest_key,
+    normalize_location,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +106,12 @@ class ObjectLocked(StorageError):
             f"backup {location} is under Object Lock retention {until}: it cannot be deleted "
             "before then (retention is never bypassed)"
         )
+
+
+class InvalidManifest(StorageError):
+    """A manifest that is not one this code reads, or not at the location it names."""
+
+    reason = "InvalidManifest"
 
 
 class InvalidEndpoint(StorageError):
@@ -167,9 +180,23 @@ class ObjectStore:
     # -- what the operator calls ------------------------------------------------------------
 
     def read_manifest(self, location: str) -> Manifest | None:
-        """The backup's manifest; None when it has none (it does not exist)."""
+        """The backup's manifest; None when it has none (it does not exist). InvalidManifest
+        when it is not one this code reads, or names another location."""
         data = self._get_small(manifest_key(location))
-        return None if data is None else Manifest.from_json(data)
+        if data is None:
+            return None
+        try:
+            manifest = Manifest.from_json(data)
+        except ValidationError as e:
+            fields = ", ".join(sorted({".".join(map(str, err["loc"])) for err in e.errors()}))
+            raise InvalidManifest(
+                f"{manifest_key(location)} is not a valid manifest ({fields or 'not JSON'})"
+            ) from None
+        if manifest.location != normalize_location(location):
+            raise InvalidManifest(
+                f"{manifest_key(location)} names another location: {manifest.location}"
+            )
+        return manifest
 
     def list_manifests(self, prefix: str) -> list[Manifest]:
         """Every backup under `prefix`, oldest first. A manifest that cannot be read (not
@@ -183,23 +210,23 @@ class ObjectStore:
             ]
         manifests = []
         for key in keys:
-            location = key.removesuffix(f"/{MANIFEST}")
             try:
-                manifest = self.read_manifest(location)
-            except ValidationError:
-                logger.warning("skipping %s: not a manifest this agent reads", key)
+                manifest = self.read_manifest(key.removesuffix(f"/{MANIFEST}"))
+            except InvalidManifest as e:
+                logger.warning("skipping a backup: %s", e)
                 continue
-            if manifest is not None and manifest.location == location:
+            if manifest is not None:
                 manifests.append(manifest)
-            elif manifest is not None:
-                logger.warning("skipping %s: it names another location", key)
         return sorted(manifests, key=lambda m: m.started_at)
 
     def delete_backup(self, location: str) -> None:
         """Delete a backup: its manifest first (so a half-deleted backup is never listed),
         then its data, every version of each. Deleting what is already gone succeeds.
         ObjectLocked if retention forbids it, before anything is deleted."""
-        manifest = self.read_manifest(location)
+        try:
+            manifest = self.read_manifest(location)
+        except InvalidManifest:
+            manifest = None  # garbage is deleted too; the data's own retention still holds
         now = datetime.now(UTC)
         lock = manifest.object_lock if manifest else None
         if lock is not None and lock.retain_until > now:
