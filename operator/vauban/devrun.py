@@ -23,8 +23,10 @@ logger = logging.getLogger(__name__)
 LOCAL = Path(".local")
 
 
-def kubectl(binary: Path, kubeconfig: Path, *args: str) -> None:
-    subprocess.run([str(binary), f"--kubeconfig={kubeconfig}", *args], check=True)
+def kubectl(binary: Path, kubeconfig: Path, *args: str, stdin: str | None = None) -> None:
+    subprocess.run(
+        [str(binary), f"--kubeconfig={kubeconfig}", *args], check=True, input=stdin, text=True
+    )
 
 
 @contextlib.contextmanager
@@ -48,9 +50,12 @@ def cluster(settings: Settings) -> Iterator[tuple[Path, Path]]:
         yield stable.resolve(), binaries.kubectl
 
 
-# What samples/20-managedcluster-external.yaml adopts.
+# What samples/20-managedcluster-external.yaml adopts, and where it backs up.
 SAMPLE_SERVER_PORT = 5432
 SAMPLE_ADMIN = ("vauban_admin", "change-me")
+SAMPLE_S3_PORT = 7070
+SAMPLE_S3_CREDENTIALS = ("vauban-demo", "vauban-demo-secret")
+SAMPLE_BUCKET = "vauban-demo"
 
 
 @contextlib.contextmanager
@@ -81,12 +86,47 @@ def sample_server() -> Iterator[None]:
         server.destroy()
 
 
+@contextlib.contextmanager
+def sample_bucket() -> Iterator[None]:
+    """A local S3 server (versitygw) with the bucket the external sample backs up to, when
+    its port is free; otherwise backups of the sample say why they fail."""
+    from vauban.devcluster.s3 import S3Server
+
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", SAMPLE_S3_PORT)) == 0:
+            logger.warning("127.0.0.1:%d is taken: the samples back up to it", SAMPLE_S3_PORT)
+            yield
+            return
+    access_key, secret_key = SAMPLE_S3_CREDENTIALS
+    server = S3Server(port=SAMPLE_S3_PORT, access_key=access_key, secret_key=secret_key)
+    try:
+        server.start()
+        server.create_bucket(SAMPLE_BUCKET)
+        yield
+    finally:
+        server.destroy()
+
+
+@contextlib.contextmanager
+def agent_runner(kubectl_binary: Path, kubeconfig: Path, namespace: str) -> Iterator[None]:
+    """On the local control plane, the backup agent's pods run for real, on this machine;
+    kwok fakes every other pod. A configured cluster runs them itself."""
+    from vauban.devcluster.agentrunner import AgentRunner
+
+    runner = AgentRunner(str(kubectl_binary), kubeconfig, namespace).start()
+    try:
+        yield
+    finally:
+        runner.stop()
+
+
 def dev_run(crds: Path, samples: Path | None) -> int:
     settings = Settings()
     configure_logging(settings)
     with (
         cluster(settings) as (kubeconfig, kubectl_binary),
         sample_server() if samples is not None else contextlib.nullcontext(),
+        sample_bucket() if samples is not None else contextlib.nullcontext(),
     ):
         kubectl(
             kubectl_binary,
@@ -105,16 +145,30 @@ def dev_run(crds: Path, samples: Path | None) -> int:
             "--timeout=60s",
             *(f"crd/{kind.crd_name}" for kind in KINDS),
         )
+        kubectl(
+            kubectl_binary,
+            kubeconfig,
+            "apply",
+            "-f",
+            "-",
+            stdin=f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {settings.namespace}\n",
+        )
         if samples is not None:
             for sample in sorted(samples.glob("*.yaml")):
                 kubectl(kubectl_binary, kubeconfig, "apply", "-f", str(sample))
         print(
             "\nVauban is running. In another terminal:\n"
             f"  export KUBECONFIG={kubeconfig} PATH={LOCAL.resolve() / 'bin'}:$PATH\n"
-            "  kubectl get mdbc,mdb -A\n"
+            "  kubectl get mdbc,mdb,mbk -A\n"
             "Stop with Ctrl-C.\n",
             flush=True,
         )
-        with contextlib.suppress(KeyboardInterrupt):
+        local = settings.kubeconfig is None
+        with (
+            agent_runner(kubectl_binary, kubeconfig, settings.namespace)
+            if local
+            else contextlib.nullcontext(),
+            contextlib.suppress(KeyboardInterrupt),
+        ):
             asyncio.run(run(settings.model_copy(update={"kubeconfig": kubeconfig})))
     return 0
