@@ -118,7 +118,7 @@ class Metrics:
         self.cluster_replication_lag = Gauge(
             "vauban_cluster_replication_lag_seconds",
             "Replay lag of each standby at the last probe.",
-            ["namespace", "cluster", "instance"],
+            ["namespace", "cluster", "replica"],
             registry=r,
         )
         self._lagging: dict[tuple[str, str], set[str]] = {}
@@ -272,6 +272,9 @@ class Metrics:
         last: Mapping[str, Any] | None,
     ) -> None:
         """Record a database's backup state, as its reconcile computed it."""
+        # The failure counters exist from 0, so increase() sees a database's first failure.
+        self.backup_failures.labels(namespace, database)
+        self.verification_failures.labels(namespace, database)
         for gauge, value in (
             (self.backup_last_success, last_success.timestamp() if last_success else None),
             (self.backup_last_verified, last_verified.timestamp() if last_verified else None),

@@ -453,7 +453,7 @@ def test_alerts_fire_on_synthetic_series(helm: Helm, promtool: str, tmp_path: Pa
                         "vauban_cluster_replication_lag_seconds",
                         "0x5 120x20",
                         **cluster,
-                        instance="main-2",
+                        replica="main-2",
                     ),
                     _series("vauban_key_age_seconds", "0+60x200", **cluster),
                     _series("vauban_key_rotation_period_seconds", "3600x200", **cluster),
@@ -478,7 +478,7 @@ def test_alerts_fire_on_synthetic_series(helm: Helm, promtool: str, tmp_path: Pa
                     _alert(
                         "VaubanReplicationLagHigh",
                         "12m",
-                        {**cluster, "instance": "main-2", "severity": "warning"},
+                        {**cluster, "replica": "main-2", "severity": "warning"},
                     ),
                     _alert("VaubanKeyRotationOverdue", "90m"),
                     _alert("VaubanKeyRotationOverdue", "2h10m", {**cluster, "severity": "warning"}),

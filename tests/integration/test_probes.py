@@ -251,7 +251,7 @@ def test_streaming_replica_and_its_lag(
 ) -> None:
     grant_monitor(server, admin)  # replay_lag and state are for pg_read_all_stats
     adopted(kube, namespace, server)
-    lag = {"namespace": namespace, "cluster": "legacy", "instance": "standby1"}
+    lag = {"namespace": namespace, "cluster": "legacy", "replica": "standby1"}
     with standby_of(server, "standby1") as port:
         health = health_where(
             kube,

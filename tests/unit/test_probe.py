@@ -195,8 +195,8 @@ def test_health_metrics_follow_status_and_go_with_the_cluster() -> None:
     assert samples(metrics, "vauban_cluster_max_connections") == {key: 100}
     assert samples(metrics, "vauban_cluster_wal_bytes") == {key: 1 << 24}
     assert samples(metrics, lag) == {
-        (("cluster", "pg"), ("instance", "a"), ("namespace", "ns")): 0.5,
-        (("cluster", "pg"), ("instance", "b"), ("namespace", "ns")): 2.0,
+        (("cluster", "pg"), ("namespace", "ns"), ("replica", "a")): 0.5,
+        (("cluster", "pg"), ("namespace", "ns"), ("replica", "b")): 2.0,
     }
 
     # A standby gone, WAL no longer readable: their series go too.
@@ -207,7 +207,7 @@ def test_health_metrics_follow_status_and_go_with_the_cluster() -> None:
         cluster_status(connections=5, replicas=[{"name": "b", "lagSeconds": 3.0}]),
     )
     assert samples(metrics, lag) == {
-        (("cluster", "pg"), ("instance", "b"), ("namespace", "ns")): 3.0
+        (("cluster", "pg"), ("namespace", "ns"), ("replica", "b")): 3.0
     }
     assert samples(metrics, "vauban_cluster_wal_bytes") == {}
     assert samples(metrics, "vauban_cluster_max_connections") == {}
