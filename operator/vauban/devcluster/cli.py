@@ -10,13 +10,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from vauban.devcluster.build import ensure_all
-from vauban.devcluster.controlplane import LocalControlPlane
-
 logger = logging.getLogger(__name__)
 
 
 def _build(args: argparse.Namespace) -> int:
+    from vauban.devcluster.build import ensure_all
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name, path in ensure_all().items():
         print(f"{name:24} {path}")
@@ -24,6 +23,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
+    from vauban.devcluster.controlplane import LocalControlPlane
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     stop = threading.Event()
 
