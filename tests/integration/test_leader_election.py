@@ -26,8 +26,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KubeCtl, Path]]:
     root = tmp_path_factory.mktemp("election")
-    with own_control_plane(root) as kube:
-        kube.run("create", "namespace", "vauban-system")
+    with own_control_plane(root) as kube:  # with the operator's namespace, for the Lease
         yield kube, root
 
 

@@ -105,3 +105,19 @@ def test_lease_acquisition_rules() -> None:
     assert may_acquire(LeaseState("a", now, 15), "a", now)
     assert not may_acquire(LeaseState("b", now - timedelta(seconds=14), 15), "a", now)
     assert may_acquire(LeaseState("b", now - timedelta(seconds=15), 15), "a", now)
+
+
+def test_domain_conditions_are_events_when_they_change_or_start_wrong() -> None:
+    from vauban.conditions import ConditionType, DomainCondition, Reason, Verdict
+    from vauban.reconcile.status import compute
+
+    healthy = DomainCondition(ConditionType.BACKUP_HEALTHY, "True", Reason.BACKUPS_CURRENT, "")
+    failed = DomainCondition(ConditionType.BACKUP_HEALTHY, "False", Reason.BACKUP_FAILED, "")
+    wrong = DomainCondition(ConditionType.COMPLIANT, "False", Reason.RULES_UNMET, "")
+    ready = Verdict.ready("ok")
+    first = compute(None, ready, generation=1, now="t", domain=[healthy, wrong])
+    assert first.domain_transitions == (wrong,)
+    same = compute(first.status, ready, generation=1, now="t", domain=[healthy, wrong])
+    assert same.domain_transitions == ()
+    flip = compute(first.status, ready, generation=1, now="t", domain=[failed, wrong])
+    assert flip.domain_transitions == (failed,)

@@ -132,6 +132,16 @@ class DatabaseBackups:
     conditions: list[DomainCondition]
 
 
+def _counts_for(backup: Mapping[str, Any], database: build.Database) -> bool:
+    """Whether a ManagedBackup counts for this database's retention and health: not being
+    deleted already, and not left by an earlier database of the same name (whose backups
+    are kept for its own retainAfterDeletionDays). Locations hold the database's uid."""
+    if backup["metadata"].get("deletionTimestamp"):
+        return False
+    key = ((backup.get("status") or {}).get("location") or {}).get("key")
+    return key is None or f"/{database.uid}/" in f"/{key}/"
+
+
 def _records(backups: Iterable[Mapping[str, Any]]) -> list[logic.BackupRecord]:
     return [logic.BackupRecord.of(b) for b in backups]
 
@@ -167,6 +177,7 @@ async def for_database(
             ):
                 await _forget(ctx, kind, namespace, name)
         return None
+    backups = [b for b in backups if _counts_for(b, database)]
     settings = spec.backup
     schedule = (settings.schedule if settings else None) or policy.schedule
     if schedule is not None and (error := logic.schedule_error(schedule)) is not None:
@@ -290,9 +301,13 @@ async def _verification(
     body = _last_backup_body(backups, latest.name if latest else None)
     location = ((body or {}).get("status") or {}).get("location", {}).get("key")
     if verify is None or latest is None or location is None:
-        if (("CronJob", namespace, name)) in ctx.applied or verify is None:
+        # Nothing to test (yet): remove a restore test applied before — once per process
+        # when none was, since the spec may have dropped it while the operator was down.
+        memo = ("CronJob", namespace, name)
+        if ctx.applied.get(memo) != "":
             await _forget(ctx, "CronJob", namespace, name)
             await _forget(ctx, "Secret", namespace, secret)
+            ctx.applied[memo] = ""
         return
     await _apply_once(
         ctx,
@@ -364,9 +379,8 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
         if isinstance(context, Verdict):
             await publish(ctx, MANAGED_BACKUP, body, context, fields={**kept, "phase": "Pending"})
             return
-        if (unprepared := awaiting_finalizer(body)) is not None:
-            await publish(ctx, MANAGED_BACKUP, body, unprepared, fields=kept)
-            return
+        if awaiting_finalizer(body) is not None:
+            return  # kopf's finalizer is coming, and with it the next event
         assert database is not None
         store, _ = context
         run = build.AgentRun(

@@ -149,7 +149,9 @@ async def _reconcile(
         if conflict is not None:
             verdict = conflict
         elif unprepared is not None:
-            verdict = unprepared
+            # Nothing is written either: kopf's finalizer is a write that is about to bring
+            # the next event, and the status of that reconcile says all there is to say.
+            return
         else:
             verdict, provisioned, backup_conditions = await _provision(
                 ctx, body, spec, cluster, cluster.spec, backups

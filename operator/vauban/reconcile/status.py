@@ -76,8 +76,15 @@ def compute(
     # Only our own keys count: another writer's status fields are theirs to keep.
     cleared = [k for k, v in (fields or {}).items() if v is None and k in old]
     changed = bool(cleared) or any(old.get(k) != v for k, v in status.items())
+    # A domain condition's change is an Event; its first value only when it says something
+    # is wrong (a new database is not announced Compliant, nor BackupHealthy Unknown).
     previous_by_type = {c.type: (c.status, c.reason) for c in before}
-    flipped = tuple(d for d in domain if previous_by_type.get(d.type) != (d.status, d.reason.value))
+    flipped = tuple(
+        d
+        for d in domain
+        if (d.type in previous_by_type or d.status == "False")
+        and previous_by_type.get(d.type) != (d.status, d.reason.value)
+    )
     return StatusUpdate(
         status=status, changed=changed, transition=transition, domain_transitions=flipped
     )
