@@ -282,7 +282,12 @@ def test_scheduled_backup_and_restore_test(
 
 
 def test_wrong_bucket_credentials_fail_the_backup_clearly(
-    kube: KubeCtl, namespace: str, postgres: PostgresServer, s3: S3Server, bucket: str
+    kube: KubeCtl,
+    namespace: str,
+    postgres: PostgresServer,
+    s3: S3Server,
+    bucket: str,
+    operator: OperatorProcess,
 ) -> None:
     _cluster(kube, namespace, postgres, s3, bucket, secret_key="not-the-key")
     eventually(lambda: _ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
@@ -296,6 +301,13 @@ def test_wrong_bucket_credentials_fail_the_backup_clearly(
     assert "AccessDenied" in stalled["message"]
     assert "not-the-key" not in str(failed)
     assert not _keys(s3, bucket)
+    failures = eventually(
+        lambda: operator.metric(
+            "vauban_database_backup_failures_total", namespace=namespace, database="notes"
+        ),
+        what="failure counted",
+    )
+    assert failures == 1
 
 
 def _backed_up(kube: KubeCtl, namespace: str, database: str, name: str, **spec: Any) -> None:
