@@ -202,11 +202,16 @@ def test_on_demand_backup_retention_and_restore(
     eventually(lambda: f"{key}/manifest.json" not in _keys(s3, bucket), what="objects deleted")
 
     # Restore into a new database, then compare from the database itself.
-    kube.apply(_database(namespace, "copy", restore={"backupRef": {"name": "second"}}))
+    # The latest backup of `orders` (second) is what a databaseRef restores.
+    kube.apply(_database(namespace, "copy", restore={"databaseRef": {"name": "orders"}}))
     copy = eventually(
         lambda: _ready(kube, "manageddatabase", "copy", namespace), timeout=90, what="restored"
     )
-    assert copy["status"]["restore"]["phase"] == "Succeeded"
+    assert copy["status"]["restore"] == {
+        **copy["status"]["restore"],
+        "source": "second",
+        "phase": "Succeeded",
+    }
     with _connect(kube, namespace, "copy") as conn:
         rows = conn.execute("SELECT count(*), max(label) FROM item").fetchone()
     assert rows == (3000, "étiquette 999")
@@ -279,6 +284,15 @@ def test_scheduled_backup_and_restore_test(
 
     result = eventually(verified, timeout=90, what="restore test")["status"]["verification"]
     assert result["result"] == "Passed", result
+    eventually(
+        lambda: (
+            (kube.get("manageddatabase", "ledger", namespace)["status"].get("backup") or {}).get(
+                "lastVerifiedBackup"
+            )
+            == name
+        ),
+        what="lastVerifiedBackup",
+    )
 
 
 def test_wrong_bucket_credentials_fail_the_backup_clearly(
@@ -323,7 +337,7 @@ def _backed_up(kube: KubeCtl, namespace: str, database: str, name: str, **spec: 
 
 
 def test_key_rotation_keeps_old_backups_restorable(
-    kube: KubeCtl, namespace: str, cluster: str
+    kube: KubeCtl, namespace: str, cluster: str, operator: OperatorProcess
 ) -> None:
     _backed_up(kube, namespace, "before", "old")
     first = kube.get("managedcluster", cluster, namespace)["status"]["encryption"]
@@ -337,6 +351,8 @@ def test_key_rotation_keeps_old_backups_restorable(
         return encryption if encryption.get("keyVersion") == 2 else None
 
     encryption = eventually(rotated, what="key rotated")
+    age = operator.metric("vauban_key_age_seconds", namespace=namespace, cluster=cluster)
+    assert age is not None and age < 60  # the new version's age
     assert encryption["rotationToken"] == "r1" and encryption["lastRotation"]
     kek = kube.get("secret", encryption["keyId"], OPERATOR_NAMESPACE)
     assert {"v1", "v2"} <= kek["data"].keys()  # the old version stays
@@ -453,3 +469,24 @@ def test_compliance_report(
     page = tmp_path / "report.md"
     subprocess.run([*command, "--format", "markdown", "--output", str(page)], env=env, check=True)
     assert f"| {namespace}/audited | {namespace}/pg |" in page.read_text(encoding="utf-8")
+
+
+def test_health_data_needs_a_certified_cluster(
+    kube: KubeCtl, namespace: str, cluster: str, postgres: PostgresServer
+) -> None:
+    kube.apply(_database(namespace, "records", dataClassification="health"))
+
+    def refused() -> dict[str, Any] | None:
+        obj = kube.get("manageddatabase", "records", namespace)
+        stalled = condition(obj, "Stalled")
+        return obj if stalled and stalled["reason"] == "ClusterNotCertified" else None
+
+    obj = eventually(refused, what="ClusterNotCertified")
+    compliant = condition(obj, "Compliant")
+    assert compliant is not None and compliant["status"] == "False"
+    with postgres.superuser() as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM pg_database WHERE datname = %s",
+            (obj["spec"]["databaseName"],),
+        ).fetchone()
+    assert found == (0,)  # nothing was created
