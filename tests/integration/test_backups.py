@@ -490,3 +490,44 @@ def test_health_data_needs_a_certified_cluster(
             (obj["spec"]["databaseName"],),
         ).fetchone()
     assert found == (0,)  # nothing was created
+
+
+def test_backups_of_a_deleted_database_are_purged_after_their_days(
+    kube: KubeCtl, namespace: str, cluster: str, s3: S3Server, bucket: str
+) -> None:
+    _backed_up(
+        kube,
+        namespace,
+        "retired",
+        "kept",
+        deletionPolicy="Delete",
+        backup={"retainAfterDeletionDays": 7},
+    )
+    status = kube.get("managedbackup", "kept", namespace)["status"]
+    secret, key = f"vauban-{status['dataKeyId']}", status["location"]["key"]
+    kube.run(
+        "delete", "manageddatabase", "retired", "-n", namespace, "--wait=true", "--timeout=60s"
+    )
+    # Within the days: the backup, its object and its key stay, so it can still be restored.
+    marks = kube.get("secret", secret, OPERATOR_NAMESPACE)["metadata"]["annotations"]
+    assert marks["vauban.dev/purge-after"] > status["finishedAt"]
+    assert f"{key}/manifest.json" in _keys(s3, bucket)
+    # The days pass (the deadline is moved, as time would).
+    kube.run(
+        "annotate",
+        "--overwrite",
+        "secret",
+        secret,
+        "-n",
+        OPERATOR_NAMESPACE,
+        "vauban.dev/purge-after=2000-01-01T00:00:00Z",
+    )
+    eventually(
+        lambda: (
+            kube.run("get", "secret", secret, "-n", OPERATOR_NAMESPACE, check=False).returncode != 0
+        ),
+        timeout=60,
+        what="data key purged",
+    )
+    assert f"{key}/manifest.json" not in _keys(s3, bucket)
+    assert kube.run("get", "managedbackup", "kept", "-n", namespace, check=False).returncode
