@@ -73,14 +73,15 @@ class Metrics:
         Info("vauban_build", "The running operator.", registry=r).info({"version": __version__})
         self.reconciles = Counter(
             "vauban_reconcile",
-            "Reconciles by kind and result (success, error).",
-            ["kind", "result"],
+            "Reconciles by kind, handler (reconcile, finalize, agent_job) and result (success, "
+            "error).",
+            ["kind", "handler", "result"],
             registry=r,
         )
         self.reconcile_seconds = Histogram(
             "vauban_reconcile_duration_seconds",
             "Time spent in one reconcile.",
-            ["kind"],
+            ["kind", "handler"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
@@ -190,18 +191,28 @@ class Metrics:
         r.register(self._keys)
 
     @contextlib.contextmanager
-    def reconcile(self, kind: str) -> Iterator[None]:
-        """Count and time one reconcile of `kind`."""
+    def reconcile(
+        self,
+        kind: str,
+        handler: str = "reconcile",
+        *,
+        waiting: tuple[type[BaseException], ...] = (),
+    ) -> Iterator[None]:
+        """Count and time one run of a handler of `kind`. Exceptions of the `waiting` types
+        ask to be called again later (a finalizer waiting for databases to go): not errors."""
         started = time.perf_counter()
         try:
             yield
+        except waiting:
+            self.reconciles.labels(kind, handler, "success").inc()
+            raise
         except BaseException:
-            self.reconciles.labels(kind, "error").inc()
+            self.reconciles.labels(kind, handler, "error").inc()
             raise
         else:
-            self.reconciles.labels(kind, "success").inc()
+            self.reconciles.labels(kind, handler, "success").inc()
         finally:
-            self.reconcile_seconds.labels(kind).observe(time.perf_counter() - started)
+            self.reconcile_seconds.labels(kind, handler).observe(time.perf_counter() - started)
 
     def observe(self, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Record what a reconcile concluded (called with every computed status)."""

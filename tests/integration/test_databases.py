@@ -171,7 +171,9 @@ def test_database_role_secret_and_tenant_access(
     labels = {"namespace": namespace, "database": "shop"}
     assert operator.metric("vauban_database_up", **labels) == 1.0
     assert (operator.metric("vauban_database_size_bytes", **labels) or 0) > 0
-    reconciles = operator.metric("vauban_reconcile_total", kind="ManagedDatabase", result="success")
+    reconciles = operator.metric(
+        "vauban_reconcile_total", kind="ManagedDatabase", handler="reconcile", result="success"
+    )
     assert (reconciles or 0) > 0
     assert operator.metric("vauban_build_info") == 1.0
 

@@ -96,7 +96,9 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     @kopf.on.delete(*CLUSTERS, id="cluster_finalizer", registry=registry)
     async def cluster_delete(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         dependents: DependentsIndex = kwargs["databases_by_cluster"]
-        await cluster.finalize(context_of(memo), body, list(dependents.get(_key(body), ())))
+        ctx = context_of(memo)
+        with ctx.metrics.reconcile(MANAGED_CLUSTER.kind, "finalize", waiting=_WAITING):
+            await cluster.finalize(ctx, body, list(dependents.get(_key(body), ())))
 
     # Objects Vauban rendered (CloudNativePG Clusters, NetworkPolicies): a change of their
     # status is mapped onto the owner's, a change by someone else is repaired by re-applying.
@@ -142,9 +144,9 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
 
     @kopf.on.delete(*DATABASES, id="database_finalizer", registry=registry)
     async def database_delete(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        await database.finalize(
-            context_of(memo), body, kwargs["clusters"], kwargs["databases_by_cluster"]
-        )
+        ctx = context_of(memo)
+        with ctx.metrics.reconcile(MANAGED_DATABASE.kind, "finalize", waiting=_WAITING):
+            await database.finalize(ctx, body, kwargs["clusters"], kwargs["databases_by_cluster"])
 
     @kopf.index(*BACKUPS, id="backups_by_database", registry=registry)
     def backups_by_database(
@@ -172,7 +174,9 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
 
     @kopf.on.delete(*BACKUPS, id="backup_finalizer", registry=registry)
     async def backup_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        await backup.finalize(context_of(memo), body)
+        ctx = context_of(memo)
+        with ctx.metrics.reconcile(MANAGED_BACKUP.kind, "finalize", waiting=_WAITING):
+            await backup.finalize(ctx, body)
 
     # The agent's Jobs, in the operator's namespace: their outcome becomes a ManagedBackup's
     # status, a restore's progress, a restore test's result.
@@ -192,7 +196,8 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         if type == "DELETED":
             return
         ctx = context_of(memo)
-        owner = await backup.job_event(ctx, body)
+        with ctx.metrics.reconcile(MANAGED_BACKUP.kind, "agent_job"):
+            owner = await backup.job_event(ctx, body)
         if owner is not None:
             await _reconcile_database(ctx, *owner, kwargs)
 
@@ -253,6 +258,10 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             certificate_path=creds.certificate_path,
             private_key_path=creds.private_key_path,
         )
+
+
+# kopf's way of being called again later: a finalizer that waits is not failing.
+_WAITING = (kopf.TemporaryError,)
 
 
 def _key(body: Mapping[str, Any]) -> tuple[str, str]:
