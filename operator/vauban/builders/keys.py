@@ -23,6 +23,7 @@ WRAPPED_KEY = "wrappedKey"
 KEK = "kek"
 KEK_VERSION = "kekVersion"
 KEY_ID = "keyId"
+CLUSTER_UID_LABEL = "vauban.dev/cluster-uid"
 
 
 def kek_secret_name(cluster_uid: str) -> str:
@@ -71,8 +72,25 @@ def created_annotation(version: int) -> str:
     return f"vauban.dev/created-{version_key(version)}"
 
 
-def _data(values: dict[str, str]) -> dict[str, str]:
-    return {k: base64.b64encode(v.encode()).decode() for k, v in sorted(values.items())}
+def _secret(
+    name: str,
+    namespace: str,
+    labels: dict[str, str],
+    annotations: dict[str, str],
+    values: dict[str, str],
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {**MANAGED_BY, **labels},
+            "annotations": annotations,
+        },
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in sorted(values.items())},
+    }
 
 
 def kek_secret(
@@ -84,30 +102,20 @@ def kek_secret(
     current: int,
     created: dict[int, str],
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {
-            "name": kek_secret_name(owner.uid),
-            "namespace": namespace,
-            "labels": {**MANAGED_BY, "vauban.dev/key": "kek", CLUSTER_UID_LABEL: owner.uid},
-            "annotations": {
-                "vauban.dev/cluster": f"{owner.namespace}/{owner.name}",
-                **{created_annotation(v): t for v, t in sorted(created.items())},
-            },
+    return _secret(
+        kek_secret_name(owner.uid),
+        namespace,
+        {"vauban.dev/key": "kek", CLUSTER_UID_LABEL: owner.uid},
+        {
+            "vauban.dev/cluster": f"{owner.namespace}/{owner.name}",
+            **{created_annotation(v): t for v, t in sorted(created.items())},
         },
-        "data": _data(
-            {
-                PROVIDER: provider,
-                CURRENT: str(current),
-                **{version_key(v): ref for v, ref in versions.items()},
-            }
-        ),
-    }
-
-
-CLUSTER_UID_LABEL = "vauban.dev/cluster-uid"
+        {
+            PROVIDER: provider,
+            CURRENT: str(current),
+            **{version_key(v): ref for v, ref in versions.items()},
+        },
+    )
 
 
 def data_key_secret(
@@ -121,25 +129,15 @@ def data_key_secret(
     wrapped: bytes,
     created: str,
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {
-            "name": data_key_secret_name(database_uid),
-            "namespace": namespace,
-            "labels": {**MANAGED_BY, "vauban.dev/key": "dek", CLUSTER_UID_LABEL: cluster_uid},
-            "annotations": {
-                "vauban.dev/database": database,
-                "vauban.dev/created": created,
-            },
+    return _secret(
+        data_key_secret_name(database_uid),
+        namespace,
+        {"vauban.dev/key": "dek", CLUSTER_UID_LABEL: cluster_uid},
+        {"vauban.dev/database": database, "vauban.dev/created": created},
+        {
+            WRAPPED_KEY: encode(wrapped),
+            KEK: kek,
+            KEK_VERSION: str(kek_version),
+            KEY_ID: data_key_id(database_uid),
         },
-        "data": _data(
-            {
-                WRAPPED_KEY: encode(wrapped),
-                KEK: kek,
-                KEK_VERSION: str(kek_version),
-                KEY_ID: data_key_id(database_uid),
-            }
-        ),
-    }
+    )

@@ -142,6 +142,41 @@ def _counts_for(backup: Mapping[str, Any], database: build.Database) -> bool:
     return key is None or f"/{database.uid}/" in f"/{key}/"
 
 
+def backup_run(ctx: Context, database: build.Database, store: build.Store) -> build.AgentRun:
+    """The backup agent's run for a database: the same for its CronJob and on demand."""
+    return build.AgentRun(
+        operation="backup",
+        database=database,
+        secret=build.agent_secret_name(database, "backup"),
+        image=ctx.settings.agent_image,
+        location_prefix=store.database_prefix(database),
+    )
+
+
+async def _agent_secret(
+    ctx: Context,
+    database: build.Database,
+    operation: build.Operation,
+    login: build.AgentLogin,
+    store: build.Store,
+    key: build.DataKey,
+) -> None:
+    """The Secret an agent Job of `operation` reads its environment from, kept current."""
+    await _apply_once(
+        ctx,
+        "Secret",
+        build.agent_secret(
+            name=build.agent_secret_name(database, operation),
+            namespace=ctx.settings.namespace,
+            database=database,
+            operation=operation,
+            login=login,
+            store=store,
+            key=key,
+        ),
+    )
+
+
 def _records(backups: Iterable[Mapping[str, Any]]) -> list[logic.BackupRecord]:
     return [logic.BackupRecord.of(b) for b in backups]
 
@@ -195,27 +230,8 @@ async def for_database(
     if isinstance(key, Verdict):
         return _not_healthy(key.reason, key.message)
 
-    secret = build.agent_secret_name(database, "backup")
-    await _apply_once(
-        ctx,
-        "Secret",
-        build.agent_secret(
-            name=secret,
-            namespace=namespace,
-            database=database,
-            operation="backup",
-            login=logins.tenant,
-            store=store,
-            key=key,
-        ),
-    )
-    run = build.AgentRun(
-        operation="backup",
-        database=database,
-        secret=secret,
-        image=ctx.settings.agent_image,
-        location_prefix=store.database_prefix(database),
-    )
+    await _agent_secret(ctx, database, "backup", logins.tenant, store, key)
+    run = backup_run(ctx, database, store)
     cronjob = build.cronjob_name(database, "backup")
     if schedule is not None:
         await _apply_once(
@@ -309,19 +325,7 @@ async def _verification(
             await _forget(ctx, "Secret", namespace, secret)
             ctx.applied[memo] = ""
         return
-    await _apply_once(
-        ctx,
-        "Secret",
-        build.agent_secret(
-            name=secret,
-            namespace=namespace,
-            database=database,
-            operation="verify",
-            login=logins.admin,
-            store=store,
-            key=key,
-        ),
-    )
+    await _agent_secret(ctx, database, "verify", logins.admin, store, key)
     run = build.AgentRun(
         operation="verify",
         database=database,
@@ -383,16 +387,9 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
             return  # kopf's finalizer is coming, and with it the next event
         assert database is not None
         store, _ = context
-        run = build.AgentRun(
-            operation="backup",
-            database=database_of(database),
-            secret=build.agent_secret_name(database_of(database), "backup"),
-            image=ctx.settings.agent_image,
-            location_prefix=store.database_prefix(database_of(database)),
-        )
         await ctx.kube.create_job(
             build.job(
-                run,
+                backup_run(ctx, database_of(database), store),
                 name=job_name,
                 namespace=ctx.settings.namespace,
                 backup=body["metadata"]["name"],
@@ -736,17 +733,7 @@ async def restore(
                 f"The restore of {name} failed; delete and re-create this ManagedDatabase to "
                 "try again.",
             ), previous
-        await ctx.kube.apply_secret(
-            build.agent_secret(
-                name=secret,
-                namespace=namespace,
-                database=database,
-                operation="restore",
-                login=tenant,
-                store=store,
-                key=key,
-            )
-        )
+        await _agent_secret(ctx, database, "restore", tenant, store, key)
         run = build.AgentRun(
             operation="restore",
             database=database,
@@ -769,7 +756,7 @@ async def restore(
     message = await ctx.kube.termination_message(namespace, job_name)
     state = logic.job_state(job, message)
     # The data key must not outlive the restore in a Secret.
-    await ctx.kube.delete_secret(namespace, secret)
+    await _forget(ctx, "Secret", namespace, secret)
     await ctx.kube.delete_job(namespace, job_name)
     if state.succeeded:
         await post_event(

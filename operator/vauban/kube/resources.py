@@ -130,15 +130,11 @@ class Kube:
     async def create_secret_if_absent(self, body: Mapping[str, Any]) -> bool:
         """Create a Secret unless one of that name exists: a Secret holding a generated
         password is never rewritten. Returns whether it was created."""
-        try:
-            await self._core.create_namespaced_secret(
+        return await _created(
+            self._core.create_namespaced_secret(
                 body["metadata"]["namespace"], client.V1Secret.model_validate(dict(body))
             )
-        except ApiException as e:
-            if e.status == 409:
-                return False
-            raise
-        return True
+        )
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's decoded values, None when it does not exist. Only for code that must
@@ -262,15 +258,11 @@ class Kube:
         """Create a custom object unless one of that name exists; returns whether it was
         created. For objects whose name is their identity (a scheduled run's record)."""
         group, version = str(body["apiVersion"]).split("/")
-        try:
-            await self._custom.create_namespaced_custom_object(
+        return await _created(
+            self._custom.create_namespaced_custom_object(
                 group, version, body["metadata"]["namespace"], plural, dict(body)
             )
-        except ApiException as e:
-            if e.status == 409:
-                return False
-            raise
-        return True
+        )
 
     async def delete_custom(self, kind: KindInfo, namespace: str, name: str) -> None:
         await self.delete_custom_object(GROUP, VERSION, kind.plural, namespace, name)
@@ -285,15 +277,11 @@ class Kube:
     async def create_job(self, body: Mapping[str, Any]) -> bool:
         """Create a Job unless it exists (a Job's pod template cannot change once created);
         returns whether it was created."""
-        try:
-            await self._batch.create_namespaced_job(
+        return await _created(
+            self._batch.create_namespaced_job(
                 body["metadata"]["namespace"], client.V1Job.model_validate(dict(body))
             )
-        except ApiException as e:
-            if e.status == 409:
-                return False
-            raise
-        return True
+        )
 
     async def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         job = await _unless_missing(self._batch.read_namespaced_job(name, namespace))
@@ -374,6 +362,17 @@ class Kube:
     async def namespace_labels(self, name: str) -> dict[str, str]:
         namespace = await self._core.read_namespace(name)
         return dict(namespace.metadata.labels or {}) if namespace.metadata else {}
+
+
+async def _created(call: Awaitable[object]) -> bool:
+    """Whether a create made the object: False when one of that name exists (409)."""
+    try:
+        await call
+    except ApiException as e:
+        if e.status == 409:
+            return False
+        raise
+    return True
 
 
 async def _unless_missing(call: Awaitable[T]) -> T | None:

@@ -45,26 +45,13 @@ _DESCRIPTIONS: dict[RuleId, str] = {
     "external-key-manager": "keys are held by a key manager (KMIP), not in Kubernetes Secrets",
 }
 
+_ISO27001: tuple[RuleId, ...] = ("tls-required", "backups-configured", "network-policy")
+_HDS: tuple[RuleId, ...] = (*_ISO27001, "encrypted-storage", "backup-region", "no-load-balancer")
 _PROFILE_RULES: dict[str, tuple[RuleId, ...]] = {
     "none": (),
-    "iso27001": ("tls-required", "backups-configured", "network-policy"),
-    "hds": (
-        "tls-required",
-        "backups-configured",
-        "network-policy",
-        "encrypted-storage",
-        "backup-region",
-        "no-load-balancer",
-    ),
-    "secnumcloud": (
-        "tls-required",
-        "backups-configured",
-        "network-policy",
-        "encrypted-storage",
-        "backup-region",
-        "no-load-balancer",
-        "external-key-manager",
-    ),
+    "iso27001": _ISO27001,
+    "hds": _HDS,
+    "secnumcloud": (*_HDS, "external-key-manager"),
 }
 
 
