@@ -24,6 +24,19 @@ from vauban.settings import FINALIZER, Settings
 logger = logging.getLogger(__name__)
 
 
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """Keeps no last-handled state. Vauban's handlers are level-triggered (on.event) and its
+    only change-detecting ones are on.delete, which never read a diff: kopf's annotation
+    storage would PATCH a copy of each object's spec onto it (one more write per object, and
+    an annotation GitOps tools see) for nothing."""
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 def operator_settings() -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     # Events are Vauban's own, one per state transition; kopf's per-handler events would
@@ -31,9 +44,7 @@ def operator_settings() -> kopf.OperatorSettings:
     settings.posting.enabled = False
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="vauban.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="vauban.dev", key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = _NoDiffBase()
     # A watch that hangs silently (a proxy dropping idle streams) must be restarted.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
