@@ -166,7 +166,8 @@ def test_database_role_secret_and_tenant_access(
         for e in kube.get_list("events", namespace)
         if e["involvedObject"]["name"] == "shop"
     ]
-    assert "Provisioned" in events
+    # One Event tells the creation (the transition to Ready); Provisioned is for changes.
+    assert events.count("Available") == 1 and "Provisioned" not in events
 
     labels = {"namespace": namespace, "database": "shop"}
     assert operator.metric("vauban_database_up", **labels) == 1.0
@@ -300,6 +301,19 @@ def test_extensions_and_connection_limit_follow_the_spec(
         )
 
     eventually(converged, what="extensions and limit to follow the spec")
+
+    def provisioned_event() -> str | None:
+        return next(
+            (
+                e["message"]
+                for e in kube.get_list("events", namespace)
+                if e["involvedObject"]["name"] == "shop" and e["reason"] == "Provisioned"
+            ),
+            None,
+        )
+
+    message = eventually(provisioned_event, what="a Provisioned Event for the change")
+    assert "hstore" in message and "pgcrypto" in message  # what was created and dropped
 
 
 @pytest.mark.parametrize("policy", ["Retain", "Delete"])

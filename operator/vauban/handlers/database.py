@@ -335,7 +335,9 @@ async def _provision(
     except psycopg.Error as e:
         return _database_error(e), _kept(status), []
 
-    if sql_plan:
+    # A change to a provisioned database is an Event of its own; a first provisioning is
+    # told by the Event of the transition to Ready (one write per object less at scale).
+    if sql_plan and _provisioned(body):
         await post_event(
             ctx,
             MANAGED_DATABASE,
