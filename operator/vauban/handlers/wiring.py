@@ -52,6 +52,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     """Indices are injected by kopf as keyword arguments named after their ids; handlers
     take them from **kwargs, as kopf's callback protocols do not name them."""
     recheck = settings.recheck_interval_seconds
+    cluster_seen: dict[tuple[str, str], tuple[bool, bool, int | None]] = {}
 
     @kopf.index(*CLUSTERS, id="clusters", registry=registry)
     def clusters(body: kopf.Body, **_: Any) -> dict[tuple[str, str], ClusterView]:
@@ -83,7 +84,16 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         elif _live(type, body):
             await cluster.reconcile(ctx, body)
         # Databases waiting on this cluster learn of its change (or its deletion) now, not at
-        # their next periodic re-check.
+        # their next periodic re-check. Only a change they can see counts (readiness, spec,
+        # existence): a cluster's health figures change at each probe, and would otherwise
+        # reconcile every database on it each time.
+        seen = (type == "DELETED", cluster.view_of(body).ready, body["metadata"].get("generation"))
+        if cluster_seen.get(_key(body)) == seen:
+            return
+        if type == "DELETED":
+            cluster_seen.pop(_key(body), None)
+        else:
+            cluster_seen[_key(body)] = seen
         for dependent in list(dependents.get(_key(body), ())):
             if not _being_deleted(dependent):
                 await _guarded(
