@@ -113,3 +113,27 @@ def test_scheduled_base_backups_use_cloudnativepg_cron() -> None:
     assert scheduled["spec"]["schedule"] == "0 0 2 * * *"
     assert scheduled["spec"]["cluster"] == {"name": "main"}
     assert cnpg.scheduled_backup(OWNER, "@daily")["spec"]["schedule"] == "@daily"
+
+
+def test_continuous_archiving_is_read_from_cloudnativepg_status() -> None:
+    from vauban.reconcile.cluster import continuous_archiving
+
+    assert continuous_archiving({"spec": {}}) is None
+    engine = {
+        "spec": {"backup": {"barmanObjectStore": {}}},
+        "status": {
+            "conditions": [
+                {
+                    "type": "ContinuousArchiving",
+                    "status": "False",
+                    "message": "unexpected failure invoking barman-cloud-wal-archive",
+                }
+            ],
+            "firstRecoverabilityPoint": "2026-11-28T02:00:00Z",
+        },
+    }
+    assert continuous_archiving(engine) == {
+        "archiving": False,
+        "message": "unexpected failure invoking barman-cloud-wal-archive",
+        "firstRecoverabilityPoint": "2026-11-28T02:00:00Z",
+    }
