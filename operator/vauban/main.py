@@ -14,7 +14,6 @@ from prometheus_client import generate_latest
 from vauban.handlers import wiring
 from vauban.handlers.context import Context
 from vauban.kms import KeyProvider
-from vauban.kms.kmip import KmipProvider
 from vauban.kms.local import SecretKeyProvider
 from vauban.kube.client import connect
 from vauban.kube.resources import Kube
@@ -58,6 +57,9 @@ def key_providers(settings: Settings) -> dict[str, KeyProvider]:
     platform configured a key manager."""
     providers: dict[str, KeyProvider] = {"kubernetes-secret": SecretKeyProvider()}
     if settings.kmip_host:
+        # Imported only when used: PyKMIP brings SQLAlchemy, some 20 MiB of memory.
+        from vauban.kms.kmip import KmipProvider
+
         if not (settings.kmip_cert_file and settings.kmip_key_file and settings.kmip_ca_file):
             raise SystemExit(
                 "VAUBAN_KMIP_HOST is set: VAUBAN_KMIP_CERT_FILE, VAUBAN_KMIP_KEY_FILE and "

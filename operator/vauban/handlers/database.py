@@ -169,6 +169,21 @@ async def _reconcile(
         ctx.backoff.succeeded(key_of_me)
 
 
+def settled(ctx: Context, body: Mapping[str, Any]) -> bool:
+    """Whether a watch event can be let pass: the object is Ready for its current spec and
+    rotation request, and was reconciled by this process within the probe interval. The
+    events of Vauban's own status writes are such events; reconciling them again would
+    re-read the server and, with a session count that moved, write status again."""
+    status = body.get("status") or {}
+    token = (body["metadata"].get("annotations") or {}).get(ROTATE_ANNOTATION)
+    return (
+        status.get("observedGeneration") == body["metadata"].get("generation")
+        and token == (status.get("credentials") or {}).get("rotationToken")
+        and is_true(previous_conditions(status), ConditionType.READY)
+        and not due(ctx, body)
+    )
+
+
 def due(ctx: Context, body: Mapping[str, Any]) -> bool:
     """Whether the periodic re-check should reconcile this database now."""
     key = (body["metadata"]["namespace"], body["metadata"]["name"])

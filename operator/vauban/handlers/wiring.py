@@ -143,7 +143,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         if type == "DELETED":
             ctx.metrics.forget(MANAGED_DATABASE.kind, *_key(body))
             ctx.metrics.forget_backups(*_key(body))
-        elif _live(type, body):
+        elif _live(type, body) and not database.settled(ctx, body):
             await database.reconcile(
                 ctx,
                 body,
