@@ -111,3 +111,15 @@ kind-deploy: venv images ## build the images, load them into kind, install the c
 		--set image.repository=$(OPERATOR_IMAGE) --set image.tag=$(VERSION) \
 		--set backupAgent.image.repository=$(AGENT_IMAGE) \
 		--set backupAgent.image.tag=$(VERSION)
+
+# -- Benchmarks (bench/README.md, docs/performance.md) -----------------------------------------
+
+BENCH_STAMP := $(VENV)/.bench-$(shell sha1sum bench/requirements.txt | cut -c1-12)
+
+$(BENCH_STAMP): bench/requirements.txt | $(STAMP)
+	$(BIN)/pip install --quiet -r bench/requirements.txt
+	rm -f $(VENV)/.bench-* && touch $@
+
+.PHONY: bench
+bench: binaries $(BENCH_STAMP) ## fleet benchmark: BENCH_SIZES, BENCH_REPEATS, BENCH_STEADY_SECONDS (long; not in `make test`)
+	cd bench && ../$(BIN)/python fleet.py

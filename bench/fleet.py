@@ -1,0 +1,1237 @@
+"""Fleet benchmark (issue #9): how Vauban behaves with hundreds of objects, against the raw
+limits and a peer, on the real local control plane and a real PostgreSQL.
+
+    make bench                                   # the default set (see bench/README.md)
+    BENCH_SIZES=100 BENCH_REPEATS=1 BENCH_STEADY_SECONDS=60 make bench   # a quick run
+
+Scenarios, each on a fresh control plane (etcd, kube-apiserver with its audit log on,
+kube-controller-manager, kube-scheduler, kwok) and, where SQL is involved, a fresh PostgreSQL
+with pg_stat_statements and connection logging:
+
+1. provisioning burst: N ManagedDatabases on external-mode ManagedClusters (one per 100
+   databases), created by one client with 4 workers; time to Ready per object (p50, p95)
+   and for all, API requests per object by verb (audit log, the operator's user agents),
+   SQL statements and connections per object, operator CPU and RSS. References in the same
+   run: the same SQL plan issued with psycopg, the same objects and writes issued directly
+   to the apiserver, and Crossplane's provider-sql provisioning N Roles + N Databases.
+2. managed clusters burst: N ManagedClusters in mode Managed until Ready, a simulator writing
+   CloudNativePG's status for the Clusters Vauban renders.
+3. steady state: after the largest burst, BENCH_STEADY_SECONDS with nothing changing.
+4. churn: then 10 % of the specs changed per minute for BENCH_CHURN_SECONDS; time from the
+   change to status.observedGeneration catching up.
+
+Writes bench/results/fleet.json (every run's numbers and the medians) and
+bench/results/fleet.png; prints a summary. Takes long: not part of `make test`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fleet_cnpg
+import fleet_peer
+import fleet_pg
+from fleet_kube import (
+    Api,
+    AuditedControlPlane,
+    Watcher,
+    audit_offset,
+    create_all,
+    object_trace,
+    path_of,
+    read_audit,
+)
+
+from vauban import __version__
+from vauban.devcluster import ensure_binaries
+from vauban.devcluster.postgres import PostgresServer
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+VAUBAN = "vauban.dev/v1alpha1"
+PER_CLUSTER = 100
+WORKERS = 4
+OPERATOR_NAMESPACE = "vauban-system"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+@dataclass(frozen=True)
+class Knobs:
+    sizes: list[int]
+    managed_sizes: list[int]
+    repeats: int
+    largest_repeats: int
+    managed_repeats: int
+    steady_seconds: int
+    churn_seconds: int
+    recheck_seconds: int
+    probe_seconds: int
+    pg_max_connections: int
+    peer: bool
+    timeout_per_object: float
+
+    @classmethod
+    def from_env(cls) -> Knobs:
+        def ints(name: str, default: str) -> list[int]:
+            text = os.environ.get(name, default).replace(",", " ")
+            return [int(x) for x in text.split()]
+
+        return cls(
+            sizes=ints("BENCH_SIZES", "100 500 1000"),
+            managed_sizes=ints("BENCH_MANAGED_SIZES", "50 200"),
+            repeats=int(os.environ.get("BENCH_REPEATS", "3")),
+            largest_repeats=int(os.environ.get("BENCH_LARGEST_REPEATS", "1")),
+            managed_repeats=int(os.environ.get("BENCH_MANAGED_REPEATS", "1")),
+            steady_seconds=int(os.environ.get("BENCH_STEADY_SECONDS", "600")),
+            churn_seconds=int(os.environ.get("BENCH_CHURN_SECONDS", "180")),
+            recheck_seconds=int(os.environ.get("BENCH_RECHECK_SECONDS", "30")),
+            probe_seconds=int(os.environ.get("BENCH_PROBE_SECONDS", "300")),
+            pg_max_connections=int(os.environ.get("BENCH_PG_MAX_CONNECTIONS", "100")),
+            peer=os.environ.get("BENCH_PEER", "1") != "0",
+            timeout_per_object=float(os.environ.get("BENCH_TIMEOUT_PER_OBJECT", "0.6")),
+        )
+
+
+# -- measuring a process ----------------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+MIB = 1024 * 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def rss_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+def hwm_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
+class Monitor:
+    """Samples a process's RSS and CPU every `every` seconds, from /proc, and how busy the
+    whole machine is (other work on a shared machine shows there)."""
+
+    def __init__(self, pid: int, every: float = 0.5) -> None:
+        self.pid, self.every = pid, every
+        self.samples: list[tuple[float, int, float]] = []  # (monotonic, rss, cpu)
+        self.machine: list[tuple[float, int, int]] = []  # (monotonic, busy, total)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Monitor:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError, ValueError):
+                self.samples.append((time.monotonic(), rss_bytes(self.pid), cpu_seconds(self.pid)))
+                self.machine.append((time.monotonic(), *machine_jiffies()))
+            self._stop.wait(self.every)
+
+    def window(self, start: float, end: float) -> dict[str, Any]:
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return {}
+        rss = [s[1] for s in inside]
+        cpu = inside[-1][2] - inside[0][2]
+        wall = inside[-1][0] - inside[0][0]
+        machine = [m for m in self.machine if start <= m[0] <= end]
+        busy = (
+            (machine[-1][1] - machine[0][1]) / (machine[-1][2] - machine[0][2])
+            if len(machine) >= 2 and machine[-1][2] > machine[0][2]
+            else None
+        )
+        return {
+            "machine_busy_percent": None if busy is None else round(100 * busy, 1),
+            "cpu_seconds": round(cpu, 2),
+            "cpu_percent_of_one_core": round(100 * cpu / wall, 2) if wall else None,
+            "rss_peak_mib": round(max(rss) / MIB, 1),
+            "rss_median_mib": round(statistics.median(rss) / MIB, 1),
+            "rss_end_mib": round(rss[-1] / MIB, 1),
+        }
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    low, high = math.floor(k), math.ceil(k)
+    return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
+
+
+def rounded(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def curve(times: list[float], points: int = 120) -> list[tuple[float, float]]:
+    """(seconds since start, fraction ready), at most `points` points."""
+    ordered = sorted(times)
+    if not ordered:
+        return []
+    step = max(1, len(ordered) // points)
+    out = [(round(t, 3), round((i + 1) / len(ordered), 4)) for i, t in enumerate(ordered)][::step]
+    if out[-1][1] != 1.0:
+        out.append((round(ordered[-1], 3), 1.0))
+    return [(0.0, 0.0), *out]
+
+
+def kubectl(plane: AuditedControlPlane, *args: str) -> str:
+    result = subprocess.run(
+        [str(ensure_binaries().kubectl), f"--kubeconfig={plane.kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed:\n{result.stderr[-2000:]}")
+    return result.stdout
+
+
+def install(plane: AuditedControlPlane, folder: Path, wait_for: list[str]) -> None:
+    kubectl(plane, "apply", "--server-side", "--field-manager=vauban-bench", "-f", str(folder))
+    for attempt in range(10):
+        try:
+            kubectl(plane, "wait", "--for=condition=Established", "--timeout=120s", *wait_for)
+            return
+        except RuntimeError:
+            # A CRD just created may have no conditions yet: kubectl wait refuses it.
+            if attempt == 9:
+                raise
+            time.sleep(1)
+
+
+def vauban_crds(plane: AuditedControlPlane) -> None:
+    from vauban.api.crdgen import KINDS
+
+    install(plane, ROOT / "crds", [f"crd/{kind.crd_name}" for kind in KINDS])
+
+
+def namespace(name: str) -> tuple[str, dict[str, Any]]:
+    return path_of("v1", "namespaces"), {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name},
+    }
+
+
+@contextlib.contextmanager
+def control_plane(work: Path, name: str) -> Iterator[tuple[AuditedControlPlane, Api]]:
+    folder = work / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    plane = AuditedControlPlane(folder)
+    plane.start()
+    try:
+        yield plane, Api(plane.kubeconfig)
+    finally:
+        plane.stop()
+        # etcd and the audit log of a finished run are large; the components' logs are kept
+        # (BENCH_KEEP_AUDIT=1 keeps the audit log too).
+        shutil.rmtree(folder / "etcd", ignore_errors=True)
+        if os.environ.get("BENCH_KEEP_AUDIT") != "1":
+            with contextlib.suppress(OSError):
+                (folder / "audit.log").unlink()
+
+
+@contextlib.contextmanager
+def postgres(knobs: Knobs) -> Iterator[PostgresServer]:
+    server = fleet_pg.start_server(knobs.pg_max_connections)
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@contextlib.contextmanager
+def operator_process(
+    plane: AuditedControlPlane, knobs: Knobs, logfile: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`vauban run` as a process, as in a pod: production-like intervals, INFO logs."""
+    metrics_port = free_port()
+    env = {
+        **os.environ,
+        "VAUBAN_KUBECONFIG": str(plane.kubeconfig),
+        "VAUBAN_NAMESPACE": OPERATOR_NAMESPACE,
+        "VAUBAN_RECHECK_INTERVAL_SECONDS": str(knobs.recheck_seconds),
+        "VAUBAN_PROBE_INTERVAL_SECONDS": str(knobs.probe_seconds),
+        "VAUBAN_LIVENESS_PORT": str(free_port()),
+        "VAUBAN_METRICS_PORT": str(metrics_port),
+        "VAUBAN_LOG_FORMAT": "json",
+        "VAUBAN_LOG_LEVEL": "INFO",
+    }
+    with logfile.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vauban", "run"], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"operator exited:\n{logfile.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("operator not ready in 90 s") from None
+                time.sleep(0.3)
+        yield process, metrics_port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """BENCH_PROFILE=1: py-spy samples the operator during the burst (collapsed stacks).
+    Sampling costs the operator a little: profiled runs say so in their results."""
+    if os.environ.get("BENCH_PROFILE") != "1":
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "50",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_profiler(profiler: subprocess.Popen[bytes] | None, out: Path) -> dict[str, Any] | None:
+    """The functions where the operator spent its samples: by own time (the leaf) and
+    including callees, for Vauban's, kopf's, psycopg's and the client's code."""
+    if profiler is None:
+        return None
+    profiler.send_signal(signal.SIGINT)
+    try:
+        profiler.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
+    if not out.exists():
+        return None
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in out.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [_frame(f) for f in stack.split(";") if f]
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+
+    def top(counts: dict[str, int], k: int) -> list[tuple[str, float]]:
+        return [
+            (name, round(100 * c / total, 1))
+            for name, c in sorted(counts.items(), key=lambda x: -x[1])[:k]
+        ]
+
+    interesting = ("vauban/", "kopf/", "psycopg/", "kubernetes/", "aiohttp/", "pydantic")
+    return {
+        "samples": total,
+        "own_percent": top(own, 20),
+        "inclusive_percent": top(
+            {f: c for f, c in inclusive.items() if any(m in f for m in interesting)}, 30
+        ),
+        "file": str(out),
+    }
+
+
+def _frame(text: str) -> str:
+    """`func (path/to/site-packages/pkg/mod.py:12)` -> `func (pkg/mod.py)`."""
+    name, _, where = text.partition(" (")
+    where = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "operator/", "lib/python3"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+            break
+    return f"{name} ({where})"
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The operator's reconcile counters: {kind: count}, {kind+'_seconds': sum}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "vauban_reconcile_duration_seconds_count":
+                out[s.labels["kind"]] = out.get(s.labels["kind"], 0) + s.value
+            elif s.name == "vauban_reconcile_duration_seconds_sum":
+                key = s.labels["kind"] + "_seconds"
+                out[key] = out.get(key, 0) + s.value
+    return out
+
+
+def log_levels(logfile: Path, since: int = 0) -> dict[str, Any]:
+    """Lines of the operator's JSON log by level, and the first few warnings or errors."""
+    levels: dict[str, int] = {}
+    examples: list[str] = []
+    with logfile.open("rb") as f:
+        f.seek(since)
+        for raw in f:
+            try:
+                entry = json.loads(raw)
+                level = str(
+                    entry.get("severity") or entry.get("levelname") or entry.get("level") or "?"
+                )
+                message = str(entry.get("message", ""))
+            except ValueError:
+                level, message = "raw", raw.decode(errors="replace").strip()
+            levels[level] = levels.get(level, 0) + 1
+            if level.lower() in ("warning", "error", "critical", "raw") and len(examples) < 5:
+                examples.append(message[:300])
+    return {"lines_by_level": levels, "examples": examples}
+
+
+def not_ready_reasons(api: Api, api_version: str, plural: str) -> dict[str, int]:
+    reasons: dict[str, int] = {}
+    for item in api.list(path_of(api_version, plural))["items"]:
+        for c in (item.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "Ready" and c.get("status") != "True":
+                reasons[c.get("reason", "?")] = reasons.get(c.get("reason", "?"), 0) + 1
+                break
+        else:
+            if not (item.get("status") or {}).get("conditions"):
+                reasons["NoStatus"] = reasons.get("NoStatus", 0) + 1
+    return reasons
+
+
+def all_ready(expected: int) -> Callable[[dict[Any, Any]], bool]:
+    return lambda seen: sum(1 for s in seen.values() if s.ready is not None) >= expected
+
+
+def latencies(seen: dict[Any, Any]) -> list[float]:
+    return [s.ready - s.added for s in seen.values() if s.ready is not None]
+
+
+# -- objects ----------------------------------------------------------------------------------
+
+
+def layout(n: int) -> list[tuple[str, int]]:
+    """(namespace, index) of each of n databases: 100 per namespace, each namespace with one
+    ManagedCluster (or ProviderConfig) of its own."""
+    return [(f"tenant-{i // PER_CLUSTER}", i) for i in range(n)]
+
+
+def namespaces_of(n: int) -> list[str]:
+    return sorted({ns for ns, _ in layout(n)})
+
+
+def admin_secret(ns: str, admin: str) -> tuple[str, dict[str, Any]]:
+    return path_of("v1", "secrets", ns), {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "admin", "namespace": ns},
+        "stringData": {"username": admin, "password": fleet_pg.ADMIN_PASSWORD},
+    }
+
+
+def external_cluster(ns: str, port: int) -> tuple[str, dict[str, Any]]:
+    return path_of(VAUBAN, "managedclusters", ns), {
+        "apiVersion": VAUBAN,
+        "kind": "ManagedCluster",
+        "metadata": {"name": "pg", "namespace": ns},
+        "spec": {
+            "mode": "External",
+            "external": {
+                "host": "127.0.0.1",
+                "port": port,
+                "adminSecretRef": {"name": "admin"},
+                "sslMode": "disable",
+            },
+        },
+    }
+
+
+def managed_database(ns: str, i: int) -> tuple[str, dict[str, Any]]:
+    return path_of(VAUBAN, "manageddatabases", ns), {
+        "apiVersion": VAUBAN,
+        "kind": "ManagedDatabase",
+        "metadata": {"name": f"d{i}", "namespace": ns},
+        "spec": {"clusterRef": {"name": "pg"}, "databaseName": f"d{i}", "owner": f"o{i}"},
+    }
+
+
+def managed_cluster(ns: str, i: int) -> tuple[str, dict[str, Any]]:
+    return path_of(VAUBAN, "managedclusters", ns), {
+        "apiVersion": VAUBAN,
+        "kind": "ManagedCluster",
+        "metadata": {"name": f"c{i}", "namespace": ns},
+        "spec": {"version": "17", "instances": 3, "storage": {"size": "10Gi"}},
+    }
+
+
+# -- scenario 1: provisioning burst, Vauban ---------------------------------------------------
+
+
+def vauban_burst(work: Path, knobs: Knobs, n: int, steady: bool) -> dict[str, Any]:
+    admin = "vauban_admin"
+    with postgres(knobs) as pg, control_plane(work, f"vauban-{n}") as (plane, api):
+        fleet_pg.create_admin(pg, admin)
+        vauban_crds(plane)
+        setup = [namespace(OPERATOR_NAMESPACE)]
+        for ns in namespaces_of(n):
+            setup += [namespace(ns), admin_secret(ns, admin), external_cluster(ns, pg.port)]
+        for path, obj in setup:
+            api.create(path, obj)
+        logfile = plane.data_dir / "logs" / "vauban.log"
+        with operator_process(plane, knobs, logfile) as (process, metrics_port):
+            clusters = Watcher(api, VAUBAN, "managedclusters").start()
+            if not clusters.wait(all_ready(len(namespaces_of(n))), timeout=120):
+                raise RuntimeError("external clusters not Ready in 120 s")
+            clusters.stop()
+            monitor = Monitor(process.pid).start()
+            time.sleep(3)  # start-up settles
+            watcher = Watcher(api, VAUBAN, "manageddatabases").start()
+            fleet_pg.reset_statements(pg)
+            pg_log = fleet_pg.log_offset(pg)
+            audit_from = audit_offset(plane.audit_log)
+            log_from = logfile.stat().st_size
+            before = scrape(metrics_port)
+            rss_before = rss_bytes(process.pid)
+            profiler = start_profiler(process.pid, plane.data_dir / "profile.txt")
+            wall0, t0 = time.time(), time.monotonic()
+            log(f"vauban: creating {n} ManagedDatabases")
+            create_seconds = create_all(
+                api, [managed_database(ns, i) for ns, i in layout(n)], WORKERS
+            )
+            done = watcher.wait(all_ready(n), timeout=max(120.0, n * knobs.timeout_per_object))
+            t_ready = time.monotonic()
+            ready_times = [s.ready - t0 for s in watcher.seen.values() if s.ready is not None]
+            profile = stop_profiler(profiler, plane.data_dir / "profile.txt")
+            # What follows Ready (status events echoed back) is part of the happy path's cost.
+            time.sleep(10)
+            t_end, wall_end = time.monotonic(), time.time()
+            requests = read_audit(plane.audit_log, "operator", wall0, wall_end, audit_from)
+            trace = object_trace(plane.audit_log, "operator", "tenant-0", "d0", audit_from)
+            to_ready = read_audit(
+                plane.audit_log, "operator", wall0, wall0 + (t_ready - t0), audit_from
+            )
+            sql = fleet_pg.counts(pg, admin, pg_log)
+            after = scrape(metrics_port)
+            result: dict[str, Any] = {
+                "n": n,
+                "clusters": len(namespaces_of(n)),
+                "all_ready": done,
+                "ready_count": len(ready_times),
+                "create_seconds": round(create_seconds, 2),
+                "time_to_all_ready_seconds": round(t_ready - t0, 2) if done else None,
+                "per_object_seconds": {
+                    "p50": rounded(percentile(latencies(watcher.seen), 0.5)),
+                    "p95": rounded(percentile(latencies(watcher.seen), 0.95)),
+                    "max": rounded(max(latencies(watcher.seen), default=None)),
+                },
+                "curve": curve(ready_times),
+                "api": requests.summary(n),
+                "api_writes_per_object_until_all_ready": round(to_ready.writes / n, 3),
+                "api_trace_of_one_object": trace,
+                "sql": sql.summary(n),
+                "reconciles": {k: round(after.get(k, 0) - before.get(k, 0), 2) for k in after},
+                "process": monitor.window(t0, t_end),
+                "process_peak_rss_mib_since_start": round(hwm_bytes(process.pid) / MIB, 1),
+                "rss_before_burst_mib": round(rss_before / MIB, 1),
+                "log": log_levels(logfile, log_from),
+            }
+            if profile:
+                result["profile"] = profile
+            if not done:
+                result["not_ready_reasons"] = not_ready_reasons(api, VAUBAN, "manageddatabases")
+            if steady and done:
+                result["steady"] = steady_state(
+                    plane, api, pg, admin, monitor, metrics_port, logfile, knobs, n
+                )
+                result["churn"] = churn(
+                    plane, api, pg, admin, watcher, monitor, metrics_port, knobs, n
+                )
+            watcher.stop()
+            monitor.stop()
+            return result
+
+
+def steady_state(
+    plane: AuditedControlPlane,
+    api: Api,
+    pg: PostgresServer,
+    admin: str,
+    monitor: Monitor,
+    metrics_port: int,
+    logfile: Path,
+    knobs: Knobs,
+    n: int,
+) -> dict[str, Any]:
+    seconds = knobs.steady_seconds
+    log(f"vauban: steady state, {n} Ready objects, {seconds} s")
+    fleet_pg.reset_statements(pg)
+    pg_log = fleet_pg.log_offset(pg)
+    audit_from = audit_offset(plane.audit_log)
+    log_from = logfile.stat().st_size
+    before = scrape(metrics_port)
+    wall0, t0 = time.time(), time.monotonic()
+    time.sleep(seconds)
+    t1, wall1 = time.monotonic(), time.time()
+    after = scrape(metrics_port)
+    requests = read_audit(plane.audit_log, "operator", wall0, wall1, audit_from)
+    sql = fleet_pg.counts(pg, admin, pg_log)
+    minutes = (t1 - t0) / 60
+    reconciles = after.get("ManagedDatabase", 0) - before.get("ManagedDatabase", 0)
+    process = monitor.window(t0, t1)
+    return {
+        "seconds": round(t1 - t0, 1),
+        "objects": n,
+        "process": process,
+        "api_requests_per_minute": round(requests.total / minutes, 2),
+        "api_writes_per_minute": round(requests.writes / minutes, 2),
+        "api": requests.summary(1),
+        "database_reconciles": reconciles,
+        "reconcile_seconds": round(
+            after.get("ManagedDatabase_seconds", 0) - before.get("ManagedDatabase_seconds", 0), 2
+        ),
+        "sql": sql.summary(1),
+        "probe_cost": {
+            "per_reconcile_api_requests": round(requests.total / reconciles, 2)
+            if reconciles
+            else None,
+            "per_reconcile_sql_statements": round(sql.statements / reconciles, 2)
+            if reconciles
+            else None,
+            "per_reconcile_connections": round(sql.connections / reconciles, 2)
+            if reconciles
+            else None,
+            "per_reconcile_cpu_ms": round(1000 * process.get("cpu_seconds", 0) / reconciles, 2)
+            if reconciles
+            else None,
+        },
+        "log": log_levels(logfile, log_from),
+    }
+
+
+def churn(
+    plane: AuditedControlPlane,
+    api: Api,
+    pg: PostgresServer,
+    admin: str,
+    watcher: Watcher,
+    monitor: Monitor,
+    metrics_port: int,
+    knobs: Knobs,
+    n: int,
+) -> dict[str, Any]:
+    rounds = max(1, knobs.churn_seconds // 60)
+    share = max(1, n // 10)
+    log(f"vauban: churn, {share} specs changed per minute, {rounds} rounds")
+    fleet_pg.reset_statements(pg)
+    pg_log = fleet_pg.log_offset(pg)
+    audit_from = audit_offset(plane.audit_log)
+    wall0, t0 = time.time(), time.monotonic()
+    changes: list[tuple[tuple[str, str], int, float]] = []
+    keys = [(ns, f"d{i}") for ns, i in layout(n)]
+    for r in range(rounds):
+        started = time.monotonic()
+        for ns, name in keys[r * share % n :][:share]:
+            path = path_of(VAUBAN, "manageddatabases", ns, name)
+            at = time.monotonic()
+            obj = api.merge_patch(path, {"spec": {"connectionLimit": 10 + r}})
+            changes.append(((ns, name), int(obj["metadata"]["generation"]), at))
+        if r < rounds - 1:
+            time.sleep(max(0.0, 60 - (time.monotonic() - started)))
+
+    def caught_up(seen: dict[Any, Any]) -> bool:
+        return all(any(g >= gen for g in seen[key].caught_up) for key, gen, _ in changes)
+
+    done = watcher.wait(caught_up, timeout=300)
+    time.sleep(5)  # what follows the catch-up (status echoed back) counts too
+    t1, wall1 = time.monotonic(), time.time()
+    waits = []
+    for key, gen, at in changes:
+        times = [t for g, t in watcher.seen[key].caught_up.items() if g >= gen]
+        if times:
+            waits.append(min(times) - at)
+    requests = read_audit(plane.audit_log, "operator", wall0, wall1, audit_from)
+    sql = fleet_pg.counts(pg, admin, pg_log)
+    return {
+        "rounds": rounds,
+        "changes": len(changes),
+        "all_caught_up": done,
+        "spec_to_observed_generation_seconds": {
+            "p50": rounded(percentile(waits, 0.5)),
+            "p95": rounded(percentile(waits, 0.95)),
+            "max": rounded(max(waits, default=None)),
+        },
+        "api": requests.summary(len(changes)),
+        "sql": sql.summary(len(changes)),
+        "process": monitor.window(t0, t1),
+    }
+
+
+# -- scenario 1: the peer ---------------------------------------------------------------------
+
+
+def peer_burst(work: Path, knobs: Knobs, n: int) -> dict[str, Any]:
+    binary = fleet_peer.binary()
+    with postgres(knobs) as pg, control_plane(work, f"peer-{n}") as (plane, api):
+        fleet_pg.create_admin(pg, "peer_admin", superuser=True)
+        install(
+            plane,
+            fleet_peer.crds(),
+            [f"crd/{p}.{fleet_peer.GROUP}" for p in ("roles", "databases", "providerconfigs")],
+        )
+        for ns in namespaces_of(n):
+            api.create(*namespace(ns))
+            for path, obj in fleet_peer.provider_config(ns, pg.port):
+                api.create(path, obj)
+        logfile = plane.data_dir / "logs" / "provider-sql.log"
+        process = fleet_peer.start(plane.kubeconfig, logfile, free_port())
+        try:
+            time.sleep(5)  # caches synced, controllers started
+            if process.poll() is not None:
+                raise RuntimeError(f"provider-sql exited:\n{logfile.read_text()[-3000:]}")
+            monitor = Monitor(process.pid).start()
+            roles = Watcher(api, fleet_peer.API_VERSION, "roles").start()
+            databases = Watcher(api, fleet_peer.API_VERSION, "databases").start()
+            fleet_pg.reset_statements(pg)
+            pg_log = fleet_pg.log_offset(pg)
+            audit_from = audit_offset(plane.audit_log)
+            wall0, t0 = time.time(), time.monotonic()
+            log(f"provider-sql {binary.parent.name}: creating {n} Roles and {n} Databases")
+            items = []
+            for ns, i in layout(n):
+                items += fleet_peer.role_and_database(ns, f"o{i}", f"d{i}")
+            create_seconds = create_all(api, items, WORKERS)
+            timeout = max(120.0, n * knobs.timeout_per_object * 2)
+            done = roles.wait(all_ready(n), timeout) and databases.wait(
+                all_ready(n), max(10.0, timeout - (time.monotonic() - t0))
+            )
+            t_ready = time.monotonic()
+            per_object, ready_times = [], []
+            for ns, i in layout(n):
+                r, d = roles.seen.get((ns, f"o{i}")), databases.seen.get((ns, f"d{i}"))
+                if r and d and r.ready is not None and d.ready is not None:
+                    per_object.append(max(r.ready, d.ready) - min(r.added, d.added))
+                    ready_times.append(max(r.ready, d.ready) - t0)
+            time.sleep(10)
+            t_end, wall_end = time.monotonic(), time.time()
+            requests = read_audit(plane.audit_log, "peer", wall0, wall_end, audit_from)
+            sql = fleet_pg.counts(pg, "peer_admin", pg_log)
+            # A short look at it idle, as for Vauban's steady state (shorter).
+            idle = min(60, knobs.steady_seconds)
+            time.sleep(idle)
+            t_idle = time.monotonic()
+            idle_requests = read_audit(plane.audit_log, "peer", wall_end, time.time(), audit_from)
+            result: dict[str, Any] = {
+                "n": n,
+                "version": fleet_peer.VERSION,
+                "all_ready": done,
+                "ready_count": len(ready_times),
+                "create_seconds": round(create_seconds, 2),
+                "time_to_all_ready_seconds": round(t_ready - t0, 2) if done else None,
+                "per_object_seconds": {
+                    "p50": rounded(percentile(per_object, 0.5)),
+                    "p95": rounded(percentile(per_object, 0.95)),
+                    "max": rounded(max(per_object, default=None)),
+                },
+                "curve": curve(ready_times),
+                "api": requests.summary(n),
+                "sql": sql.summary(n),
+                "process": monitor.window(t0, t_end),
+                "process_peak_rss_mib_since_start": round(hwm_bytes(process.pid) / MIB, 1),
+                "idle": {
+                    "seconds": idle,
+                    "process": monitor.window(t_end, t_idle),
+                    "api_requests_per_minute": round(idle_requests.total / (idle / 60), 2),
+                },
+            }
+            if not done:
+                result["not_ready_reasons"] = {
+                    "roles": not_ready_reasons(api, fleet_peer.API_VERSION, "roles"),
+                    "databases": not_ready_reasons(api, fleet_peer.API_VERSION, "databases"),
+                }
+                events = api.list(path_of("v1", "events"))["items"]
+                result["events"] = sorted(
+                    {f"{e.get('reason')}: {str(e.get('message'))[:300]}" for e in events}
+                )[:10]
+            roles.stop()
+            databases.stop()
+            monitor.stop()
+            return result
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+# -- scenario 1: the raw limits ---------------------------------------------------------------
+
+
+def raw_sql(knobs: Knobs, n: int) -> dict[str, Any]:
+    with postgres(knobs) as pg:
+        fleet_pg.create_admin(pg, "raw_admin")
+        names = [(f"d{i}", f"o{i}", f"o{i}_login1") for i in range(n)]
+        return fleet_pg.raw_sql(pg, "raw_admin", names, WORKERS)
+
+
+def credentials_like(ns: str, i: int) -> dict[str, Any]:
+    """A Secret of the shape Vauban writes (kubernetes.io/basic-auth, nine keys)."""
+    values = {
+        "username": f"o{i}_login1",
+        "password": "x" * 32,
+        "host": "127.0.0.1",
+        "port": "5432",
+        "dbname": f"d{i}",
+        "uri": f"postgresql://o{i}_login1:{'x' * 32}@127.0.0.1:5432/d{i}?sslmode=disable",
+        "jdbc-uri": f"jdbc:postgresql://127.0.0.1:5432/d{i}?user=o{i}_login1&sslmode=disable",
+        "pgpass": f"127.0.0.1:5432:d{i}:o{i}_login1:{'x' * 32}",
+        "sslmode": "disable",
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/basic-auth",
+        "metadata": {"name": f"d{i}-credentials", "namespace": ns},
+        "stringData": values,
+    }
+
+
+def ready_status(generation: int = 1) -> dict[str, Any]:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {
+        "observedGeneration": generation,
+        "phase": "Ready",
+        "conditions": [
+            {
+                "type": t,
+                "status": s,
+                "reason": r,
+                "message": "bench",
+                "lastTransitionTime": now,
+                "observedGeneration": generation,
+            }
+            for t, s, r in (
+                ("Ready", "True", "Ready"),
+                ("Reconciling", "False", "Ready"),
+                ("Stalled", "False", "Ready"),
+            )
+        ],
+    }
+
+
+def raw_api(work: Path, n: int) -> dict[str, Any]:
+    """The same objects and the writes the end state needs, straight to the apiserver by one
+    client with 4 workers: each ManagedDatabase created, its credentials Secret created, its
+    status applied (server-side apply, as Vauban does). 3 writes an object, no reads."""
+    with control_plane(work, f"raw-api-{n}") as (plane, api):
+        vauban_crds(plane)
+        for ns in namespaces_of(n):
+            api.create(*namespace(ns))
+        items: list[tuple[str, str, dict[str, Any]]] = []
+        for ns, i in layout(n):
+            path, obj = managed_database(ns, i)
+            items.append(("create", path, obj))
+            items.append(("create", path_of("v1", "secrets", ns), credentials_like(ns, i)))
+            items.append(
+                (
+                    "apply",
+                    path_of(VAUBAN, "manageddatabases", ns, f"d{i}") + "/status",
+                    {"apiVersion": VAUBAN, "kind": "ManagedDatabase", "status": ready_status()},
+                )
+            )
+        # Per object in order (create, Secret, status), objects spread over the workers.
+        per_object = [items[k : k + 3] for k in range(0, len(items), 3)]
+        queue = list(reversed(per_object))
+        lock = threading.Lock()
+
+        def work_() -> None:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    steps = queue.pop()
+                for verb, path, obj in steps:
+                    if verb == "create":
+                        api.create(path, obj)
+                    else:
+                        api.apply(path, obj, "vauban-bench")
+
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=work_, daemon=True) for _ in range(WORKERS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return {
+            "seconds": round(time.monotonic() - t0, 3),
+            "writes_per_object": 3,
+            "workers": WORKERS,
+        }
+
+
+# -- scenario 2: managed clusters burst -------------------------------------------------------
+
+
+def managed_burst(work: Path, knobs: Knobs, n: int) -> dict[str, Any]:
+    from vauban.devcluster.build import module_source
+
+    with control_plane(work, f"managed-{n}") as (plane, api):
+        vauban_crds(plane)
+        bases = module_source(
+            "github.com/cloudnative-pg/cloudnative-pg", fleet_cnpg.CLOUDNATIVEPG_VERSION
+        )
+        install(plane, bases / "config" / "crd" / "bases", ["crd/clusters.postgresql.cnpg.io"])
+        api.create(*namespace(OPERATOR_NAMESPACE))
+        per_ns = 50
+        spread = [(f"fleet-{i // per_ns}", i) for i in range(n)]
+        for ns in sorted({ns for ns, _ in spread}):
+            api.create(*namespace(ns))
+        simulator = fleet_cnpg.Simulator(
+            Api(plane.kubeconfig, "vauban-bench/cnpg-simulator")
+        ).start()
+        logfile = plane.data_dir / "logs" / "vauban.log"
+        with operator_process(plane, knobs, logfile) as (process, _):
+            monitor = Monitor(process.pid).start()
+            time.sleep(3)
+            watcher = Watcher(api, VAUBAN, "managedclusters").start()
+            audit_from = audit_offset(plane.audit_log)
+            wall0, t0 = time.time(), time.monotonic()
+            log(f"vauban: creating {n} managed ManagedClusters")
+            create_seconds = create_all(api, [managed_cluster(ns, i) for ns, i in spread], WORKERS)
+            done = watcher.wait(all_ready(n), timeout=max(120.0, n * knobs.timeout_per_object * 2))
+            t_ready = time.monotonic()
+            ready_times = [s.ready - t0 for s in watcher.seen.values() if s.ready is not None]
+            time.sleep(10)
+            t_end, wall_end = time.monotonic(), time.time()
+            requests = read_audit(plane.audit_log, "operator", wall0, wall_end, audit_from)
+            result: dict[str, Any] = {
+                "n": n,
+                "all_ready": done,
+                "ready_count": len(ready_times),
+                "create_seconds": round(create_seconds, 2),
+                "time_to_all_ready_seconds": round(t_ready - t0, 2) if done else None,
+                "per_object_seconds": {
+                    "p50": rounded(percentile(latencies(watcher.seen), 0.5)),
+                    "p95": rounded(percentile(latencies(watcher.seen), 0.95)),
+                    "max": rounded(max(latencies(watcher.seen), default=None)),
+                },
+                "curve": curve(ready_times),
+                "api": requests.summary(n),
+                "simulator_status_writes": simulator.patched,
+                "process": monitor.window(t0, t_end),
+                "log": log_levels(logfile),
+            }
+            if not done:
+                result["not_ready_reasons"] = not_ready_reasons(api, VAUBAN, "managedclusters")
+            watcher.stop()
+            simulator.stop()
+            monitor.stop()
+            return result
+
+
+# -- summary ----------------------------------------------------------------------------------
+
+
+def median_of(runs: list[dict[str, Any]], *path: str) -> float | None:
+    values = []
+    for run in runs:
+        value: Any = run
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)):
+            values.append(float(value))
+    return round(statistics.median(values), 3) if values else None
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"provisioning": {}, "managed": {}}
+    for key, runs in results["provisioning"].items():
+        vauban, peer = runs.get("vauban", []), runs.get("peer", [])
+        raw_sql_runs, raw_api_runs = runs.get("raw_sql", []), runs.get("raw_api", [])
+        row: dict[str, Any] = {
+            "vauban_time_to_all_ready_s": median_of(vauban, "time_to_all_ready_seconds"),
+            "vauban_p50_s": median_of(vauban, "per_object_seconds", "p50"),
+            "vauban_p95_s": median_of(vauban, "per_object_seconds", "p95"),
+            "vauban_api_requests_per_object": median_of(vauban, "api", "per_object"),
+            "vauban_api_writes_per_object": median_of(vauban, "api", "writes_per_object"),
+            "vauban_sql_statements_per_object": median_of(vauban, "sql", "statements_per_object"),
+            "vauban_sql_connections_per_object": median_of(vauban, "sql", "connections_per_object"),
+            "vauban_cpu_seconds": median_of(vauban, "process", "cpu_seconds"),
+            "vauban_rss_peak_mib": median_of(vauban, "process", "rss_peak_mib"),
+            "raw_sql_s": median_of(raw_sql_runs, "seconds"),
+            "raw_api_s": median_of(raw_api_runs, "seconds"),
+            "peer_time_to_all_ready_s": median_of(peer, "time_to_all_ready_seconds"),
+            "peer_p50_s": median_of(peer, "per_object_seconds", "p50"),
+            "peer_p95_s": median_of(peer, "per_object_seconds", "p95"),
+            "peer_api_requests_per_object": median_of(peer, "api", "per_object"),
+            "peer_api_writes_per_object": median_of(peer, "api", "writes_per_object"),
+            "peer_sql_statements_per_object": median_of(peer, "sql", "statements_per_object"),
+            "peer_sql_connections_per_object": median_of(peer, "sql", "connections_per_object"),
+            "peer_cpu_seconds": median_of(peer, "process", "cpu_seconds"),
+            "peer_rss_peak_mib": median_of(peer, "process", "rss_peak_mib"),
+            "peer_idle_rss_mib": median_of(peer, "idle", "process", "rss_median_mib"),
+        }
+        # Ratios are taken within each repeat (same run), then their median.
+        ratios: dict[str, list[float]] = {}
+        for r, v in enumerate(vauban):
+            t = v.get("time_to_all_ready_seconds")
+            if not t:
+                continue
+            for name, runs_, field_ in (
+                ("vauban_over_raw_sql", raw_sql_runs, "seconds"),
+                ("vauban_over_raw_api", raw_api_runs, "seconds"),
+                ("vauban_over_peer_time", peer, "time_to_all_ready_seconds"),
+            ):
+                if r < len(runs_) and runs_[r].get(field_):
+                    ratios.setdefault(name, []).append(t / runs_[r][field_])
+            if r < len(peer) and peer[r].get("process", {}).get("rss_peak_mib"):
+                ratios.setdefault("vauban_over_peer_peak_rss", []).append(
+                    v["process"]["rss_peak_mib"] / peer[r]["process"]["rss_peak_mib"]
+                )
+        row["ratios"] = {k: round(statistics.median(v), 2) for k, v in ratios.items()}
+        summary["provisioning"][key] = row
+    for key, runs in results["managed"].items():
+        summary["managed"][key] = {
+            "time_to_all_ready_s": median_of(runs, "time_to_all_ready_seconds"),
+            "p50_s": median_of(runs, "per_object_seconds", "p50"),
+            "p95_s": median_of(runs, "per_object_seconds", "p95"),
+            "api_requests_per_object": median_of(runs, "api", "per_object"),
+            "api_writes_per_object": median_of(runs, "api", "writes_per_object"),
+            "cpu_seconds": median_of(runs, "process", "cpu_seconds"),
+            "rss_peak_mib": median_of(runs, "process", "rss_peak_mib"),
+        }
+    return summary
+
+
+def targets(results: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets for this round, judged on the largest N measured."""
+    sizes = sorted(int(k) for k in summary["provisioning"])
+    out: dict[str, Any] = {}
+    if sizes:
+        row = summary["provisioning"][str(sizes[-1])]
+        ratio = row["ratios"].get("vauban_over_peer_time")
+        out["time_to_all_ready_no_worse_than_peer"] = {
+            "n": sizes[-1],
+            "vauban_s": row["vauban_time_to_all_ready_s"],
+            "peer_s": row["peer_time_to_all_ready_s"],
+            "ratio": ratio,
+            "met": None if ratio is None else ratio <= 1.0,
+        }
+        writes = row["vauban_api_writes_per_object"]
+        out["at_most_4_api_writes_per_database"] = {
+            "n": sizes[-1],
+            "writes_per_object": writes,
+            "met": None if writes is None else writes <= 4,
+        }
+    steady = results.get("steady")
+    if steady:
+        process = steady.get("process", {})
+        out["steady_rss_under_200_mib"] = {
+            "objects": steady["objects"],
+            "rss_peak_mib": process.get("rss_peak_mib"),
+            "rss_median_mib": process.get("rss_median_mib"),
+            "met": process.get("rss_peak_mib", 1e9) < 200,
+        }
+        out["idle_cpu_under_2_percent"] = {
+            "objects": steady["objects"],
+            "cpu_percent_of_one_core": process.get("cpu_percent_of_one_core"),
+            "met": (process.get("cpu_percent_of_one_core") or 1e9) < 2,
+        }
+    return out
+
+
+def machine() -> dict[str, Any]:
+    def run(*argv: str) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, check=False).stdout.strip()
+        except OSError:
+            return ""
+
+    from vauban.devcluster.build import KWOK_VERSION
+
+    pg_bin = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory": run("free", "-g").splitlines()[1] if run("free", "-g") else "",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "go": run("go", "version"),
+        "postgresql": run(str(pg_bin[-1]), "--version") if pg_bin else "",
+        "kubernetes": "v1.36.3",
+        "kwok": KWOK_VERSION,
+        "vauban": __version__,
+        "vauban_commit": run("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"),
+        "provider_sql": fleet_peer.VERSION,
+    }
+
+
+def main() -> int:
+    knobs = Knobs.from_env()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = Path(os.environ.get("BENCH_OUTPUT", RESULTS / "fleet.json"))
+    work = Path(tempfile.mkdtemp(prefix="vauban-bench-"))
+    log(f"knobs: {knobs}; work folder {work}")
+    ensure_binaries()
+    peer_error = None
+    if knobs.peer:
+        try:
+            fleet_peer.binary()
+        except fleet_peer.PeerUnavailable as e:
+            peer_error = str(e)
+            log(f"peer skipped: {e}")
+    started = time.time()
+    results: dict[str, Any] = {
+        "knobs": knobs.__dict__,
+        "machine": machine(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "peer_error": peer_error,
+        "provisioning": {},
+        "managed": {},
+        "steady": None,
+        "churn": None,
+        "failures": [],
+    }
+
+    def attempt(what: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        t = time.monotonic()
+        try:
+            value = fn()
+        except Exception as e:
+            log(f"{what} FAILED: {e}")
+            results["failures"].append({"what": what, "error": traceback.format_exc()[-3000:]})
+            return None
+        log(f"{what}: done in {time.monotonic() - t:.0f} s")
+        return value
+
+    def save() -> None:
+        results["summary"] = summarize(results)
+        results["targets"] = targets(results, results["summary"])
+        results["elapsed_seconds"] = round(time.time() - started, 1)
+        out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+
+    largest = max(knobs.sizes) if knobs.sizes else 0
+    for repeat in range(max(knobs.repeats, knobs.largest_repeats, knobs.managed_repeats)):
+        for n in knobs.sizes:
+            if repeat >= (knobs.largest_repeats if n == largest else knobs.repeats):
+                continue
+            runs = results["provisioning"].setdefault(str(n), {})
+            steady = n == largest and repeat == 0 and knobs.steady_seconds > 0
+            v = attempt(
+                f"vauban burst n={n} #{repeat}",
+                lambda n=n, steady=steady: vauban_burst(work, knobs, n, steady),
+            )
+            if v is not None:
+                if "steady" in v:
+                    results["steady"] = v.pop("steady")
+                    results["churn"] = v.pop("churn")
+                runs.setdefault("vauban", []).append(v)
+            s = attempt(f"raw sql n={n} #{repeat}", lambda n=n: raw_sql(knobs, n))
+            if s is not None:
+                runs.setdefault("raw_sql", []).append(s)
+            a = attempt(f"raw api n={n} #{repeat}", lambda n=n: raw_api(work, n))
+            if a is not None:
+                runs.setdefault("raw_api", []).append(a)
+            if knobs.peer and peer_error is None:
+                p = attempt(
+                    f"provider-sql burst n={n} #{repeat}", lambda n=n: peer_burst(work, knobs, n)
+                )
+                if p is not None:
+                    runs.setdefault("peer", []).append(p)
+            save()
+        for n in [m for m in knobs.managed_sizes if m > 0 and repeat < knobs.managed_repeats]:
+            m = attempt(f"managed burst n={n} #{repeat}", lambda n=n: managed_burst(work, knobs, n))
+            if m is not None:
+                results["managed"].setdefault(str(n), []).append(m)
+            save()
+    save()
+    print(json.dumps({"summary": results["summary"], "targets": results["targets"]}, indent=1))
+    try:
+        import fleet_chart
+
+        chart = fleet_chart.draw(results, out.with_suffix(".png"))
+        log(f"chart: {chart}")
+    except ImportError as e:
+        log(f"no chart ({e}): pip install -r bench/requirements.txt")
+    log(f"results: {out}; logs of each run under {work}")
+    return 1 if results["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
