@@ -294,6 +294,24 @@ def postgres(knobs: Knobs) -> Iterator[PostgresServer]:
         server.destroy()
 
 
+OPERATOR_SOURCE: Path | None = None
+"""A snapshot of the committed operator (git archive HEAD): what every run measures, even
+if the working tree changes while the benchmark runs."""
+
+
+def snapshot_operator(work: Path) -> Path | None:
+    target = work / "src"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "HEAD", "operator"], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        return None  # not a git checkout: the installed package is measured
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target / "operator"
+
+
 @contextlib.contextmanager
 def operator_process(
     plane: AuditedControlPlane, knobs: Knobs, logfile: Path
@@ -311,6 +329,8 @@ def operator_process(
         "VAUBAN_LOG_FORMAT": "json",
         "VAUBAN_LOG_LEVEL": "INFO",
     }
+    if OPERATOR_SOURCE is not None:
+        env["PYTHONPATH"] = str(OPERATOR_SOURCE)
     with logfile.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "vauban", "run"], stdout=out, stderr=subprocess.STDOUT, env=env
@@ -1138,6 +1158,10 @@ def machine() -> dict[str, Any]:
         "kwok": KWOK_VERSION,
         "vauban": __version__,
         "vauban_commit": run("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"),
+        # The operator runs from `git archive HEAD`: uncommitted changes are not measured.
+        "operator_uncommitted_changes_not_measured": bool(
+            run("git", "-C", str(ROOT), "status", "--porcelain", "operator")
+        ),
         "provider_sql": fleet_peer.VERSION,
     }
 
@@ -1149,6 +1173,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="vauban-bench-"))
     log(f"knobs: {knobs}; work folder {work}")
     ensure_binaries()
+    global OPERATOR_SOURCE
+    OPERATOR_SOURCE = snapshot_operator(work)
     peer_error = None
     if knobs.peer:
         try:
