@@ -10,17 +10,12 @@ addresses.
 from __future__ import annotations
 
 import base64
-import contextlib
-import ctypes
 import json
 import logging
 import os
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -28,7 +23,6 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import yaml
@@ -36,6 +30,7 @@ import yaml
 from vauban.builders.backup import AGENT_POD_LABEL
 from vauban.devcluster import pki
 from vauban.devcluster.build import KWOK_VERSION, Binaries, ensure_binaries, module_source
+from vauban.devcluster.process import Managed, die_with, free_port, stop_process_group
 
 logger = logging.getLogger(__name__)
 
@@ -63,40 +58,9 @@ KWOK_STAGES = (
 )
 KWOK_STORAGE_CLASS = "kwok-volume"
 
-_PR_SET_PDEATHSIG = 1
-
 
 class ControlPlaneError(RuntimeError):
     """A component did not start; the message carries the end of its log."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with(parent: int) -> Callable[[], None] | None:
-    """A `preexec_fn` for the children: if the process that started the control plane dies (a
-    killed test run), the kernel kills the component too, so none is left running. Linux only;
-    elsewhere `stop()` alone cleans up.
-
-    SIGKILL, not SIGTERM: all components get the signal at once, and a kube-apiserver whose
-    etcd is already gone hangs in its graceful shutdown instead of exiting.
-
-    The kernel ties the signal to the *thread* that forked, so a control plane must be started
-    from a thread that outlives it (the main thread, in the CLI and under pytest)."""
-    if sys.platform != "linux":
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        # The parent may have died between fork and prctl: then nobody would send the signal.
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
 
 
 @dataclass
@@ -119,19 +83,10 @@ class Component:
             )
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_process_group(self.process, timeout)
 
 
-class LocalControlPlane:
+class LocalControlPlane(Managed):
     """Start with `start()` or as a context manager; `kubeconfig` is then usable by kubectl,
     the Python client and the operator."""
 
@@ -160,18 +115,6 @@ class LocalControlPlane:
         """Process id of each running component."""
         return {c.name: c.process.pid for c in self._components}
 
-    def __enter__(self) -> LocalControlPlane:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self, timeout: float = 120.0) -> None:
@@ -196,10 +139,12 @@ class LocalControlPlane:
         if self._owns_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
+    close = stop
+
     def _start(self, binaries: Binaries, deadline: float) -> None:
         certs = pki.create(self.data_dir / "pki", service_ip=SERVICE_IP)
-        etcd_port, etcd_peer_port = _free_port(), _free_port()
-        self.apiserver_port = _free_port()
+        etcd_port, etcd_peer_port = free_port(), free_port()
+        self.apiserver_port = free_port()
         self._write_kubeconfig(certs)
 
         etcd = self._spawn(
@@ -275,7 +220,7 @@ class LocalControlPlane:
                 f"--node-ip={NODE_IP}",
                 f"--cidr={POD_CIDR}",
                 "--node-lease-duration-seconds=40",
-                f"--server-address=127.0.0.1:{_free_port()}",
+                f"--server-address=127.0.0.1:{free_port()}",
             ],
         )
 
@@ -311,7 +256,7 @@ class LocalControlPlane:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with(os.getpid()),
+                preexec_fn=die_with(os.getpid()),
                 cwd=self.data_dir,
             )
         component = Component(name, process, log)

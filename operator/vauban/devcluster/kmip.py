@@ -13,35 +13,33 @@ a policy loader), and it dies with the process that started it (see `_serve`).
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from vauban.devcluster import pki
-from vauban.devcluster.controlplane import _die_with, _free_port
+from vauban.devcluster.process import (
+    PR_SET_PDEATHSIG,
+    Managed,
+    accepts_connections,
+    die_with,
+    free_port,
+    stop_process_group,
+)
 
 CLIENT_IDENTITY = "vauban-operator"
 """The client certificate's common name: PyKMIP's server takes it as the client's identity
 and makes it the owner of the keys that client creates (its `default` operation policy lets
 only the owner use them)."""
-
-_PR_SET_PDEATHSIG = 1
 
 
 class KmipServerError(RuntimeError):
@@ -64,64 +62,17 @@ def create_pki(directory: Path, *, client_identity: str = CLIENT_IDENTITY) -> Km
     AES-GCM. The client certificate carries the clientAuth extended key usage, which PyKMIP's
     server requires before it reads the identity."""
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    not_before, not_after = now - datetime.timedelta(minutes=5), now + pki.VALIDITY
-
-    ca_key = pki._key()
-    ca_name = pki._name("vauban-kmip-test-ca")
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    def leaf(
-        common_name: str, usage: x509.ObjectIdentifier, san: x509.SubjectAlternativeName | None
-    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        key = pki._key()
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(pki._name(common_name))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        )
-        if san is not None:
-            builder = builder.add_extension(san, critical=False)
-        return builder.sign(ca_key, hashes.SHA256()), key
-
-    server, server_key = leaf(
-        "vauban-kmip-test-server",
+    ca, ca_key = pki.certificate_authority("vauban-kmip-test-ca", path_length=0)
+    server, server_key = pki.leaf_certificate(
+        ca,
+        ca_key,
+        pki.name("vauban-kmip-test-server"),
         ExtendedKeyUsageOID.SERVER_AUTH,
-        x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-        ),
+        pki.LOOPBACK,
     )
-    client, client_key = leaf(client_identity, ExtendedKeyUsageOID.CLIENT_AUTH, None)
+    client, client_key = pki.leaf_certificate(
+        ca, ca_key, pki.name(client_identity), ExtendedKeyUsageOID.CLIENT_AUTH
+    )
 
     paths = KmipPki(
         ca_cert=directory / "ca.crt",
@@ -130,15 +81,15 @@ def create_pki(directory: Path, *, client_identity: str = CLIENT_IDENTITY) -> Km
         client_cert=directory / "client.crt",
         client_key=directory / "client.key",
     )
-    pki._write_cert(paths.ca_cert, ca)
-    pki._write_cert(paths.server_cert, server)
-    pki._write_key(paths.server_key, server_key)
-    pki._write_cert(paths.client_cert, client)
-    pki._write_key(paths.client_key, client_key)
+    pki.write_cert(paths.ca_cert, ca)
+    pki.write_cert(paths.server_cert, server)
+    pki.write_key(paths.server_key, server_key)
+    pki.write_cert(paths.client_cert, client)
+    pki.write_key(paths.client_key, client_key)
     return paths
 
 
-class KmipServer:
+class KmipServer(Managed):
     """PyKMIP's server on a free port of 127.0.0.1. Start with `start()` or as a context
     manager; then `host`, `port` and the client's `cert_file`, `key_file` and `ca_file` are
     what a KMIP client needs."""
@@ -147,7 +98,7 @@ class KmipServer:
 
     def __init__(self, *, port: int | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="vauban-kmip-"))
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.pki = create_pki(self.root / "pki")
         self.log = self.root / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -203,7 +154,7 @@ class KmipServer:
                 env=env,
                 cwd=self.root,
                 start_new_session=True,
-                preexec_fn=_die_with(os.getpid()),
+                preexec_fn=die_with(os.getpid()),
             )
         deadline = time.monotonic() + timeout
         while not self._listening():
@@ -215,11 +166,7 @@ class KmipServer:
     def _listening(self) -> bool:
         # PyKMIP binds in start() and listens right before its accept loop: a TCP connection
         # that succeeds means the next one is served.
-        try:
-            with socket.create_connection((self.host, self.port), timeout=1):
-                return True
-        except OSError:
-            return False
+        return accepts_connections(self.port, timeout=1, host=self.host)
 
     def tail(self, lines: int = 40) -> str:
         text = ""
@@ -232,31 +179,13 @@ class KmipServer:
         """Kill the server and its helpers at once. SIGKILL, not SIGTERM: PyKMIP's server
         notices SIGTERM only when its accept() times out (10 s), then joins every thread for up
         to 10 s each; there is nothing to flush, since its database is thrown away."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        stop_process_group(self.process, 10, first=signal.SIGKILL)
 
     def destroy(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> KmipServer:
-        try:
-            self.start()
-        except BaseException:
-            self.destroy()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.destroy()
+    close = destroy
 
 
 def _serve(config_path: Path) -> None:
@@ -269,7 +198,7 @@ def _serve(config_path: Path) -> None:
         import ctypes
 
         prctl = ctypes.CDLL(None, use_errno=True).prctl
-        os.register_at_fork(after_in_child=lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGKILL))
+        os.register_at_fork(after_in_child=lambda: prctl(PR_SET_PDEATHSIG, signal.SIGKILL))
 
     from kmip.services.server.server import (  # type: ignore[import-untyped]
         KmipServer as PyKmipServer,

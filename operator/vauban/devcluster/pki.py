@@ -32,18 +32,24 @@ class Pki:
     service_account_public: Path
 
 
-def _key() -> ec.EllipticCurvePrivateKey:
+def new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _name(common_name: str, organization: str | None = None) -> x509.Name:
+def name(common_name: str, organization: str | None = None) -> x509.Name:
     attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
     if organization:
         attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
     return x509.Name(attributes)
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+LOOPBACK = x509.SubjectAlternativeName(
+    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+)
+"""The names of a server on 127.0.0.1."""
+
+
+def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     path.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -54,28 +60,26 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     path.chmod(0o600)
 
 
-def _write_cert(path: Path, cert: x509.Certificate) -> None:
+def write_cert(path: Path, cert: x509.Certificate) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def create(directory: Path, *, service_ip: str) -> Pki:
-    """A CA, the apiserver's serving certificate, an admin client certificate (group
-    system:masters) and the service-account signing key pair."""
-    directory.mkdir(parents=True, exist_ok=True)
+def certificate_authority(
+    common_name: str, *, path_length: int | None = None
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed CA, valid from 5 minutes ago for `VALIDITY`."""
     now = datetime.datetime.now(datetime.UTC)
-    not_before, not_after = now - datetime.timedelta(minutes=5), now + VALIDITY
-
-    ca_key = _key()
-    ca_name = _name("vauban-local-ca")
-    ca = (
+    key = new_key()
+    ca_name = name(common_name)
+    cert = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
         .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -90,30 +94,46 @@ def create(directory: Path, *, service_ip: str) -> Pki:
             ),
             critical=True,
         )
-        .sign(ca_key, hashes.SHA256())
+        .sign(key, hashes.SHA256())
     )
+    return cert, key
 
-    def leaf(
-        subject: x509.Name, usage: x509.ObjectIdentifier, san: x509.SubjectAlternativeName | None
-    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        key = _key()
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        )
-        if san is not None:
-            builder = builder.add_extension(san, critical=False)
-        return builder.sign(ca_key, hashes.SHA256()), key
 
-    server, server_key = leaf(
-        _name("kube-apiserver"),
+def leaf_certificate(
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    subject: x509.Name,
+    usage: x509.ObjectIdentifier,
+    san: x509.SubjectAlternativeName | None = None,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A certificate signed by `ca` for one extended key usage (serverAuth or clientAuth),
+    with a fresh key, valid exactly as long as the CA."""
+    key = new_key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(ca.not_valid_before_utc)
+        .not_valid_after(ca.not_valid_after_utc)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    )
+    if san is not None:
+        builder = builder.add_extension(san, critical=False)
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def create(directory: Path, *, service_ip: str) -> Pki:
+    """A CA, the apiserver's serving certificate, an admin client certificate (group
+    system:masters) and the service-account signing key pair."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = certificate_authority("vauban-local-ca")
+    server, server_key = leaf_certificate(
+        ca,
+        ca_key,
+        name("kube-apiserver"),
         ExtendedKeyUsageOID.SERVER_AUTH,
         x509.SubjectAlternativeName(
             [
@@ -127,10 +147,10 @@ def create(directory: Path, *, service_ip: str) -> Pki:
             ]
         ),
     )
-    admin, admin_key = leaf(
-        _name("vauban-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH, None
+    admin, admin_key = leaf_certificate(
+        ca, ca_key, name("vauban-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH
     )
-    service_account = _key()
+    service_account = new_key()
 
     pki = Pki(
         ca_cert=directory / "ca.crt",
@@ -141,12 +161,12 @@ def create(directory: Path, *, service_ip: str) -> Pki:
         service_account_key=directory / "sa.key",
         service_account_public=directory / "sa.pub",
     )
-    _write_cert(pki.ca_cert, ca)
-    _write_cert(pki.server_cert, server)
-    _write_key(pki.server_key, server_key)
-    _write_cert(pki.admin_cert, admin)
-    _write_key(pki.admin_key, admin_key)
-    _write_key(pki.service_account_key, service_account)
+    write_cert(pki.ca_cert, ca)
+    write_cert(pki.server_cert, server)
+    write_key(pki.server_key, server_key)
+    write_cert(pki.admin_cert, admin)
+    write_key(pki.admin_key, admin_key)
+    write_key(pki.service_account_key, service_account)
     pki.service_account_public.write_bytes(
         service_account.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

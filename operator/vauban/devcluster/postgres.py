@@ -8,7 +8,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+
+from vauban.devcluster.process import free_port, stop_process_group
 
 
 def _bindir() -> Path:
@@ -32,12 +33,6 @@ def _bindir() -> Path:
     return candidates[-1].parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class PostgresServer:
     """initdb, then postgres listening on 127.0.0.1 only, with SCRAM passwords over TCP and
     trust on its private Unix socket (for the suite's own setup)."""
@@ -46,7 +41,7 @@ class PostgresServer:
         self.bindir = _bindir()
         self.root = Path(tempfile.mkdtemp(prefix="vauban-pg-"))
         self.data = self.root / "data"
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         # initdb and postgres refuse to run as root: use the package's own user.
         self._as_user: list[str] = []
@@ -117,14 +112,7 @@ class PostgresServer:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGINT)  # fast shutdown
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_process_group(self.process, 20, first=signal.SIGINT)  # SIGINT: fast shutdown
 
     def destroy(self) -> None:
         self.stop()

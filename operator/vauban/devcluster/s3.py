@@ -12,29 +12,27 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 import urllib3
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from minio import Minio
 
 from vauban.devcluster import pki
 from vauban.devcluster.build import ensure_tool
-from vauban.devcluster.controlplane import _die_with
+from vauban.devcluster.process import (
+    Managed,
+    accepts_connections,
+    die_with,
+    free_port,
+    stop_process_group,
+)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class S3Server:
+class S3Server(Managed):
     """versitygw on a free loopback port, with its own root credentials."""
 
     def __init__(
@@ -53,7 +51,7 @@ class S3Server:
         self.root = Path(tempfile.mkdtemp(prefix="vauban-s3-"))
         self.data = self.root / "data"
         self.region = region
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.access_key = access_key or f"vauban{secrets.token_hex(4)}"
         self.secret_key = secret_key or secrets.token_urlsafe(24)
         self.process: subprocess.Popen[bytes] | None = None
@@ -89,9 +87,7 @@ class S3Server:
         (self.root / "versions").mkdir(exist_ok=True)
         tls: list[str] = []
         if self.tls:
-            certificates = pki.create(self.root / "pki", service_ip="127.0.0.1")
-            self.ca_file = certificates.ca_cert
-            tls = ["--cert", str(certificates.server_cert), "--key", str(certificates.server_key)]
+            tls = self._certificates(self.root / "pki")
         log = (self.root / "versitygw.log").open("ab")
         self.process = subprocess.Popen(
             [
@@ -117,7 +113,7 @@ class S3Server:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with(os.getpid()),
+            preexec_fn=die_with(os.getpid()),
         )
         log.close()
         deadline = time.monotonic() + 30
@@ -133,34 +129,32 @@ class S3Server:
             self.create_bucket(bucket, object_lock=True)
         return self
 
+    def _certificates(self, directory: Path) -> list[str]:
+        """A CA (kept as `ca_file`) and the server's certificate for 127.0.0.1: versitygw's
+        arguments."""
+        directory.mkdir(parents=True, exist_ok=True)
+        ca, ca_key = pki.certificate_authority("vauban-s3-test-ca")
+        cert, key = pki.leaf_certificate(
+            ca,
+            ca_key,
+            pki.name("vauban-s3-test-server"),
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            pki.LOOPBACK,
+        )
+        self.ca_file = directory / "ca.crt"
+        pki.write_cert(self.ca_file, ca)
+        pki.write_cert(directory / "server.crt", cert)
+        pki.write_key(directory / "server.key", key)
+        return ["--cert", str(directory / "server.crt"), "--key", str(directory / "server.key")]
+
     def _listening(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+        return accepts_connections(self.port, timeout=0.5)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_process_group(self.process, 10)
 
     def destroy(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> S3Server:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.destroy()
+    close = destroy
