@@ -106,8 +106,17 @@ def test_environment_is_what_the_operator_reads(
     Every VAUBAN_* variable the chart sets is a setting, and parses to what was meant."""
     from vauban.settings import Settings
 
-    values = {**NAMESPACED, "operator": {"allowedBackupRegions": ["fr-par"]}}
-    env = container(helm.render("vauban", "vauban-system", values))["env"]
+    values = {
+        **NAMESPACED,
+        "operator": {
+            "allowedBackupRegions": ["fr-par"],
+            "kmip": {"host": "hsm.example", "clientSecret": "kmip-client"},
+        },
+    }
+    objects = helm.render("vauban", "vauban-system", values)
+    env = container(objects)["env"]
+    volumes = find(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "kmip", "secret": {"secretName": "kmip-client"}} in volumes
     known = {f"VAUBAN_{name.upper()}" for name in Settings.model_fields}
     assert {e["name"] for e in env} <= known
     for name in [n for n in os.environ if n.startswith("VAUBAN_")]:
@@ -120,6 +129,8 @@ def test_environment_is_what_the_operator_reads(
     assert settings.leader_election and settings.lease_duration_seconds == 15
     assert (settings.metrics_port, settings.liveness_port) == (8080, 0)
     assert settings.agent_image == "ghcr.io/vauban-dev/vauban-agent:0.1.0"
+    assert (settings.kmip_host, settings.kmip_port) == ("hsm.example", 5696)
+    assert str(settings.kmip_ca_file) == "/etc/vauban/kmip/ca.crt"
 
 
 def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
