@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     probe_interval_seconds: float = Field(default=300.0, gt=0)
     """How often a ready database is looked at again (its size and connections in status)."""
 
+    max_concurrent_reconciles_per_cluster: int = Field(default=8, ge=1, le=100)
+    """How many databases of one cluster are provisioned or probed at the same time. Each
+    holds one connection to the server at a time, so this bounds what Vauban takes of its
+    max_connections during a burst."""
+
     leader_election: bool = False
     """Run only while holding the Lease `vauban-leader` in `namespace`: with several
     replicas, exactly one reconciles; the others stand by and take over."""

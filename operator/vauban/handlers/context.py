@@ -48,6 +48,10 @@ class Context:
     """One lock per object: its own event, a re-check and its cluster's event may reconcile
     it at the same moment; they run one after the other."""
 
+    server_slots: defaultdict[tuple[str, str], asyncio.Semaphore] = field(init=False)
+    """Per cluster: how many database reconciles may use its server at once
+    (VAUBAN_MAX_CONCURRENT_RECONCILES_PER_CLUSTER); each holds one connection at a time."""
+
     backoff: Backoff = field(init=False)
     probed: dict[tuple[str, str], float] = field(default_factory=dict)
     """When each database was last reconciled, for the periodic probe of ready ones."""
@@ -63,6 +67,8 @@ class Context:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backoff", Backoff(self.settings.recheck_interval_seconds))
+        slots = self.settings.max_concurrent_reconciles_per_cluster
+        object.__setattr__(self, "server_slots", defaultdict(lambda: asyncio.Semaphore(slots)))
 
 
 def context_of(memo: Any) -> Context:

@@ -153,9 +153,12 @@ async def _reconcile(
             # the next event, and the status of that reconcile says all there is to say.
             return
         else:
-            verdict, provisioned, backup_conditions = await _provision(
-                ctx, body, spec, cluster, cluster.spec, backups
-            )
+            # A bounded number of databases talk to one server at a time: a burst of a
+            # thousand would otherwise exhaust its max_connections ("too many clients").
+            async with ctx.server_slots[key]:
+                verdict, provisioned, backup_conditions = await _provision(
+                    ctx, body, spec, cluster, cluster.spec, backups
+                )
             fields.update(provisioned)
             domain += backup_conditions
     await publish(ctx, MANAGED_DATABASE, body, verdict, fields=fields, domain=domain)
@@ -512,15 +515,18 @@ async def finalize(
         )
         return
     try:
-        catalog = await pg.read_catalog(connection.admin, spec.database_name, spec.owner)
-        logins = sorted(
-            r for r in catalog.roles if database_logic.login_generation(spec.owner, r) is not None
-        )
-        if spec.deletion_policy == "Delete":
-            statements = drop_database(spec.database_name, [*logins, spec.owner])
-        else:
-            statements = [s for role in logins for s in retire_login(role)]
-        await pg.run_statements(connection.admin, statements)
+        async with ctx.server_slots[key]:
+            catalog = await pg.read_catalog(connection.admin, spec.database_name, spec.owner)
+            logins = sorted(
+                r
+                for r in catalog.roles
+                if database_logic.login_generation(spec.owner, r) is not None
+            )
+            if spec.deletion_policy == "Delete":
+                statements = drop_database(spec.database_name, [*logins, spec.owner])
+            else:
+                statements = [s for role in logins for s in retire_login(role)]
+            await pg.run_statements(connection.admin, statements)
     except psycopg.Error as e:
         raise kopf.TemporaryError(_database_error(e).message, delay=30) from e
     logger.info(
