@@ -165,7 +165,7 @@ async def _reconcile_managed(
             operator_namespaces=(ctx.settings.namespace, ctx.settings.cloudnativepg_namespace),
         )
     )
-    return assess(applied) if existing is None else assessment
+    return assess(applied) if existing is None and applied is not None else assessment
 
 
 async def _scheduled_base_backups(

@@ -97,9 +97,10 @@ class Kube:
         assert isinstance(obj, dict)
         return obj
 
-    async def apply_custom(self, plural: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def apply_custom(self, plural: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """Server-side apply of a custom object: what Vauban sets is repaired if someone
-        changes it; what others set is theirs."""
+        changes it; what others set is theirs. None when it was gone again before it could be
+        read back (its owner deleted meanwhile: the garbage collector took it)."""
         group, version = str(body["apiVersion"]).split("/")
         meta = body["metadata"]
         obj = await self._custom.patch_namespaced_custom_object(
@@ -116,9 +117,7 @@ class Kube:
         if isinstance(obj, dict):
             return obj
         # The client does not decode every response of a create-by-apply: read it back.
-        stored = await self.read_custom(group, version, plural, meta["namespace"], meta["name"])
-        assert stored is not None
-        return stored
+        return await self.read_custom(group, version, plural, meta["namespace"], meta["name"])
 
     async def apply_network_policy(self, body: Mapping[str, Any]) -> None:
         await _apply(self._networking.patch_namespaced_network_policy, body)
