@@ -44,8 +44,13 @@ def draw(results: dict[str, Any], out: Path) -> Path:
     sizes = sorted(results["provisioning"], key=int)
     managed = sorted(results.get("managed") or {}, key=int)
     panels = len(sizes) + (1 if managed else 0)
-    fig, axes = plt.subplots(1, max(panels, 1), figsize=(5.2 * max(panels, 1), 4.2), squeeze=False)
-    for ax, size in zip(axes[0], sizes, strict=False):
+    cols = min(2, max(panels, 1))
+    rows = -(-max(panels, 1) // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    for ax, size in zip(axes, sizes, strict=False):
         runs = results["provisioning"][size]
         _draw(ax, _median_run(runs.get("vauban", [])), "Vauban", "tab:blue")
         _draw(ax, _median_run(runs.get("peer", [])), "provider-sql", "tab:orange")
@@ -61,7 +66,7 @@ def draw(results: dict[str, Any], out: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
     if managed:
-        ax = axes[0][len(sizes)]
+        ax = axes[len(sizes)]
         colors = ["tab:green", "tab:purple", "tab:red", "tab:brown"]
         for size, color in zip(managed, colors, strict=False):
             _draw(ax, _median_run(results["managed"][size]), f"{size} clusters", color)
