@@ -60,7 +60,14 @@ class Settings(BaseSettings):
     """Namespace of the CloudNativePG operator, admitted by each cluster's NetworkPolicy."""
 
     probe_interval_seconds: float = Field(default=300.0, gt=0)
-    """How often a ready database is looked at again (its size and connections in status)."""
+    """How often each ready cluster is probed: its server's health, and with one query for
+    all its databases, their sizes and sessions and whether their roles are still there."""
+
+    resync_interval_seconds: float = Field(default=3600.0, gt=0)
+    """How often a ready database is reconciled in full although nothing changed: drift the
+    probe cannot see (a password changed by hand, an extension dropped) is repaired, and a
+    refused tenant login reported, within this time. Spread over the interval, so a fleet
+    provisioned in one burst is not re-read in one burst."""
 
     max_concurrent_reconciles_per_cluster: int = Field(default=8, ge=1, le=100)
     """How many databases of one cluster are provisioned or probed at the same time. Each

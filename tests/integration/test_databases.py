@@ -274,6 +274,33 @@ def test_secret_is_the_only_source_of_passwords(
     assert credentials(kube, namespace) == values
 
 
+def test_the_probe_follows_usage_and_finds_what_was_dropped(
+    kube: KubeCtl,
+    namespace: str,
+    cluster: str,
+    postgres: PostgresServer,
+    operator: OperatorProcess,
+) -> None:
+    """Every probe interval (2 s here), one query per cluster reads its databases' sessions
+    and sizes, and sees a login role gone; nothing pokes the ManagedDatabase."""
+    provisioned(kube, namespace)
+    values = credentials(kube, namespace)
+    labels = {"namespace": namespace, "database": "shop"}
+    with connect_as(values), connect_as(values):
+        eventually(
+            lambda: kube.get("manageddatabase", "shop", namespace)["status"]["connections"] == 2,
+            what="two sessions in status",
+        )
+        assert operator.metric("vauban_database_connections", **labels) == 2.0
+    with postgres.superuser() as conn:
+        conn.execute(f'DROP ROLE "{values["username"]}"')
+    eventually(lambda: _can_connect(values), what="the login to be recreated")
+    eventually(
+        lambda: kube.get("manageddatabase", "shop", namespace)["status"]["connections"] == 0,
+        what="no session in status",
+    )
+
+
 def _can_connect(values: dict[str, str]) -> bool:
     try:
         with connect_as(values):

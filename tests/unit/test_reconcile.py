@@ -247,3 +247,34 @@ def test_external_version_must_match_when_set(version: str, ok: bool) -> None:
     assert (got.verdict.state is State.READY) is ok
     if not ok:
         assert got.verdict.reason is Reason.VERSION_MISMATCH
+
+
+def test_resync_is_due_after_the_interval_and_spread_over_its_last_quarter() -> None:
+    keys = [("ManagedDatabase", "tenant", f"d{i}") for i in range(400)]
+    assert not any(database_logic.resync_due(k, 2699, 3600) for k in keys)
+    assert all(database_logic.resync_due(k, 3600, 3600) for k in keys)
+    # A fleet reconciled together is not resynced together.
+    halfway = sum(database_logic.resync_due(k, 3150, 3600) for k in keys)
+    assert 0.3 * len(keys) < halfway < 0.7 * len(keys)
+    assert database_logic.resync_due(keys[0], 3300, 3600) == database_logic.resync_due(
+        keys[0], 3300, 3600
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "measured", "moved"),
+    [
+        ({"sizeBytes": 1000, "connections": 2}, {"sizeBytes": 1000, "connections": 2}, False),
+        ({"sizeBytes": 1000, "connections": 2}, {"sizeBytes": 1010, "connections": 2}, False),
+        ({"sizeBytes": 1000, "connections": 2}, {"sizeBytes": 1011, "connections": 2}, True),
+        ({"sizeBytes": 1000, "connections": 2}, {"sizeBytes": 989, "connections": 2}, True),
+        ({"sizeBytes": 1000, "connections": 2}, {"sizeBytes": 1000, "connections": 3}, True),
+        ({"connections": 0}, {"sizeBytes": 1000, "connections": 0}, True),
+        ({"sizeBytes": 1000, "connections": 0}, {"sizeBytes": None, "connections": 0}, True),
+        ({}, {"sizeBytes": None, "connections": 0}, True),
+    ],
+)
+def test_usage_is_written_when_it_moved(
+    before: dict[str, int], measured: dict[str, int | None], moved: bool
+) -> None:
+    assert database_logic.usage_moved(before, measured) is moved

@@ -71,7 +71,7 @@ async def reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
                     "reconcile of ManagedCluster %s/%s failed", meta["namespace"], meta["name"]
                 )
                 await publish(ctx, MANAGED_CLUSTER, body, unexpected(e))
-                ctx.backoff.failed((meta["namespace"], meta["name"]))
+                ctx.backoff.failed((MANAGED_CLUSTER.kind, meta["namespace"], meta["name"]))
                 raise
 
 
@@ -98,8 +98,8 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
     event = cluster_logic.connections_event(body.get("status"), assessment.fields.get("health"))
     if event is not None:
         await post_event(ctx, MANAGED_CLUSTER, body, event.type, event.reason, event.message)
-    key = (owner.namespace, owner.name)
-    ctx.probed[key] = time.monotonic()
+    key = (MANAGED_CLUSTER.kind, owner.namespace, owner.name)
+    ctx.reconciled[key] = time.monotonic()
     # Failures that cost a connection (or wait for software to be installed) back off.
     if assessment.verdict.reason in _COSTLY_FAILURES:
         ctx.backoff.failed(key)
@@ -119,10 +119,11 @@ _COSTLY_FAILURES = (
 def due(ctx: Context, body: Mapping[str, Any]) -> bool:
     """Whether the periodic re-check should reconcile this cluster now: when not ready (after
     any backoff), and when ready once per probe interval."""
-    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    key = (MANAGED_CLUSTER.kind, body["metadata"]["namespace"], body["metadata"]["name"])
     if not is_true(previous_conditions(body.get("status")), ConditionType.READY):
         return ctx.backoff.due(key)
-    return time.monotonic() - ctx.probed.get(key, 0.0) >= ctx.settings.probe_interval_seconds
+    elapsed = time.monotonic() - ctx.reconciled.get(key, 0.0)
+    return elapsed >= ctx.settings.probe_interval_seconds
 
 
 async def _reconcile_managed(

@@ -14,6 +14,9 @@ from vauban.kube.resources import Kube
 from vauban.metrics import Metrics
 from vauban.settings import Settings
 
+ObjectKey = tuple[str, str, str]
+"""(kind, namespace, name): a cluster and a database may share a name in a namespace."""
+
 
 @dataclass
 class Backoff:
@@ -23,17 +26,17 @@ class Backoff:
 
     base: float
     cap: float = 300.0
-    _next: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    _next: dict[ObjectKey, tuple[int, float]] = field(default_factory=dict)
 
-    def due(self, key: tuple[str, str]) -> bool:
+    def due(self, key: ObjectKey) -> bool:
         return time.monotonic() >= self._next.get(key, (0, 0.0))[1]
 
-    def failed(self, key: tuple[str, str]) -> None:
+    def failed(self, key: ObjectKey) -> None:
         failures, _ = self._next.get(key, (0, 0.0))
         delay = min(self.cap, self.base * 2**failures)
         self._next[key] = (failures + 1, time.monotonic() + delay)
 
-    def succeeded(self, key: tuple[str, str]) -> None:
+    def succeeded(self, key: ObjectKey) -> None:
         self._next.pop(key, None)
 
 
@@ -42,7 +45,7 @@ class Context:
     kube: Kube
     settings: Settings
     metrics: Metrics
-    locks: defaultdict[tuple[str, str, str], asyncio.Lock] = field(
+    locks: defaultdict[ObjectKey, asyncio.Lock] = field(
         default_factory=lambda: defaultdict(asyncio.Lock)
     )
     """One lock per object: its own event, a re-check and its cluster's event may reconcile
@@ -53,8 +56,12 @@ class Context:
     (VAUBAN_MAX_CONCURRENT_RECONCILES_PER_CLUSTER); each holds one connection at a time."""
 
     backoff: Backoff = field(init=False)
-    probed: dict[tuple[str, str], float] = field(default_factory=dict)
-    """When each database was last reconciled, for the periodic probe of ready ones."""
+    reconciled: dict[ObjectKey, float] = field(default_factory=dict)
+    """When each object was last reconciled in full, for the periodic re-check of ready
+    ones (clusters every probe interval, databases every resync interval)."""
+
+    usage_probed: dict[tuple[str, str], float] = field(default_factory=dict)
+    """When the databases of each cluster last had their usage read (one query for all)."""
 
     key_providers: dict[str, KeyProvider] = field(
         default_factory=lambda: {"kubernetes-secret": SecretKeyProvider()}

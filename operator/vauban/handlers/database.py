@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
@@ -31,12 +32,13 @@ from vauban.engines.postgres.plan import (
 from vauban.engines.postgres.probe import ServerAddress, check_login
 from vauban.engines.postgres.scram import new_password, verifier
 from vauban.handlers import backup
-from vauban.handlers.context import Context
+from vauban.handlers.context import Context, ObjectKey
 from vauban.handlers.publish import (
     awaiting_finalizer,
     parse_spec,
     post_event,
     publish,
+    refresh,
     unexpected,
 )
 from vauban.reconcile import compliance
@@ -83,15 +85,20 @@ async def reconcile(
     clusters: Mapping[tuple[str, str], Iterable[ClusterView]],
     neighbours: Index,
     backups: Index,
+    *,
+    only_if_due: bool = False,
 ) -> None:
     """`neighbours`: the databases of each cluster, for name conflicts; `backups`: the
-    ManagedBackups of each database."""
+    ManagedBackups of each database. `only_if_due`: for the periodic re-check, whose copy of
+    the object may predate a reconcile that made it not due any more."""
     meta = body["metadata"]
-    async with ctx.locks[(MANAGED_DATABASE.kind, meta["namespace"], meta["name"])]:
+    async with ctx.locks[_key(body)]:
         # Re-read under the lock: a reconcile that waited must see what the previous one
         # wrote (a rotation done twice would cut the grace period of the first).
         fresh = await ctx.kube.read(MANAGED_DATABASE, meta["namespace"], meta["name"])
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            return
+        if only_if_due and not due(ctx, fresh):
             return
         with ctx.metrics.reconcile(MANAGED_DATABASE.kind):
             try:
@@ -103,7 +110,7 @@ async def reconcile(
                 # Keep what status knew; say what failed.
                 kept = _kept(fresh.get("status") or {})
                 await publish(ctx, MANAGED_DATABASE, fresh, unexpected(e), fields=kept)
-                ctx.backoff.failed((meta["namespace"], meta["name"]))
+                ctx.backoff.failed(_key(body))
                 raise
 
 
@@ -162,8 +169,8 @@ async def _reconcile(
             fields.update(provisioned)
             domain += backup_conditions
     await publish(ctx, MANAGED_DATABASE, body, verdict, fields=fields, domain=domain)
-    key_of_me = (namespace, body["metadata"]["name"])
-    ctx.probed[key_of_me] = time.monotonic()
+    key_of_me = _key(body)
+    ctx.reconciled[key_of_me] = time.monotonic()
     # Only failures that cost a connection back off; waiting on Kubernetes objects is cheap
     # and must notice a fix (a namespace labelled) within one re-check interval.
     if verdict.reason in (Reason.UNREACHABLE, Reason.PROVISIONING_FAILED):
@@ -189,13 +196,73 @@ def settled(ctx: Context, body: Mapping[str, Any]) -> bool:
 
 def due(ctx: Context, body: Mapping[str, Any]) -> bool:
     """Whether the periodic re-check should reconcile this database now."""
-    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    key = _key(body)
     status = body.get("status") or {}
     if not is_true(previous_conditions(status), ConditionType.READY):
         return ctx.backoff.due(key)
     if database_logic.timers_due(status, body.get("spec") or {}, datetime.now(UTC)):
         return True
-    return time.monotonic() - ctx.probed.get(key, 0.0) >= ctx.settings.probe_interval_seconds
+    return database_logic.resync_due(
+        key, time.monotonic() - ctx.reconciled.get(key, 0.0), ctx.settings.resync_interval_seconds
+    )
+
+
+def _key(body: Mapping[str, Any]) -> ObjectKey:
+    return (MANAGED_DATABASE.kind, body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+async def probe_usage(
+    ctx: Context, cluster: ClusterView, bodies: Iterable[Mapping[str, Any]]
+) -> None:
+    """The periodic look at a cluster's ready databases, with one connection for all of them
+    instead of a reconcile each: sizes and sessions go to status (when they moved) and to
+    the metrics; a database or login gone from the server makes its database due for a full
+    reconcile, which re-creates it."""
+    if cluster.spec is None:
+        return
+    watched: list[tuple[Mapping[str, Any], str, str]] = []
+    for body in bodies:
+        status = body.get("status") or {}
+        login = (status.get("credentials") or {}).get("username")
+        database = (body.get("spec") or {}).get("databaseName")
+        if (
+            login
+            and database
+            and not body["metadata"].get("deletionTimestamp")
+            and status.get("observedGeneration") == body["metadata"].get("generation")
+            and is_true(previous_conditions(status), ConditionType.READY)
+        ):
+            watched.append((body, str(database), str(login)))
+    if not watched:
+        return
+    connection = await _connection(ctx, cluster, cluster.spec, "postgres")
+    if isinstance(connection, Verdict):
+        return  # the cluster's own status says what is missing
+    try:
+        async with ctx.server_slots[(cluster.namespace, cluster.name)]:
+            async with asyncio.timeout(USAGE_DEADLINE_SECONDS):
+                found = await pg.usage(
+                    connection.admin, {db for _, db, _ in watched}, {r for _, _, r in watched}
+                )
+    except (psycopg.Error, TimeoutError) as e:
+        # The cluster's own probe reports a server that does not answer; the databases keep
+        # their last figures until it does.
+        logger.info("usage of the databases of %s not read: %s", cluster.ref, type(e).__name__)
+        return
+    for body, db, login in watched:
+        measured = found.databases.get(db)
+        if measured is None or login not in found.logins:
+            ctx.reconciled.pop(_key(body), None)
+            continue
+        fields = {"sizeBytes": measured.size_bytes, "connections": measured.connections}
+        status = body.get("status") or {}
+        ctx.metrics.observe(MANAGED_DATABASE.kind, *_key(body)[1:], {**status, **fields})
+        if database_logic.usage_moved(status, fields):
+            await refresh(ctx, MANAGED_DATABASE, body, fields)
+
+
+USAGE_DEADLINE_SECONDS = 30.0
+"""One read of a cluster's database sizes; pg_database_size walks each database's files."""
 
 
 @dataclass(frozen=True)
@@ -349,7 +416,9 @@ async def _provision(
         )
         if _secret_differs(secret, desired_secret):
             await ctx.kube.apply_secret(desired_secret)
-        usage = await pg.usage(connection.admin, spec.database_name)
+        usage = (await pg.usage(connection.admin, [spec.database_name])).databases.get(
+            spec.database_name
+        )
     except psycopg.Error as e:
         return _database_error(e), _kept(status), []
 
@@ -384,8 +453,8 @@ async def _provision(
             "retireAfter": _rfc3339(steps.retire_after) if steps.retire_after else None,
         },
         "extensions": sorted(spec.extensions),
-        "sizeBytes": usage[0] if usage else None,
-        "connections": usage[1] if usage else None,
+        "sizeBytes": usage.size_bytes if usage else None,
+        "connections": usage.connections if usage else None,
     }
     if cluster_spec.external is not None:
         fields["credentials"]["accepted"] = await _login_accepted(

@@ -153,6 +153,31 @@ async def publish(
         )
 
 
+async def refresh(
+    ctx: Context, kind: KindInfo, body: Mapping[str, Any], fields: Mapping[str, Any]
+) -> None:
+    """Write figures a probe measured (a database's size and sessions) into the status of an
+    object that is otherwise unchanged: no condition moves, no Event. The status is taken
+    as stored now, under the object's lock, so nothing a reconcile wrote meanwhile is lost."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    async with ctx.locks[(kind.kind, namespace, name)]:
+        stored = await ctx.kube.read(kind, namespace, name)
+        if (
+            stored is None
+            or stored["metadata"].get("deletionTimestamp")
+            or stored["metadata"].get("generation") != meta.get("generation")
+        ):
+            return  # gone, going, or changed: its own reconcile writes its status
+        status = dict(stored.get("status") or {})
+        if all(status.get(k) == v for k, v in fields.items()):
+            return
+        status.update(fields)
+        await ctx.kube.apply_status(
+            kind, namespace, name, {k: v for k, v in status.items() if v is not None}
+        )
+
+
 async def post_event(
     ctx: Context,
     kind: KindInfo,

@@ -54,13 +54,15 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     recheck = settings.recheck_interval_seconds
     cluster_seen: dict[tuple[str, str], tuple[bool, bool, int | None]] = {}
 
+    # The indices are async functions only so that kopf calls them in the event loop: it
+    # runs sync handlers in a thread pool, a thread hop per event that costs more than them.
     @kopf.index(*CLUSTERS, id="clusters", registry=registry)
-    def clusters(body: kopf.Body, **_: Any) -> dict[tuple[str, str], ClusterView]:
+    async def clusters(body: kopf.Body, **_: Any) -> dict[tuple[str, str], ClusterView]:
         view = cluster.view_of(body)
         return {(view.namespace, view.name): view}
 
     @kopf.index(*DATABASES, id="databases_by_cluster", registry=registry)
-    def databases_by_cluster(
+    async def databases_by_cluster(
         body: kopf.Body, **_: Any
     ) -> dict[tuple[str, str], dict[str, Any]] | None:
         ref = body.get("spec", {}).get("clusterRef") or {}
@@ -81,6 +83,8 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         dependents: DependentsIndex = kwargs["databases_by_cluster"]
         if type == "DELETED":
             ctx.metrics.forget(MANAGED_CLUSTER.kind, *_key(body))
+            _forget(ctx, MANAGED_CLUSTER.kind, body)
+            ctx.usage_probed.pop(_key(body), None)
         elif _live(type, body):
             await cluster.reconcile(ctx, body)
         # Databases waiting on this cluster learn of its change (or its deletion) now, not at
@@ -114,7 +118,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     # status is mapped onto the owner's, a change by someone else is repaired by re-applying.
     # kopf starts watching CloudNativePG's Clusters when its CRD appears.
     @kopf.index(*CLUSTERS, id="cluster_bodies", registry=registry)
-    def cluster_bodies(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    async def cluster_bodies(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
         return {_key(body): snapshot(body)}
 
     async def owned_object_event(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
@@ -143,6 +147,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         if type == "DELETED":
             ctx.metrics.forget(MANAGED_DATABASE.kind, *_key(body))
             ctx.metrics.forget_backups(*_key(body))
+            _forget(ctx, MANAGED_DATABASE.kind, body)
         elif _live(type, body) and not database.settled(ctx, body):
             await database.reconcile(
                 ctx,
@@ -159,7 +164,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             await database.finalize(ctx, body, kwargs["clusters"], kwargs["databases_by_cluster"])
 
     @kopf.index(*BACKUPS, id="backups_by_database", registry=registry)
-    def backups_by_database(
+    async def backups_by_database(
         body: kopf.Body, **_: Any
     ) -> dict[tuple[str, str], dict[str, Any]] | None:
         name = (body.get("spec", {}).get("databaseRef") or {}).get("name")
@@ -278,6 +283,17 @@ def _key(body: Mapping[str, Any]) -> tuple[str, str]:
     return (body["metadata"]["namespace"], body["metadata"]["name"])
 
 
+def _forget(ctx: Context, kind: str, body: Mapping[str, Any]) -> None:
+    """What this process kept about an object that is gone: a thousand databases created
+    and deleted must not leave a thousand locks and timestamps behind."""
+    key = (kind, *_key(body))
+    ctx.reconciled.pop(key, None)
+    ctx.backoff.succeeded(key)
+    lock = ctx.locks.get(key)
+    if lock is not None and not lock.locked():
+        del ctx.locks[key]
+
+
 async def _recheck_forever(
     ctx: Context,
     interval: float,
@@ -302,20 +318,47 @@ async def _recheck_forever(
             for body in list(store):
                 if not _being_deleted(body) and cluster.due(ctx, body):
                     await _guarded(cluster.reconcile(ctx, body), body)
-        # Every database: those not ready, those with credentials to retire or rotate, and
-        # the ready ones once per probe interval (size, connections).
-        for store in list(databases.values()):
-            for body in list(store):
-                if not _being_deleted(body) and database.due(ctx, body):
-                    await _guarded(
-                        database.reconcile(ctx, body, clusters, databases, backups), body
-                    )
+        # The databases of each cluster, the clusters side by side: a server that does not
+        # answer delays only its own databases' re-checks.
+        await asyncio.gather(
+            *(
+                _recheck_databases(ctx, key, list(store), clusters, databases, backups)
+                for key, store in list(databases.items())
+            )
+        )
         # Backups waiting for their database (or for a Job event missed while down).
         for store in list(backups.values()):
             for body in list(store):
                 phase = (body.get("status") or {}).get("phase")
                 if not _being_deleted(body) and phase not in ("Succeeded", "Failed"):
                     await _guarded(backup.reconcile(ctx, body), body)
+
+
+async def _recheck_databases(
+    ctx: Context,
+    key: tuple[str, str],
+    bodies: list[Mapping[str, Any]],
+    clusters: ClusterIndex,
+    databases: DependentsIndex,
+    backups: DependentsIndex,
+) -> None:
+    """A ready cluster's databases have their usage read once per probe interval, all with
+    one query; then each database that is due is reconciled: not ready, credentials to
+    retire or rotate, drift the usage read found, or its resync interval elapsed."""
+    view = next(iter(clusters.get(key, ())), None)
+    since = time.monotonic() - ctx.usage_probed.get(key, 0.0)
+    if view is not None and view.ready and since >= ctx.settings.probe_interval_seconds:
+        ctx.usage_probed[key] = time.monotonic()
+        await _guarded(
+            database.probe_usage(ctx, view, bodies),
+            {"metadata": {"namespace": key[0], "name": key[1]}},
+        )
+    for body in bodies:
+        if not _being_deleted(body) and database.due(ctx, body):
+            await _guarded(
+                database.reconcile(ctx, body, clusters, databases, backups, only_if_due=True),
+                body,
+            )
 
 
 async def _guarded(reconcile: Awaitable[None], body: Mapping[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -214,6 +215,34 @@ def timers_due(status: Mapping[str, Any], spec: Mapping[str, Any], now: datetime
     return bool(
         period and last and now >= parse_time(last) + timedelta(seconds=duration_seconds(period))
     )
+
+
+RESYNC_SPREAD = 0.25
+"""Each object's resync interval is shortened by a fraction of up to this, fixed by its
+key: objects reconciled together (a burst, a restart) are next resynced over a quarter of
+the interval instead of all at once."""
+
+
+def resync_due(key: tuple[str, ...], elapsed: float, interval: float) -> bool:
+    """Whether `elapsed` seconds since an object's last full reconcile call for another."""
+    fraction = zlib.crc32("/".join(key).encode()) / 2**32
+    return elapsed >= interval * (1 - RESYNC_SPREAD * fraction)
+
+
+SIZE_TOLERANCE = 0.01
+"""A database's size in status is rewritten when it moved by more than this fraction: a
+busy database would otherwise cost a status write (and an event to every watcher) at every
+probe. The metric always has the figure just read."""
+
+
+def usage_moved(status: Mapping[str, Any], measured: Mapping[str, int | None]) -> bool:
+    """Whether measured size and sessions differ enough from status to be written."""
+    if status.get("connections") != measured["connections"]:
+        return True
+    before, now = status.get("sizeBytes"), measured["sizeBytes"]
+    if before is None or now is None:
+        return before != now
+    return bool(abs(now - before) > SIZE_TOLERANCE * max(before, 1))
 
 
 def parse_time(value: str) -> datetime:

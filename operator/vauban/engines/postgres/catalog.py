@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,15 +146,56 @@ async def _run(
         await conn.execute(statement)
 
 
-async def usage(admin: AdminCredentials, database: str) -> tuple[int, int] | None:
-    """(size in bytes, open connections) of a database; None when it does not exist."""
+@dataclass(frozen=True)
+class DatabaseUsage:
+    size_bytes: int | None
+    """None when the admin role may not read it (neither CONNECT nor pg_read_all_stats)."""
+
+    connections: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    databases: Mapping[str, DatabaseUsage]
+    """By name; a database asked for and absent from the server is absent here."""
+
+    logins: frozenset[str]
+    """Of the roles asked for, those that exist and may log in."""
+
+
+# pg_database_size needs CONNECT on the database (or pg_read_all_stats): without either, the
+# size is left out rather than failing the query for every database of the server.
+_USAGE = """
+SELECT d.datname,
+       CASE WHEN has_database_privilege(d.oid, 'CONNECT')
+                 OR pg_has_role('pg_read_all_stats', 'USAGE')
+            THEN pg_database_size(d.oid) END,
+       (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid)
+  FROM pg_database d
+ WHERE d.datname = ANY(%s)
+"""
+
+
+async def usage(
+    admin: AdminCredentials, databases: Collection[str], logins: Collection[str] = ()
+) -> Usage:
+    """Size and sessions of many databases, and which of `logins` may still log in: one
+    connection and at most two statements, however many databases a server holds."""
     async with connect(admin) as conn:
-        row = await (
-            await conn.execute(
-                "SELECT pg_database_size(datname),"
-                " (SELECT count(*) FROM pg_stat_activity WHERE datname = %s)"
-                " FROM pg_database WHERE datname = %s",
-                (database, database),
-            )
-        ).fetchone()
-    return None if row is None else (int(str(row[0])), int(str(row[1])))
+        rows = await (await conn.execute(_USAGE, (list(databases),))).fetchall()
+        found: frozenset[str] = frozenset()
+        if logins:
+            roles = await (
+                await conn.execute(
+                    "SELECT rolname FROM pg_roles WHERE rolcanlogin AND rolname = ANY(%s)",
+                    (list(logins),),
+                )
+            ).fetchall()
+            found = frozenset(str(name) for (name,) in roles)
+    return Usage(
+        databases={
+            str(name): DatabaseUsage(None if size is None else int(str(size)), int(str(count)))
+            for name, size, count in rows
+        },
+        logins=found,
+    )
