@@ -241,9 +241,10 @@ async def probe_usage(
     try:
         async with ctx.server_slots[(cluster.namespace, cluster.name)]:
             async with asyncio.timeout(USAGE_DEADLINE_SECONDS):
-                found = await pg.usage(
-                    connection.admin, {db for _, db, _ in watched}, {r for _, _, r in watched}
-                )
+                async with pg.session(connection.admin) as server:
+                    found = await server.usage(
+                        {db for _, db, _ in watched}, {r for _, _, r in watched}
+                    )
     except (psycopg.Error, TimeoutError) as e:
         # The cluster's own probe reports a server that does not answer; the databases keep
         # their last figures until it does.
@@ -350,75 +351,78 @@ async def _provision(
         return connection, {}, []
     now = datetime.now(UTC)
     try:
-        catalog = await pg.read_catalog(connection.admin, spec.database_name, spec.owner)
-        found = await ctx.kube.read_secret_and_owners(namespace, secret_name(name))
-        if found is not None and meta.get("uid") not in found[1]:
-            return (
-                Verdict(
-                    State.STALLED,
-                    Reason.NAME_CONFLICT,
-                    f"Secret {secret_name(name)} already exists and was not created for this "
-                    "ManagedDatabase; Vauban does not overwrite it. Delete or rename it.",
-                ),
-                _kept(status),
-                [],
+        # One admin session for the whole plan: connecting (TLS, SCRAM) costs more than it.
+        async with pg.session(connection.admin) as server:
+            catalog = await server.catalog(spec.database_name, spec.owner)
+            found = await ctx.kube.read_secret_and_owners(namespace, secret_name(name))
+            if found is not None and meta.get("uid") not in found[1]:
+                return (
+                    Verdict(
+                        State.STALLED,
+                        Reason.NAME_CONFLICT,
+                        f"Secret {secret_name(name)} already exists and was not created for this "
+                        "ManagedDatabase; Vauban does not overwrite it. Delete or rename it.",
+                    ),
+                    _kept(status),
+                    [],
+                )
+            secret = None if found is None else found[0]
+            token = (meta.get("annotations") or {}).get(ROTATE_ANNOTATION)
+            steps = database_logic.plan_credentials(
+                owner=spec.owner,
+                secret_username=(secret or {}).get("username")
+                if secret and "password" in secret
+                else None,
+                existing_logins=[r for r in catalog.roles if r != spec.owner],
+                retiring=credentials.get("retiring") or [],
+                retire_after=_parse_time(credentials.get("retireAfter")),
+                last_rotation=_parse_time(credentials.get("lastRotation")),
+                rotate_token=token,
+                acted_token=credentials.get("rotationToken"),
+                rotation_period=spec.credentials.rotation_period,
+                grace_period=spec.credentials.grace_period,
+                now=now,
             )
-        secret = None if found is None else found[0]
-        token = (meta.get("annotations") or {}).get(ROTATE_ANNOTATION)
-        steps = database_logic.plan_credentials(
-            owner=spec.owner,
-            secret_username=(secret or {}).get("username")
-            if secret and "password" in secret
-            else None,
-            existing_logins=[r for r in catalog.roles if r != spec.owner],
-            retiring=credentials.get("retiring") or [],
-            retire_after=_parse_time(credentials.get("retireAfter")),
-            last_rotation=_parse_time(credentials.get("lastRotation")),
-            rotate_token=token,
-            acted_token=credentials.get("rotationToken"),
-            rotation_period=spec.credentials.rotation_period,
-            grace_period=spec.credentials.grace_period,
-            now=now,
-        )
-        password = new_password() if steps.new_password else (secret or {})["password"]
-        desired = Desired(
-            database=spec.database_name,
-            owner=spec.owner,
-            login=Login(steps.login, verifier(password)),
-            connection_limit=spec.connection_limit or -1,
-            extensions=frozenset(spec.extensions),
-            managed_extensions=frozenset(status.get("extensions") or []),
-            retire=frozenset(steps.retire_now),
-        )
-        taken = None if _provisioned(body) else takeover(desired, catalog)
-        if taken is not None:
-            return (
-                Verdict(
-                    State.STALLED,
-                    Reason.NAME_CONFLICT,
-                    f"The {taken}: Vauban does not take over what it did not create. Choose "
-                    "other names; nothing was changed.",
+            password = new_password() if steps.new_password else (secret or {})["password"]
+            desired = Desired(
+                database=spec.database_name,
+                owner=spec.owner,
+                # PBKDF2 is a reconcile's costliest step: only for a login to create.
+                login=Login(
+                    steps.login, "" if steps.login in catalog.roles else verifier(password)
                 ),
-                {},
-                [],
+                connection_limit=spec.connection_limit or -1,
+                extensions=frozenset(spec.extensions),
+                managed_extensions=frozenset(status.get("extensions") or []),
+                retire=frozenset(steps.retire_now),
             )
-        sql_plan = plan(desired, catalog)
-        await pg.execute(connection.admin, spec.database_name, spec.owner, sql_plan)
-        # The login role exists before the Secret names it: an application never reads
-        # credentials the server does not accept yet.
-        desired_secret = credentials_secret(
-            name=name,
-            namespace=namespace,
-            owner_uid=meta.get("uid", ""),
-            username=steps.login,
-            password=password,
-            endpoint=connection.endpoint,
-        )
-        if _secret_differs(secret, desired_secret):
-            await ctx.kube.apply_secret(desired_secret)
-        usage = (await pg.usage(connection.admin, [spec.database_name])).databases.get(
-            spec.database_name
-        )
+            taken = None if _provisioned(body) else takeover(desired, catalog)
+            if taken is not None:
+                return (
+                    Verdict(
+                        State.STALLED,
+                        Reason.NAME_CONFLICT,
+                        f"The {taken}: Vauban does not take over what it did not create. Choose "
+                        "other names; nothing was changed.",
+                    ),
+                    {},
+                    [],
+                )
+            sql_plan = plan(desired, catalog)
+            await server.apply(spec.database_name, spec.owner, sql_plan)
+            # The login role exists before the Secret names it: an application never reads
+            # credentials the server does not accept yet.
+            desired_secret = credentials_secret(
+                name=name,
+                namespace=namespace,
+                owner_uid=meta.get("uid", ""),
+                username=steps.login,
+                password=password,
+                endpoint=connection.endpoint,
+            )
+            if _secret_differs(secret, desired_secret):
+                await ctx.kube.apply_secret(desired_secret)
+            usage = (await server.usage([spec.database_name])).databases.get(spec.database_name)
     except psycopg.Error as e:
         return _database_error(e), _kept(status), []
 
@@ -584,8 +588,8 @@ async def finalize(
         )
         return
     try:
-        async with ctx.server_slots[key]:
-            catalog = await pg.read_catalog(connection.admin, spec.database_name, spec.owner)
+        async with ctx.server_slots[key], pg.session(connection.admin) as server:
+            catalog = await server.catalog(spec.database_name, spec.owner)
             logins = sorted(
                 r
                 for r in catalog.roles
@@ -595,7 +599,7 @@ async def finalize(
                 statements = drop_database(spec.database_name, [*logins, spec.owner])
             else:
                 statements = [s for role in logins for s in retire_login(role)]
-            await pg.run_statements(connection.admin, statements)
+            await server.run(statements)
     except psycopg.Error as e:
         raise kopf.TemporaryError(_database_error(e).message, delay=30) from e
     logger.info(

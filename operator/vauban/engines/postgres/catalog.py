@@ -17,6 +17,9 @@ from vauban.engines.postgres.probe import ServerAddress, ssl_root_cert
 logger = logging.getLogger(__name__)
 
 
+Connection = psycopg.AsyncConnection[tuple[object, ...]]
+
+
 @dataclass(frozen=True)
 class AdminCredentials:
     address: ServerAddress
@@ -25,9 +28,7 @@ class AdminCredentials:
 
 
 @contextlib.asynccontextmanager
-async def connect(
-    admin: AdminCredentials, dbname: str = "postgres"
-) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
+async def connect(admin: AdminCredentials, dbname: str = "postgres") -> AsyncIterator[Connection]:
     with ssl_root_cert(admin.address.ca_pem) as root_cert:
         connection = await psycopg.AsyncConnection.connect(
             host=admin.address.host,
@@ -45,8 +46,18 @@ async def connect(
             yield connection
 
 
-async def read_catalog(admin: AdminCredentials, database: str, owner: str) -> Catalog:
-    async with connect(admin) as conn:
+class Server:
+    """One admin session on a server's `postgres` database, for everything a reconcile
+    reads and changes there: connecting costs more than the statements (TLS, SCRAM), so a
+    reconcile connects once, plus once into the database itself when a step must run there
+    (extensions)."""
+
+    def __init__(self, admin: AdminCredentials, connection: Connection) -> None:
+        self._admin = admin
+        self._conn = connection
+
+    async def catalog(self, database: str, owner: str) -> Catalog:
+        conn = self._conn
         rows: list[Any] = await (
             await conn.execute(
                 """
@@ -96,52 +107,68 @@ async def read_catalog(admin: AdminCredentials, database: str, owner: str) -> Ca
                 (database,),
             )
         ).fetchone()
-    extensions: frozenset[str] = frozenset()
-    if db_row is not None:
-        async with connect(admin, database) as conn:
-            names = await (await conn.execute("SELECT extname FROM pg_extension")).fetchall()
-            extensions = frozenset(str(n) for (n,) in names)
-    admin_roles = roles.get(admin_name)
-    return Catalog(
-        roles={k: v for k, v in roles.items() if k != admin_name or k == owner},
-        database_owner=None if db_row is None else str(db_row[0]),
-        public_can_connect=bool(db_row[1]) if db_row else False,
-        extensions=extensions,
-        admin=admin_name,
-        admin_is_superuser=superuser,
-        admin_member_of=admin_roles.member_of if admin_roles else frozenset(),
-    )
+        extensions: frozenset[str] = frozenset()
+        if db_row is not None:
+            async with connect(self._admin, database) as db:
+                names = await (await db.execute("SELECT extname FROM pg_extension")).fetchall()
+                extensions = frozenset(str(n) for (n,) in names)
+        admin_roles = roles.get(admin_name)
+        return Catalog(
+            roles={k: v for k, v in roles.items() if k != admin_name or k == owner},
+            database_owner=None if db_row is None else str(db_row[0]),
+            public_can_connect=bool(db_row[1]) if db_row else False,
+            extensions=extensions,
+            admin=admin_name,
+            admin_is_superuser=superuser,
+            admin_member_of=admin_roles.member_of if admin_roles else frozenset(),
+        )
+
+    async def apply(self, database: str, owner: str, plan: Plan) -> None:
+        """Run a plan, phase by phase. Statements are never logged: one may carry a password
+        verifier."""
+        await self.run(plan.server)
+        if plan.database:
+            async with connect(self._admin, database) as conn:
+                catalog_admin = await (
+                    await conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+                ).fetchone()
+                if not (catalog_admin and catalog_admin[0]):
+                    await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
+                await _run(conn, plan.database)
+        await self.run(plan.retire)
+
+    async def run(self, statements: Sequence[sql.Composed]) -> None:
+        await _run(self._conn, statements)
+
+    async def usage(self, databases: Collection[str], logins: Collection[str] = ()) -> Usage:
+        """Size and sessions of many databases, and which of `logins` may still log in: at
+        most two statements, however many databases the server holds."""
+        rows = await (await self._conn.execute(_USAGE, (list(databases),))).fetchall()
+        found: frozenset[str] = frozenset()
+        if logins:
+            roles = await (
+                await self._conn.execute(
+                    "SELECT rolname FROM pg_roles WHERE rolcanlogin AND rolname = ANY(%s)",
+                    (list(logins),),
+                )
+            ).fetchall()
+            found = frozenset(str(name) for (name,) in roles)
+        return Usage(
+            databases={
+                str(name): DatabaseUsage(None if size is None else int(str(size)), int(str(n)))
+                for name, size, n in rows
+            },
+            logins=found,
+        )
 
 
-async def execute(admin: AdminCredentials, database: str, owner: str, plan: Plan) -> None:
-    """Run a plan, phase by phase. Statements are never logged: one may carry a password
-    verifier."""
-    if plan.server:
-        async with connect(admin) as conn:
-            await _run(conn, plan.server)
-    if plan.database:
-        async with connect(admin, database) as conn:
-            catalog_admin = await (
-                await conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-            ).fetchone()
-            if not (catalog_admin and catalog_admin[0]):
-                await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
-            await _run(conn, plan.database)
-    if plan.retire:
-        async with connect(admin) as conn:
-            await _run(conn, plan.retire)
+@contextlib.asynccontextmanager
+async def session(admin: AdminCredentials) -> AsyncIterator[Server]:
+    async with connect(admin) as connection:
+        yield Server(admin, connection)
 
 
-async def run_statements(
-    admin: AdminCredentials, statements: Sequence[sql.Composed], dbname: str = "postgres"
-) -> None:
-    async with connect(admin, dbname) as conn:
-        await _run(conn, statements)
-
-
-async def _run(
-    conn: psycopg.AsyncConnection[tuple[object, ...]], statements: Sequence[sql.Composed]
-) -> None:
+async def _run(conn: Connection, statements: Sequence[sql.Composed]) -> None:
     for statement in statements:
         await conn.execute(statement)
 
@@ -174,28 +201,3 @@ SELECT d.datname,
   FROM pg_database d
  WHERE d.datname = ANY(%s)
 """
-
-
-async def usage(
-    admin: AdminCredentials, databases: Collection[str], logins: Collection[str] = ()
-) -> Usage:
-    """Size and sessions of many databases, and which of `logins` may still log in: one
-    connection and at most two statements, however many databases a server holds."""
-    async with connect(admin) as conn:
-        rows = await (await conn.execute(_USAGE, (list(databases),))).fetchall()
-        found: frozenset[str] = frozenset()
-        if logins:
-            roles = await (
-                await conn.execute(
-                    "SELECT rolname FROM pg_roles WHERE rolcanlogin AND rolname = ANY(%s)",
-                    (list(logins),),
-                )
-            ).fetchall()
-            found = frozenset(str(name) for (name,) in roles)
-    return Usage(
-        databases={
-            str(name): DatabaseUsage(None if size is None else int(str(size)), int(str(count)))
-            for name, size, count in rows
-        },
-        logins=found,
-    )

@@ -53,7 +53,8 @@ class Login:
 
     name: str
     password_verifier: str
-    """Used only to create the role; an existing role's password is never re-applied."""
+    """Used only to create the role (callers may leave it empty for a role the catalog
+    has): an existing role's password is never re-applied."""
 
 
 @dataclass(frozen=True)
