@@ -250,8 +250,9 @@ class CredentialsStatus(StatusModel):
     """The vauban.dev/rotate-credentials token last acted on."""
 
     accepted: bool | None = None
-    """Whether the server accepted the Secret's credentials at the last probe (mode
-    External: Vauban logs in as the tenant, as an application would)."""
+    """Whether the server accepted the Secret's credentials at the last full reconcile: on
+    each change, and once per resync interval (mode External: Vauban logs in as the tenant,
+    as an application would)."""
 
 
 class BackupStatus(StatusModel):
@@ -314,7 +315,8 @@ class ManagedDatabaseStatus(StatusModel):
     """The tenant's credentials."""
 
     size_bytes: Annotated[int, Field(ge=0)] | None = None
-    """Size of the database, from the last probe."""
+    """Size of the database, from the last probe; rewritten when it moved by more than 1 %
+    (the metric has every probe's figure)."""
 
     connections: Annotated[int, Field(ge=0)] | None = None
     """Open connections to the database, from the last probe."""
