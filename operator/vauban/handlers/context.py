@@ -11,6 +11,7 @@ from typing import Any
 from vauban.kms import KeyProvider
 from vauban.kms.local import SecretKeyProvider
 from vauban.kube.resources import Kube
+from vauban.memory import MemoryReleaser
 from vauban.metrics import Metrics
 from vauban.settings import Settings
 
@@ -52,8 +53,13 @@ class Context:
     it at the same moment; they run one after the other."""
 
     server_slots: defaultdict[tuple[str, str], asyncio.Semaphore] = field(init=False)
-    """Per cluster: how many database reconciles may use its server at once
-    (VAUBAN_MAX_CONCURRENT_RECONCILES_PER_CLUSTER); each holds one connection at a time."""
+    """Per cluster: how many database reconciles run at once
+    (VAUBAN_MAX_CONCURRENT_RECONCILES_PER_CLUSTER). Each holds at most one admin and one other
+    connection to the server; those waiting for a slot hold nothing yet (a burst of a
+    thousand would otherwise hold a thousand bodies and their neighbours' claims)."""
+
+    memory: MemoryReleaser = field(default_factory=MemoryReleaser)
+    """Trims the heap once a wave of reconciles has drained."""
 
     backoff: Backoff = field(init=False)
     reconciled: dict[ObjectKey, float] = field(default_factory=dict)

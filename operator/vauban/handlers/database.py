@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -92,7 +93,16 @@ async def reconcile(
     ManagedBackups of each database. `only_if_due`: for the periodic re-check, whose copy of
     the object may predate a reconcile that made it not due any more."""
     meta = body["metadata"]
-    async with ctx.locks[_key(body)]:
+    server = database_logic.cluster_key_of(body)
+    # A bounded number of databases of one cluster reconcile at a time: a burst of a
+    # thousand would otherwise exhaust its server's max_connections ("too many clients"),
+    # and hold a thousand bodies in memory while they wait. A waiting reconcile holds
+    # nothing: the object is read when its turn comes.
+    async with (
+        ctx.memory.busy(),
+        ctx.locks[_key(body)],
+        ctx.server_slots[server] if server else contextlib.nullcontext(),
+    ):
         # Re-read under the lock: a reconcile that waited must see what the previous one
         # wrote (a rotation done twice would cut the grace period of the first).
         fresh = await ctx.kube.read(MANAGED_DATABASE, meta["namespace"], meta["name"])
@@ -160,12 +170,9 @@ async def _reconcile(
             # the next event, and the status of that reconcile says all there is to say.
             return
         else:
-            # A bounded number of databases talk to one server at a time: a burst of a
-            # thousand would otherwise exhaust its max_connections ("too many clients").
-            async with ctx.server_slots[key]:
-                verdict, provisioned, backup_conditions = await _provision(
-                    ctx, body, spec, cluster, cluster.spec, backups
-                )
+            verdict, provisioned, backup_conditions = await _provision(
+                ctx, body, spec, cluster, cluster.spec, backups
+            )
             fields.update(provisioned)
             domain += backup_conditions
     await publish(ctx, MANAGED_DATABASE, body, verdict, fields=fields, domain=domain)

@@ -25,6 +25,7 @@ from vauban.builders import cnpg
 from vauban.handlers import backup, cluster, database
 from vauban.handlers.context import Context, context_of
 from vauban.handlers.publish import snapshot
+from vauban.reconcile import database as database_logic
 from vauban.reconcile.database import ClusterView
 from vauban.settings import Settings
 
@@ -65,11 +66,8 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     async def databases_by_cluster(
         body: kopf.Body, **_: Any
     ) -> dict[tuple[str, str], dict[str, Any]] | None:
-        ref = body.get("spec", {}).get("clusterRef") or {}
-        if "name" not in ref:
-            return None
-        namespace = body["metadata"]["namespace"]
-        return {(str(ref.get("namespace") or namespace), str(ref["name"])): snapshot(body)}
+        cluster = database_logic.cluster_key_of(body)
+        return None if cluster is None else {cluster: snapshot(body)}
 
     @kopf.on.event(*CLUSTERS, id="cluster", registry=registry)
     async def cluster_event(
@@ -219,9 +217,18 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     async def _reconcile_database(
         ctx: Context, namespace: str, name: str | None, indices: Mapping[str, Any]
     ) -> None:
-        if not name:
-            return
-        target = {"metadata": {"namespace": namespace, "name": name}}
+        # The index's copy: a reconcile needs the spec's clusterRef to wait for its turn.
+        target = next(
+            (
+                body
+                for store in list(indices["databases_by_cluster"].values())
+                for body in store
+                if _key(body) == (namespace, name)
+            ),
+            None,
+        )
+        if target is None:
+            return  # not indexed yet: its own first event reconciles it
         await _guarded(
             database.reconcile(
                 ctx,

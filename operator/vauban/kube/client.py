@@ -24,6 +24,9 @@ async def connect(kubeconfig: Path | None) -> client.ApiClient:
             config.load_incluster_config(client_configuration=configuration)
         except config.ConfigException:
             await config.load_kube_config(client_configuration=configuration, persist_config=False)
+    # Each TLS connection holds a 256 KiB read buffer: at the client's default of 100, a
+    # burst costs tens of MiB for no more throughput than the apiserver gives 16.
+    configuration.connection_pool_maxsize = 16
     api = client.ApiClient(configuration)
     api.user_agent = USER_AGENT
     return api

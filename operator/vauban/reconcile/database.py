@@ -37,6 +37,15 @@ def cluster_key(namespace: str, spec: ManagedDatabaseSpec) -> tuple[str, str]:
     return (spec.cluster_ref.namespace or namespace, spec.cluster_ref.name)
 
 
+def cluster_key_of(body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(namespace, name) of the cluster a ManagedDatabase's body refers to, read without
+    parsing the spec; None without a clusterRef."""
+    ref = (body.get("spec") or {}).get("clusterRef") or {}
+    if "name" not in ref:
+        return None
+    return (str(ref.get("namespace") or body["metadata"]["namespace"]), str(ref["name"]))
+
+
 def assess(
     *,
     namespace: str,
