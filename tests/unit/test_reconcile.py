@@ -261,14 +261,24 @@ def test_resync_is_due_after_the_interval_and_spread_over_its_last_quarter() -> 
     )
 
 
+GB = 10**9
+
+
 @pytest.mark.parametrize(
     ("before", "measured", "moved"),
     [
-        ({"sizeBytes": 1000, "connections": 2}, {"sizeBytes": 1000, "connections": 2}, False),
-        ({"sizeBytes": 1000, "connections": 2}, {"sizeBytes": 1010, "connections": 2}, False),
-        ({"sizeBytes": 1000, "connections": 2}, {"sizeBytes": 1011, "connections": 2}, True),
-        ({"sizeBytes": 1000, "connections": 2}, {"sizeBytes": 989, "connections": 2}, True),
-        ({"sizeBytes": 1000, "connections": 2}, {"sizeBytes": 1000, "connections": 3}, True),
+        ({"sizeBytes": GB, "connections": 2}, {"sizeBytes": GB, "connections": 2}, False),
+        (
+            {"sizeBytes": GB, "connections": 2},
+            {"sizeBytes": GB + GB // 100, "connections": 2},
+            False,
+        ),
+        ({"sizeBytes": GB, "connections": 2}, {"sizeBytes": GB + GB // 99, "connections": 2}, True),
+        ({"sizeBytes": GB, "connections": 2}, {"sizeBytes": GB - GB // 99, "connections": 2}, True),
+        ({"sizeBytes": GB, "connections": 2}, {"sizeBytes": GB, "connections": 3}, True),
+        # A new database's first growth (7.47 to 7.63 MB, measured) is not worth a write.
+        ({"sizeBytes": 7471619, "connections": 0}, {"sizeBytes": 7634279, "connections": 0}, False),
+        ({"sizeBytes": 7471619, "connections": 0}, {"sizeBytes": 8600000, "connections": 0}, True),
         ({"connections": 0}, {"sizeBytes": 1000, "connections": 0}, True),
         ({"sizeBytes": 1000, "connections": 0}, {"sizeBytes": None, "connections": 0}, True),
         ({}, {"sizeBytes": None, "connections": 0}, True),

@@ -353,7 +353,9 @@ async def _recheck_databases(
     one query; then each database that is due is reconciled: not ready, credentials to
     retire or rotate, drift the usage read found, or its resync interval elapsed."""
     view = next(iter(clusters.get(key, ())), None)
-    since = time.monotonic() - ctx.usage_probed.get(key, 0.0)
+    # The first read comes one interval after the cluster is first seen: until then, the
+    # reconciles that follow a start or a burst have just read the same figures.
+    since = time.monotonic() - ctx.usage_probed.setdefault(key, time.monotonic())
     if view is not None and view.ready and since >= ctx.settings.probe_interval_seconds:
         ctx.usage_probed[key] = time.monotonic()
         await _guarded(

@@ -239,9 +239,11 @@ def resync_due(key: tuple[str, ...], elapsed: float, interval: float) -> bool:
 
 
 SIZE_TOLERANCE = 0.01
-"""A database's size in status is rewritten when it moved by more than this fraction: a
+SIZE_TOLERANCE_BYTES = 1 << 20
+"""A database's size in status is rewritten when it moved by more than 1 % and 1 MiB: a
 busy database would otherwise cost a status write (and an event to every watcher) at every
-probe. The metric always has the figure just read."""
+probe, and a new one a write at its first probe (its free space maps appear after its
+first vacuum). The metric always has the figure just read."""
 
 
 def usage_moved(status: Mapping[str, Any], measured: Mapping[str, int | None]) -> bool:
@@ -251,7 +253,7 @@ def usage_moved(status: Mapping[str, Any], measured: Mapping[str, int | None]) -
     before, now = status.get("sizeBytes"), measured["sizeBytes"]
     if before is None or now is None:
         return before != now
-    return bool(abs(now - before) > SIZE_TOLERANCE * max(before, 1))
+    return bool(abs(now - before) > max(SIZE_TOLERANCE * before, SIZE_TOLERANCE_BYTES))
 
 
 def parse_time(value: str) -> datetime:
