@@ -9,7 +9,6 @@ backup is complete — from the bucket.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -38,7 +37,7 @@ from vauban.conditions import (
     now_rfc3339,
 )
 from vauban.handlers import keys
-from vauban.handlers.context import Context
+from vauban.handlers.context import Context, fingerprint
 from vauban.handlers.publish import awaiting_finalizer, parse_spec, post_event, publish
 from vauban.reconcile import backup as logic
 from vauban.reconcile.database import ClusterView, parse_time
@@ -85,23 +84,19 @@ def bucket(store: build.Store) -> Bucket:
     )
 
 
-def _fingerprint(body: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
 async def _apply_once(ctx: Context, kind: str, body: Mapping[str, Any]) -> None:
     """Apply an agent Secret or CronJob only when it differs from what this process last
     applied: a ready database's periodic reconcile then costs no write."""
     meta = body["metadata"]
     key = (kind, meta["namespace"], meta["name"])
-    fingerprint = _fingerprint(body)
-    if ctx.applied.get(key) == fingerprint:
+    printed = fingerprint(body)
+    if ctx.applied.get(key) == printed:
         return
     if kind == "Secret":
         await ctx.kube.apply_secret(body)
     else:
         await ctx.kube.apply_cronjob(body)
-    ctx.applied[key] = fingerprint
+    ctx.applied[key] = printed
 
 
 async def _forget(ctx: Context, kind: str, namespace: str, name: str) -> None:

@@ -17,7 +17,7 @@ from vauban.builders import cnpg
 from vauban.conditions import ConditionType, Reason, State, Verdict, is_true, now_rfc3339
 from vauban.engines.postgres.probe import ServerAddress, probe
 from vauban.handlers import posture as posture_
-from vauban.handlers.context import Context
+from vauban.handlers.context import Context, ObjectKey, fingerprint
 from vauban.handlers.publish import (
     awaiting_finalizer,
     parse_spec,
@@ -153,20 +153,59 @@ async def _reconcile_managed(
         return assessment
     if unprepared is not None:
         return cluster_logic.Assessment(unprepared)
-    await ctx.kube.create_secret_if_absent(cnpg.superuser_secret(owner))
-    applied = await ctx.kube.apply_custom(
-        cnpg.CNPG_PLURAL,
-        cnpg.cluster(owner, spec, image_repository=ctx.settings.postgres_image_repository),
-    )
+    # Read before create: a create refused with 409 at every reconcile is a write attempt.
+    superuser = cnpg.superuser_secret(owner)
+    if await ctx.kube.read_secret(owner.namespace, superuser["metadata"]["name"]) is None:
+        await ctx.kube.create_secret_if_absent(superuser)
+    desired = cnpg.cluster(owner, spec, image_repository=ctx.settings.postgres_image_repository)
+    applied = existing
+    if existing is None or _changed(ctx, desired):
+        applied = await ctx.kube.apply_custom(cnpg.CNPG_PLURAL, desired)
+        _applied(ctx, desired, applied)
     await _scheduled_base_backups(ctx, owner, spec)
-    await ctx.kube.apply_network_policy(
-        cnpg.network_policy(
-            owner,
-            spec,
-            operator_namespaces=(ctx.settings.namespace, ctx.settings.cloudnativepg_namespace),
-        )
+    policy = cnpg.network_policy(
+        owner,
+        spec,
+        operator_namespaces=(ctx.settings.namespace, ctx.settings.cloudnativepg_namespace),
     )
+    if _changed(ctx, policy):
+        _applied(ctx, policy, await ctx.kube.apply_network_policy(policy))
     return assess(applied) if existing is None and applied is not None else assessment
+
+
+# The cluster is reconciled at every status change of its CloudNativePG Cluster (a dozen
+# while its instances start), and each apply of unchanged objects was a write. What this
+# process applied is remembered with the generation the apply left; an edit by someone else
+# bumps the generation, its event (`rendered_object_event`) drops the record, and the
+# reconcile that event triggers applies again.
+
+
+def _rendered_key(body: Mapping[str, Any]) -> ObjectKey:
+    return (str(body["kind"]), body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+def _changed(ctx: Context, desired: Mapping[str, Any]) -> bool:
+    recorded = ctx.rendered.get(_rendered_key(desired))
+    return recorded is None or recorded[0] != fingerprint(desired)
+
+
+def _applied(ctx: Context, desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> None:
+    if live is None:
+        ctx.rendered.pop(_rendered_key(desired), None)
+    else:
+        generation = live["metadata"].get("generation")
+        ctx.rendered[_rendered_key(desired)] = (fingerprint(desired), generation)
+
+
+def rendered_object_event(ctx: Context, event: str, body: Mapping[str, Any]) -> None:
+    """An event of an object Vauban renders: unless it is the echo of Vauban's own apply,
+    the next reconcile applies again."""
+    key = _rendered_key(body)
+    recorded = ctx.rendered.get(key)
+    if recorded is not None and (
+        event == "DELETED" or recorded[1] != body["metadata"].get("generation")
+    ):
+        del ctx.rendered[key]
 
 
 async def _scheduled_base_backups(

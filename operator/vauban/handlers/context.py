@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,10 +81,19 @@ class Context:
     """Fingerprint of what this process last applied per (kind, namespace, name), for
     objects re-rendered at every reconcile: unchanged ones are not written again."""
 
+    rendered: dict[ObjectKey, tuple[str, int | None]] = field(default_factory=dict)
+    """Objects rendered for a cluster (its CloudNativePG Cluster, its NetworkPolicy): the
+    fingerprint this process last applied, and the generation that apply left."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "backoff", Backoff(self.settings.recheck_interval_seconds))
         slots = self.settings.max_concurrent_reconciles_per_cluster
         object.__setattr__(self, "server_slots", defaultdict(lambda: asyncio.Semaphore(slots)))
+
+
+def fingerprint(body: Mapping[str, Any]) -> str:
+    """What an object to apply is, in a few bytes: equal when nothing in it changed."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def context_of(memo: Any) -> Context:

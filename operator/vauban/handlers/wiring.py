@@ -119,7 +119,13 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     async def cluster_bodies(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
         return {_key(body): snapshot(body)}
 
-    async def owned_object_event(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    async def owned_object_event(
+        type: str,  # noqa: A002 - kopf's kwarg name
+        body: kopf.Body,
+        memo: kopf.Memo,
+        **kwargs: Any,
+    ) -> None:
+        cluster.rendered_object_event(context_of(memo), type, body)
         owners: DependentsIndex = kwargs["cluster_bodies"]
         name = body["metadata"].get("labels", {}).get(cnpg.CLUSTER_LABEL)
         for owner in list(owners.get((body["metadata"]["namespace"], name), ())):

@@ -119,8 +119,11 @@ class Kube:
         # The client does not decode every response of a create-by-apply: read it back.
         return await self.read_custom(group, version, plural, meta["namespace"], meta["name"])
 
-    async def apply_network_policy(self, body: Mapping[str, Any]) -> None:
-        await _apply(self._networking.patch_namespaced_network_policy, body)
+    async def apply_network_policy(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Returns the metadata the apply left (its generation, for the caller's memo)."""
+        applied = await _apply(self._networking.patch_namespaced_network_policy, body)
+        metadata = getattr(applied, "metadata", None)
+        return {"metadata": {"generation": getattr(metadata, "generation", None)}}
 
     async def apply_secret(self, body: Mapping[str, Any]) -> None:
         """Server-side apply of a Secret Vauban owns whole (a tenant's credentials)."""
@@ -384,10 +387,11 @@ async def _unless_missing(call: Awaitable[T]) -> T | None:
         raise
 
 
-async def _apply(patch: Callable[..., Awaitable[object]], body: Mapping[str, Any]) -> None:
-    """Server-side apply of a namespaced built-in object with Vauban's field manager."""
+async def _apply(patch: Callable[..., Awaitable[object]], body: Mapping[str, Any]) -> object:
+    """Server-side apply of a namespaced built-in object with Vauban's field manager; the
+    object as stored."""
     meta = body["metadata"]
-    await patch(
+    return await patch(
         meta["name"],
         meta["namespace"],
         dict(body),
