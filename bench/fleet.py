@@ -1210,6 +1210,7 @@ def main() -> int:
         results["summary"] = summarize(results)
         results["targets"] = targets(results, results["summary"])
         results["elapsed_seconds"] = round(time.time() - started, 1)
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
 
     largest = max(knobs.sizes) if knobs.sizes else 0
