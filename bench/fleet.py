@@ -830,7 +830,9 @@ def peer_burst(work: Path, knobs: Knobs, n: int) -> dict[str, Any]:
                     "seconds": idle,
                     "process": monitor.window(t_end, t_idle),
                     "api_requests_per_minute": round(idle_requests.total / (idle / 60), 2),
-                },
+                }
+                if idle
+                else None,
             }
             if not done:
                 result["not_ready_reasons"] = {
