@@ -66,13 +66,14 @@ class Settings(BaseSettings):
     resync_interval_seconds: float = Field(default=3600.0, gt=0)
     """How often a ready database is reconciled in full although nothing changed: drift the
     probe cannot see (a password changed by hand, an extension dropped) is repaired, and a
-    refused tenant login reported, within this time. Spread over the interval, so a fleet
-    provisioned in one burst is not re-read in one burst."""
+    refused tenant login reported, within this time. Each database's turn falls in the
+    interval's last quarter, fixed by its name, so a fleet provisioned in one burst is not
+    re-read in one burst."""
 
     max_concurrent_reconciles_per_cluster: int = Field(default=8, ge=1, le=100)
-    """How many databases of one cluster are provisioned or probed at the same time. Each
-    holds one connection to the server at a time, so this bounds what Vauban takes of its
-    max_connections during a burst."""
+    """How many databases of one cluster are reconciled at the same time. Each holds at most
+    one admin session and one other connection to the server, so this bounds what Vauban
+    takes of its max_connections during a burst; those waiting hold nothing."""
 
     leader_election: bool = False
     """Run only while holding the Lease `vauban-leader` in `namespace`: with several

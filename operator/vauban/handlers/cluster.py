@@ -161,7 +161,7 @@ async def _reconcile_managed(
     applied = existing
     if existing is None or _changed(ctx, desired):
         applied = await ctx.kube.apply_custom(cnpg.CNPG_PLURAL, desired)
-        _applied(ctx, desired, applied)
+        _applied(ctx, desired, None if applied is None else applied["metadata"].get("generation"))
     await _scheduled_base_backups(ctx, owner, spec)
     policy = cnpg.network_policy(
         owner,
@@ -189,11 +189,11 @@ def _changed(ctx: Context, desired: Mapping[str, Any]) -> bool:
     return recorded is None or recorded[0] != fingerprint(desired)
 
 
-def _applied(ctx: Context, desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> None:
-    if live is None:
+def _applied(ctx: Context, desired: Mapping[str, Any], generation: int | None) -> None:
+    """`generation`: what the apply left; None when the object was gone again at once."""
+    if generation is None:
         ctx.rendered.pop(_rendered_key(desired), None)
     else:
-        generation = live["metadata"].get("generation")
         ctx.rendered[_rendered_key(desired)] = (fingerprint(desired), generation)
 
 

@@ -119,11 +119,10 @@ class Kube:
         # The client does not decode every response of a create-by-apply: read it back.
         return await self.read_custom(group, version, plural, meta["namespace"], meta["name"])
 
-    async def apply_network_policy(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Returns the metadata the apply left (its generation, for the caller's memo)."""
+    async def apply_network_policy(self, body: Mapping[str, Any]) -> int | None:
+        """Returns the generation the apply left, for the caller's memo."""
         applied = await _apply(self._networking.patch_namespaced_network_policy, body)
-        metadata = getattr(applied, "metadata", None)
-        return {"metadata": {"generation": getattr(metadata, "generation", None)}}
+        return getattr(getattr(applied, "metadata", None), "generation", None)
 
     async def apply_secret(self, body: Mapping[str, Any]) -> None:
         """Server-side apply of a Secret Vauban owns whole (a tenant's credentials)."""
