@@ -316,7 +316,7 @@ class ManagedDatabaseStatus(StatusModel):
 
     size_bytes: Annotated[int, Field(ge=0)] | None = None
     """Size of the database, from the last probe; rewritten when it moved by more than 1 %
-    (the metric has every probe's figure)."""
+    and more than 1 MiB (the metric has every probe's figure)."""
 
     connections: Annotated[int, Field(ge=0)] | None = None
     """Open connections to the database, from the last probe."""
