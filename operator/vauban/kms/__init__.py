@@ -19,6 +19,11 @@ class KeyProviderError(Exception):
     humans and carries no secret."""
 
 
+class KekNotFound(KeyProviderError):
+    """The key manager has no such KEK: destroyed (crypto-shredded), or made by another key
+    manager. Unlike other KeyProviderErrors, retrying does not help."""
+
+
 class WrongKey(Exception):
     """The key does not open this wrapped key: another key, another context, or tampering."""
 
