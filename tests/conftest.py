@@ -15,7 +15,9 @@ from vauban.devcluster.postgres import PostgresServer
 from vauban.devcluster.s3 import S3Server
 from vauban.devcluster.softhsm import SoftHsm
 
-SOFTHSM_TOKENS = ("vauban", "vauban-other")
+SOFTHSM_TOKENS = ("vauban", "vauban-other", "vauban-operator")
+"""Tokens of the `softhsm` fixture: the unit tests use the first two, the integration tests'
+operator (a process of its own) the last, so no two processes share a token."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
