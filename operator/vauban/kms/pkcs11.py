@@ -95,11 +95,12 @@ _STALE = (
     p11.UserNotLoggedIn,
 )
 
-# The template of a KEK. CKA_TOKEN, CKA_ID and CKA_LABEL are added per key.
+# The template of a KEK; CKA_ID and CKA_LABEL are added per key.
 KEK_TEMPLATE: dict[Attribute, Any] = {
     Attribute.CLASS: ObjectClass.SECRET_KEY,
     Attribute.KEY_TYPE: KeyType.AES,
     Attribute.VALUE_LEN: 32,
+    Attribute.TOKEN: True,
     Attribute.PRIVATE: True,
     Attribute.SENSITIVE: True,
     Attribute.EXTRACTABLE: False,
@@ -165,10 +166,9 @@ class Pkcs11Provider:
 
     def create_kek(self, label: str) -> str:
         kek_id = os.urandom(KEK_ID_BYTES)
-        template = {**KEK_TEMPLATE, Attribute.TOKEN: True}
         with self._session("create a KEK", None, rw=True) as session:
             key = session.generate_key(
-                KeyType.AES, 256, id=kek_id, label=label, store=True, template=template
+                KeyType.AES, 256, id=kek_id, label=label, store=True, template=KEK_TEMPLATE
             )
             try:
                 found = key.get_attributes(list(_REQUIRED))
