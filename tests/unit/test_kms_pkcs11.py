@@ -406,11 +406,6 @@ def test_clusters_may_ask_for_pkcs11() -> None:
     assert spec.encryption.provider == "pkcs11"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="vauban/reconcile/compliance.py (outside this change) counts only kmip as an "
-    "external key manager: its rule should accept pkcs11 too",
-)
 def test_secnumcloud_counts_a_pkcs11_token_as_an_external_key_manager() -> None:
     spec = ManagedClusterSpec.model_validate(
         {
