@@ -99,9 +99,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         for dependent in list(dependents.get(_key(body), ())):
             if not _being_deleted(dependent):
                 await _guarded(
-                    database.reconcile(
-                        ctx, dependent, index, dependents, kwargs["backups_by_database"]
-                    ),
+                    database.reconcile(ctx, dependent, index, kwargs["backups_by_database"]),
                     dependent,
                 )
 
@@ -153,19 +151,13 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             ctx.metrics.forget_backups(*_key(body))
             _forget(ctx, MANAGED_DATABASE.kind, body)
         elif _live(type, body) and not database.settled(ctx, body):
-            await database.reconcile(
-                ctx,
-                body,
-                kwargs["clusters"],
-                kwargs["databases_by_cluster"],
-                kwargs["backups_by_database"],
-            )
+            await database.reconcile(ctx, body, kwargs["clusters"], kwargs["backups_by_database"])
 
     @kopf.on.delete(*DATABASES, id="database_finalizer", registry=registry)
     async def database_delete(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         ctx = context_of(memo)
         with ctx.metrics.reconcile(MANAGED_DATABASE.kind, "finalize", waiting=_WAITING):
-            await database.finalize(ctx, body, kwargs["clusters"], kwargs["databases_by_cluster"])
+            await database.finalize(ctx, body, kwargs["clusters"])
 
     @kopf.index(*BACKUPS, id="backups_by_database", registry=registry)
     async def backups_by_database(
@@ -236,13 +228,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         if target is None:
             return  # not indexed yet: its own first event reconciles it
         await _guarded(
-            database.reconcile(
-                ctx,
-                target,
-                indices["clusters"],
-                indices["databases_by_cluster"],
-                indices["backups_by_database"],
-            ),
+            database.reconcile(ctx, target, indices["clusters"], indices["backups_by_database"]),
             target,
         )
 
@@ -371,7 +357,7 @@ async def _recheck_databases(
     for body in bodies:
         if not _being_deleted(body) and database.due(ctx, body):
             await _guarded(
-                database.reconcile(ctx, body, clusters, databases, backups, only_if_due=True),
+                database.reconcile(ctx, body, clusters, backups, only_if_due=True),
                 body,
             )
 
