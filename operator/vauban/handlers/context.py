@@ -69,6 +69,9 @@ class Context:
     """When each object was last reconciled in full, for the periodic re-check of ready
     ones (clusters every probe interval, databases every resync interval)."""
 
+    suspensions_checked: dict[ObjectKey, float] = field(default_factory=dict)
+    """When the logins of each database refused by its cluster were last looked for."""
+
     usage_probed: dict[tuple[str, str], float] = field(default_factory=dict)
     """When the databases of each cluster last had their usage read (one query for all)."""
 

@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from vauban.api.cluster import ManagedClusterSpec
+from vauban.api.common import Condition
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
 from vauban.builders import cnpg
 from vauban.builders.backup import AgentLogin
@@ -165,13 +166,13 @@ async def _reconcile(
             )
             fields.update(provisioned)
             domain += backup_conditions
-    elif (
-        verdict.reason is Reason.NAMESPACE_NOT_ALLOWED
-        and cluster is not None
-        and cluster.spec is not None
-        and _suspension_due(ctx, body)
-    ):
-        verdict = await _suspend(ctx, body, spec, cluster, cluster.spec, verdict)
+    elif verdict.reason is Reason.NAMESPACE_NOT_ALLOWED and cluster and cluster.spec:
+        previous = _previous_ready(body)
+        if previous is None or previous.reason != verdict.reason or _resync_due(ctx, body):
+            verdict = await _suspend(ctx, body, spec, cluster, cluster.spec, verdict)
+        else:
+            # Between two looks at the server, what the last one found stays said.
+            verdict = Verdict(verdict.state, verdict.reason, previous.message)
     await publish(ctx, MANAGED_DATABASE, body, verdict, fields=fields, domain=domain)
     key_of_me = _key(body)
     ctx.reconciled[key_of_me] = time.monotonic()
@@ -737,17 +738,15 @@ async def _cleanup_skipped(
     )
 
 
-def _suspension_due(ctx: Context, body: Mapping[str, Any]) -> bool:
-    """Whether to look for logins to suspend: when the namespace was just refused, and once
-    per resync interval after that (a status forged to say it was refused before costs a
-    resync interval at most, not the suspension)."""
-    previous = next(
-        (c for c in previous_conditions(body.get("status")) if c.type == ConditionType.READY),
-        None,
-    )
-    if previous is None or previous.reason != Reason.NAMESPACE_NOT_ALLOWED:
-        return True
-    elapsed = time.monotonic() - ctx.reconciled.get(_key(body), 0.0)
+def _previous_ready(body: Mapping[str, Any]) -> Condition | None:
+    conditions = previous_conditions(body.get("status"))
+    return next((c for c in conditions if c.type == ConditionType.READY), None)
+
+
+def _resync_due(ctx: Context, body: Mapping[str, Any]) -> bool:
+    """Once per resync interval, a refused namespace's logins are looked for again: a status
+    forged to say they were suspended costs at most that long, not the suspension."""
+    elapsed = time.monotonic() - ctx.suspensions_checked.get(_key(body), 0.0)
     return elapsed >= ctx.settings.resync_interval_seconds
 
 
@@ -761,6 +760,7 @@ async def _suspend(
 ) -> Verdict:
     """A namespace the cluster no longer admits keeps no way in: the logins its database
     holds are suspended at once (data kept; admitting the namespace again restores them)."""
+    ctx.suspensions_checked[_key(body)] = time.monotonic()
     connection = await _connection(ctx, cluster, cluster_spec, spec.database_name)
     if isinstance(connection, Verdict):
         return refused

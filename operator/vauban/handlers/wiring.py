@@ -287,6 +287,7 @@ def _forget(ctx: Context, kind: str, body: Mapping[str, Any]) -> None:
     and deleted must not leave a thousand locks and timestamps behind."""
     key = (kind, *_key(body))
     ctx.reconciled.pop(key, None)
+    ctx.suspensions_checked.pop(key, None)
     ctx.backoff.succeeded(key)
     lock = ctx.locks.get(key)
     if lock is not None and not lock.locked():
