@@ -26,6 +26,7 @@ from vauban.handlers.publish import (
     unexpected,
 )
 from vauban.reconcile import cluster as cluster_logic
+from vauban.reconcile import database as database_logic
 from vauban.reconcile.database import ClusterView
 from vauban.reconcile.status import previous_conditions
 
@@ -46,6 +47,10 @@ def view_of(body: Mapping[str, Any]) -> ClusterView:
         spec=spec,
         ready=ready,
         uid=meta.get("uid", ""),
+        abandon_server_objects=(meta.get("annotations") or {}).get(
+            database_logic.ABANDON_ANNOTATION
+        )
+        == "true",
     )
 
 

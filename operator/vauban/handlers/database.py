@@ -659,7 +659,9 @@ async def finalize(
     """Before a ManagedDatabase goes: Retain revokes the tenant's logins and keeps the
     database; Delete drops the database and its roles. Only what the server's record says
     this very object (by UID) owns is touched, whatever its status says: nothing at all for
-    an object that never provisioned (a name conflict)."""
+    an object that never provisioned (a name conflict). While the server cannot be reached
+    (admin Secret missing, server down), deletion waits and says so (DeletionBlocked), unless
+    the cluster carries ABANDON_ANNOTATION."""
     try:
         spec = ManagedDatabaseSpec.model_validate(body.get("spec", {}))
     except ValueError:
@@ -668,30 +670,22 @@ async def finalize(
     namespace, uid = meta["namespace"], str(meta["uid"])
     key = database_logic.cluster_key(namespace, spec)
     cluster = next(iter(clusters.get(key, ())), None)
-    connection: Connection | Verdict | None = None
-    if cluster is not None and cluster.spec is not None:
-        connection = await _connection(ctx, cluster, cluster.spec, spec.database_name)
-    if not isinstance(connection, Connection):
-        if connection is not None and await _published(ctx, body):
-            # Without the admin Secret (deleted with its namespace, say) nothing can be done
-            # on the server; blocking the deletion forever would not make it possible.
-            await _cleanup_skipped(ctx, body, spec, connection.message)
+    if cluster is None or cluster.spec is None:
+        # Nothing to reach: the cluster's own deletion waits for its databases, so it is gone
+        # only if it never existed (or was forced away).
         await backup.database_deleted(ctx, body, spec, cluster)
         return
+    connection = await _connection(ctx, cluster, cluster.spec, spec.database_name)
     try:
+        if isinstance(connection, Verdict):
+            raise _Unreachable(connection.message)
         async with ctx.server_slots[key], pg.session(connection.admin) as server:
             record = await registry.record_of(server.connection, uid)
-    except psycopg.Error as e:
-        verdict = _database_error(e)
-        if verdict.reason is Reason.UNREACHABLE and not await _published(ctx, body):
-            # No Secret of this object holds a password: no one can log in with what it may
-            # have created, and waiting for the server would not change that.
-            await _cleanup_skipped(ctx, body, spec, verdict.message)
-            await backup.database_deleted(ctx, body, spec, cluster)
-            return
-        raise kopf.TemporaryError(verdict.message, delay=30) from e
-    except registry.RegistryUnusable as e:
-        raise kopf.TemporaryError(str(e), delay=30) from e
+    except (psycopg.Error, registry.RegistryUnusable, _Unreachable) as e:
+        why = _database_error(e).message if isinstance(e, psycopg.Error) else str(e)
+        await _cannot_clean_up(ctx, body, spec, cluster, why)
+        await backup.database_deleted(ctx, body, spec, cluster)
+        return
     if record is not None and spec.backup is not None and spec.backup.final_backup:
         await backup.final_backup(ctx, body)
     await backup.database_deleted(ctx, body, spec, cluster)
@@ -716,26 +710,53 @@ async def finalize(
     )
 
 
+class _Unreachable(Exception):
+    """The server cannot be asked (its admin Secret is missing): the message says why."""
+
+
+async def _cannot_clean_up(
+    ctx: Context,
+    body: Mapping[str, Any],
+    spec: ManagedDatabaseSpec,
+    cluster: ClusterView,
+    why: str,
+) -> None:
+    """The server cannot be reached to clean up. Waiting is right when this object may hold
+    a working login there; it is pointless when no Secret of it was ever written (no one has
+    a password of what it may have created), or when the platform admin said to abandon."""
+    if cluster.abandon_server_objects or not await _published(ctx, body):
+        await post_event(
+            ctx,
+            MANAGED_DATABASE,
+            body,
+            "Warning",
+            "CleanupSkipped",
+            f"{why} Revoke the logins of {spec.owner} (or drop {spec.database_name}) by hand, "
+            "and the record of this ManagedDatabase in the server's vauban database.",
+        )
+        return
+    message = (
+        f"Deletion waits until the server can be reached to "
+        f"{'drop the database' if spec.deletion_policy == 'Delete' else 'revoke the logins'}: "
+        f"{why} To give up cleaning up the server, a platform admin annotates ManagedCluster "
+        f"{cluster.ref} with {database_logic.ABANDON_ANNOTATION}=true."
+    )
+    await publish(
+        ctx,
+        MANAGED_DATABASE,
+        body,
+        Verdict(State.WAITING, Reason.DELETION_BLOCKED, message),
+        fields=_kept(body.get("status") or {}),
+    )
+    raise kopf.TemporaryError(message, delay=15)
+
+
 async def _published(ctx: Context, body: Mapping[str, Any]) -> bool:
     """Whether a credentials Secret of this very object exists (Vauban writes it only once
     the login works)."""
     meta = body["metadata"]
     found = await ctx.kube.read_secret_and_owners(meta["namespace"], secret_name(meta["name"]))
     return found is not None and meta.get("uid") in found[1]
-
-
-async def _cleanup_skipped(
-    ctx: Context, body: Mapping[str, Any], spec: ManagedDatabaseSpec, why: str
-) -> None:
-    await post_event(
-        ctx,
-        MANAGED_DATABASE,
-        body,
-        "Warning",
-        "CleanupSkipped",
-        f"{why} Revoke the logins of {spec.owner} (or drop {spec.database_name}) by hand, "
-        "and the record of this ManagedDatabase in the server's vauban database.",
-    )
 
 
 def _previous_ready(body: Mapping[str, Any]) -> Condition | None:

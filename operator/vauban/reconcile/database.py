@@ -28,10 +28,17 @@ class ClusterView:
 
     ready: bool
     uid: str = ""
+    abandon_server_objects: bool = False
+    """A platform admin's annotation (ABANDON_ANNOTATION) on the cluster: deleting its
+    databases no longer waits for the server to be reachable, and leaves what they have
+    there."""
 
     @property
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+ABANDON_ANNOTATION = "vauban.dev/abandon-server-objects"
 
 
 def cluster_key(namespace: str, spec: ManagedDatabaseSpec) -> tuple[str, str]:
