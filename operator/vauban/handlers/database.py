@@ -16,7 +16,7 @@ import kopf
 import psycopg
 from psycopg import sql
 
-from vauban.api.cluster import ManagedClusterSpec
+from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
 from vauban.api.common import Condition
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
 from vauban.builders import cnpg
@@ -37,6 +37,7 @@ from vauban.engines.postgres.plan import (
 from vauban.engines.postgres.probe import ServerAddress, check_login
 from vauban.engines.postgres.scram import new_password, verifier
 from vauban.handlers import backup
+from vauban.handlers import cluster as cluster_handler
 from vauban.handlers.context import Context, ObjectKey
 from vauban.handlers.publish import (
     awaiting_finalizer,
@@ -144,7 +145,9 @@ async def _reconcile(
     verdict = database_logic.assess(
         namespace=namespace, spec=spec, cluster=cluster, namespace_labels=labels
     )
-    fields: dict[str, Any] = {"cluster": "/".join(key)}
+    # What the server's record said last stays displayed while it cannot be read (a cluster
+    # not ready): display only, every decision reads the record itself.
+    fields: dict[str, Any] = {**_kept(body.get("status") or {}), "cluster": "/".join(key)}
     domain: list[DomainCondition] = []
     if cluster is not None and cluster.spec is not None:
         placement = compliance.placement(cluster.spec.compliance.profile, spec.data_classification)
@@ -174,6 +177,12 @@ async def _reconcile(
             # Between two looks at the server, what the last one found stays said.
             verdict = Verdict(verdict.state, verdict.reason, previous.message)
     await publish(ctx, MANAGED_DATABASE, body, verdict, fields=fields, domain=domain)
+    if (
+        cluster is not None
+        and cluster.ready
+        and verdict.reason in (Reason.UNREACHABLE, Reason.CLUSTER_NOT_READY)
+    ):
+        await _tell_cluster(ctx, cluster)
     key_of_me = _key(body)
     ctx.reconciled[key_of_me] = time.monotonic()
     # Only failures that cost a connection back off; waiting on Kubernetes objects is cheap
@@ -182,6 +191,25 @@ async def _reconcile(
         ctx.backoff.failed(key_of_me)
     else:
         ctx.backoff.succeeded(key_of_me)
+
+
+CLUSTER_TOLD_INTERVAL_SECONDS = 5.0
+"""A fleet of databases finding their server gone tells their cluster once, not each."""
+
+
+async def _tell_cluster(ctx: Context, cluster: ClusterView) -> None:
+    """A database found the server unreachable, or the cluster's admin Secret gone, while the
+    cluster still says Ready: the cluster is reconciled now (its probe would only come at
+    the next probe interval), so its status and metrics say it at once, and the event of its
+    change reconciles its databases."""
+    key = (MANAGED_CLUSTER.kind, cluster.namespace, cluster.name)
+    now = time.monotonic()
+    if now - ctx.clusters_told.get(key, 0.0) < CLUSTER_TOLD_INTERVAL_SECONDS:
+        return
+    ctx.clusters_told[key] = now
+    body = await ctx.kube.read(MANAGED_CLUSTER, cluster.namespace, cluster.name)
+    if body is not None and not body["metadata"].get("deletionTimestamp"):
+        await cluster_handler.reconcile(ctx, body)
 
 
 def settled(ctx: Context, body: Mapping[str, Any]) -> bool:

@@ -96,12 +96,18 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             cluster_seen.pop(_key(body), None)
         else:
             cluster_seen[_key(body)] = seen
-        for dependent in list(dependents.get(_key(body), ())):
-            if not _being_deleted(dependent):
-                await _guarded(
+        # All at once, as many at a time as the cluster's slots allow: a fleet waiting for
+        # its server is back within seconds of it, not one database after the other.
+        await asyncio.gather(
+            *(
+                _guarded(
                     database.reconcile(ctx, dependent, index, kwargs["backups_by_database"]),
                     dependent,
                 )
+                for dependent in list(dependents.get(_key(body), ()))
+                if not _being_deleted(dependent)
+            )
+        )
 
     @kopf.on.delete(*CLUSTERS, id="cluster_finalizer", registry=registry)
     async def cluster_delete(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
@@ -288,6 +294,7 @@ def _forget(ctx: Context, kind: str, body: Mapping[str, Any]) -> None:
     key = (kind, *_key(body))
     ctx.reconciled.pop(key, None)
     ctx.suspensions_checked.pop(key, None)
+    ctx.clusters_told.pop(key, None)
     ctx.backoff.succeeded(key)
     lock = ctx.locks.get(key)
     if lock is not None and not lock.locked():
