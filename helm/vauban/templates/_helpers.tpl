@@ -84,10 +84,11 @@ the apply creates the object (the apiserver checks both).
 # external cluster's admin Secret and CA are read to connect (get); a tenant's credentials
 # Secret is server-side applied (create, patch) and read back for rotation (get); on
 # deletion with Retain, the cluster's Secrets are found by label (list) and released from
-# their owner (patch).
+# their owner (patch). The tenants' credentials Secrets are watched, by label, to be
+# recreated at once when deleted (watch).
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, list, create, patch]
+  verbs: [get, list, watch, create, patch]
 # Volumes of a deleted cluster with deletionPolicy Retain: found by label and released from
 # their owner so the garbage collector keeps them.
 - apiGroups: [""]

@@ -566,7 +566,21 @@ async def _provision(
             "Provisioned",
             "Applied: " + "; ".join(sql_plan.summary())[:900],
         )
-    if steps.rotated and secret is not None:
+    recreated = (
+        steps.rotated
+        and (secret is None or "password" not in secret)
+        and any(login.published for login in record.logins)
+    )
+    if recreated:
+        await post_event(
+            ctx,
+            MANAGED_DATABASE,
+            body,
+            "Warning",
+            "CredentialsRecreated",
+            _recreated(name, steps.login, steps.retire_after),
+        )
+    elif steps.rotated and secret is not None:
         await post_event(
             ctx,
             MANAGED_DATABASE,
@@ -636,9 +650,20 @@ async def _provision(
         Verdict.ready(
             f"Database {spec.database_name} (owner {spec.owner}) is ready on ManagedCluster "
             f"{cluster.ref}; credentials in Secret {secret_name(name)}."
+            + (f" {_recreated(name, steps.login, steps.retire_after)}" if recreated else "")
         ),
         fields,
         outcome.conditions if outcome else [],
+    )
+
+
+def _recreated(name: str, login: str, retire_after: datetime | None) -> str:
+    until = f" until {_rfc3339(retire_after)}" if retire_after else ""
+    return (
+        f"Secret {secret_name(name)} was missing its password and was recreated with a new "
+        f"login, {login}: Vauban keeps no copy of a password. The previous login keeps "
+        f"working{until} (the grace period), then is revoked: restart applications that read "
+        f"the old credentials once."
     )
 
 

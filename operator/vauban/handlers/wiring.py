@@ -22,6 +22,7 @@ from vauban.api.common import GROUP, VERSION
 from vauban.api.database import MANAGED_DATABASE
 from vauban.builders import backup as backup_objects
 from vauban.builders import cnpg
+from vauban.builders.credentials import DATABASE_LABEL
 from vauban.handlers import backup, cluster, database
 from vauban.handlers.context import Context, context_of
 from vauban.handlers.publish import snapshot
@@ -158,6 +159,27 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             _forget(ctx, MANAGED_DATABASE.kind, body)
         elif _live(type, body) and not database.settled(ctx, body):
             await database.reconcile(ctx, body, kwargs["clusters"], kwargs["backups_by_database"])
+
+    # The tenants' credentials Secrets, by label only (the selector is server-side:
+    # operator_settings), and only for their deletion: a Secret deleted by hand is noticed
+    # and recreated within seconds, not at the next hourly resync. Nothing of them is kept.
+    @kopf.on.event(
+        "v1",
+        "secrets",
+        id="credentials_secret",
+        labels={DATABASE_LABEL: kopf.PRESENT},
+        registry=registry,
+    )
+    async def credentials_secret_event(
+        type: str,  # noqa: A002 - kopf's kwarg name
+        body: kopf.Body,
+        memo: kopf.Memo,
+        **kwargs: Any,
+    ) -> None:
+        if type != "DELETED":
+            return
+        name = body["metadata"].get("labels", {}).get(DATABASE_LABEL)
+        await _reconcile_database(context_of(memo), body["metadata"]["namespace"], name, kwargs)
 
     @kopf.on.delete(*DATABASES, id="database_finalizer", registry=registry)
     async def database_delete(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
