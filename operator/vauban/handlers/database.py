@@ -279,9 +279,9 @@ async def probe_usage(
                         {db for _, db, _ in watched}, {r for _, _, r in watched}
                     )
     except (psycopg.Error, TimeoutError) as e:
-        # The cluster's own probe reports a server that does not answer; the databases keep
-        # their last figures until it does.
+        # The databases keep their last figures; the cluster says the server does not answer.
         logger.info("usage of the databases of %s not read: %s", cluster.ref, type(e).__name__)
+        await _tell_cluster(ctx, cluster)
         return
     for body, db, login in watched:
         measured = found.databases.get(db)
