@@ -274,7 +274,8 @@ def cleanup_cluster_scoped(kube: KubeCtl) -> Iterator[Callable[[str], None]]:
     for release in releases:
         kube.run(
             "delete",
-            "clusterrole,clusterrolebinding",
+            "clusterrole,clusterrolebinding,"
+            "validatingadmissionpolicy,validatingadmissionpolicybinding",
             "-l",
             f"app.kubernetes.io/instance={release}",
             "--wait=false",
