@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from support.helm import CHART, Helm, find, token_kubeconfig
+from support.helm import CHART, Helm, find, token_kubeconfig, wait_for_operator_policy
 from support.kube import KubeCtl, OperatorProcess, eventually, external_cluster, with_reason
 from support.vauban_process import running_operator
 from vauban.devcluster.postgres import PostgresServer
@@ -662,6 +662,7 @@ def test_operator_runs_with_the_cluster_wide_rbac(
     install(kube, helm, "vauban", "vauban-system")
     tenant_objects(kube, "tenant-a", postgres, admin)
     config = token_kubeconfig(kube, "vauban", "vauban-system", root / "sa-cluster-wide")
+    wait_for_operator_policy(KubeCtl(kube.binary, config), "vauban-system")
     with running_operator(
         config,
         root / "cluster-wide.log",
@@ -692,6 +693,7 @@ def test_operator_runs_with_the_namespaced_rbac(
         "--set=watchNamespaces={tenant-b}",
     )
     config = token_kubeconfig(kube, "tenants-vauban", "vauban-tenants", root / "sa-namespaced")
+    wait_for_operator_policy(KubeCtl(kube.binary, config), "vauban-tenants")
     with running_operator(
         config,
         root / "namespaced.log",
