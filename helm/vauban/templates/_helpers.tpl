@@ -86,11 +86,13 @@ the apply creates the object (the apiserver checks both).
 # external cluster's admin Secret and CA are read to connect (get); a tenant's credentials
 # Secret is server-side applied (create, patch) and read back for rotation (get); on
 # deletion with Retain, the cluster's Secrets are found by label (list) and released from
-# their owner (patch). RBAC cannot narrow create and patch to Vauban's Secrets: the operator
-# policy does (templates/operator-policy.yaml: labelled ones only, never a token type).
+# their owner (patch). The tenants' credentials Secrets are watched, by label, to be
+# recreated at once when deleted (watch). RBAC cannot narrow create and patch to Vauban's
+# Secrets: the operator policy does (templates/operator-policy.yaml: labelled ones only,
+# never a token type).
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, list, create, patch]
+  verbs: [get, list, watch, create, patch]
 # Volumes of a deleted cluster with deletionPolicy Retain: found by label and released from
 # their owner so the garbage collector keeps them.
 - apiGroups: [""]
