@@ -801,7 +801,7 @@ async def _cannot_clean_up(
         Verdict(State.WAITING, Reason.DELETION_BLOCKED, message),
         fields=_kept(body.get("status") or {}),
     )
-    raise kopf.TemporaryError(message, delay=15)
+    raise kopf.TemporaryError(message, delay=5)
 
 
 async def _published(ctx: Context, body: Mapping[str, Any]) -> bool:
