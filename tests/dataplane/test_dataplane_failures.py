@@ -5,6 +5,7 @@ applied to the target of a restore from a damaged backup."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -365,11 +366,16 @@ def test_an_upload_no_agent_could_abort_is_swept(
     store, leaves its multipart upload behind: the operator's sweep aborts it once older
     than the bound, and only then; uploads that are not a backup's data are not touched."""
     process = agent.popen("backup", "--location", location, PGDATABASE=big_database)
+    dump = None
     try:
-        pause_pg_dump_mid_upload(process, agent.s3, BUCKET)
+        dump = pause_pg_dump_mid_upload(process, agent.s3, BUCKET)
     finally:
         process.kill()  # the agent never gets to abort
         process.wait()
+        # An orphan pg_dump left stopped would hold its snapshot and locks for the session.
+        if dump is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(dump, signal.SIGKILL)
     other = agent.s3.client()._create_multipart_upload(BUCKET, "someone/else/file", {})
     store = agent.store()
     before = len(multipart_uploads(agent.s3, BUCKET))
