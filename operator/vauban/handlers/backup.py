@@ -324,10 +324,11 @@ async def place(
     manifest at its derived Job, else the live database's."""
     meta = body["metadata"]
     namespace, backup_uid = meta["namespace"], meta.get("uid", "")
-    live_uid = (live or {}).get("metadata", {}).get("uid")
+    live_meta = (live or {}).get("metadata") or {}
+    live_uid = live_meta.get("uid")
     uids = [live_uid] if live_uid else []
     created = str(meta.get("creationTimestamp", ""))
-    if not live_uid or created < str(live["metadata"].get("creationTimestamp", "")):  # type: ignore[index]
+    if not live_uid or created < str(live_meta.get("creationTimestamp", "")):
         # Older than the live database (or it is gone): it may be an earlier incarnation's.
         uids += [u for u in await incarnation_uids(ctx, namespace, database_name) if u != live_uid]
     found: list[Incarnation] = []
