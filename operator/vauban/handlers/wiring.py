@@ -23,7 +23,7 @@ from vauban.api.database import MANAGED_DATABASE
 from vauban.builders import backup as backup_objects
 from vauban.builders import cnpg
 from vauban.builders.credentials import DATABASE_LABEL
-from vauban.handlers import backup, cluster, database
+from vauban.handlers import backup, cluster, database, uploads
 from vauban.handlers.context import Context, context_of
 from vauban.handlers.publish import snapshot
 from vauban.reconcile import database as database_logic
@@ -335,13 +335,17 @@ async def _recheck_forever(
     purged = 0.0
     while True:
         await asyncio.sleep(interval)
-        # Backups of deleted databases past their retention: looked for once per probe
-        # interval (one list of Secrets), since days are the unit.
+        # Backups of deleted databases past their retention, and uploads left incomplete:
+        # looked for once per probe interval, since days are the unit.
         if time.monotonic() - purged >= ctx.settings.probe_interval_seconds:
             purged = time.monotonic()
             await _guarded(
                 backup.purge_expired(ctx, backups),
                 {"metadata": {"namespace": ctx.settings.namespace, "name": "purge"}},
+            )
+            await _guarded(
+                uploads.sweep(ctx, [v for views in list(clusters.values()) for v in views]),
+                {"metadata": {"namespace": ctx.settings.namespace, "name": "uploads"}},
             )
         for store in list(cluster_bodies.values()):
             for body in list(store):
