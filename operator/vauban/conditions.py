@@ -57,6 +57,7 @@ class Reason(StrEnum):
     DATABASE_NOT_READY = "DatabaseNotReady"
     RESTORING = "Restoring"
     RESTORE_FAILED = "RestoreFailed"
+    RESTORE_REFUSED = "RestoreRefused"
     KEY_MISSING = "KeyMissing"
     KEY_PROVIDER_UNAVAILABLE = "KeyProviderUnavailable"
     STORAGE_CLASS_NOT_ENCRYPTED = "StorageClassNotEncrypted"

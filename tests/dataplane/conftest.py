@@ -36,7 +36,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def agent_role(postgres: PostgresServer) -> str:
-    postgres.create_role(ROLE, PASSWORD, "CREATEDB")
+    postgres.create_role(ROLE, PASSWORD, "CREATEDB", "CREATEROLE")
     return ROLE
 
 

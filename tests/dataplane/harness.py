@@ -68,6 +68,9 @@ class Agent:
             "AWS_SECRET_ACCESS_KEY": s3.secret_key,
             "VAUBAN_DATA_KEY": base64.b64encode(key).decode(),
             "VAUBAN_DATA_KEY_ID": "dp/shop/1",
+            "VAUBAN_DATABASE_NAMESPACE": "dataplane",
+            "VAUBAN_DATABASE_NAME": "shop",
+            "VAUBAN_DATABASE_UID": "dp-shop-uid",
         }
 
     def store(self, bucket: str = BUCKET) -> ObjectStore:

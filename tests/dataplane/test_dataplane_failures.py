@@ -27,7 +27,7 @@ from dataplane.harness import (
     user_tables,
 )
 from vauban.backup import agent as agent_module
-from vauban.backup.manifest import Manifest, data_key, manifest_key
+from vauban.backup.manifest import Manifest, ObjectLock, data_key, manifest_key
 from vauban.devcluster.s3 import S3Server
 
 
@@ -181,7 +181,7 @@ def test_an_invalid_manifest_is_an_integrity_failure(
     agent: Agent, backed_up: Manifest, empty_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = agent.s3.object_path(BUCKET, manifest_key(backed_up.location))
-    path.write_bytes(path.read_bytes().replace(b'"formatVersion": 1', b'"formatVersion": 9'))
+    path.write_bytes(path.read_bytes().replace(b'"formatVersion": 2', b'"formatVersion": 9'))
     outcome = agent.call(
         monkeypatch, "restore", "--location", backed_up.location, PGDATABASE=empty_database
     )
@@ -221,20 +221,76 @@ def test_damaged_data_is_refused_before_restoring(
     assert user_tables(agent.postgres, empty_database) == []
 
 
+@pytest.mark.parametrize("downgrade", [False, True])
 def test_consistent_forgery_still_fails_authentication(
-    agent: Agent, backed_up: Manifest, empty_database: str, monkeypatch: pytest.MonkeyPatch
+    agent: Agent,
+    backed_up: Manifest,
+    empty_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    downgrade: bool,
 ) -> None:
     """Someone with write access to the bucket alters the data and fixes the manifest's
-    size and SHA-256 to match: the chunks' authentication still refuses it."""
+    SHA-256 to match: the manifest's MAC refuses it; rewritten as a format 1 manifest (which
+    has no MAC), the chunks' authentication still does."""
     path = agent.s3.object_path(BUCKET, data_key(backed_up.location))
     flip_byte(path, path.stat().st_size // 2)
-    forged = backed_up.model_copy(update={"sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
-    rewrite_manifest(agent, forged)
+    changes: dict[str, object] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    if downgrade:
+        changes.update(format_version=1, mac=None)
+    rewrite_manifest(agent, backed_up.model_copy(update=changes))
     outcome = agent.call(
         monkeypatch, "restore", "--location", backed_up.location, PGDATABASE=empty_database
     )
-    assert (outcome.code, outcome.reason) == (4, "IntegrityCheckFailed"), outcome
-    assert "failed authentication" in outcome.result["message"]
+    if downgrade:
+        assert (outcome.code, outcome.reason) == (4, "IntegrityCheckFailed"), outcome
+        assert "failed authentication" in outcome.result["message"]
+    else:
+        assert (outcome.code, outcome.reason) == (4, "ManifestNotAuthentic"), outcome
+    assert user_tables(agent.postgres, empty_database) == []
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"tables": {"public.customers": 1}},
+        {
+            "object_lock": ObjectLock(
+                mode="COMPLIANCE", retain_until=datetime(2001, 1, 1, tzinfo=UTC)
+            )
+        },
+        {"namespace": "another-tenant"},
+        {"finished_at": datetime(2001, 1, 1, tzinfo=UTC)},
+    ],
+)
+def test_a_manifest_edited_in_the_bucket_is_refused(
+    agent: Agent,
+    backed_up: Manifest,
+    empty_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    changes: dict[str, object],
+) -> None:
+    """Format 2 authenticates every field, not only the key binding: row counts, dates, the
+    object lock and the namespace cannot be altered by whoever can write the bucket."""
+    rewrite_manifest(agent, backed_up.model_copy(update=changes))
+    outcome = agent.call(
+        monkeypatch, "restore", "--location", backed_up.location, PGDATABASE=empty_database
+    )
+    assert (outcome.code, outcome.reason) == (4, "ManifestNotAuthentic"), outcome
+    assert user_tables(agent.postgres, empty_database) == []
+
+
+def test_a_backup_of_another_namespace_is_not_restored(
+    agent: Agent, backed_up: Manifest, empty_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcome = agent.call(
+        monkeypatch,
+        "restore",
+        "--location",
+        backed_up.location,
+        PGDATABASE=empty_database,
+        VAUBAN_DATABASE_NAMESPACE="attacker",
+    )
+    assert (outcome.code, outcome.reason) == (4, "WrongNamespace"), outcome
     assert user_tables(agent.postgres, empty_database) == []
 
 
@@ -287,7 +343,8 @@ def test_verification_mismatch_drops_the_scratch_database(
     agent: Agent, backed_up: Manifest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tables = {**backed_up.tables, "public.orders": backed_up.tables["public.orders"] + 1}
-    rewrite_manifest(agent, backed_up.model_copy(update={"tables": tables}))
+    # Made with the data key: a manifest that authenticates, yet disagrees with the data.
+    rewrite_manifest(agent, backed_up.model_copy(update={"tables": tables}).sealed(agent.key))
     outcome = agent.call(
         monkeypatch,
         "verify",

@@ -153,3 +153,97 @@ def test_cronjob_forbids_overlapping_runs() -> None:
 def test_scheduled_backup_names_fit_in_63_characters() -> None:
     name = build.scheduled_backup_name("d" * 80, "backup-uid-29876543")
     assert len(name) <= 63 and name.endswith("-29876543")
+
+
+# -- the ledger: what decides, instead of a ManagedBackup's status --------------------------
+
+
+def _ledger(**entries: logic.LedgerEntry) -> logic.Ledger:
+    return logic.ledger_of(dict(e.annotation(uid) for uid, e in entries.items()))
+
+
+def test_the_ledger_round_trips_through_annotations() -> None:
+    entry = logic.LedgerEntry("nightly-1", "backup-u-1", logic.FAILED, NOW, "AccessDenied: no")
+    verification = logic.VerificationEntry("Passed", "2026-11-29T12:00:00Z", "counts match")
+    annotations = dict([entry.annotation("uid-1"), verification.annotation("uid-1")])
+    annotations["vauban.dev/database"] = "shop/orders"
+    annotations[logic.LEDGER_PREFIX + "uid-2"] = "{not json"
+    annotations[logic.LEDGER_PREFIX + "uid-3"] = '{"name": "x", "job": "j", "state": "Owned"}'
+    ledger = logic.ledger_of(annotations)
+    assert ledger.entries == {"uid-1": entry}
+    assert ledger.verifications == {"uid-1": verification}
+    assert ledger.restore is None
+
+
+def test_records_come_from_the_ledger_and_the_bucket_only() -> None:
+    ledger = _ledger(
+        u1=logic.LedgerEntry("ok", "job-1", logic.RUNNING),
+        u2=logic.LedgerEntry("failed", "job-2", logic.FAILED, NOW - timedelta(hours=1)),
+        u3=logic.LedgerEntry("gone", "job-3", logic.SUCCEEDED, NOW - timedelta(hours=2)),
+        u4=logic.LedgerEntry("running", "job-4", logic.RUNNING),
+    )
+    backups = [(f"u{i}", name, NOW) for i, name in enumerate(("ok", "failed", "gone"), 1)]
+    backups += [("u4", "running", NOW), ("u5", "unknown", NOW)]
+    found = logic.records(backups, ledger, {"job-1": NOW})
+    assert [(r.name, r.phase) for r in found] == [
+        ("ok", "Succeeded"),
+        ("failed", "Failed"),
+        # Recorded as succeeded, but no longer in the bucket: not a success any more.
+        ("gone", "Failed"),
+        ("running", "Running"),
+        # "unknown" is not in this incarnation's ledger: it counts for nothing here.
+    ]
+
+
+def test_purge_due_reads_dates_it_can_and_never_guesses() -> None:
+    secrets = {
+        "vauban-dek-live": {"vauban.dev/database": "shop/orders"},
+        "vauban-dek-empty": {"vauban.dev/database": "shop/a", "vauban.dev/purge-after": ""},
+        "vauban-dek-bad": {"vauban.dev/database": "shop/b", "vauban.dev/purge-after": "soon"},
+        "vauban-dek-later": {
+            "vauban.dev/database": "shop/c",
+            "vauban.dev/purge-after": "2026-12-01T00:00:00Z",
+        },
+        "vauban-dek-due": {
+            "vauban.dev/database": "shop/d",
+            "vauban.dev/purge-after": "2026-11-01T00:00:00Z",
+            "vauban.dev/store-cluster": "platform/pg",
+        },
+        "vauban-dek-ownerless": {"vauban.dev/purge-after": "2026-11-01T00:00:00Z"},
+        "other-due": {
+            "vauban.dev/database": "shop/e",
+            "vauban.dev/purge-after": "2026-11-01T00:00:00Z",
+        },
+    }
+    assert logic.purge_due(secrets, prefix="vauban-dek-", now=NOW) == [
+        logic.Purge("vauban-dek-due", "due", "shop", "d", "platform/pg")
+    ]
+    # The clock is the caller's: the same records, later, make another one due.
+    later = logic.purge_due(secrets, prefix="vauban-dek-", now=NOW + timedelta(days=3))
+    assert sorted(p.database for p in later) == ["c", "d"]
+
+
+def _refusal(**overrides: object) -> str | None:
+    values: dict[str, object] = {
+        "location": "vauban/shop/orders/u1/backup-1",
+        "manifest_location": "vauban/shop/orders/u1/backup-1",
+        "complete": True,
+        "manifest_namespace": "shop",
+        "manifest_database_uid": "u1",
+        "manifest_data_key_id": "dek-u1",
+        "namespace": "shop",
+        "database_uid": "u1",
+        "data_key_id": "dek-u1",
+        **overrides,
+    }
+    return logic.restore_refusal(**values)  # type: ignore[arg-type]
+
+
+def test_a_restore_is_authorized_only_within_the_namespace_and_for_the_key() -> None:
+    assert _refusal() is None
+    assert "namespace bank" in str(_refusal(manifest_namespace="bank"))
+    assert "another database" in str(_refusal(manifest_database_uid="u2"))
+    assert "data key dek-u2" in str(_refusal(manifest_data_key_id="dek-u2"))
+    assert "another location" in str(_refusal(manifest_location="vauban/bank/x/u9/backup-1"))
+    # Format 1 carries no namespace: its authenticated location and key decide.
+    assert _refusal(complete=False, manifest_namespace=None, manifest_database_uid=None) is None

@@ -1,4 +1,5 @@
-"""The manifest's JSON: its exact field names, round trips, and what it refuses."""
+"""The manifest's JSON: its exact field names, round trips, what it refuses, and its
+authentication (format 2's MAC over every field; format 1's key binding only)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from pydantic import ValidationError
 
 from vauban.backup.manifest import (
     Manifest,
+    ManifestNotAuthentic,
     ObjectLock,
     data_key,
     key_context,
     manifest_key,
     normalize_location,
 )
+from vauban.crypto import envelope
 
 STARTED = datetime(2026, 1, 31, 2, 0, 0, 123456, tzinfo=UTC)
 
@@ -62,8 +65,12 @@ def test_json_uses_the_contract_names() -> None:
         "wrappedKey",
         "tables",
         "objectLock",
+        "namespace",
+        "managedDatabase",
+        "databaseUid",
+        "mac",
     ]
-    assert document["formatVersion"] == 1
+    assert document["formatVersion"] == 2
     assert document["cipher"] == "AES-256-GCM"
     assert document["compression"] == "zstd"
     assert document["startedAt"] == "2026-01-31T02:00:00Z"
@@ -92,7 +99,7 @@ def test_timestamps_are_utc_whatever_they_were_given_in() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("formatVersion", 2),
+        ("formatVersion", 3),
         ("cipher", "AES-128-CBC"),
         ("compression", "gzip"),
         ("sha256", "not-hex"),
@@ -134,3 +141,85 @@ def test_key_context_binds_location_key_and_backup() -> None:
     assert key_context("vauban/a", "key-1", "11" * 16) != base
     # No ambiguity from separators inside the fields.
     assert key_context("a", "b,c", "00" * 16) != key_context("a,b", "c", "00" * 16)
+
+
+DATA_KEY = bytes(range(32))
+
+
+def sealed(**overrides: object) -> Manifest:
+    key = envelope.generate_key()
+    values: dict[str, object] = {
+        "location": "vauban/shop/orders/uid-1/backup-1",
+        "data_key_id": "dek-uid-1",
+        "namespace": "shop",
+        "managed_database": "orders",
+        "database_uid": "uid-1",
+        **overrides,
+    }
+    m = manifest(**values)
+    wrapped = envelope.wrap_key(DATA_KEY, key, m.key_context())
+    return m.model_copy(update={"wrapped_key": wrapped}).sealed(DATA_KEY)
+
+
+def test_a_sealed_manifest_authenticates_after_a_round_trip() -> None:
+    m = sealed()
+    assert m.format_version == 2 and m.mac is not None and len(m.mac) == 32
+    again = Manifest.from_json(m.to_json())
+    assert again.authenticate(DATA_KEY) is True
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tables", {"public.orders": 13, "billing.invoices": 0, "public.café": 1}),
+        ("tables", {}),
+        ("objectLock", None),
+        ("objectLock", {"mode": "COMPLIANCE", "retainUntil": "2026-01-31T02:00:01Z"}),
+        ("startedAt", "2026-01-31T01:00:00Z"),
+        ("finishedAt", "2027-01-31T01:00:00Z"),
+        ("namespace", "bank"),
+        ("managedDatabase", "accounts"),
+        ("databaseUid", "uid-2"),
+        ("database", "other"),
+        ("storedBytes", 401),
+        ("dumpBytes", 1),
+        ("sha256", "cd" * 32),
+        ("serverVersion", "16.1"),
+        ("chunkSize", 4096),
+        ("backupId", "f" * 32),
+        ("dataKeyId", "dek-uid-2"),
+        ("location", "vauban/bank/accounts/uid-2/backup-1"),
+        ("mac", None),
+        ("mac", base64.b64encode(bytes(32)).decode()),
+    ],
+)
+def test_any_field_changed_in_the_bucket_fails_authentication(field: str, value: object) -> None:
+    document = json.loads(sealed().to_json())
+    document[field] = value
+    with pytest.raises(ManifestNotAuthentic):
+        Manifest.from_json(json.dumps(document)).authenticate(DATA_KEY)
+
+
+def test_another_data_key_fails_authentication() -> None:
+    with pytest.raises(ManifestNotAuthentic):
+        sealed().authenticate(bytes(32))
+
+
+def test_a_field_unknown_to_this_reader_changes_nothing_it_reads() -> None:
+    document = json.loads(sealed().to_json())
+    document["tablesV3"] = {"x": 1}
+    assert Manifest.from_json(json.dumps(document)).authenticate(DATA_KEY) is True
+
+
+def test_format_1_authenticates_its_key_binding_only() -> None:
+    document = json.loads(sealed().to_json())
+    for field in ("namespace", "managedDatabase", "databaseUid", "mac"):
+        del document[field]
+    document["formatVersion"] = 1
+    # Format 1 never bound the row counts or dates: reading one says so (False)...
+    document["tables"] = {"public.orders": 99}
+    assert Manifest.from_json(json.dumps(document)).authenticate(DATA_KEY) is False
+    # ...and still refuses a key moved to another location.
+    document["location"] = "vauban/shop/orders/uid-1/backup-2"
+    with pytest.raises(ManifestNotAuthentic):
+        Manifest.from_json(json.dumps(document)).authenticate(DATA_KEY)

@@ -221,7 +221,10 @@ def run_backup(settings: AgentSettings, location: str, store: ObjectStore) -> Ba
                 wrapped_key=wrapped,
                 tables=tables,
                 object_lock=lock,
-            )
+                namespace=settings.database_namespace,
+                managed_database=settings.managed_database,
+                database_uid=settings.database_uid,
+            ).sealed(data_key_material)
             # Last: from now on the backup exists.
             store.put_bytes(manifest_key(location), manifest.to_json(), lock)
         conn.rollback()

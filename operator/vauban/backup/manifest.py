@@ -3,16 +3,26 @@
 A backup lives under a *location* (a key prefix chosen by the operator):
 `<location>/data` is the encrypted stream, `<location>/manifest.json` this document, written
 last: a backup without its manifest does not exist.
+
+Who can trust what. Whoever can write the bucket can write a manifest. Format 2 carries a MAC
+over every field (HMAC-SHA256, keyed by HKDF from the database's data key and the backup's
+id), so only a holder of the data key can write one that `authenticate` accepts. Format 1
+bound only the wrapped key to the location, the data key's id and the backup's id; its other
+fields (tables, dates, object lock) are read, but never trusted for a decision.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -23,8 +33,16 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from vauban.crypto import envelope
+
 DATA = "data"
 MANIFEST = "manifest.json"
+FORMAT_VERSION: Literal[2] = 2
+MAC_BYTES = 32
+
+
+class ManifestNotAuthentic(Exception):
+    """The manifest was not written by a holder of the data key, or was changed since."""
 
 
 def _utc(value: object) -> datetime:
@@ -76,7 +94,7 @@ class ObjectLock(_Model):
 
 
 class Manifest(_Model):
-    format_version: Literal[1] = 1
+    format_version: Literal[1, 2] = FORMAT_VERSION
     backup_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     """Random, 128 bits in hex; also in the encrypted stream's authenticated header."""
 
@@ -106,6 +124,18 @@ class Manifest(_Model):
 
     object_lock: ObjectLock | None = None
 
+    namespace: str | None = None
+    """Format 2: the namespace of the ManagedDatabase backed up (restores stay in it)."""
+
+    managed_database: str | None = None
+    """Format 2: that ManagedDatabase's name."""
+
+    database_uid: str | None = None
+    """Format 2: its uid, which its data key is bound to."""
+
+    mac: Base64Bytes | None = None
+    """Format 2: HMAC-SHA256 of every other field (see `authenticate`)."""
+
     @field_validator("location")
     @classmethod
     def _valid_location(cls, value: str) -> str:
@@ -120,6 +150,48 @@ class Manifest(_Model):
 
     def key_context(self) -> bytes:
         return key_context(self.location, self.data_key_id, self.backup_id)
+
+    def _mac_input(self) -> bytes:
+        # Every field this code reads, by name, in a canonical JSON: a field changed, added
+        # to this model later, or moved changes the bytes. Fields this code does not know
+        # are ignored when read, so they cannot change a decision.
+        fields = self.model_dump(mode="json", by_alias=True, exclude={"mac"})
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return b"vauban/manifest/2\0" + canonical.encode("utf-8")
+
+    def _mac(self, data_key_material: bytes) -> bytes:
+        envelope.check_key(data_key_material, "data key")
+        key = HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=None,
+            info=b"vauban/manifest-mac/2:" + self.backup_id.encode("ascii"),
+        ).derive(data_key_material)
+        return hmac.new(key, self._mac_input(), hashlib.sha256).digest()
+
+    def sealed(self, data_key_material: bytes) -> Manifest:
+        """This manifest in format 2, with its MAC under `data_key_material`."""
+        unsealed = self.model_copy(update={"format_version": FORMAT_VERSION, "mac": None})
+        return unsealed.model_copy(update={"mac": unsealed._mac(data_key_material)})
+
+    def authenticate(self, data_key_material: bytes) -> bool:
+        """Prove the manifest was written with this data key: True when every field is
+        authenticated (format 2), False when only the wrapped key, the location, the data
+        key's id and the backup's id are (format 1). ManifestNotAuthentic otherwise."""
+        if self.format_version == 1:
+            try:
+                envelope.unwrap_key(data_key_material, self.wrapped_key, self.key_context())
+            except envelope.WrongKey:
+                raise ManifestNotAuthentic(
+                    f"the manifest at {self.location} does not open with this data key"
+                ) from None
+            return False
+        if self.mac is None or not hmac.compare_digest(self.mac, self._mac(data_key_material)):
+            raise ManifestNotAuthentic(
+                f"the manifest at {self.location} fails its authentication: it was altered, "
+                "or not written with this database's data key"
+            )
+        return True
 
 
 def normalize_location(location: str) -> str:

@@ -2,6 +2,11 @@
 
 Connections take libpq's standard variables from the environment (PGHOST, PGUSER,
 PGPASSWORD...), exactly as pg_dump and pg_restore do, so all three reach the same server.
+
+Every session the agent opens pins `search_path` to `pg_catalog, pg_temp` in its startup
+packet, and every query names its catalogs with their schema: a database's owner controls
+its `search_path` (ALTER DATABASE/ROLE ... SET) and may create schemas, functions and
+operators that shadow PostgreSQL's, and a setting sent at connection time outranks theirs.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TypeAlias
 
@@ -35,42 +41,45 @@ _USER_OBJECT = """
     AND {ns}.nspname NOT LIKE 'pg\\_toast%'
     AND {ns}.nspname NOT LIKE 'pg\\_temp\\_%'
     AND NOT EXISTS (
-        SELECT FROM pg_depend d
-        WHERE d.classid = {catalog}::regclass AND d.objid = {obj}.oid AND d.deptype = 'e'
+        SELECT FROM pg_catalog.pg_depend d
+        WHERE d.classid = {catalog}::pg_catalog.regclass AND d.objid = {obj}.oid
+          AND d.deptype = 'e'
     )
 """
 
 
 def _user(ns: str, catalog: str, obj: str) -> sql.Composed:
     return sql.SQL(_USER_OBJECT).format(
-        ns=sql.Identifier(ns), catalog=sql.Literal(catalog), obj=sql.Identifier(obj)
+        ns=sql.Identifier(ns), catalog=sql.Literal(f"pg_catalog.{catalog}"), obj=sql.Identifier(obj)
     )
 
 
 _TABLES = sql.SQL("""
 SELECT n.nspname, c.relname
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r' AND {tables}
 ORDER BY 1, 2
 """).format(tables=_user("n", "pg_class", "c"))
 _USER_OBJECTS = sql.SQL("""
-SELECT 'schema ' || quote_ident(n.nspname)
-FROM pg_namespace n
+SELECT 'schema ' || pg_catalog.quote_ident(n.nspname)
+FROM pg_catalog.pg_namespace n
 WHERE n.nspname <> 'public' AND {schemas}
 UNION ALL
-SELECT 'relation ' || quote_ident(n.nspname) || '.' || quote_ident(c.relname)
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+SELECT 'relation ' || pg_catalog.quote_ident(n.nspname) || '.'
+    || pg_catalog.quote_ident(c.relname)
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE {relations}
 UNION ALL
-SELECT 'function ' || quote_ident(n.nspname) || '.' || quote_ident(p.proname)
-FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+SELECT 'function ' || pg_catalog.quote_ident(n.nspname) || '.'
+    || pg_catalog.quote_ident(p.proname)
+FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 WHERE {functions}
 UNION ALL
-SELECT 'type ' || quote_ident(n.nspname) || '.' || quote_ident(t.typname)
-FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+SELECT 'type ' || pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(t.typname)
+FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
 WHERE t.typrelid = 0 AND t.typcategory <> 'A' AND {types}
 UNION ALL
-SELECT 'large objects' FROM pg_largeobject_metadata HAVING count(*) > 0
+SELECT 'large objects' FROM pg_catalog.pg_largeobject_metadata HAVING pg_catalog.count(*) > 0
 LIMIT 5
 """).format(
     schemas=_user("n", "pg_namespace", "n"),
@@ -80,24 +89,51 @@ LIMIT 5
 )
 
 
-def child_environment() -> dict[str, str]:
+def child_environment(login: Login | None = None) -> dict[str, str]:
     """The environment of pg_dump and pg_restore: ours without the object store's
-    credentials and the data key, which they have no use for."""
+    credentials and the data key, which they have no use for; as `login` if given (without
+    the environment's own password, service or password file, which are not its)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VAUBAN_"))}
     env.setdefault("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT_SECONDS)
     env.setdefault("PGAPPNAME", "vauban-agent")
+    if login is not None:
+        for name in ("PGPASSFILE", "PGSERVICE", "PGSERVICEFILE"):
+            env.pop(name, None)
+        env["PGUSER"], env["PGPASSWORD"] = login.user, login.password
     return env
 
 
+PINNED_SEARCH_PATH = "-c search_path=pg_catalog,pg_temp"
+"""libpq `options`: the session's search_path, fixed before any setting of the database or
+role applies (a client's startup options outrank ALTER DATABASE/ROLE ... SET)."""
+
+
+@dataclass(frozen=True)
+class Login:
+    """Another role than the environment's (the verify's throw-away role)."""
+
+    user: str
+    password: str = field(repr=False)
+
+
 @contextlib.contextmanager
-def connect(dbname: str | None = None, *, autocommit: bool = False) -> Iterator[Connection]:
-    """A connection from libpq's environment (to `dbname` instead of PGDATABASE if given);
-    DatabaseFailure(DatabaseUnreachable) when it cannot be opened."""
-    params: dict[str, str] = {"application_name": os.environ.get("PGAPPNAME", "vauban-agent")}
+def connect(
+    dbname: str | None = None, *, autocommit: bool = False, login: Login | None = None
+) -> Iterator[Connection]:
+    """A connection from libpq's environment (to `dbname` instead of PGDATABASE if given, as
+    `login` instead of PGUSER if given), its search_path pinned; DatabaseFailure
+    (DatabaseUnreachable) when it cannot be opened."""
+    params: dict[str, str] = {
+        "application_name": os.environ.get("PGAPPNAME", "vauban-agent"),
+        "options": PINNED_SEARCH_PATH,
+    }
     if "PGCONNECT_TIMEOUT" not in os.environ:
         params["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     if dbname is not None:
         params["dbname"] = dbname
+    if login is not None:
+        params["user"] = login.user
+        params["password"] = login.password
     try:
         conn = psycopg.connect(make_conninfo("", **params), autocommit=autocommit)
     except psycopg.OperationalError as e:
@@ -110,14 +146,17 @@ def connect(dbname: str | None = None, *, autocommit: bool = False) -> Iterator[
 def server_version(conn: Connection) -> tuple[str, int]:
     """("15.18", 15)."""
     row = conn.execute(
-        "SELECT current_setting('server_version'), current_setting('server_version_num')::int"
+        "SELECT pg_catalog.current_setting('server_version'),"
+        " pg_catalog.current_setting('server_version_num')::pg_catalog.int4"
     ).fetchone()
     assert row is not None
     return str(row[0]).split(" ", 1)[0], int(str(row[1])) // 10000
 
 
 def database_size(conn: Connection) -> int:
-    row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    row = conn.execute(
+        "SELECT pg_catalog.pg_database_size(pg_catalog.current_database())"
+    ).fetchone()
     assert row is not None
     return int(str(row[0]))
 
@@ -127,7 +166,7 @@ def table_counts(conn: Connection) -> dict[str, int]:
     current snapshot."""
     counts = {}
     for schema, table in conn.execute(_TABLES).fetchall():
-        query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+        query = sql.SQL("SELECT pg_catalog.count(*) FROM {}.{}").format(
             sql.Identifier(str(schema)), sql.Identifier(str(table))
         )
         row = conn.execute(query).fetchone()

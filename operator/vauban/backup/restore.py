@@ -10,6 +10,14 @@ only ciphertext, about `storedBytes` (give the Job that much scratch space, at T
 plaintext never touches a disk.
 
 pg_restore runs in a single transaction: should it fail anyway, the target is left as it was.
+
+Whose privileges replay a backup. A dump is tenant content: a function called by a CHECK
+constraint, a default, an index expression or a trigger runs, during the restore, with the
+privileges of the role restoring it. So a restore into a tenant's database runs as the tenant's
+login (which switches to its owner role), and a verify never restores as the login it is given
+(the cluster's admin): the admin creates a throw-away role that holds nothing and a scratch
+database owned by it, then pg_restore and the row counts run in sessions of that role, with
+its own password; the admin only creates and drops the two.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import secrets
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -27,7 +36,7 @@ from psycopg import sql
 
 from vauban.backup import postgres
 from vauban.backup.errors import DatabaseFailure, IntegrityFailure, VerificationMismatch
-from vauban.backup.manifest import Manifest, data_key
+from vauban.backup.manifest import Manifest, ManifestNotAuthentic, data_key
 from vauban.backup.settings import AgentSettings
 from vauban.backup.storage import InvalidManifest, ObjectNotFound, ObjectStore
 from vauban.crypto import envelope
@@ -38,6 +47,13 @@ logger = logging.getLogger(__name__)
 READ_BLOCK = 1 << 20
 SCRATCH_COMMENT = "vauban verify scratch database"
 """Marks a scratch database as the agent's: a later verify may drop it, nobody else's."""
+
+SCRATCH_ROLE_COMMENT = "vauban verify scratch role"
+"""Marks the throw-away role likewise. Only a superuser or a role with CREATEROLE can comment
+on a role, so a tenant cannot make its own role look like one."""
+
+SCRATCH_CONNECTION_LIMIT = 4
+"""pg_restore's session and the row count's, with room for a straggler."""
 
 
 @dataclass(frozen=True)
@@ -63,21 +79,55 @@ def load_manifest(store: ObjectStore, location: str) -> Manifest:
     return manifest
 
 
-def fetch_verified(
-    store: ObjectStore,
-    manifest: Manifest,
-    data_key_material: bytes,
-    data_key_id: str,
-    scratch: Path,
-) -> VerifiedBackup:
-    """Download the backup into `scratch` and prove it whole: size and SHA-256 as recorded,
-    the backup key opened by the data key, every chunk authentic, the stream complete."""
+def authenticate(
+    manifest: Manifest, data_key_material: bytes, data_key_id: str, namespace: str | None
+) -> bool:
+    """Prove the manifest is this data key's and, when the agent works for a namespace, that
+    namespace's: a backup is never restored into another tenant's namespace. Returns whether
+    every field is authenticated (format 2) or only the key binding (format 1)."""
     if manifest.data_key_id != data_key_id:
         raise IntegrityFailure(
             "WrongKey",
             f"the backup was encrypted under data key {manifest.data_key_id!r}, and "
             f"VAUBAN_DATA_KEY is {data_key_id!r}",
         )
+    # The key binding first: another data key, or a backup moved to another location, is
+    # WrongKey; a right key with altered fields is ManifestNotAuthentic.
+    try:
+        envelope.unwrap_key(data_key_material, manifest.wrapped_key, manifest.key_context())
+    except envelope.WrongKey as e:
+        raise IntegrityFailure("WrongKey", str(e)) from None
+    try:
+        complete = manifest.authenticate(data_key_material)
+    except ManifestNotAuthentic as e:
+        raise IntegrityFailure("ManifestNotAuthentic", str(e)) from None
+    if namespace is not None and complete and manifest.namespace != namespace:
+        raise IntegrityFailure(
+            "WrongNamespace",
+            f"the backup belongs to namespace {manifest.namespace!r}, not {namespace!r}: "
+            "backups are restored within their namespace only",
+        )
+    if not complete:
+        logger.warning(
+            "%s has a format 1 manifest: its tables, dates and object lock are not "
+            "authenticated (its data and key are)",
+            manifest.location,
+        )
+    return complete
+
+
+def fetch_verified(
+    store: ObjectStore,
+    manifest: Manifest,
+    data_key_material: bytes,
+    data_key_id: str,
+    scratch: Path,
+    namespace: str | None = None,
+) -> VerifiedBackup:
+    """Download the backup into `scratch` and prove it whole: the manifest authentic, size
+    and SHA-256 as recorded, the backup key opened by the data key, every chunk authentic,
+    the stream complete."""
+    authenticate(manifest, data_key_material, data_key_id, namespace)
     try:
         key = envelope.unwrap_key(data_key_material, manifest.wrapped_key, manifest.key_context())
     except envelope.WrongKey as e:
@@ -123,8 +173,14 @@ def fetch_verified(
     return VerifiedBackup(manifest, path, key)
 
 
-def apply(backup: VerifiedBackup, database: str, pg_restore: Path) -> None:
-    """pg_restore the verified backup into `database`, in one transaction."""
+def apply(
+    backup: VerifiedBackup,
+    database: str,
+    pg_restore: Path,
+    login: postgres.Login | None = None,
+) -> None:
+    """pg_restore the verified backup into `database`, in one transaction, as `login` (the
+    environment's when None)."""
     manifest = backup.manifest
     command = [
         str(pg_restore),
@@ -146,7 +202,7 @@ def apply(backup: VerifiedBackup, database: str, pg_restore: Path) -> None:
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
-            env=postgres.child_environment(),
+            env=postgres.child_environment(login),
         )
         assert process.stdin is not None
         try:
@@ -197,7 +253,14 @@ def run_restore(settings: AgentSettings, location: str, store: ObjectStore) -> M
         )
     pg_restore = postgres.find_client("pg_restore", major, settings.pg_bin_dir)
     with tempfile.TemporaryDirectory(prefix="vauban-restore-") as scratch:
-        backup = fetch_verified(store, manifest, data_key_material, data_key_id, Path(scratch))
+        backup = fetch_verified(
+            store,
+            manifest,
+            data_key_material,
+            data_key_id,
+            Path(scratch),
+            settings.database_namespace,
+        )
         logger.info("restoring %s into %s", location, database)
         apply(backup, database, pg_restore)
     return manifest
@@ -214,21 +277,27 @@ def run_verify(
         raise DatabaseFailure("InvalidScratchDatabase", "a database name has 1 to 63 bytes")
     manifest = load_manifest(store, location)
     with tempfile.TemporaryDirectory(prefix="vauban-verify-") as scratch:
-        backup = fetch_verified(store, manifest, data_key_material, data_key_id, Path(scratch))
+        backup = fetch_verified(
+            store,
+            manifest,
+            data_key_material,
+            data_key_id,
+            Path(scratch),
+            settings.database_namespace,
+        )
+        # The admin's only session: in the maintenance database (PGDATABASE), never in the
+        # scratch one, whose content is the tenant's.
         with postgres.connect(autocommit=True) as admin:
             _, major = postgres.server_version(admin)
             pg_restore = postgres.find_client("pg_restore", major, settings.pg_bin_dir)
-            _create_scratch(admin, scratch_database)
+            login = _create_scratch(admin, scratch_database)
             try:
-                apply(backup, scratch_database, pg_restore)
-                with postgres.connect(scratch_database) as conn:
+                apply(backup, scratch_database, pg_restore, login)
+                with postgres.connect(scratch_database, login=login) as conn:
                     counts = postgres.table_counts(conn)
+                _check_still_powerless(admin, scratch_database)
             finally:
-                admin.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                        sql.Identifier(scratch_database)
-                    )
-                )
+                _drop_scratch(admin, scratch_database)
     differences = {
         table: (manifest.tables.get(table), counts.get(table))
         for table in sorted(manifest.tables.keys() | counts.keys())
@@ -246,23 +315,109 @@ def run_verify(
     return manifest, counts
 
 
-def _create_scratch(admin: postgres.Connection, name: str) -> None:
+def _marked(admin: postgres.Connection, query: str, name: str, mark: str) -> bool | None:
+    """None when the object does not exist; whether it carries `mark` otherwise."""
+    row = admin.execute(query, (name,)).fetchone()
+    return None if row is None else row[0] == mark
+
+
+_DATABASE_MARK = (
+    "SELECT pg_catalog.shobj_description(oid, 'pg_database')"
+    " FROM pg_catalog.pg_database WHERE datname = %s"
+)
+_ROLE_MARK = (
+    "SELECT pg_catalog.shobj_description(oid, 'pg_authid')"
+    " FROM pg_catalog.pg_roles WHERE rolname = %s"
+)
+
+
+def _create_scratch(admin: postgres.Connection, name: str) -> postgres.Login:
+    """The throw-away role `name` (no attribute, no membership, a random password known only
+    to this process) and the scratch database `name` it owns, both marked as the agent's.
+    What a killed verify left behind carries the marks and is replaced; anything else of that
+    name is refused, never dropped."""
+    if _marked(admin, _DATABASE_MARK, name, SCRATCH_COMMENT) is False:
+        raise DatabaseFailure(
+            "ScratchDatabaseExists",
+            f"database {name} exists and is not a scratch database of Vauban: choose "
+            "another --scratch-database",
+        )
+    if _marked(admin, _ROLE_MARK, name, SCRATCH_ROLE_COMMENT) is False:
+        raise DatabaseFailure(
+            "ScratchRoleExists",
+            f"role {name} exists and is not a throw-away role of Vauban: choose another "
+            "--scratch-database",
+        )
+    _drop_scratch(admin, name)
+    ident = sql.Identifier(name)
+    # NOLOGIN until it is marked and owns its database: no session of it exists before then.
+    # INHERIT: its only membership is pg_database_owner's, implicit, in its own database,
+    # which gives it the public schema there as a tenant's owner has it in theirs.
+    admin.execute(
+        sql.SQL(
+            "CREATE ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT "
+            "NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {}"
+        ).format(ident, sql.Literal(SCRATCH_CONNECTION_LIMIT))
+    )
+    admin.execute(
+        sql.SQL("COMMENT ON ROLE {} IS {}").format(ident, sql.Literal(SCRATCH_ROLE_COMMENT))
+    )
+    if not _is_superuser(admin):
+        # Before PostgreSQL 16 a non-superuser can only give a database to a role it is a
+        # member of. The membership goes from the admin to the throw-away role, never the
+        # other way: the role gains nothing from it, and both are dropped together.
+        admin.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(ident))
+    admin.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(ident, ident))
+    admin.execute(
+        sql.SQL("COMMENT ON DATABASE {} IS {}").format(ident, sql.Literal(SCRATCH_COMMENT))
+    )
+    # A copy of a tenant's data: no other login may even connect.
+    admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(ident))
+    password = secrets.token_urlsafe(32)
+    # The server receives a SCRAM verifier, never the password itself (statement logs).
+    verifier = admin.pgconn.encrypt_password(password.encode(), name.encode(), b"scram-sha-256")
+    admin.execute(
+        sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(ident, sql.Literal(verifier.decode()))
+    )
+    return postgres.Login(name, password)
+
+
+def _is_superuser(admin: postgres.Connection) -> bool:
+    row = admin.execute("SELECT pg_catalog.current_setting('is_superuser')").fetchone()
+    return row is not None and row[0] == "on"
+
+
+def _check_still_powerless(admin: postgres.Connection, name: str) -> None:
+    """A tripwire: the throw-away role still has no attribute and no membership after the
+    tenant's content ran as it. Nothing it is allowed could change that; if it did, the
+    verification fails loudly instead of passing."""
     row = admin.execute(
-        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+        "SELECT r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication"
+        " OR r.rolbypassrls OR EXISTS (SELECT FROM pg_catalog.pg_auth_members m"
+        " WHERE m.member = r.oid)"
+        " FROM pg_catalog.pg_roles r WHERE r.rolname = %s",
         (name,),
     ).fetchone()
-    if row is not None:
-        if row[0] != SCRATCH_COMMENT:
-            raise DatabaseFailure(
-                "ScratchDatabaseExists",
-                f"database {name} exists and is not a scratch database of Vauban: choose "
-                "another --scratch-database",
-            )
-        # Left by a verify that was killed before it could clean up.
-        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-    admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
-    admin.execute(
-        sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-            sql.Identifier(name), sql.Literal(SCRATCH_COMMENT)
+    if row is None or row[0]:
+        raise DatabaseFailure(
+            "ScratchRoleEscalated",
+            f"the throw-away role {name} gained a privilege during the restore: the backup "
+            "is not trusted",
         )
-    )
+
+
+def _drop_scratch(admin: postgres.Connection, name: str) -> None:
+    """Drop the scratch database and the throw-away role, if they exist and carry the
+    agent's marks (a caller checked them); their sessions are ended first."""
+    ident = sql.Identifier(name)
+    if _marked(admin, _ROLE_MARK, name, SCRATCH_ROLE_COMMENT):
+        admin.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(ident))
+    if _marked(admin, _DATABASE_MARK, name, SCRATCH_COMMENT):
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident))
+    if _marked(admin, _ROLE_MARK, name, SCRATCH_ROLE_COMMENT):
+        admin.execute(
+            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity"
+            " WHERE usename = %s",
+            (name,),
+        )
+        admin.execute(sql.SQL("DROP ROLE {}").format(ident))

@@ -50,6 +50,14 @@ class AgentSettings(BaseSettings):
     data_key_id: str | None = Field(default=None, validation_alias="VAUBAN_DATA_KEY_ID")
     pg_bin_dir: str | None = Field(default=None, validation_alias="VAUBAN_PG_BIN_DIR")
     database: str | None = Field(default=None, validation_alias="PGDATABASE")
+    database_namespace: str | None = Field(
+        default=None, validation_alias="VAUBAN_DATABASE_NAMESPACE"
+    )
+    """The namespace of the ManagedDatabase the Job works for: recorded in (and, for a
+    restore, required of) each authenticated manifest."""
+
+    managed_database: str | None = Field(default=None, validation_alias="VAUBAN_DATABASE_NAME")
+    database_uid: str | None = Field(default=None, validation_alias="VAUBAN_DATABASE_UID")
 
     @classmethod
     def load(cls) -> AgentSettings:

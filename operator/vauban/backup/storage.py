@@ -220,6 +220,22 @@ class ObjectStore:
                 manifests.append(manifest)
         return sorted(manifests, key=lambda m: m.started_at)
 
+    def locations(self, prefix: str) -> list[str]:
+        """Every backup location under `prefix` that holds a manifest or data, readable or
+        not: what purging a database's backups must delete."""
+        with self._translate():
+            names = [
+                o.object_name
+                for o in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+                if o.object_name is not None
+            ]
+        found = {
+            name.rsplit("/", 1)[0]
+            for name in names
+            if name.endswith((f"/{MANIFEST}", f"/{DATA}")) and "/" in name
+        }
+        return sorted(found)
+
     def delete_backup(self, location: str) -> None:
         """Delete a backup: its manifest first (so a half-deleted backup is never listed),
         then its data, every version of each. Deleting what is already gone succeeds.

@@ -132,6 +132,10 @@ def agent_secret(
         "AWS_SECRET_ACCESS_KEY": store.secret_access_key,
         "VAUBAN_DATA_KEY": base64.b64encode(key.material).decode(),
         "VAUBAN_DATA_KEY_ID": key.key_id,
+        # Recorded in each backup's authenticated manifest; a restore requires its own.
+        "VAUBAN_DATABASE_NAMESPACE": database.namespace,
+        "VAUBAN_DATABASE_NAME": database.name,
+        "VAUBAN_DATABASE_UID": database.uid,
     }
     if store.endpoint:
         values["VAUBAN_S3_ENDPOINT"] = store.endpoint

@@ -4,6 +4,15 @@ ManagedDatabase's reconcile (its agent Secret, CronJobs, retention and BackupHea
 The agent does the data path in Jobs of the operator's namespace; the operator creates them,
 maps their outcome onto ManagedBackups, and reads each backup's manifest — the only proof a
 backup is complete — from the bucket.
+
+What decides. A ManagedBackup's status may be written by its namespace (a tenant's Role with
+`vauban.dev` resources `*` includes `*/status`): it displays, it never decides. Every decision
+that starts, restores, decrypts or deletes comes from what the operator alone controls: the
+live ManagedDatabase's identity (namespace, name, uid), the data key Secret the operator made
+for that uid (whose annotations name the database and hold the ledger, see
+`vauban.reconcile.backup`), the operator's Jobs, and the bucket's manifests, authenticated with
+the data key. A backup's location is derived from that identity and the Job's name, never read
+from status; so is everything a status shows, which a wiped or forged status is rebuilt from.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,8 +31,8 @@ import kopf
 from vauban.api.backup import MANAGED_BACKUP, ManagedBackupSpec
 from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec, ObjectStore
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
-from vauban.backup.manifest import Manifest
-from vauban.backup.storage import ObjectLocked, StorageError
+from vauban.backup.manifest import Manifest, ManifestNotAuthentic
+from vauban.backup.storage import InvalidManifest, ObjectLocked, StorageError
 from vauban.backup.storage import ObjectStore as Bucket
 from vauban.builders import backup as build
 from vauban.builders.keys import KekOwner, data_key_id
@@ -40,7 +50,7 @@ from vauban.handlers import keys
 from vauban.handlers.context import Context, fingerprint
 from vauban.handlers.publish import awaiting_finalizer, parse_spec, post_event, publish
 from vauban.reconcile import backup as logic
-from vauban.reconcile.database import ClusterView, parse_time
+from vauban.reconcile.database import ClusterView
 from vauban.reconcile.status import previous_conditions
 
 logger = logging.getLogger(__name__)
@@ -107,13 +117,283 @@ async def _forget(ctx: Context, kind: str, namespace: str, name: str) -> None:
     ctx.applied.pop((kind, namespace, name), None)
 
 
+# --- what the operator's records say ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Incarnation:
+    """One incarnation of a ManagedDatabase (one uid) as the operator recorded it: the data
+    key Secret it made for that uid names the database, holds the key (unwrapped with the uid
+    as its context, so a key moved to another database's Secret does not open) and the
+    ledger of its backups."""
+
+    database: build.Database
+    key: build.DataKey
+    ledger: logic.Ledger
+
+
+DEK_SECRET_PREFIX = keys_secret_name("")
+
+
+async def incarnation(ctx: Context, namespace: str, name: str, uid: str) -> Incarnation | Verdict:
+    """The incarnation `uid` of ManagedDatabase `namespace/name`, if the operator's record
+    says that is whose it is."""
+    found = await ctx.kube.read_secret_and_annotations(
+        ctx.settings.namespace, keys_secret_name(uid)
+    )
+    if found is None:
+        return Verdict(
+            State.STALLED,
+            Reason.KEY_MISSING,
+            f"The data key of ManagedDatabase {name} (uid {uid}) no longer exists: the "
+            "database was deleted and its data key destroyed (crypto-shredding), or its "
+            "retention after deletion ran out.",
+        )
+    values, annotations = found
+    if annotations.get(logic.DATABASE_ANNOTATION) != f"{namespace}/{name}":
+        return Verdict(
+            State.STALLED,
+            Reason.RESTORE_REFUSED,
+            f"The data key of uid {uid} was not made for ManagedDatabase {namespace}/{name}.",
+        )
+    key = await keys.unwrap_data_key(ctx, values, uid)
+    if isinstance(key, Verdict):
+        return key
+    if key.key_id != data_key_id(uid):
+        return Verdict(
+            State.STALLED,
+            Reason.RESTORE_REFUSED,
+            f"The data key Secret of uid {uid} holds another key ({key.key_id}).",
+        )
+    return Incarnation(build.Database(namespace, name, uid), key, logic.ledger_of(annotations))
+
+
+async def incarnation_uids(ctx: Context, namespace: str, name: str) -> list[str]:
+    """The uids of every incarnation of `namespace/name` whose data key still exists."""
+    found = await ctx.kube.secret_annotations(ctx.settings.namespace, "vauban.dev/key=dek")
+    return sorted(
+        secret.removeprefix(DEK_SECRET_PREFIX)
+        for secret, marks in found.items()
+        if marks.get(logic.DATABASE_ANNOTATION) == f"{namespace}/{name}"
+        and secret.startswith(DEK_SECRET_PREFIX)
+    )
+
+
+async def _record(ctx: Context, database: build.Database, values: Mapping[str, str | None]) -> None:
+    """Write to (None: remove from) the ledger of `database`'s incarnation."""
+    await ctx.kube.annotate_secret(
+        ctx.settings.namespace, keys_secret_name(database.uid), dict(values)
+    )
+
+
+def location_of(store: build.Store, database: build.Database, job: str) -> str:
+    """Where the backup a Job makes is stored: under its database's incarnation."""
+    return f"{store.database_prefix(database)}/{job}"
+
+
+_JOB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _derived_job(body: Mapping[str, Any]) -> str:
+    """A ManagedBackup's Job when the ledger has none for it yet: named after its uid, or,
+    for a scheduled run recorded before the ledger existed, the Job its annotation names.
+    The annotation is the tenant's to write, but it only picks a name under this database's
+    own prefix (a single path segment)."""
+    meta = body["metadata"]
+    annotated = str((meta.get("annotations") or {}).get(JOB_ANNOTATION) or "")
+    return annotated if _JOB_NAME.match(annotated) else build.job_name(meta.get("uid", ""))
+
+
+def _ours(
+    job: Mapping[str, Any] | None, database: build.Database, operation: build.Operation
+) -> Mapping[str, Any] | None:
+    """`job` if it is an agent Job the operator made for `database` (Jobs live in the
+    operator's namespace, where tenants cannot write), else None."""
+    if job is None:
+        return None
+    meta = job["metadata"]
+    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
+    if (
+        labels.get(build.OPERATION_LABEL) == operation
+        and labels.get(build.DATABASE_UID_LABEL) == database.uid
+        and annotations.get(build.NAMESPACE_ANNOTATION) == database.namespace
+    ):
+        return job
+    return None
+
+
+def _authentic(manifest: Manifest, key: build.DataKey) -> bool:
+    if manifest.data_key_id != key.key_id:
+        return False
+    try:
+        manifest.authenticate(key.material)
+    except ManifestNotAuthentic as e:
+        logger.warning("ignoring a backup: %s", e)
+        return False
+    return True
+
+
+def _read_authentic(store: build.Store, location: str, key: build.DataKey) -> Manifest | None:
+    """The manifest at `location` if it exists and authenticates with `key` (blocking)."""
+    try:
+        manifest = bucket(store).read_manifest(location)
+    except InvalidManifest as e:
+        logger.warning("ignoring a backup: %s", e)
+        return None
+    return manifest if manifest is not None and _authentic(manifest, key) else None
+
+
+def _list_authentic(
+    store: build.Store, database: build.Database, key: build.DataKey
+) -> dict[str, Manifest]:
+    """The authenticated backups of one incarnation, by Job (blocking)."""
+    prefix = store.database_prefix(database) + "/"
+    return {
+        m.location.rsplit("/", 1)[-1]: m
+        for m in bucket(store).list_manifests(prefix)
+        if m.location.startswith(prefix) and _authentic(m, key)
+    }
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a ManagedBackup's backup is, per the records: its incarnation, its Job, its
+    ledger entry (None before its Job started), and its manifest once complete."""
+
+    incarnation: Incarnation
+    store: build.Store
+    job: str
+    entry: logic.LedgerEntry | None
+    manifest: Manifest | None
+    bucket_error: str | None = None
+    """Why the manifest could not be looked for: unknown is not absent."""
+
+    @property
+    def location(self) -> str:
+        return location_of(self.store, self.incarnation.database, self.job)
+
+
+async def _store_for(
+    ctx: Context, namespace: str, name: str, live: Mapping[str, Any] | None
+) -> tuple[build.Store, ManagedClusterSpec] | Verdict:
+    """The object store of database `namespace/name`'s cluster: the live database's, or the
+    one recorded on its data key when it was deleted."""
+    if live is not None:
+        ref = (live.get("spec") or {}).get("clusterRef") or {}
+        cluster_namespace, cluster_name = ref.get("namespace") or namespace, ref.get("name", "")
+    else:
+        found = await ctx.kube.secret_annotations(ctx.settings.namespace, "vauban.dev/key=dek")
+        refs = [
+            marks.get(logic.STORE_ANNOTATION, "")
+            for marks in found.values()
+            if marks.get(logic.DATABASE_ANNOTATION) == f"{namespace}/{name}"
+        ]
+        cluster_namespace, _, cluster_name = next((r for r in refs if r), "").partition("/")
+        if not cluster_name:
+            return Verdict(
+                State.WAITING, Reason.DATABASE_NOT_FOUND, f"ManagedDatabase {name} does not exist."
+            )
+    cluster = await ctx.kube.read(MANAGED_CLUSTER, cluster_namespace, cluster_name)
+    try:
+        cluster_spec = ManagedClusterSpec.model_validate((cluster or {}).get("spec") or {})
+    except ValueError:
+        cluster_spec = None
+    if cluster_spec is None or cluster_spec.backup is None:
+        return Verdict(
+            State.STALLED,
+            Reason.BACKUP_NOT_CONFIGURED,
+            f"The ManagedCluster of ManagedDatabase {name} has no spec.backup.objectStore: "
+            "there is nowhere to store a backup. Ask the platform team to configure one.",
+        )
+    store = await store_of(ctx, cluster_namespace, cluster_spec.backup.object_store)
+    if isinstance(store, str):
+        return Verdict(State.WAITING, Reason.BACKUP_NOT_CONFIGURED, f"Cannot back up: {store}.")
+    return store, cluster_spec
+
+
+async def place(
+    ctx: Context,
+    body: Mapping[str, Any],
+    database_name: str,
+    live: Mapping[str, Any] | None,
+    store: build.Store,
+) -> Placement | Verdict:
+    """Where the records put ManagedBackup `body` (of database `database_name`, whose live
+    object is `live` if it exists): the incarnation whose ledger has it, else (a backup not
+    started yet, or recorded before the ledger existed) the one whose bucket prefix holds a
+    manifest at its derived Job, else the live database's."""
+    meta = body["metadata"]
+    namespace, backup_uid = meta["namespace"], meta.get("uid", "")
+    live_meta = (live or {}).get("metadata") or {}
+    live_uid = live_meta.get("uid")
+    uids = [live_uid] if live_uid else []
+    created = str(meta.get("creationTimestamp", ""))
+    if not live_uid or created < str(live_meta.get("creationTimestamp", "")):
+        # Older than the live database (or it is gone): it may be an earlier incarnation's.
+        uids += [u for u in await incarnation_uids(ctx, namespace, database_name) if u != live_uid]
+    found: list[Incarnation] = []
+    first_problem: Verdict | None = None
+    for uid in uids:
+        current = await incarnation(ctx, namespace, database_name, uid)
+        if (
+            isinstance(current, Verdict)
+            and uid == live_uid
+            and current.reason == Reason.KEY_MISSING
+        ):
+            # Made at its first reconcile with backups on: not yet.
+            current = Verdict(
+                State.WAITING,
+                Reason.DATABASE_NOT_READY,
+                f"ManagedDatabase {database_name} has no data key yet (made once it is Ready).",
+            )
+        if isinstance(current, Verdict):
+            first_problem = first_problem or current
+            continue
+        found.append(current)
+        entry = current.ledger.entries.get(backup_uid)
+        if entry is not None:
+            manifest = None
+            if entry.state != logic.FAILED:
+                location = location_of(store, current.database, entry.job)
+                try:
+                    manifest = await asyncio.to_thread(
+                        _read_authentic, store, location, current.key
+                    )
+                except StorageError as e:
+                    return Placement(current, store, entry.job, entry, None, str(e))
+            return Placement(current, store, entry.job, entry, manifest)
+    job = _derived_job(body)
+    for current in found:
+        location = location_of(store, current.database, job)
+        try:
+            manifest = await asyncio.to_thread(_read_authentic, store, location, current.key)
+        except StorageError as e:
+            # Only looking for a backup made before the ledger: one not started yet goes
+            # ahead, and its Job reports what the bucket says.
+            logger.info("cannot look for a backup at %s: %s", location, e)
+            manifest = None
+        if manifest is not None or current.database.uid == live_uid:
+            return Placement(current, store, job, None, manifest)
+    if first_problem is not None:
+        return first_problem
+    return Verdict(
+        State.STALLED,
+        Reason.KEY_MISSING,
+        f"No data key of ManagedDatabase {database_name} exists: it never had a backup here, "
+        "or it was deleted and its data key destroyed (crypto-shredding), or its retention "
+        "after deletion ran out. Its backups cannot be read.",
+    )
+
+
 # --- the database's side -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Logins:
-    """How agents reach the database: the tenant's login (backups, restores) and the
-    cluster's admin (restore tests, which create a scratch database)."""
+    """How agents reach the database: the tenant's login (backups, restores: the tenant's
+    content replays with the tenant's own privileges) and the cluster's admin (restore
+    tests: the agent uses it only to create and drop a throw-away role and its scratch
+    database, and restores as that role)."""
 
     tenant: build.AgentLogin
     admin: build.AgentLogin
@@ -125,16 +405,6 @@ class DatabaseBackups:
 
     fields: dict[str, Any]
     conditions: list[DomainCondition]
-
-
-def _counts_for(backup: Mapping[str, Any], database: build.Database) -> bool:
-    """Whether a ManagedBackup counts for this database's retention and health: not being
-    deleted already, and not left by an earlier database of the same name (whose backups
-    are kept for its own retainAfterDeletionDays). Locations hold the database's uid."""
-    if backup["metadata"].get("deletionTimestamp"):
-        return False
-    key = ((backup.get("status") or {}).get("location") or {}).get("key")
-    return key is None or f"/{database.uid}/" in f"/{key}/"
 
 
 def backup_run(ctx: Context, database: build.Database, store: build.Store) -> build.AgentRun:
@@ -172,14 +442,14 @@ async def _agent_secret(
     )
 
 
-def _records(backups: Iterable[Mapping[str, Any]]) -> list[logic.BackupRecord]:
-    return [logic.BackupRecord.of(b) for b in backups]
-
-
 def _not_healthy(reason: Reason, message: str) -> DatabaseBackups:
     return DatabaseBackups(
         {}, [DomainCondition(ConditionType.BACKUP_HEALTHY, "False", reason, message)]
     )
+
+
+def _created(body: Mapping[str, Any]) -> datetime | None:
+    return logic.parse_rfc3339(body["metadata"].get("creationTimestamp"))
 
 
 async def for_database(
@@ -190,9 +460,11 @@ async def for_database(
     cluster_spec: ManagedClusterSpec,
     logins: Logins,
     backups: list[Mapping[str, Any]],
+    now: datetime | None = None,
 ) -> DatabaseBackups | None:
     """Keep a ready database's backup machinery as its spec says; None when the cluster has
-    no object store (backups are off)."""
+    no object store (backups are off). Retention and health come from the bucket's
+    authenticated manifests and the ledger, not from the ManagedBackups' status."""
     policy = cluster_spec.backup
     database = database_of(body)
     namespace = ctx.settings.namespace
@@ -207,7 +479,6 @@ async def for_database(
             ):
                 await _forget(ctx, kind, namespace, name)
         return None
-    backups = [b for b in backups if _counts_for(b, database)]
     settings = spec.backup
     schedule = (settings.schedule if settings else None) or policy.schedule
     if schedule is not None and (error := logic.schedule_error(schedule)) is not None:
@@ -224,6 +495,8 @@ async def for_database(
     )
     if isinstance(key, Verdict):
         return _not_healthy(key.reason, key.message)
+    record = await ctx.kube.read_secret_and_annotations(namespace, keys_secret_name(database.uid))
+    ledger = logic.ledger_of(record[1] if record else {})
 
     await _agent_secret(ctx, database, "backup", logins.tenant, store, key)
     run = backup_run(ctx, database, store)
@@ -237,8 +510,17 @@ async def for_database(
     elif previous.get("schedule"):
         await _forget(ctx, "CronJob", namespace, cronjob)
 
-    records = _records(backups)
-    now = datetime.now(UTC)
+    try:
+        stored = await asyncio.to_thread(_list_authentic, store, database, key)
+    except StorageError as e:
+        return _not_healthy(Reason.BACKUP_NOT_CONFIGURED, f"The bucket cannot be listed: {e}.")
+    mine = [
+        (b["metadata"].get("uid", ""), b["metadata"]["name"], _created(b))
+        for b in backups
+        if not b["metadata"].get("deletionTimestamp")
+    ]
+    records = logic.records(mine, ledger, {job: m.finished_at for job, m in stored.items()})
+    now = now or datetime.now(UTC)
     retention = (settings.retention if settings else None) or policy.retention
     if retention is not None:
         for name in logic.expired(
@@ -256,17 +538,20 @@ async def for_database(
             records = [r for r in records if r.name != name]
 
     latest = logic.last_success(records)
-    await _verification(ctx, database, settings, logins, store, key, latest, backups)
-    verified = _last_verified(backups)
-    created = parse_time(str(body["metadata"].get("creationTimestamp", "")))
+    by_name = {name: uid for uid, name, _ in mine}
+    latest_job = ledger.entries[by_name[latest.name]].job if latest else None
+    await _verification(ctx, database, settings, logins, store, key, latest, latest_job)
+    verified = _last_verified(ledger, records, by_name)
+    created = logic.parse_rfc3339(body["metadata"].get("creationTimestamp"))
     condition = logic.health(records, schedule=schedule, database_created=created, now=now)
+    manifest = stored.get(latest_job or "")
     ctx.metrics.backups(
         database.namespace,
         database.name,
         last_success=latest.finished if latest else None,
-        last_verified=parse_time(verified[1]) if verified else None,
+        last_verified=logic.parse_rfc3339(verified[1]) if verified else None,
         schedule_seconds=logic.interval(schedule, now).total_seconds() if schedule else None,
-        last=_last_backup_body(backups, latest.name if latest else None),
+        last={"status": _manifest_fields(manifest)} if manifest else None,
     )
     fields = {
         "schedule": schedule,
@@ -279,17 +564,14 @@ async def for_database(
     return DatabaseBackups({k: v for k, v in fields.items() if v is not None}, [condition])
 
 
-def _last_backup_body(
-    backups: list[Mapping[str, Any]], name: str | None
-) -> Mapping[str, Any] | None:
-    return next((b for b in backups if b["metadata"]["name"] == name), None)
-
-
-def _last_verified(backups: list[Mapping[str, Any]]) -> tuple[str, str] | None:
+def _last_verified(
+    ledger: logic.Ledger, records: list[logic.BackupRecord], uids: Mapping[str, str]
+) -> tuple[str, str] | None:
     passed = [
-        (b["metadata"]["name"], (b.get("status") or {})["verification"]["time"])
-        for b in backups
-        if ((b.get("status") or {}).get("verification") or {}).get("result") == "Passed"
+        (r.name, entry.time)
+        for r in records
+        if (entry := ledger.verifications.get(uids.get(r.name, ""))) is not None
+        and entry.result == "Passed"
     ]
     return max(passed, key=lambda p: p[1], default=None)
 
@@ -302,16 +584,14 @@ async def _verification(
     store: build.Store,
     key: build.DataKey,
     latest: logic.BackupRecord | None,
-    backups: list[Mapping[str, Any]],
+    latest_job: str | None,
 ) -> None:
     """The restore-test CronJob, pointed at the latest successful backup."""
     namespace = ctx.settings.namespace
     name = build.cronjob_name(database, "verify")
     secret = build.agent_secret_name(database, "verify")
     verify = settings.verify if settings else None
-    body = _last_backup_body(backups, latest.name if latest else None)
-    location = ((body or {}).get("status") or {}).get("location", {}).get("key")
-    if verify is None or latest is None or location is None:
+    if verify is None or latest is None or latest_job is None:
         # Nothing to test (yet): remove a restore test applied before — once per process
         # when none was, since the spec may have dropped it while the operator was down.
         memo = ("CronJob", namespace, name)
@@ -326,7 +606,7 @@ async def _verification(
         database=database,
         secret=secret,
         image=ctx.settings.agent_image,
-        location=location,
+        location=location_of(store, database, latest_job),
         scratch_database=f"vauban_verify_{database.uid.replace('-', '')[:16]}",
     )
     cronjob = build.cronjob(run, name=name, namespace=namespace, schedule=verify.schedule)
@@ -341,13 +621,22 @@ def _rfc3339(value: datetime) -> str:
 # --- ManagedBackup -------------------------------------------------------------------------
 
 
-def _job_of(body: Mapping[str, Any]) -> tuple[str, str]:
-    """The backup's Job and trigger: named by the operator for a scheduled or final backup,
-    derived from the object's uid for one created on demand."""
+def _trigger(body: Mapping[str, Any]) -> str:
+    """Shown, not trusted: Scheduled and Final records are annotated by the operator."""
+    trigger = (body["metadata"].get("annotations") or {}).get(TRIGGER_ANNOTATION)
+    return trigger if trigger in ("OnDemand", "Scheduled", "Final") else "OnDemand"
+
+
+def _memo(body: Mapping[str, Any]) -> tuple[str, str, str]:
     meta = body["metadata"]
-    annotations = meta.get("annotations") or {}
-    job = annotations.get(JOB_ANNOTATION) or build.job_name(meta.get("uid", ""))
-    return job, annotations.get(TRIGGER_ANNOTATION, "OnDemand")
+    return (MANAGED_BACKUP.kind, meta["namespace"], f"{meta['name']}/{meta.get('uid', '')}")
+
+
+_SHOWN = ("phase", "location", "dataKeyId", "sha256", "finishedAt", "verification")
+
+
+def _shown(status: Mapping[str, Any]) -> str:
+    return fingerprint({k: status.get(k) for k in _SHOWN})
 
 
 async def reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
@@ -362,149 +651,235 @@ async def reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
 
 async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
     status = body.get("status") or {}
-    if status.get("phase") in (logic.SUCCEEDED, logic.FAILED):
-        return  # a finished backup never changes, except for its restore tests
+    terminal = status.get("phase") in (logic.SUCCEEDED, logic.FAILED)
+    if terminal and ctx.applied.get(_memo(body)) == _shown(status):
+        return  # what this process recorded, unchanged since: nothing to read again
     spec = await parse_spec(ctx, MANAGED_BACKUP, ManagedBackupSpec, body)
     if spec is None:
         return
     namespace = body["metadata"]["namespace"]
-    job_name, trigger = _job_of(body)
-    kept = {k: status[k] for k in ("trigger", "job", "location", "startedAt") if k in status}
-    kept.setdefault("trigger", trigger)
-    database = await ctx.kube.read(MANAGED_DATABASE, namespace, spec.database_ref.name)
-    context = await _backup_context(ctx, database, spec.database_ref.name)
-    job = await ctx.kube.read_job(ctx.settings.namespace, job_name)
-    if job is None and "job" not in status:
-        if isinstance(context, Verdict):
-            await publish(ctx, MANAGED_BACKUP, body, context, fields={**kept, "phase": "Pending"})
-            return
-        if awaiting_finalizer(body) is not None:
-            return  # kopf's finalizer is coming, and with it the next event
-        assert database is not None
-        store, _ = context
-        await ctx.kube.create_job(
-            build.job(
-                backup_run(ctx, database_of(database), store),
-                name=job_name,
-                namespace=ctx.settings.namespace,
-                backup=body["metadata"]["name"],
-            )
-        )
-        kept.update(
-            job=job_name,
-            startedAt=now_rfc3339(),
-            location={
-                "bucket": store.bucket,
-                "key": f"{store.database_prefix(database_of(database))}/{job_name}",
-            },
-        )
-        verdict = Verdict(State.PROGRESSING, Reason.BACKUP_RUNNING, f"Job {job_name} started.")
-        await publish(ctx, MANAGED_BACKUP, body, verdict, fields={**kept, "phase": "Running"})
-        return
-    if job is not None and "location" not in kept and not isinstance(context, Verdict):
-        store = context[0]
-        kept["job"] = job_name
-        kept["location"] = {
-            "bucket": store.bucket,
-            "key": f"{store.database_prefix(database_of(database or {}))}/{job_name}",
-        }
-    await _follow_job(ctx, body, job, job_name, kept, context)
-
-
-async def _backup_context(
-    ctx: Context, database: Mapping[str, Any] | None, name: str
-) -> tuple[build.Store, ManagedClusterSpec] | Verdict:
-    """The object store a backup of `database` goes to, or why there is none yet."""
-    if database is None:
-        return Verdict(
-            State.WAITING, Reason.DATABASE_NOT_FOUND, f"ManagedDatabase {name} does not exist."
-        )
-    if not is_true(previous_conditions(database.get("status")), ConditionType.READY):
-        return Verdict(
-            State.WAITING, Reason.DATABASE_NOT_READY, f"ManagedDatabase {name} is not Ready yet."
-        )
-    ref = (database.get("spec") or {}).get("clusterRef") or {}
-    cluster_namespace = ref.get("namespace") or database["metadata"]["namespace"]
-    cluster = await ctx.kube.read(MANAGED_CLUSTER, cluster_namespace, ref.get("name", ""))
-    try:
-        cluster_spec = ManagedClusterSpec.model_validate((cluster or {}).get("spec") or {})
-    except ValueError:
-        cluster_spec = None
-    if cluster_spec is None or cluster_spec.backup is None:
-        return Verdict(
-            State.STALLED,
-            Reason.BACKUP_NOT_CONFIGURED,
-            f"The ManagedCluster of ManagedDatabase {name} has no spec.backup.objectStore: "
-            "there is nowhere to store a backup. Ask the platform team to configure one.",
-        )
-    store = await store_of(ctx, cluster_namespace, cluster_spec.backup.object_store)
-    if isinstance(store, str):
-        return Verdict(State.WAITING, Reason.BACKUP_NOT_CONFIGURED, f"Cannot back up: {store}.")
-    return store, cluster_spec
-
-
-async def _follow_job(
-    ctx: Context,
-    body: Mapping[str, Any],
-    job: Mapping[str, Any] | None,
-    job_name: str,
-    kept: dict[str, Any],
-    context: tuple[build.Store, ManagedClusterSpec] | Verdict,
-) -> None:
-    finished = job is not None and _finished(job)
-    message = (
-        await ctx.kube.termination_message(ctx.settings.namespace, job_name) if finished else None
+    name = spec.database_ref.name
+    live = await ctx.kube.read(MANAGED_DATABASE, namespace, name)
+    shown: dict[str, Any] = {"trigger": _trigger(body)}
+    context = await _store_for(ctx, namespace, name, live)
+    placed = (
+        context if isinstance(context, Verdict) else await place(ctx, body, name, live, context[0])
     )
-    state = logic.job_state(job, message)
-    if state.exists and not (state.succeeded or state.failed):
-        verdict = Verdict(State.PROGRESSING, Reason.BACKUP_RUNNING, f"Job {job_name} is running.")
-        await publish(ctx, MANAGED_BACKUP, body, verdict, fields={**kept, "phase": "Running"})
+    if isinstance(placed, Verdict):
+        if terminal:
+            return  # the records cannot be read now: what is shown stays shown
+        await publish(ctx, MANAGED_BACKUP, body, placed, fields={**shown, "phase": "Pending"})
         return
-    result = _result(state.message)
-    manifest: Manifest | None = None
-    problem: str | None = None
-    if state.succeeded and isinstance(context, Verdict):
-        problem = f"its manifest could not be read: {context.message}"
-    elif state.succeeded and not isinstance(context, Verdict):
-        try:
-            manifest = await asyncio.to_thread(
-                bucket(context[0]).read_manifest, kept["location"]["key"]
+    shown.update(job=placed.job, location={"bucket": placed.store.bucket, "key": placed.location})
+    database = placed.incarnation.database
+    job = _ours(await ctx.kube.read_job(ctx.settings.namespace, placed.job), database, "backup")
+    finished = job is not None and _finished(job)
+    if job is not None and not finished:
+        if placed.entry is None:
+            await _record_entry(ctx, body, placed, logic.RUNNING)
+        started = (job.get("status") or {}).get("startTime")
+        verdict = Verdict(State.PROGRESSING, Reason.BACKUP_RUNNING, f"Job {placed.job} is running.")
+        await publish(
+            ctx,
+            MANAGED_BACKUP,
+            body,
+            verdict,
+            fields={**shown, "phase": "Running", "startedAt": started},
+        )
+        return
+    failed_job = job is not None and logic.job_state(job, None).failed
+    if placed.manifest is not None:
+        await _succeeded(ctx, body, placed, placed.manifest, shown)
+    elif placed.bucket_error is not None and not failed_job:
+        # Nothing is concluded about a backup until the bucket answers.
+        if not terminal:
+            verdict = Verdict(
+                State.WAITING,
+                Reason.BACKUP_NOT_CONFIGURED,
+                f"The bucket cannot be read: {placed.bucket_error}.",
             )
-        except StorageError as e:
-            problem = f"its manifest could not be read: {e}"
-        if manifest is None and problem is None:
-            problem = "the agent reported success but no manifest exists"
-    if manifest is not None:
-        fields = {
-            **kept,
-            "phase": logic.SUCCEEDED,
-            "startedAt": manifest.started_at,
-            "finishedAt": manifest.finished_at,
-            "sizeBytes": manifest.stored_bytes,
-            "dumpBytes": manifest.dump_bytes,
-            "sha256": manifest.sha256,
-            "dataKeyId": manifest.data_key_id,
-            "serverVersion": manifest.server_version,
-            "tables": len(manifest.tables),
-            "retainUntil": manifest.object_lock.retain_until if manifest.object_lock else None,
-        }
-        verdict = Verdict(
-            State.READY,
-            Reason.BACKUP_COMPLETED,
-            f"Backup complete: {manifest.stored_bytes} bytes stored, {len(manifest.tables)} "
-            "tables, manifest written.",
+            await publish(ctx, MANAGED_BACKUP, body, verdict, fields={**shown, "phase": "Pending"})
+        return
+    elif job is not None:
+        message = await ctx.kube.termination_message(ctx.settings.namespace, placed.job)
+        state = logic.job_state(job, message)
+        verdict = logic.failure_verdict(state, _result(message))
+        if state.succeeded:
+            verdict = Verdict(
+                verdict.state,
+                verdict.reason,
+                "Backup failed: the agent reported success but no authentic manifest exists "
+                "at its location.",
+            )
+        await _failed(ctx, body, placed, verdict, shown, state.finished)
+    elif placed.entry is not None:
+        why = (
+            placed.entry.message
+            if placed.entry.state == logic.FAILED
+            else "Backup failed: its Job disappeared, or its backup is gone from the bucket."
+        )
+        await _failed(
+            ctx,
+            body,
+            placed,
+            Verdict(State.STALLED, Reason.BACKUP_FAILED, why),
+            shown,
+            _rfc3339(placed.entry.at) if placed.entry.at else None,
+        )
+    elif terminal:
+        # A finished backup the records do not know: its status alone is not evidence.
+        await _publish_terminal(
+            ctx,
+            body,
+            Verdict(
+                State.STALLED,
+                Reason.BACKUP_FAILED,
+                "No record of this backup: neither the bucket nor the operator's ledger holds "
+                "it. Create a new ManagedBackup.",
+            ),
+            {**shown, "phase": logic.FAILED},
         )
     else:
-        verdict = logic.failure_verdict(state, result)
-        if problem is not None:
-            verdict = Verdict(verdict.state, verdict.reason, f"Backup failed: {problem}.")
-        fields = {**kept, "phase": logic.FAILED, "finishedAt": state.finished or now_rfc3339()}
+        await _start(ctx, body, placed, live, shown)
+    if job is not None:
+        # The result is recorded: the Job (and its pod) are no longer needed.
+        await ctx.kube.delete_job(ctx.settings.namespace, placed.job)
+
+
+async def _start(
+    ctx: Context,
+    body: Mapping[str, Any],
+    placed: Placement,
+    live: Mapping[str, Any] | None,
+    shown: dict[str, Any],
+) -> None:
+    database = placed.incarnation.database
+    if live is None or live["metadata"].get("uid") != database.uid:
+        verdict = Verdict(
+            State.WAITING,
+            Reason.DATABASE_NOT_FOUND,
+            f"ManagedDatabase {database.name} does not exist.",
+        )
+        await publish(ctx, MANAGED_BACKUP, body, verdict, fields={**shown, "phase": "Pending"})
+        return
+    if not is_true(previous_conditions(live.get("status")), ConditionType.READY):
+        verdict = Verdict(
+            State.WAITING,
+            Reason.DATABASE_NOT_READY,
+            f"ManagedDatabase {database.name} is not Ready yet.",
+        )
+        await publish(ctx, MANAGED_BACKUP, body, verdict, fields={**shown, "phase": "Pending"})
+        return
+    if awaiting_finalizer(body) is not None:
+        return  # kopf's finalizer is coming, and with it the next event
+    created = await ctx.kube.create_job(
+        build.job(
+            backup_run(ctx, database, placed.store),
+            name=placed.job,
+            namespace=ctx.settings.namespace,
+            backup=body["metadata"]["name"],
+        )
+    )
+    if not created:
+        taken = await ctx.kube.read_job(ctx.settings.namespace, placed.job)
+        if _ours(taken, database, "backup") is None:
+            verdict = Verdict(
+                State.STALLED,
+                Reason.BACKUP_FAILED,
+                f"Backup failed: the Job name {placed.job} is taken by a Job of another "
+                "database. Create a new ManagedBackup.",
+            )
+            await _failed(ctx, body, placed, verdict, shown, None)
+            return
+    await _record_entry(ctx, body, placed, logic.RUNNING)
+    verdict = Verdict(State.PROGRESSING, Reason.BACKUP_RUNNING, f"Job {placed.job} started.")
+    await publish(
+        ctx,
+        MANAGED_BACKUP,
+        body,
+        verdict,
+        fields={**shown, "phase": "Running", "startedAt": now_rfc3339()},
+    )
+
+
+async def _record_entry(
+    ctx: Context,
+    body: Mapping[str, Any],
+    placed: Placement,
+    state: str,
+    at: datetime | None = None,
+    message: str = "",
+) -> None:
+    meta = body["metadata"]
+    entry = logic.LedgerEntry(meta["name"], placed.job, state, at, message)
+    key, value = entry.annotation(meta.get("uid", ""))
+    await _record(ctx, placed.incarnation.database, {key: value})
+
+
+def _manifest_fields(manifest: Manifest) -> dict[str, Any]:
+    return {
+        "startedAt": _rfc3339(manifest.started_at),
+        "finishedAt": _rfc3339(manifest.finished_at),
+        "sizeBytes": manifest.stored_bytes,
+        "dumpBytes": manifest.dump_bytes,
+        "sha256": manifest.sha256,
+        "dataKeyId": manifest.data_key_id,
+        "serverVersion": manifest.server_version,
+        "tables": len(manifest.tables),
+        "retainUntil": (
+            _rfc3339(manifest.object_lock.retain_until) if manifest.object_lock else None
+        ),
+    }
+
+
+async def _succeeded(
+    ctx: Context,
+    body: Mapping[str, Any],
+    placed: Placement,
+    manifest: Manifest,
+    shown: dict[str, Any],
+) -> None:
+    if placed.entry is None or placed.entry.state != logic.SUCCEEDED:
+        await _record_entry(ctx, body, placed, logic.SUCCEEDED, manifest.finished_at)
+    verification = placed.incarnation.ledger.verifications.get(body["metadata"].get("uid", ""))
+    verdict = Verdict(
+        State.READY,
+        Reason.BACKUP_COMPLETED,
+        f"Backup complete: {manifest.stored_bytes} bytes stored, {len(manifest.tables)} "
+        "tables, manifest written.",
+    )
+    fields = {
+        **shown,
+        **_manifest_fields(manifest),
+        "phase": logic.SUCCEEDED,
+        "verification": verification.status() if verification else None,
+    }
+    await _publish_terminal(ctx, body, verdict, fields)
+
+
+async def _failed(
+    ctx: Context,
+    body: Mapping[str, Any],
+    placed: Placement,
+    verdict: Verdict,
+    shown: dict[str, Any],
+    finished: str | None,
+) -> None:
+    at = logic.parse_rfc3339(finished) or datetime.now(UTC)
+    if placed.entry is None or placed.entry.state != logic.FAILED:
+        await _record_entry(ctx, body, placed, logic.FAILED, at, verdict.message[:900])
         ctx.metrics.backup_failed(
             body["metadata"]["namespace"], body["spec"]["databaseRef"]["name"]
         )
+    fields = {**shown, "phase": logic.FAILED, "finishedAt": _rfc3339(at)}
+    await _publish_terminal(ctx, body, verdict, fields)
+
+
+async def _publish_terminal(
+    ctx: Context, body: Mapping[str, Any], verdict: Verdict, fields: dict[str, Any]
+) -> None:
     await publish(ctx, MANAGED_BACKUP, body, verdict, fields=fields)
-    # The result is recorded: the Job (and its pod) are no longer needed.
-    await ctx.kube.delete_job(ctx.settings.namespace, job_name)
+    ctx.applied[_memo(body)] = _shown({k: v for k, v in fields.items() if v is not None})
 
 
 def _finished(job: Mapping[str, Any]) -> bool:
@@ -525,36 +900,55 @@ def _result(message: str | None) -> dict[str, Any] | None:
 
 async def finalize(ctx: Context, body: Mapping[str, Any]) -> None:
     """Before a ManagedBackup goes: its Job stops, and its stored backup is deleted if its
-    policy says Delete — unless its database is being deleted too, whose
-    retainAfterDeletionDays keep backups a while longer."""
+    policy says Delete — unless its database is being deleted too (or was, and this is an
+    earlier incarnation's backup), whose retainAfterDeletionDays keep backups a while
+    longer. What is deleted is where the records put this backup, never what its status
+    says."""
     meta = body["metadata"]
-    job_name, _ = _job_of(body)
-    await ctx.kube.delete_job(ctx.settings.namespace, job_name)
-    status = body.get("status") or {}
-    location = (status.get("location") or {}).get("key")
+    ctx.applied.pop(_memo(body), None)
     spec = body.get("spec") or {}
-    if spec.get("deletionPolicy", "Delete") != "Delete" or location is None:
-        return
     name = (spec.get("databaseRef") or {}).get("name", "")
-    database = await ctx.kube.read(MANAGED_DATABASE, meta["namespace"], name)
-    if database is None or database["metadata"].get("deletionTimestamp"):
+    live = await ctx.kube.read(MANAGED_DATABASE, meta["namespace"], name)
+    context = await _store_for(ctx, meta["namespace"], name, live)
+    placed = (
+        context if isinstance(context, Verdict) else await place(ctx, body, name, live, context[0])
+    )
+    if isinstance(placed, Verdict):
+        logger.info(
+            "ManagedBackup %s/%s: no record of a stored backup (%s)",
+            meta["namespace"],
+            meta["name"],
+            placed.message,
+        )
+        return
+    database = placed.incarnation.database
+    job = await ctx.kube.read_job(ctx.settings.namespace, placed.job)
+    if _ours(job, database, "backup") is not None:
+        await ctx.kube.delete_job(ctx.settings.namespace, placed.job)
+    uid = meta.get("uid", "")
+    forget = {logic.LEDGER_PREFIX + uid: None, logic.VERIFICATION_PREFIX + uid: None}
+    alive = (
+        live is not None
+        and not live["metadata"].get("deletionTimestamp")
+        and live["metadata"].get("uid") == database.uid
+    )
+    if not alive:
         logger.info(
             "ManagedBackup %s/%s: kept in the bucket, its database is being deleted",
             meta["namespace"],
             meta["name"],
         )
         return
-    context = await _backup_context(ctx, database, name)
-    if isinstance(context, Verdict):
-        raise kopf.TemporaryError(f"cannot delete the stored backup: {context.message}", delay=60)
-    try:
-        await asyncio.to_thread(bucket(context[0]).delete_backup, location)
-    except ObjectLocked as e:
-        # The lock is the point: the object outlives this record, and the bucket's lifecycle
-        # rules remove it once the lock ends.
-        await post_event(ctx, MANAGED_BACKUP, body, "Warning", "BackupLocked", str(e))
-    except StorageError as e:
-        raise kopf.TemporaryError(f"cannot delete the stored backup: {e}", delay=60) from e
+    if spec.get("deletionPolicy", "Delete") == "Delete":
+        try:
+            await asyncio.to_thread(bucket(placed.store).delete_backup, placed.location)
+        except ObjectLocked as e:
+            # The lock is the point: the object outlives this record, and the bucket's
+            # lifecycle rules remove it once the lock ends.
+            await post_event(ctx, MANAGED_BACKUP, body, "Warning", "BackupLocked", str(e))
+        except StorageError as e:
+            raise kopf.TemporaryError(f"cannot delete the stored backup: {e}", delay=60) from e
+    await _record(ctx, database, forget)
 
 
 # --- the agent's Jobs ----------------------------------------------------------------------
@@ -569,7 +963,8 @@ async def job_event(ctx: Context, body: Mapping[str, Any]) -> tuple[str, str] | 
     labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
     namespace = annotations.get(build.NAMESPACE_ANNOTATION)
     database = annotations.get(build.DATABASE_ANNOTATION)
-    if not namespace or not database:
+    uid = labels.get(build.DATABASE_UID_LABEL)
+    if not namespace or not database or not uid:
         return None
     operation = labels.get(build.OPERATION_LABEL)
     if operation == "backup":
@@ -590,6 +985,19 @@ async def job_event(ctx: Context, body: Mapping[str, Any]) -> tuple[str, str] | 
             )
             if created:
                 logger.info("scheduled backup %s/%s recorded", namespace, name)
+            found = await ctx.kube.read(MANAGED_BACKUP, namespace, name)
+            if (
+                found is not None
+                and (found.get("spec") or {}).get("databaseRef", {}).get("name") == database
+            ):
+                # The ledger binds the record to this very Job (and so its location).
+                entry = logic.LedgerEntry(name, meta["name"], logic.RUNNING)
+                key, value = entry.annotation(found["metadata"].get("uid", ""))
+                marks = await ctx.kube.read_secret_and_annotations(
+                    ctx.settings.namespace, keys_secret_name(uid)
+                )
+                if marks is not None and key not in marks[1]:
+                    await _record(ctx, build.Database(namespace, database, uid), {key: value})
         found = await ctx.kube.read(MANAGED_BACKUP, namespace, name)
         if found is not None:
             await reconcile(ctx, found)
@@ -597,17 +1005,22 @@ async def job_event(ctx: Context, body: Mapping[str, Any]) -> tuple[str, str] | 
     if not _finished(body):
         return None
     if operation == "verify":
-        await _record_verification(ctx, body, namespace, annotations.get(build.BACKUP_ANNOTATION))
+        await _record_verification(
+            ctx,
+            body,
+            build.Database(namespace, database, uid),
+            annotations.get(build.BACKUP_ANNOTATION),
+        )
         await ctx.kube.delete_job(ctx.settings.namespace, meta["name"])
     return (namespace, database)
 
 
 async def _record_verification(
-    ctx: Context, job: Mapping[str, Any], namespace: str, backup: str | None
+    ctx: Context, job: Mapping[str, Any], database: build.Database, backup: str | None
 ) -> None:
     if backup is None:
         return
-    found = await ctx.kube.read(MANAGED_BACKUP, namespace, backup)
+    found = await ctx.kube.read(MANAGED_BACKUP, database.namespace, backup)
     if found is None:
         return
     result = _result(
@@ -619,16 +1032,11 @@ async def _record_verification(
         if passed
         else "The restore test failed without a result (killed or deadline)."
     )
-    status = dict(found.get("status") or {})
-    status["verification"] = {
-        "result": "Passed" if passed else "Failed",
-        "time": now_rfc3339(),
-        "message": message,
-    }
-    await ctx.kube.apply_status(MANAGED_BACKUP, namespace, backup, status)
-    database = (found.get("spec") or {}).get("databaseRef", {}).get("name", "")
+    entry = logic.VerificationEntry("Passed" if passed else "Failed", now_rfc3339(), message)
+    key, value = entry.annotation(found["metadata"].get("uid", ""))
+    await _record(ctx, database, {key: value})
     if not passed:
-        ctx.metrics.verification_failed(namespace, database)
+        ctx.metrics.verification_failed(database.namespace, database.name)
     await post_event(
         ctx,
         MANAGED_BACKUP,
@@ -637,42 +1045,117 @@ async def _record_verification(
         "RestoreVerified" if passed else "RestoreVerificationFailed",
         message,
     )
+    ctx.applied.pop(_memo(found), None)
+    await reconcile(ctx, found)
 
 
 # --- restore at creation -------------------------------------------------------------------
+
+
+async def _placed_source(
+    ctx: Context, namespace: str, source: Mapping[str, Any], store: build.Store
+) -> Placement | Verdict:
+    """Where the records put ManagedBackup `source` of `namespace`."""
+    database = ((source.get("spec") or {}).get("databaseRef") or {}).get("name", "")
+    live = await ctx.kube.read(MANAGED_DATABASE, namespace, database)
+    return await place(ctx, source, database, live, store)
 
 
 async def _restore_source(
     ctx: Context,
     namespace: str,
     spec: ManagedDatabaseSpec,
+    store: build.Store,
     backups: Mapping[tuple[str, str], Iterable[Mapping[str, Any]]],
-) -> Mapping[str, Any] | Verdict:
-    """The ManagedBackup spec.restore names, once it has succeeded."""
+) -> tuple[str, Placement, str | None] | Verdict:
+    """The backup spec.restore names, as the records place it, once it is complete."""
     assert spec.restore is not None
     if spec.restore.backup_ref is not None:
         name = spec.restore.backup_ref.name
-    else:
-        assert spec.restore.database_ref is not None
-        source = spec.restore.database_ref.name
-        latest = logic.last_success(_records(backups.get((namespace, source), ())))
-        if latest is None:
+        found = await ctx.kube.read(MANAGED_BACKUP, namespace, name)
+        if found is None:
             return Verdict(
                 State.WAITING,
                 Reason.RESTORING,
-                f"Waiting for a successful backup of ManagedDatabase {source} to restore.",
+                f"ManagedBackup {name} does not exist; the restore waits for it.",
             )
-        name = latest.name
-    found = await ctx.kube.read(MANAGED_BACKUP, namespace, name)
-    phase = ((found or {}).get("status") or {}).get("phase")
-    if found is None or phase != logic.SUCCEEDED:
-        state = "does not exist" if found is None else f"is {phase or 'Pending'}"
+        placed = await _placed_source(ctx, namespace, found, store)
+        if isinstance(placed, Verdict):
+            return Verdict(
+                State.STALLED if placed.state == State.STALLED else State.WAITING,
+                Reason.RESTORE_FAILED if placed.reason == Reason.KEY_MISSING else placed.reason,
+                f"Cannot restore {name}: {placed.message}",
+            )
+        return name, placed, (found.get("status") or {}).get("phase")
+    assert spec.restore.database_ref is not None
+    source = spec.restore.database_ref.name
+    candidates: list[tuple[datetime, str, Placement]] = []
+    for body in backups.get((namespace, source), ()):
+        if body["metadata"].get("deletionTimestamp"):
+            continue
+        placed = await _placed_source(ctx, namespace, body, store)
+        if not isinstance(placed, Verdict) and placed.manifest is not None:
+            candidates.append((placed.manifest.finished_at, body["metadata"]["name"], placed))
+    if not candidates:
         return Verdict(
-            State.WAITING if phase != logic.FAILED else State.STALLED,
+            State.WAITING,
             Reason.RESTORING,
-            f"ManagedBackup {name} {state}; the restore waits for it to succeed.",
+            f"Waiting for a successful backup of ManagedDatabase {source} to restore.",
         )
-    return found
+    _, name, placed = max(candidates, key=lambda c: c[0])
+    return name, placed, None
+
+
+def _refusal(name: str, placed: Placement, namespace: str, claimed: str | None) -> Verdict | None:
+    """Why the backup `placed` may not fill a database of `namespace`, as a verdict (or a
+    reason to wait). `claimed` is the phase the source's status shows: only ever a reason to
+    refuse, never to restore."""
+    manifest = placed.manifest
+    if placed.bucket_error is not None:
+        return Verdict(
+            State.WAITING,
+            Reason.RESTORING,
+            f"The bucket cannot be read ({placed.bucket_error}); the restore of {name} waits.",
+        )
+    if manifest is None:
+        entry = placed.entry
+        unstarted = entry is None and claimed not in (logic.SUCCEEDED, logic.FAILED)
+        if (entry is not None and entry.state == logic.RUNNING) or unstarted:
+            return Verdict(
+                State.WAITING,
+                Reason.RESTORING,
+                f"ManagedBackup {name} has not completed; the restore waits for it.",
+            )
+        if entry is not None and entry.state == logic.FAILED:
+            return Verdict(
+                State.STALLED,
+                Reason.RESTORE_FAILED,
+                f"ManagedBackup {name} failed: {entry.message}",
+            )
+        return Verdict(
+            State.STALLED,
+            Reason.RESTORE_REFUSED,
+            f"ManagedBackup {name} has no complete backup on record (the operator's ledger and "
+            "the bucket's authenticated manifests): nothing to restore. A ManagedBackup's status "
+            "is not evidence of a backup.",
+        )
+    database = placed.incarnation.database
+    why = logic.restore_refusal(
+        location=placed.location,
+        manifest_location=manifest.location,
+        complete=manifest.format_version >= 2,
+        manifest_namespace=manifest.namespace,
+        manifest_database_uid=manifest.database_uid,
+        manifest_data_key_id=manifest.data_key_id,
+        namespace=namespace,
+        database_uid=database.uid,
+        data_key_id=placed.incarnation.key.key_id,
+    )
+    if database.namespace != namespace:
+        why = why or f"the backup belongs to namespace {database.namespace}"
+    if why is None:
+        return None
+    return Verdict(State.STALLED, Reason.RESTORE_REFUSED, f"Restore of {name} refused: {why}.")
 
 
 async def restore(
@@ -685,56 +1168,65 @@ async def restore(
     backups: Mapping[tuple[str, str], Iterable[Mapping[str, Any]]],
 ) -> tuple[Verdict | None, dict[str, Any] | None]:
     """Fill a new database from a backup, once, before it is reported Ready. Returns the
-    verdict while the restore is not done (None once it is) and status.restore."""
-    previous = (body.get("status") or {}).get("restore")
-    if spec.restore is None or (previous or {}).get("phase") == logic.SUCCEEDED:
-        return None, previous
+    verdict while the restore is not done (None once it is) and status.restore. Whether it
+    was done is in this database's ledger; what to restore, and with which data key, is
+    where the records put the source backup, never what a status says."""
+    if spec.restore is None:
+        return None, None
     database = database_of(body)
-    source = await _restore_source(ctx, database.namespace, spec, backups)
-    if isinstance(source, Verdict):
-        return source, previous
-    name = source["metadata"]["name"]
-    status = source.get("status") or {}
-    running = {"source": name, "phase": "Running"}
-    key = await keys.data_key_by_id(ctx, str(status.get("dataKeyId", "")))
-    if isinstance(key, Verdict):
-        return Verdict(
-            State.STALLED, Reason.RESTORE_FAILED, f"Cannot restore {name}: {key.message}"
-        ), {**running, "phase": "Failed"}
     if cluster_spec.backup is None:
         return Verdict(
             State.STALLED,
             Reason.BACKUP_NOT_CONFIGURED,
-            f"ManagedCluster {cluster.ref} has no object store to restore {name} from.",
-        ), previous
+            f"ManagedCluster {cluster.ref} has no object store to restore from.",
+        ), None
+    target_key = await keys.data_key(
+        ctx,
+        KekOwner(cluster.namespace, cluster.name, cluster.uid),
+        cluster_spec.encryption.provider,
+        database,
+        create=True,
+    )
+    if isinstance(target_key, Verdict):
+        return target_key, None
+    target = await incarnation(ctx, database.namespace, database.name, database.uid)
+    if isinstance(target, Verdict):
+        return target, None
+    done = target.ledger.restore
+    if done is not None and done.get("phase") == logic.SUCCEEDED:
+        return None, done
+    if done is not None and done.get("phase") == logic.FAILED:
+        return Verdict(
+            State.STALLED,
+            Reason.RESTORE_FAILED,
+            f"The restore of {done.get('source')} failed ({done.get('message', '')}); delete "
+            "and re-create this ManagedDatabase to try again.",
+        ), done
     store = await store_of(ctx, cluster.namespace, cluster_spec.backup.object_store)
-    location = status.get("location") or {}
-    if isinstance(store, str) or location.get("bucket") != store.bucket:
-        why = store if isinstance(store, str) else "it is in another bucket than this cluster's"
-        return Verdict(State.STALLED, Reason.RESTORE_FAILED, f"Cannot restore {name}: {why}."), {
-            **running,
-            "phase": "Failed",
-        }
+    if isinstance(store, str):
+        return Verdict(State.STALLED, Reason.RESTORE_FAILED, f"Cannot restore: {store}."), None
+    source = await _restore_source(ctx, database.namespace, spec, store, backups)
+    if isinstance(source, Verdict):
+        return source, None
+    name, placed, claimed = source
+    running = {"source": name, "phase": "Running"}
+    refused = _refusal(name, placed, database.namespace, claimed)
+    if refused is not None:
+        return refused, {**running, "phase": "Pending"}
 
     namespace = ctx.settings.namespace
     job_name = build.restore_job_name(database)
     secret = build.agent_secret_name(database, "restore")
-    job = await ctx.kube.read_job(namespace, job_name)
+    job = _ours(await ctx.kube.read_job(namespace, job_name), database, "restore")
     if job is None:
-        if (previous or {}).get("phase") == "Failed":
-            return Verdict(
-                State.STALLED,
-                Reason.RESTORE_FAILED,
-                f"The restore of {name} failed; delete and re-create this ManagedDatabase to "
-                "try again.",
-            ), previous
-        await _agent_secret(ctx, database, "restore", tenant, store, key)
+        # The source's data key, found and unwrapped for the uid its record names.
+        await _agent_secret(ctx, database, "restore", tenant, store, placed.incarnation.key)
         run = build.AgentRun(
             operation="restore",
             database=database,
             secret=secret,
             image=ctx.settings.agent_image,
-            location=str(location["key"]),
+            location=placed.location,
         )
         await ctx.kube.create_job(build.job(run, name=job_name, namespace=namespace))
         await post_event(
@@ -750,6 +1242,15 @@ async def restore(
         return Verdict(State.PROGRESSING, Reason.RESTORING, f"Restoring {name}."), running
     message = await ctx.kube.termination_message(namespace, job_name)
     state = logic.job_state(job, message)
+    if state.succeeded:
+        outcome = {**running, "phase": logic.SUCCEEDED, "completedAt": now_rfc3339()}
+    else:
+        result = _result(message) or {}
+        detail = f"{result.get('reason', 'JobFailed')}: {str(result.get('message', ''))[:600]}"
+        outcome = {**running, "phase": logic.FAILED, "message": detail}
+    await _record(
+        ctx, database, {logic.RESTORE_ANNOTATION: json.dumps(outcome, separators=(",", ":"))}
+    )
     # The data key must not outlive the restore in a Secret.
     await _forget(ctx, "Secret", namespace, secret)
     await ctx.kube.delete_job(namespace, job_name)
@@ -757,25 +1258,25 @@ async def restore(
         await post_event(
             ctx, MANAGED_DATABASE, body, "Normal", "Restored", f"Restored ManagedBackup {name}."
         )
-        return None, {**running, "phase": logic.SUCCEEDED, "completedAt": now_rfc3339()}
-    result = _result(message) or {}
-    detail = f"{result.get('reason', 'JobFailed')}: {str(result.get('message', ''))[:600]}"
+        return None, outcome
     return Verdict(
         State.STALLED,
         Reason.RESTORE_FAILED,
-        f"The restore of {name} failed ({detail}). Nothing was applied if the backup failed its "
-        "integrity checks; delete and re-create this ManagedDatabase to try again.",
-    ), {**running, "phase": "Failed"}
+        f"The restore of {name} failed ({outcome['message']}). Nothing was applied if the "
+        "backup failed its integrity checks; delete and re-create this ManagedDatabase to "
+        "try again.",
+    ), {**running, "phase": logic.FAILED}
 
 
 # --- after a database is deleted -----------------------------------------------------------
 
-PURGE_AFTER_ANNOTATION = "vauban.dev/purge-after"
-STORE_ANNOTATION = "vauban.dev/store-cluster"
-
 
 async def database_deleted(
-    ctx: Context, body: Mapping[str, Any], spec: ManagedDatabaseSpec, cluster: ClusterView | None
+    ctx: Context,
+    body: Mapping[str, Any],
+    spec: ManagedDatabaseSpec,
+    cluster: ClusterView | None,
+    now: datetime | None = None,
 ) -> None:
     """Stop a deleted database's schedules, and plan the end of its backups: they stay
     restorable for backup.retainAfterDeletionDays, then they and the data key are purged.
@@ -805,55 +1306,69 @@ async def database_deleted(
             "The data key is destroyed: the backups of this database can no longer be read.",
         )
         return
-    purge_after = _rfc3339(datetime.now(UTC) + timedelta(days=days))
-    annotations = {PURGE_AFTER_ANNOTATION: purge_after}
+    purge_after = _rfc3339((now or datetime.now(UTC)) + timedelta(days=days))
+    annotations: dict[str, str | None] = {logic.PURGE_AFTER_ANNOTATION: purge_after}
     if cluster is not None:
-        annotations[STORE_ANNOTATION] = cluster.ref
+        annotations[logic.STORE_ANNOTATION] = cluster.ref
     await ctx.kube.annotate_secret(namespace, dek, annotations)
 
 
 async def purge_expired(
-    ctx: Context, backups: Mapping[tuple[str, str], Iterable[Mapping[str, Any]]]
+    ctx: Context,
+    backups: Mapping[tuple[str, str], Iterable[Mapping[str, Any]]],
+    now: datetime | None = None,
 ) -> None:
     """Purge the backups and data keys of databases deleted longer ago than their
-    retainAfterDeletionDays: objects from the bucket, their ManagedBackups, then the key."""
+    retainAfterDeletionDays: every object under the incarnation's prefix of the bucket, the
+    ManagedBackups its ledger holds, then the key. What goes is named by the data key's
+    Secret (the database's namespace, name and uid, the cluster), never by a status."""
     namespace = ctx.settings.namespace
     found = await ctx.kube.secret_annotations(namespace, "vauban.dev/key=dek")
-    now = datetime.now(UTC)
-    for name, marks in found.items():
-        due = parse_time(marks.get(PURGE_AFTER_ANNOTATION, ""))
-        if due is None or due > now:
-            continue
-        key_id = data_key_id(name.removeprefix("vauban-dek-"))
-        doomed = [
-            b
-            for store in list(backups.values())
-            for b in list(store)
-            if (b.get("status") or {}).get("dataKeyId") == key_id
-        ]
-        cluster_ref = marks.get(STORE_ANNOTATION, "")
-        cluster_namespace, _, cluster_name = cluster_ref.partition("/")
+    for purge in logic.purge_due(found, prefix=DEK_SECRET_PREFIX, now=now or datetime.now(UTC)):
+        await _purge(ctx, purge, found[purge.secret], backups)
+
+
+async def _purge(
+    ctx: Context,
+    purge: logic.Purge,
+    marks: Mapping[str, str],
+    backups: Mapping[tuple[str, str], Iterable[Mapping[str, Any]]],
+) -> None:
+    database = build.Database(purge.namespace, purge.database, purge.database_uid)
+    if purge.cluster:
+        cluster_namespace, _, cluster_name = purge.cluster.partition("/")
         cluster = await ctx.kube.read(MANAGED_CLUSTER, cluster_namespace, cluster_name)
         try:
             cluster_spec = ManagedClusterSpec.model_validate((cluster or {}).get("spec") or {})
         except ValueError:
             cluster_spec = None
-        if doomed and (cluster_spec is None or cluster_spec.backup is None):
-            logger.warning("cannot purge backups of key %s: its cluster is gone", key_id)
-            continue
-        for body in doomed:
-            location = ((body.get("status") or {}).get("location") or {}).get("key")
-            if location and cluster_spec is not None and cluster_spec.backup is not None:
-                store = await store_of(ctx, cluster_namespace, cluster_spec.backup.object_store)
-                if isinstance(store, str):
-                    logger.warning("cannot purge backups of key %s: %s", key_id, store)
-                    break
+        if cluster_spec is None or cluster_spec.backup is None:
+            logger.warning(
+                "cannot purge the backups of %s: its cluster %s is gone",
+                purge.secret,
+                purge.cluster,
+            )
+            return
+        store = await store_of(ctx, cluster_namespace, cluster_spec.backup.object_store)
+        if isinstance(store, str):
+            logger.warning("cannot purge the backups of %s: %s", purge.secret, store)
+            return
+        prefix = store.database_prefix(database) + "/"
+        try:
+            for location in await asyncio.to_thread(bucket(store).locations, prefix):
                 await asyncio.to_thread(bucket(store).delete_backup, location)
-            meta = body["metadata"]
-            await ctx.kube.delete_custom(MANAGED_BACKUP, meta["namespace"], meta["name"])
-        else:
-            await ctx.kube.delete_secret(namespace, name)
-            logger.info("purged the backups and data key %s of a deleted database", key_id)
+        except ObjectLocked as e:
+            logger.info("purge of %s waits: %s", purge.secret, e)
+            return
+        except StorageError as e:
+            logger.warning("cannot purge the backups of %s: %s", purge.secret, e)
+            return
+    ledger = logic.ledger_of(marks)
+    for body in list(backups.get((purge.namespace, purge.database), ())):
+        if body["metadata"].get("uid") in ledger.entries:
+            await ctx.kube.delete_custom(MANAGED_BACKUP, purge.namespace, body["metadata"]["name"])
+    await ctx.kube.delete_secret(ctx.settings.namespace, purge.secret)
+    logger.info("purged the backups and data key %s of a deleted database", purge.secret)
 
 
 async def final_backup(ctx: Context, body: Mapping[str, Any]) -> None:

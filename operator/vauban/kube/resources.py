@@ -235,8 +235,9 @@ class Kube:
         )
 
     async def annotate_secret(
-        self, namespace: str, name: str, annotations: Mapping[str, str]
+        self, namespace: str, name: str, annotations: Mapping[str, str | None]
     ) -> None:
+        """Set annotations of a Secret (merge patch: None removes one, others stay)."""
         await _unless_missing(
             self._core.patch_namespaced_secret(
                 name,

@@ -3,6 +3,7 @@ retention removes, whether a database's backups are healthy, and schedule arithm
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -58,7 +59,9 @@ def overdue_since(schedule: str, now: datetime) -> datetime:
 
 @dataclass(frozen=True)
 class BackupRecord:
-    """What retention and health read of one ManagedBackup."""
+    """What retention and health read of one backup: computed from the bucket's
+    authenticated manifests and the operator's ledger, never from a ManagedBackup's status
+    (which its namespace may be allowed to write)."""
 
     name: str
     phase: str | None
@@ -66,21 +69,217 @@ class BackupRecord:
     created: datetime | None
     trigger: str | None = None
 
-    @classmethod
-    def of(cls, body: Mapping[str, Any]) -> BackupRecord:
-        status = body.get("status") or {}
-        meta = body["metadata"]
-        return cls(
-            name=meta["name"],
-            phase=status.get("phase"),
-            finished=_time(status.get("finishedAt")),
-            created=_time(meta.get("creationTimestamp")),
-            trigger=status.get("trigger"),
+
+# --- the ledger ------------------------------------------------------------------------------
+#
+# What the operator alone records about each backup, as annotations of the data key's Secret in
+# its own namespace (the Secret is the database incarnation's: named by its uid): which Job
+# (and so which location) a ManagedBackup's backup went to, whether it failed, and its restore
+# tests. With the bucket's authenticated manifests, this is the whole truth about backups; a
+# ManagedBackup's status only displays it.
+
+LEDGER_PREFIX = "backup.vauban.dev/"
+VERIFICATION_PREFIX = "verify.vauban.dev/"
+RESTORE_ANNOTATION = "vauban.dev/restore"
+DATABASE_ANNOTATION = "vauban.dev/database"
+PURGE_AFTER_ANNOTATION = "vauban.dev/purge-after"
+STORE_ANNOTATION = "vauban.dev/store-cluster"
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One ManagedBackup's backup, as the operator recorded it."""
+
+    name: str
+    job: str
+    state: str
+    """Running (its Job was started), Succeeded or Failed."""
+
+    at: datetime | None = None
+    message: str = ""
+
+    def annotation(self, backup_uid: str) -> tuple[str, str]:
+        value = {"name": self.name, "job": self.job, "state": self.state}
+        if self.at is not None:
+            value["at"] = _rfc3339(self.at)
+        if self.message:
+            value["message"] = self.message
+        return LEDGER_PREFIX + backup_uid, json.dumps(value, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class VerificationEntry:
+    result: str
+    """Passed or Failed."""
+
+    time: str
+    message: str
+
+    def annotation(self, backup_uid: str) -> tuple[str, str]:
+        value = {"result": self.result, "time": self.time, "message": self.message}
+        return VERIFICATION_PREFIX + backup_uid, json.dumps(value, separators=(",", ":"))
+
+    def status(self) -> dict[str, str]:
+        return {"result": self.result, "time": self.time, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """A database incarnation's ledger: entries and restore tests by ManagedBackup uid."""
+
+    entries: dict[str, LedgerEntry]
+    verifications: dict[str, VerificationEntry]
+    restore: dict[str, str] | None = None
+    """The restore into this database, once it started: source, phase, completedAt."""
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def ledger_of(annotations: Mapping[str, str]) -> Ledger:
+    """The ledger in a data key Secret's annotations; entries it cannot read are left out
+    (only the operator writes them, so one is unreadable only if damaged by hand)."""
+    entries: dict[str, LedgerEntry] = {}
+    verifications: dict[str, VerificationEntry] = {}
+    restore: dict[str, str] | None = None
+    for key, text in annotations.items():
+        value = _json_object(text) if key.startswith(("backup.", "verify.", "vauban.")) else None
+        if value is None:
+            continue
+        if key.startswith(LEDGER_PREFIX):
+            name, job, state = value.get("name"), value.get("job"), value.get("state")
+            if (
+                isinstance(name, str)
+                and isinstance(job, str)
+                and state
+                in (
+                    RUNNING,
+                    SUCCEEDED,
+                    FAILED,
+                )
+            ):
+                entries[key.removeprefix(LEDGER_PREFIX)] = LedgerEntry(
+                    name,
+                    job,
+                    str(state),
+                    parse_rfc3339(value.get("at")),
+                    str(value.get("message", "")),
+                )
+        elif key.startswith(VERIFICATION_PREFIX) and value.get("result") in ("Passed", "Failed"):
+            verifications[key.removeprefix(VERIFICATION_PREFIX)] = VerificationEntry(
+                str(value["result"]), str(value.get("time", "")), str(value.get("message", ""))
+            )
+        elif key == RESTORE_ANNOTATION:
+            restore = {k: str(v) for k, v in value.items()}
+    return Ledger(entries, verifications, restore)
+
+
+def records(
+    backups: Sequence[tuple[str, str, datetime | None]],
+    ledger: Ledger,
+    finished: Mapping[str, datetime],
+) -> list[BackupRecord]:
+    """The backups of one database incarnation: `backups` are its ManagedBackups (uid, name,
+    creation), `finished` the finish time of each authenticated manifest in its prefix of
+    the bucket, by Job. A ManagedBackup the ledger does not know is not this incarnation's
+    (or not started): it does not count."""
+    found = []
+    for uid, name, created in backups:
+        entry = ledger.entries.get(uid)
+        if entry is None:
+            continue
+        at: datetime | None
+        if entry.job in finished:
+            phase, at = SUCCEEDED, finished[entry.job]
+        elif entry.state == FAILED:
+            phase, at = FAILED, entry.at
+        else:
+            # Recorded as succeeded but gone from the bucket (deleted there), or running.
+            phase, at = (FAILED, entry.at) if entry.state == SUCCEEDED else (RUNNING, None)
+        found.append(BackupRecord(name, phase, at, created))
+    return found
+
+
+@dataclass(frozen=True)
+class Purge:
+    """A deleted database's data key whose retention ended: its backups go, then the key."""
+
+    secret: str
+    database_uid: str
+    namespace: str
+    database: str
+    cluster: str
+    """`namespace/name` of the ManagedCluster whose bucket holds the backups; empty when the
+    database's cluster was already gone when it was deleted."""
+
+
+def purge_due(
+    secrets: Mapping[str, Mapping[str, str]], *, prefix: str, now: datetime
+) -> list[Purge]:
+    """The data key Secrets (name -> annotations) whose `purge-after` date has passed. Keys of
+    live databases carry no date; a date or an owner that cannot be read is never due
+    (nothing is destroyed on a guess)."""
+    due = []
+    for name, marks in sorted(secrets.items()):
+        when = parse_rfc3339(marks.get(PURGE_AFTER_ANNOTATION))
+        owner = marks.get(DATABASE_ANNOTATION, "")
+        namespace, _, database = owner.partition("/")
+        if when is None or when > now or not name.startswith(prefix) or not database:
+            continue
+        due.append(
+            Purge(
+                name,
+                name.removeprefix(prefix),
+                namespace,
+                database,
+                marks.get(STORE_ANNOTATION, ""),
+            )
         )
+    return due
 
 
-def _time(value: Any) -> datetime | None:
-    return parse_time(str(value)) if value else None
+def restore_refusal(
+    *,
+    location: str,
+    manifest_location: str,
+    complete: bool,
+    manifest_namespace: str | None,
+    manifest_database_uid: str | None,
+    manifest_data_key_id: str,
+    namespace: str,
+    database_uid: str,
+    data_key_id: str,
+) -> str | None:
+    """Why a backup may not be restored into a database of `namespace`, or None. The backup
+    was found at `location` (derived from the source's namespace, name and uid, which the data
+    key's own record names) and its manifest authenticated with that uid's data key; this
+    checks that everything the manifest says agrees (format 2 says the namespace and uid
+    itself; format 1 only binds the location and the data key's id)."""
+    if manifest_location != location:
+        return f"the backup's manifest names another location ({manifest_location})"
+    if manifest_data_key_id != data_key_id:
+        return f"the backup was made with data key {manifest_data_key_id}, not {data_key_id}"
+    if complete and manifest_namespace != namespace:
+        return f"the backup belongs to namespace {manifest_namespace}, not {namespace}"
+    if complete and manifest_database_uid != database_uid:
+        return "the backup was made for another database than its data key's"
+    return None
+
+
+def parse_rfc3339(value: Any) -> datetime | None:
+    """A time as the operator writes them; None when absent or unreadable (never a crash)."""
+    if not value:
+        return None
+    try:
+        parsed = parse_time(str(value))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
 
 
 def expired(
