@@ -13,6 +13,11 @@ import pytest
 from support.kube import KubeCtl, install_crds
 from vauban.devcluster.postgres import PostgresServer
 from vauban.devcluster.s3 import S3Server
+from vauban.devcluster.softhsm import SoftHsm
+
+SOFTHSM_TOKENS = ("vauban", "vauban-other", "vauban-operator")
+"""Tokens of the `softhsm` fixture: the unit tests use the first two, the integration tests'
+operator (a process of its own) the last, so no two processes share a token."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -78,3 +83,14 @@ def s3() -> Iterator[S3Server]:
     """One real S3 object store (versitygw) for the session, on 127.0.0.1."""
     with S3Server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def softhsm() -> Iterator[SoftHsm]:
+    """SoftHSM2 tokens for the `pkcs11` key provider (labels SOFTHSM_TOKENS), in a temporary
+    folder, with SOFTHSM2_CONF pointing there for this process. One for the whole session:
+    SoftHSM2 reads its configuration and tokens once per process, when first loaded."""
+    with SoftHsm(SOFTHSM_TOKENS) as hsm, pytest.MonkeyPatch.context() as patch:
+        for name, value in hsm.environ.items():
+            patch.setenv(name, value)
+        yield hsm

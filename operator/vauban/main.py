@@ -13,7 +13,7 @@ from prometheus_client import generate_latest
 
 from vauban.handlers import wiring
 from vauban.handlers.context import Context
-from vauban.kms import KeyProvider
+from vauban.kms import KeyProvider, KeyProviderError
 from vauban.kms.local import SecretKeyProvider
 from vauban.kube.client import connect
 from vauban.kube.resources import Kube
@@ -53,27 +53,62 @@ def operator_settings() -> kopf.OperatorSettings:
 
 
 def key_providers(settings: Settings) -> dict[str, KeyProvider]:
-    """The key providers this operator offers: always kubernetes-secret, and kmip when the
-    platform configured a key manager."""
+    """The key providers this operator offers: always kubernetes-secret, kmip when the platform
+    configured a key manager, pkcs11 when it configured a PKCS#11 token. A provider configured
+    by halves, or whose certificates or module cannot be loaded, stops the start-up with a
+    message saying what to fix."""
     providers: dict[str, KeyProvider] = {"kubernetes-secret": SecretKeyProvider()}
-    if settings.kmip_host:
-        # Imported only when used: PyKMIP brings SQLAlchemy, some 20 MiB of memory.
-        from vauban.kms.kmip import KmipProvider
-
-        if not (settings.kmip_cert_file and settings.kmip_key_file and settings.kmip_ca_file):
-            raise SystemExit(
-                "VAUBAN_KMIP_HOST is set: VAUBAN_KMIP_CERT_FILE, VAUBAN_KMIP_KEY_FILE and "
-                "VAUBAN_KMIP_CA_FILE are needed too"
-            )
-        providers["kmip"] = KmipProvider(
-            settings.kmip_host,
-            settings.kmip_port,
-            settings.kmip_cert_file,
-            settings.kmip_key_file,
-            settings.kmip_ca_file,
-            server_name=settings.kmip_server_name,
-        )
+    try:
+        if settings.kmip_host:
+            providers["kmip"] = _kmip(settings, settings.kmip_host)
+        if pkcs11 := _pkcs11(settings):
+            providers["pkcs11"] = pkcs11
+    except KeyProviderError as e:
+        raise SystemExit(f"a key provider cannot start: {e}") from None
     return providers
+
+
+def _kmip(settings: Settings, host: str) -> KeyProvider:
+    # Imported only when used: PyKMIP brings SQLAlchemy, some 20 MiB of memory.
+    from vauban.kms.kmip import KmipProvider
+
+    if not (settings.kmip_cert_file and settings.kmip_key_file and settings.kmip_ca_file):
+        raise SystemExit(
+            "VAUBAN_KMIP_HOST is set: VAUBAN_KMIP_CERT_FILE, VAUBAN_KMIP_KEY_FILE and "
+            "VAUBAN_KMIP_CA_FILE are needed too"
+        )
+    return KmipProvider(
+        host,
+        settings.kmip_port,
+        settings.kmip_cert_file,
+        settings.kmip_key_file,
+        settings.kmip_ca_file,
+        server_name=settings.kmip_server_name,
+    )
+
+
+def _pkcs11(settings: Settings) -> KeyProvider | None:
+    """The pkcs11 provider when its three settings are set; None when none is."""
+    module, label, pin_file = (
+        settings.pkcs11_module,
+        settings.pkcs11_token_label,
+        settings.pkcs11_pin_file,
+    )
+    given = {
+        "VAUBAN_PKCS11_MODULE": module,
+        "VAUBAN_PKCS11_TOKEN_LABEL": label,
+        "VAUBAN_PKCS11_PIN_FILE": pin_file,
+    }
+    if not any(given.values()):
+        return None
+    if not (module and label and pin_file):
+        unset = " and ".join(name for name, value in given.items() if not value)
+        is_set = ", ".join(name for name, value in given.items() if value)
+        raise SystemExit(f"{is_set} set: the pkcs11 key provider needs {unset} too")
+    # Imported only when used: it loads python-pkcs11's extension and the vendor's module.
+    from vauban.kms.pkcs11 import Pkcs11Provider
+
+    return Pkcs11Provider(module, label, pin_file)
 
 
 def configure_logging(settings: Settings) -> None:

@@ -52,6 +52,18 @@ class Settings(BaseSettings):
     kmip_server_name: str | None = None
     """Name the key manager's certificate must carry; `kmip_host` when unset."""
 
+    pkcs11_module: Path | None = None
+    """The PKCS#11 module (the HSM vendor's shared library) of the platform's HSM; the `pkcs11`
+    key provider is available only when it is set, with `pkcs11_token_label` and
+    `pkcs11_pin_file`."""
+
+    pkcs11_token_label: str | None = None
+    """Label of the token (HSM partition, slot) holding the operator's key-encryption keys."""
+
+    pkcs11_pin_file: Path | None = None
+    """File holding the token user's PIN (a mounted Secret; one trailing newline is ignored).
+    Read at each login, never logged."""
+
     allowed_backup_regions: list[str] = Field(default_factory=list)
     """Regions the hds and secnumcloud profiles allow for backup buckets (the platform's
     sovereign regions); any region when empty."""

@@ -9,6 +9,7 @@ from support.kube import OPERATOR_NAMESPACE, KubeCtl, OperatorProcess, operator_
 from support.vauban_process import running_operator
 from vauban.devcluster.agentrunner import AgentRunner
 from vauban.devcluster.kmip import KmipServer
+from vauban.devcluster.softhsm import SoftHsm
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +27,7 @@ def operator(
     kubeconfig: Path,
     crds: None,
     kmip: KmipServer,
+    softhsm: SoftHsm,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     # Keys and the backup agent's Jobs live in the operator's namespace.
@@ -40,6 +42,11 @@ def operator(
         VAUBAN_KMIP_CERT_FILE=str(kmip.cert_file),
         VAUBAN_KMIP_KEY_FILE=str(kmip.key_file),
         VAUBAN_KMIP_CA_FILE=str(kmip.ca_file),
+        # The pkcs11 provider, on a SoftHSM2 token of its own.
+        **softhsm.environ,
+        VAUBAN_PKCS11_MODULE=str(softhsm.module),
+        VAUBAN_PKCS11_TOKEN_LABEL="vauban-operator",
+        VAUBAN_PKCS11_PIN_FILE=str(softhsm.pin_file("vauban-operator")),
     ) as process:
         yield process
 

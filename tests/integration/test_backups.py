@@ -423,25 +423,32 @@ def test_object_lock_keeps_backups_undeletable(
     assert events.strip()
 
 
-def test_kmip_key_provider(
-    kube: KubeCtl, namespace: str, postgres: PostgresServer, s3: S3Server, bucket: str
+@pytest.mark.parametrize("provider", ["kmip", "pkcs11"])
+def test_hsm_key_provider(
+    kube: KubeCtl,
+    namespace: str,
+    postgres: PostgresServer,
+    s3: S3Server,
+    bucket: str,
+    provider: str,
 ) -> None:
-    """The cluster's key-encryption key lives in a real KMIP key manager: Vauban records only
-    its id; backups, rotation and restore work through it."""
-    _cluster(kube, namespace, postgres, s3, bucket, encryption={"provider": "kmip"})
+    """The cluster's key-encryption key lives in a real key manager (PyKMIP's server) or HSM
+    token (SoftHSM2): Vauban records only its id; backups, rotation and restore work
+    through it."""
+    _cluster(kube, namespace, postgres, s3, bucket, encryption={"provider": provider})
     eventually(lambda: _ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
     _backed_up(kube, namespace, "hsm", "first")
 
     def recorded() -> dict[str, Any] | None:
         encryption = kube.get("managedcluster", "pg", namespace)["status"].get("encryption")
-        return encryption if encryption and encryption.get("provider") == "kmip" else None
+        return encryption if encryption and encryption.get("provider") == provider else None
 
-    encryption = recorded() or eventually(recorded, what="kmip key in status")
+    encryption = recorded() or eventually(recorded, what=f"{provider} key in status")
     kek = kube.get("secret", encryption["keyId"], OPERATOR_NAMESPACE)["data"]
     reference = base64.b64decode(kek["v1"]).decode()
     assert len(reference) < 64 and not reference.endswith("=")  # an id, not key material
     kube.run("annotate", "managedcluster", "pg", "-n", namespace, "vauban.dev/rotate-key=k2")
-    eventually(lambda: (recorded() or {}).get("keyVersion") == 2, what="kmip key rotated")
+    eventually(lambda: (recorded() or {}).get("keyVersion") == 2, what=f"{provider} key rotated")
     kube.apply(_database(namespace, "hsm2", restore={"backupRef": {"name": "first"}}))
     eventually(
         lambda: _ready(kube, "manageddatabase", "hsm2", namespace), timeout=90, what="restored"

@@ -79,6 +79,8 @@ def test_chart_lints(helm: Helm, values: dict[str, Any], tmp_path: Path) -> None
         ({"networkPolicy": {"postgresqlPorts": [70000]}}, "/networkPolicy/postgresqlPorts/0"),
         ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor"),
         ({"replicas": 3}, "additional properties 'replicas' not allowed"),
+        ({"operator": {"pkcs11": {"module": "/hsm.so"}}}, "/operator/pkcs11/pinSecret"),
+        ({"operator": {"pkcs11": {"module": "libhsm.so"}}}, "/operator/pkcs11/module"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
@@ -111,12 +113,31 @@ def test_environment_is_what_the_operator_reads(
         "operator": {
             "allowedBackupRegions": ["fr-par"],
             "kmip": {"host": "hsm.example", "clientSecret": "kmip-client"},
+            "pkcs11": {
+                "module": "/opt/pkcs11/lib/libvendor.so",
+                "tokenLabel": "vauban",
+                "pinSecret": "hsm-pin",
+                "moduleVolume": {"image": {"reference": "registry.example/hsm-client:1"}},
+            },
         },
     }
     objects = helm.render("vauban", "vauban-system", values)
     env = container(objects)["env"]
     volumes = find(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
     assert {"name": "kmip", "secret": {"secretName": "kmip-client"}} in volumes
+    # The PIN is a file from the Secret, readable by the operator's group only; never a value
+    # in the environment.
+    pin = {"secretName": "hsm-pin", "items": [{"key": "pin", "path": "pin"}], "defaultMode": 0o440}
+    assert {"name": "pkcs11-pin", "secret": pin} in volumes
+    module = {"image": {"reference": "registry.example/hsm-client:1"}}
+    assert {"name": "pkcs11-module", **module} in volumes
+    mounts = {m["name"]: m for m in container(objects)["volumeMounts"]}
+    assert mounts["pkcs11-module"] == {
+        "name": "pkcs11-module",
+        "mountPath": "/opt/pkcs11",
+        "readOnly": True,
+    }
+    assert all("valueFrom" not in e or "secretKeyRef" not in e["valueFrom"] for e in env)
     known = {f"VAUBAN_{name.upper()}" for name in Settings.model_fields}
     assert {e["name"] for e in env} <= known
     for name in [n for n in os.environ if n.startswith("VAUBAN_")]:
@@ -131,6 +152,9 @@ def test_environment_is_what_the_operator_reads(
     assert settings.agent_image == "ghcr.io/vauban-dev/vauban-agent:0.1.0"
     assert (settings.kmip_host, settings.kmip_port) == ("hsm.example", 5696)
     assert str(settings.kmip_ca_file) == "/etc/vauban/kmip/ca.crt"
+    assert str(settings.pkcs11_module) == "/opt/pkcs11/lib/libvendor.so"
+    assert settings.pkcs11_token_label == "vauban"
+    assert str(settings.pkcs11_pin_file) == f"{mounts['pkcs11-pin']['mountPath']}/pin"
 
 
 def container(objects: list[dict[str, Any]]) -> dict[str, Any]:

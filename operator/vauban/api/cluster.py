@@ -70,7 +70,7 @@ ALLOWED_PARAMETERS = (
 Mode = Literal["Managed", "External"]
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 ComplianceProfile = Literal["none", "iso27001", "hds", "secnumcloud"]
-KeyProvider = Literal["kubernetes-secret", "kmip"]
+KeyProvider = Literal["kubernetes-secret", "kmip", "pkcs11"]
 
 LabelValue = Annotated[
     str,
@@ -238,8 +238,9 @@ class EncryptionSpec(ApiModel):
         ),
     ] = "kubernetes-secret"
     """Key provider. kubernetes-secret keeps the key-encryption key in a Secret of the
-    operator's namespace; kmip keeps it in the platform's key manager (an HSM speaking KMIP),
-    which the operator must be configured for. Immutable."""
+    operator's namespace; kmip keeps it in the platform's key manager (an HSM speaking KMIP);
+    pkcs11 keeps it on the platform's HSM token, through its PKCS#11 module. The operator must
+    be configured for kmip and pkcs11. Immutable."""
 
     rotation_period: Duration | None = None
     """Rotate the key-encryption key this often (e.g. 90d); never when unset."""

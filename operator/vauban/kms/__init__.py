@@ -1,12 +1,13 @@
 """Key providers: where key-encryption keys (KEKs) live and who wraps data keys with them.
 
-One small interface, two providers: `kubernetes-secret` (the KEK's material in a Secret of
-the operator's namespace, wrapping done here) and `kmip` (the KEK in a key manager — the HSMs
-of sovereign providers speak KMIP — referenced by its id, never leaving it). The operator
-stores, per cluster and KEK version, only what `create_kek` returns: material for the first,
-an identifier for the second.
+One small interface, three providers: `kubernetes-secret` (the KEK's material in a Secret of
+the operator's namespace, wrapping done here), `kmip` (the KEK in a key manager speaking KMIP)
+and `pkcs11` (the KEK on an HSM token, through the vendor's PKCS#11 module). With the last two
+the KEK never leaves the HSM and is referenced by an id. The operator stores, per cluster and
+KEK version, only what `create_kek` returns: material for the first, an identifier otherwise.
 
-Calls are synchronous (PyKMIP is); the operator runs them in a thread.
+Calls are synchronous (PyKMIP and PKCS#11 are); the operator runs them in threads, so every
+provider must be thread-safe.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from typing import Protocol
 class KeyProviderError(Exception):
     """The key manager cannot be used (unreachable, refused, misconfigured); the message is for
     humans and carries no secret."""
+
+
+class KekNotFound(KeyProviderError):
+    """The key manager has no such KEK: destroyed (crypto-shredded), or made by another key
+    manager. Unlike other KeyProviderErrors, retrying does not help."""
 
 
 class WrongKey(Exception):

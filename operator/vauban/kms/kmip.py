@@ -16,8 +16,10 @@ cryptography:
 
 PyKMIP's `ProxyKmipClient.encrypt/decrypt` cannot send additional data nor return the tag
 (its KMIP 1.2-era API predates them), although PyKMIP's messages and server support both from
-KMIP 1.4. Encrypt and Decrypt are therefore sent as KMIP 1.4 payloads through the client's
-own `KMIPProxy.send_request_payload`. PyKMIP is pinned to 0.11.0, its last release.
+KMIP 1.4. Encrypt and Decrypt are therefore sent as KMIP 1.4 payloads through an internal
+class of PyKMIP. That, and the TLS socket below, are PyKMIP's internals: they are used only
+in `vauban.kms.pykmip_internals`, which says why and what breaks if PyKMIP changes. PyKMIP is
+pinned to 0.11.0, its last release; it is unmaintained.
 
 Wrapped format, version 1 (every length is the next field's size)::
 
@@ -45,8 +47,6 @@ name (`server_name`, by default `host`) are all checked.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import ssl
 import struct
 from collections.abc import Iterator
@@ -55,20 +55,16 @@ from typing import Any
 
 from kmip import enums  # type: ignore[import-untyped]
 from kmip.core import exceptions as kmip_core_exceptions  # type: ignore[import-untyped]
-from kmip.core.attributes import CryptographicParameters  # type: ignore[import-untyped]
-from kmip.core.messages import payloads  # type: ignore[import-untyped]
 from kmip.pie import exceptions as kmip_pie_exceptions  # type: ignore[import-untyped]
-from kmip.pie.client import ProxyKmipClient  # type: ignore[import-untyped]
-from kmip.services.kmip_client import KMIPProxy  # type: ignore[import-untyped]
 
-from vauban.kms import KeyProviderError, WrongKey
+from vauban.kms import KekNotFound, KeyProviderError, WrongKey, pykmip_internals
+
+__all__ = ["KekNotFound", "KmipProvider"]
 
 DATA_KEY_BYTES = 32
 TAG_BYTES = 16
 _FORMAT = b"\x01"
 _AAD_LABEL = b"vauban-kmip-wrap\x00"
-# KMIP 1.4 is the first version whose Encrypt/Decrypt carry additional data and the tag.
-_KMIP_VERSION = enums.KMIPVersion.KMIP_1_4
 # Failures a server reports when the GCM tag does not verify: KMIP's own reason, and the
 # catch-all PyKMIP's server answers for any exception of its crypto library (InvalidTag
 # included). On Decrypt of an active key that exists, with parameters the server just accepted
@@ -77,25 +73,6 @@ _TAG_FAILURES = frozenset(
     {enums.ResultReason.CRYPTOGRAPHIC_FAILURE, enums.ResultReason.GENERAL_FAILURE}
 )
 _KmipFailure = (kmip_pie_exceptions.KmipOperationFailure, kmip_core_exceptions.KmipError)
-
-
-class KekNotFound(KeyProviderError):
-    """The key manager has no such KEK: destroyed (crypto-shredded), or made by another key
-    manager. Unlike other KeyProviderErrors, retrying does not help."""
-
-
-class _Proxy(KMIPProxy):  # type: ignore[misc]
-    """PyKMIP's connection, with the TLS context built by the provider."""
-
-    def __init__(self, context: ssl.SSLContext, server_name: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._context = context
-        self._server_name = server_name
-
-    def _create_socket(self, sock: socket.socket) -> None:
-        # Called by open() before connect(): the timeout covers connect and handshake too.
-        self.socket = self._context.wrap_socket(sock, server_hostname=self._server_name)
-        self.socket.settimeout(self.timeout)
 
 
 class KmipProvider:
@@ -165,19 +142,15 @@ class KmipProvider:
         if len(plaintext) != DATA_KEY_BYTES:
             raise ValueError(f"a data key is {DATA_KEY_BYTES} bytes, not {len(plaintext)}")
         header = _header(kek_ref)
-        request = payloads.EncryptRequestPayload(
-            unique_identifier=kek_ref,
-            cryptographic_parameters=_gcm(random_iv=True),
-            data=plaintext,
-            auth_additional_data=_AAD_LABEL + header + context,
-        )
         with self._client() as client:
-            response = _call(
+            sealed = _call(
                 "encrypt with the KEK",
                 kek_ref,
-                lambda: client.proxy.send_request_payload(enums.Operation.ENCRYPT, request),
+                lambda: pykmip_internals.encrypt_aead(
+                    client, kek_ref, plaintext, _AAD_LABEL + header + context, TAG_BYTES
+                ),
             )
-        ciphertext, iv, tag = response.data, response.iv_counter_nonce, response.auth_tag
+        ciphertext, iv, tag = sealed.ciphertext, sealed.iv, sealed.tag
         if not (isinstance(ciphertext, bytes) and isinstance(iv, bytes) and isinstance(tag, bytes)):
             raise KeyProviderError(
                 f"{self._where} did not return ciphertext, IV and tag for AES-GCM"
@@ -193,17 +166,10 @@ class KmipProvider:
         wrapped_under, iv, tag, ciphertext = _parse(wrapped)
         if wrapped_under != kek_ref:
             raise WrongKey(f"this data key was wrapped under KEK {wrapped_under}, not {kek_ref}")
-        request = payloads.DecryptRequestPayload(
-            unique_identifier=kek_ref,
-            cryptographic_parameters=_gcm(random_iv=False),
-            data=ciphertext,
-            iv_counter_nonce=iv,
-            auth_additional_data=_AAD_LABEL + _header(kek_ref) + context,
-            auth_tag=tag,
-        )
+        aad = _AAD_LABEL + _header(kek_ref) + context
         with self._client() as client:
             try:
-                response = client.proxy.send_request_payload(enums.Operation.DECRYPT, request)
+                plaintext = pykmip_internals.decrypt_aead(client, kek_ref, ciphertext, iv, tag, aad)
             except _KmipFailure as e:
                 if e.reason in _TAG_FAILURES:
                     raise WrongKey(
@@ -211,7 +177,6 @@ class KmipProvider:
                         "(another context, or altered data)"
                     ) from None
                 raise _failure(e, "decrypt with the KEK", kek_ref) from None
-        plaintext = response.data
         if not isinstance(plaintext, bytes):
             raise KeyProviderError(f"{self._where} returned no plaintext on Decrypt")
         return plaintext
@@ -245,17 +210,9 @@ class KmipProvider:
         """An open ProxyKmipClient for one call. Network and protocol errors, during the
         connection or the exchange, become KeyProviderError; WrongKey and KeyProviderError
         raised inside pass through."""
-        proxy_settings = {
-            "host": self.host,
-            "port": self.port,
-            "timeout": self.timeout,
-            # An empty file: PyKMIP would otherwise read ~/.pykmip/pykmip.conf and
-            # /etc/pykmip/pykmip.conf, and complain in the log when they do not exist.
-            "config_file": os.devnull,
-            "kmip_version": _KMIP_VERSION,
-        }
-        client = ProxyKmipClient(config_file=os.devnull, kmip_version=_KMIP_VERSION)
-        client.proxy = _Proxy(self._context, self.server_name, **proxy_settings)
+        client = pykmip_internals.connect(
+            self.host, self.port, self.timeout, self._context, self.server_name
+        )
         try:
             client.open()
         except (OSError, EOFError) as e:
@@ -278,17 +235,6 @@ class KmipProvider:
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def _gcm(*, random_iv: bool) -> Any:
-    return CryptographicParameters(
-        cryptographic_algorithm=enums.CryptographicAlgorithm.AES,
-        block_cipher_mode=enums.BlockCipherMode.GCM,
-        tag_length=TAG_BYTES,
-        # On Encrypt: ask the server for the IV (servers that insist on generating it
-        # themselves would refuse one of ours).
-        random_iv=random_iv or None,
-    )
 
 
 def _header(kek_ref: str) -> bytes:

@@ -42,7 +42,7 @@ _DESCRIPTIONS: dict[RuleId, str] = {
     "encrypted-storage": "volumes come from a StorageClass that encrypts them",
     "backup-region": "the backup bucket is in a region the platform allows",
     "no-load-balancer": "no Service of type LoadBalancer exposes the cluster",
-    "external-key-manager": "keys are held by a key manager (KMIP), not in Kubernetes Secrets",
+    "external-key-manager": "keys are held by a key manager (KMIP or a PKCS#11 HSM), not in Kubernetes Secrets",
 }
 
 _ISO27001: tuple[RuleId, ...] = ("tls-required", "backups-configured", "network-policy")
@@ -194,7 +194,7 @@ def _check(rule: RuleId, spec: ManagedClusterSpec, facts: Facts) -> RuleResult:
             "none" if not facts.load_balancers else ", ".join(facts.load_balancers),
         )
     provider = spec.encryption.provider
-    return RuleResult(rule, provider == "kmip", f"key provider is {provider}")
+    return RuleResult(rule, provider in ("kmip", "pkcs11"), f"key provider is {provider}")
 
 
 def assess(spec: ManagedClusterSpec, facts: Facts) -> Assessment:
