@@ -20,10 +20,12 @@ import logging
 import os
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from vauban import __version__
 from vauban.devcluster import debian, oci
@@ -267,20 +269,130 @@ def ensure_images(source: Path = ROOT) -> Images:
         operator=operator,
         agent=agent,
     )
+    _collect_blobs(images)
     logger.info("images ready in %.0f s", time.monotonic() - started)
     return images
 
 
-def import_images(ctr: list[str], images: list[Image]) -> None:
-    """Load archives into a containerd (`ctr` with its address), namespace k8s.io. Not
-    unpacked: containerd's CRI plugin unpacks an image when a container first needs it, so
-    a node pays only for the images its pods run."""
-    for image in images:
+def blobs_dir() -> Path:
+    return images_dir() / "blobs"
+
+
+def layer_blobs(archive: Path) -> list[Path]:
+    """The archive's layers as files of the blob store (extracted from it the first time):
+    each node's containerd gets them as hard links, not as copies."""
+    store = blobs_dir()
+    with tarfile.open(archive) as tar:
+
+        def member(name: str) -> IO[bytes]:
+            file = tar.extractfile(name)
+            if file is None:
+                raise RuntimeError(f"{archive} has no {name}")
+            return file
+
+        def blob(digest: str) -> IO[bytes]:
+            return member(f"blobs/sha256/{digest.removeprefix('sha256:')}")
+
+        index = json.load(member("index.json"))
+        digests = sorted(
+            {
+                layer["digest"].removeprefix("sha256:")
+                for entry in index["manifests"]
+                for layer in json.load(blob(entry["digest"]))["layers"]
+            }
+        )
+        paths = []
+        for digest in digests:
+            path = store / digest
+            if not path.is_file():
+                store.mkdir(parents=True, exist_ok=True)
+                fd, name = tempfile.mkstemp(prefix=f".{digest[:12]}-", dir=store)
+                partial = Path(name)
+                with os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(blob(digest), out, 1 << 20)
+                partial.chmod(0o444)
+                partial.replace(path)
+            paths.append(path)
+    return paths
+
+
+def index_archive(archive: Path) -> Path:
+    """The archive without its layers (index, manifests, configs), made once: what each node
+    imports after its layers are in place."""
+    small = images_dir() / "index" / archive.name
+    if small.is_file():
+        return small
+    layers = {f"blobs/sha256/{blob.name}" for blob in layer_blobs(archive)}
+    small.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{archive.name}-", dir=small.parent)
+    os.close(fd)
+    partial = Path(name)
+    try:
+        with tarfile.open(archive) as full, tarfile.open(partial, "w") as out:
+            for member in full.getmembers():
+                if member.name not in layers:
+                    out.addfile(member, full.extractfile(member) if member.isfile() else None)
+        partial.replace(small)
+    finally:
+        partial.unlink(missing_ok=True)
+    return small
+
+
+def _collect_blobs(images: Images) -> None:
+    """Drop the blob store's layers and the layer-less archives no cached image has any more."""
+    keep = {path.name for image in images.all() for path in layer_blobs(image.archive)}
+    for blob in blobs_dir().iterdir():
+        if blob.name not in keep:
+            blob.unlink(missing_ok=True)
+    archives = {index_archive(image.archive).name for image in images.all()}
+    for small in (images_dir() / "index").iterdir():
+        if small.name not in archives:
+            small.unlink(missing_ok=True)
+
+
+def import_images(ctr: list[str], images: list[Image], content: Path) -> None:
+    """Load images into a containerd (`ctr` with its address), namespace k8s.io, without
+    copying gigabytes through it for every node: each layer is hard-linked into its content
+    store (`content`, its io.containerd.content.v1.content folder) and recorded there (an
+    ingest that finds the blob already present: containerd's shared content policy), then the
+    archive's index, manifests and configs are imported. Not unpacked: containerd's CRI
+    plugin unpacks an image when a container first needs it, so a node pays only for the
+    images its pods run."""
+    target = content / "blobs" / "sha256"
+    target.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str, what: str) -> None:
         result = subprocess.run(
-            [*ctr, "-n", "k8s.io", "images", "import", "--no-unpack", str(image.archive)],
+            [*ctr, "-n", "k8s.io", *args],
+            stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
             check=False,
         )
         if result.returncode != 0:
-            raise RuntimeError(f"ctr import of {image.name} failed:\n{result.stderr[-2000:]}")
+            raise RuntimeError(f"{what} failed:\n{result.stderr[-2000:]}")
+
+    for image in images:
+        for blob in layer_blobs(image.archive):
+            linked = target / blob.name
+            if not linked.exists():
+                try:
+                    os.link(blob, linked)
+                except OSError:  # another file system: a copy, as containerd would make
+                    shutil.copyfile(blob, linked)
+            # With nothing on its input: it fails unless containerd finds the blob in place.
+            run(
+                "content",
+                "ingest",
+                f"--expected-size={blob.stat().st_size}",
+                f"--expected-digest=sha256:{blob.name}",
+                f"vauban-layer-{blob.name}",
+                what=f"recording layer {blob.name[:12]} of {image.name}",
+            )
+        run(
+            "images",
+            "import",
+            "--no-unpack",
+            str(index_archive(image.archive)),
+            what=f"ctr import of {image.name}",
+        )

@@ -37,11 +37,13 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,6 +68,8 @@ from vauban.devcluster.controlplane import (
     write_kubeconfig,
 )
 from vauban.devcluster.images import Images, ensure_images, import_images
+from vauban.devcluster.install import Kubectl, install_cloudnativepg, install_vauban
+from vauban.devcluster.process import stop_process_group
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +87,8 @@ VOLUMES_PER_NODE = 6
 VOLUME_CAPACITY = "100Gi"
 VOLUME_LABEL = "vauban.dev/local-volume"
 CNI_BIN = Path("/usr/lib/cni")
+CONTENT_STORE = "io.containerd.content.v1.content"
+"""containerd's blob folder, under its root."""
 # The kernel settings the kubelet insists on (it writes them, host-wide, if they differ):
 # shown to it, in its own mount namespace, as files with the values it wants.
 KUBELET_SYSCTLS = {
@@ -217,16 +223,16 @@ def clean(record: Record) -> dict[str, list[str]]:
     }
 
 
-def sweep_stale() -> list[str]:
-    """Clean up clusters whose process is gone (killed without its clean-up)."""
-    swept = []
+def sweep_stale() -> dict[str, dict[str, list[str]]]:
+    """Clean up clusters whose process is gone (killed without its clean-up); returns, by
+    cluster, what could not be removed."""
+    swept = {}
     for record in records():
         if not record.alive():
             logger.warning(
                 "cleaning up real-node cluster %s left by process %d", record.id, record.pid
             )
-            clean(record)
-            swept.append(record.id)
+            swept[record.id] = clean(record)
     return swept
 
 
@@ -270,7 +276,10 @@ class RealCluster(LocalControlPlane):
         keep: bool = False,
         binaries: Binaries | None = None,
         images: Images | None = None,
+        preload: bool = True,
     ) -> None:
+        """`preload=False` imports only the sandbox image into the nodes (a quicker start, for
+        clusters that run nothing else)."""
         if not 1 <= nodes <= 9:
             raise ValueError("between 1 and 9 nodes")
         super().__init__(
@@ -280,6 +289,7 @@ class RealCluster(LocalControlPlane):
         self._owns_dir = data_dir is None and not keep
         self.nodes = nodes
         self.images = images
+        self.preload = preload
         self.id = secrets.token_hex(4)
         self.netns = f"vauban-{self.id}"
         self.cgroup = f"/vauban-{self.id}"
@@ -341,11 +351,11 @@ class RealCluster(LocalControlPlane):
         if self._recycler is not None:
             self._recycler.join(timeout=10)
             self._recycler = None
-        # The kubelets first (they would restart containers), then the rest.
-        for component in [c for c in self._components if c.name.startswith("kubelet")]:
-            component.stop()
-        for component in reversed(self._components):
-            component.stop()
+        # Killed, not asked to stop: the cluster is thrown away, and a graceful stop (kubelets
+        # draining pods, the apiserver its requests) took 15 s for nothing. What they leave
+        # (containers, mounts) is what clean() removes after a crash too.
+        for component in self._components:
+            stop_process_group(component.process, 5, first=signal.SIGKILL)
         self._components.clear()
         if self.record is not None:
             left = clean(self.record)
@@ -356,6 +366,23 @@ class RealCluster(LocalControlPlane):
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
     close = stop
+
+    @property
+    def kubectl(self) -> Kubectl:
+        return Kubectl(ensure_binaries().kubectl, self.kubeconfig)
+
+    def install_stack(
+        self, *, vauban: bool = True, object_storage_ports: Sequence[int] = ()
+    ) -> dict[str, float]:
+        """CloudNativePG from its release manifest, then (with `vauban`) Vauban by its chart,
+        as users install them; returns the seconds each took."""
+        assert self.images is not None, "start() first"
+        took = {"cloudnative-pg": install_cloudnativepg(self.kubectl)}
+        if vauban:
+            took["vauban"] = install_vauban(
+                self.kubectl, self.images, object_storage_ports=object_storage_ports
+            )
+        return took
 
     # -- start ----------------------------------------------------------------------------
 
@@ -611,7 +638,11 @@ state = "{state}"
         ctr = ["ctr", f"--address={socket_path}"]
         self._wait(component, deadline, lambda: _succeeds([*ctr, "version"]))
         started = time.monotonic()
-        import_images(ctr, images.all())
+        import_images(
+            ctr,
+            images.all() if self.preload else [images.pause],
+            self.data_dir / "nodes" / name / "containerd" / "root" / CONTENT_STORE,
+        )
         logger.info("images imported into %s in %.1f s", name, time.monotonic() - started)
         return socket_path
 
