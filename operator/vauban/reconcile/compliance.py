@@ -42,7 +42,7 @@ _DESCRIPTIONS: dict[RuleId, str] = {
     "encrypted-storage": "volumes come from a StorageClass that encrypts them",
     "backup-region": "the backup bucket is in a region the platform allows",
     "no-load-balancer": "no Service of type LoadBalancer exposes the cluster",
-    "external-key-manager": "keys are held by a key manager (KMIP or a PKCS#11 HSM), not in Kubernetes Secrets",
+    "external-key-manager": "keys are held by a key manager (KMIP, a PKCS#11 HSM), not in Secrets",
 }
 
 _ISO27001: tuple[RuleId, ...] = ("tls-required", "backups-configured", "network-policy")
