@@ -17,11 +17,8 @@ from vauban.devcluster.s3 import S3Server
 
 BUCKET = "backups"
 INSTANCES = 2
-QUERY = (
-    "select current_user, ssl, (select count(*) from pg_extension where extname = 'pgcrypto') "
-    "from pg_stat_ssl where pid = pg_backend_pid()"
-)
-"""Who the client is, whether its connection is encrypted, and the database's extension."""
+QUERY = "select current_user, (select count(*) from pg_extension where extname = 'pgcrypto')"
+"""Who the client is, and whether the database has its extension."""
 
 
 def _ready(kube: KubeCtl, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
@@ -150,7 +147,7 @@ def test_database_secret_logs_in_from_a_pod_with_verify_full(
                             "-c",
                             'psql "host=$PGHOST port=$PGPORT dbname=$PGDATABASE user=$PGUSER '
                             'sslmode=verify-full sslrootcert=/credentials/ca.crt" '
-                            '-v ON_ERROR_STOP=1 -Atc "$QUERY"',
+                            '-v ON_ERROR_STOP=1 -At -c "$QUERY" -c "\\\\conninfo" 2>&1',
                         ],
                         "env": [
                             {"name": "QUERY", "value": QUERY},
@@ -179,7 +176,11 @@ def test_database_secret_logs_in_from_a_pod_with_verify_full(
     pod = eventually(lambda: _finished_pod(kube, tenant, "client"), timeout=120, what="psql")
     log = kube.run("logs", "client", "-n", tenant).stdout
     assert pod["status"]["phase"] == "Succeeded", log
-    assert log.strip() == "orders_owner|t|1", log
+    lines = log.splitlines()
+    assert lines[0] == "orders_owner|1", log
+    # psql's \conninfo: the Service's name, and TLS (verify-full allows nothing else).
+    assert f'on host "{values["host"]}"' in lines[1], log
+    assert lines[2].startswith("SSL connection (protocol: TLSv1."), log
 
 
 @pytest.mark.timeout(600)
@@ -201,24 +202,26 @@ def test_backup_agent_runs_as_a_real_pod(
         }
     )
     started = time.monotonic()
-    backup = eventually(
-        lambda: (
-            obj
-            if ((obj := kube.get("managedbackup", "now", tenant)).get("status") or {}).get("phase")
-            in ("Succeeded", "Failed")
-            else None
-        ),
-        timeout=300,
-        what="the backup finished",
-    )
+    agents: dict[str, dict[str, Any]] = {}
+
+    def finished() -> dict[str, Any] | None:
+        # The agent's pods, seen while they exist (the operator may clean its Job up).
+        for pod in kube.get_list("pod", "vauban-system", "-l=vauban.dev/agent"):
+            agents[pod["metadata"]["name"]] = pod
+        backup = kube.get("managedbackup", "now", tenant)
+        done = (backup.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        return backup if done else None
+
+    backup = eventually(finished, timeout=300, what="the backup finished")
     timings["on-demand backup (agent Job pod)"] = time.monotonic() - started
     assert backup["status"]["phase"] == "Succeeded", backup["status"]
-    agents = [
-        p
-        for p in kube.get_list("pod", "vauban-system", "-l=vauban.dev/agent")
-        if p["status"].get("phase") == "Succeeded"
-    ]
     assert agents, "the agent ran as a pod of a Job"
-    assert agents[0]["status"]["hostIP"].startswith("10.250.0.")
+    # A real container on a real node (not the loopback agent runner of the kwok mode).
+    assert all(p["metadata"]["ownerReferences"][0]["kind"] == "Job" for p in agents.values())
+    assert any(
+        p["status"].get("hostIP", "").startswith("10.250.0.")
+        and p["status"].get("containerStatuses")
+        for p in agents.values()
+    ), [p["status"] for p in agents.values()]
     keys = {str(o.object_name) for o in object_store.client().list_objects(BUCKET, recursive=True)}
     assert any("orders" in key for key in keys), keys

@@ -14,6 +14,7 @@ second run reuses it; `ctr images import` loads it into each node's containerd.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -354,41 +355,27 @@ def import_images(ctr: list[str], images: list[Image], content: Path) -> None:
     """Load images into a containerd (`ctr` with its address), namespace k8s.io, without
     copying gigabytes through it for every node: each layer is hard-linked into its content
     store (`content`, its io.containerd.content.v1.content folder) and recorded there (an
-    ingest that finds the blob already present: containerd's shared content policy), then the
-    archive's index, manifests and configs are imported. Not unpacked: containerd's CRI
-    plugin unpacks an image when a container first needs it, so a node pays only for the
-    images its pods run."""
+    ingest that finds the blob already present), after the archive's index, manifests and
+    configs are imported. Not unpacked: containerd's CRI plugin unpacks an image when a
+    container first needs it, so a node pays only for the images its pods run."""
     target = content / "blobs" / "sha256"
     target.mkdir(parents=True, exist_ok=True)
 
-    def run(*args: str, what: str) -> None:
-        result = subprocess.run(
-            [*ctr, "-n", "k8s.io", *args],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+    def run(*args: str, what: str, stdin: Path | None = None) -> None:
+        with stdin.open("rb") if stdin else contextlib.nullcontext() as source:
+            result = subprocess.run(
+                [*ctr, "-n", "k8s.io", *args],
+                stdin=source or subprocess.DEVNULL,
+                capture_output=True,
+                check=False,
+            )
         if result.returncode != 0:
-            raise RuntimeError(f"{what} failed:\n{result.stderr[-2000:]}")
+            error = result.stderr.decode(errors="replace")[-2000:]
+            raise RuntimeError(f"{what} failed:\n{error}")
 
     for image in images:
-        for blob in layer_blobs(image.archive):
-            linked = target / blob.name
-            if not linked.exists():
-                try:
-                    os.link(blob, linked)
-                except OSError:  # another file system: a copy, as containerd would make
-                    shutil.copyfile(blob, linked)
-            # With nothing on its input: it fails unless containerd finds the blob in place.
-            run(
-                "content",
-                "ingest",
-                f"--expected-size={blob.stat().st_size}",
-                f"--expected-digest=sha256:{blob.name}",
-                f"vauban-layer-{blob.name}",
-                what=f"recording layer {blob.name[:12]} of {image.name}",
-            )
+        # The manifests first: they reference the layers (containerd's garbage-collection
+        # labels), so a layer recorded next is never collected as unreferenced meanwhile.
         run(
             "images",
             "import",
@@ -396,3 +383,21 @@ def import_images(ctr: list[str], images: list[Image], content: Path) -> None:
             str(index_archive(image.archive)),
             what=f"ctr import of {image.name}",
         )
+        for blob in layer_blobs(image.archive):
+            linked = target / blob.name
+            if not linked.exists():
+                try:
+                    os.link(blob, linked)
+                except OSError:  # another file system: a copy, as containerd would make
+                    shutil.copyfile(blob, linked)
+            # containerd finds the blob in place and only records it (ctr seeks its input to
+            # the end and commits); the blob is its input in case it did not.
+            run(
+                "content",
+                "ingest",
+                f"--expected-size={blob.stat().st_size}",
+                f"--expected-digest=sha256:{blob.name}",
+                f"vauban-layer-{blob.name}",
+                what=f"recording layer {blob.name[:12]} of {image.name}",
+                stdin=blob,
+            )
