@@ -35,6 +35,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -233,7 +234,57 @@ def sweep_stale() -> dict[str, dict[str, list[str]]]:
                 "cleaning up real-node cluster %s left by process %d", record.id, record.pid
             )
             swept[record.id] = clean(record)
+    known = {record.id for record in records()}
+    for cluster_id in orphans() - known:
+        if _control_plane_runs(hostclean.NETNS_DIR / f"vauban-{cluster_id}"):
+            continue  # someone's cluster, recorded in another cache folder
+        logger.warning("cleaning up real-node cluster %s, which left no record", cluster_id)
+        swept[cluster_id] = clean(
+            Record(
+                id=cluster_id,
+                pid=0,
+                started="",
+                data_dir=str(_orphan_data_dir(cluster_id)),
+                owns_dir=False,
+                netns=f"vauban-{cluster_id}",
+                cgroup=f"/vauban-{cluster_id}",
+                cni_networks=[RealCluster._cni_network_name(cluster_id, i) for i in range(9)],
+            )
+        )
     return swept
+
+
+_CLUSTER_NAME = re.compile(r"vauban-([0-9a-f]{8})")
+
+
+def orphans() -> set[str]:
+    """Ids of clusters whose namespace or cgroups exist (a record lost with its cache, say)."""
+    names = [p.name for p in hostclean.NETNS_DIR.glob("vauban-*")]
+    names += [p.name for h in hostclean.cgroup_hierarchies() for p in h.glob("vauban-*")]
+    return {m.group(1) for name in names if (m := _CLUSTER_NAME.fullmatch(name))}
+
+
+def _control_plane_runs(netns: Path) -> bool:
+    """Whether the cluster's etcd or apiserver still run: they die with the process that
+    started them, so a cluster without them is left behind."""
+    for pid in hostclean.processes_in_netns(netns):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() in ("etcd", "kube-apiserver"):
+                return True
+    return False
+
+
+def _orphan_data_dir(cluster_id: str) -> Path:
+    """The folder of a recordless cluster, found from its mounts (each node's CNI
+    configuration names the cluster), else a path that does not exist."""
+    for point in hostclean.mount_points():
+        if "/nodes/node-" not in point:
+            continue
+        folder = Path(point.split("/nodes/node-", 1)[0])
+        for conflist in folder.glob("nodes/*/cni/net.d/*.conflist"):
+            if f"vauban-{cluster_id}-" in conflist.read_text(errors="replace"):
+                return folder
+    return Path("/nonexistent-vauban-cluster")
 
 
 def footprint(record: Record) -> dict[str, list[str]]:
@@ -258,6 +309,9 @@ def footprint(record: Record) -> dict[str, list[str]]:
         ],
         "data_dir": [str(data_dir)] if record.owns_dir and data_dir.exists() else [],
     }
+
+
+# -- the cluster ------------------------------------------------------------------------------
 
 
 # -- the cluster ------------------------------------------------------------------------------
