@@ -33,6 +33,8 @@ class Reason(StrEnum):
     CLUSTER_NOT_READY = "ClusterNotReady"
     NAMESPACE_NOT_ALLOWED = "NamespaceNotAllowed"
     NAME_CONFLICT = "NameConflict"
+    CONNECTION_LIMIT_TOO_HIGH = "ConnectionLimitTooHigh"
+    REGISTRY_UNAVAILABLE = "RegistryUnavailable"
     UNREACHABLE = "Unreachable"
     AUTHENTICATION_FAILED = "AuthenticationFailed"
     SECRET_MISSING = "SecretMissing"  # noqa: S105 - a reason, not a password

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,40 @@ def kubectl(binary: Path, kubeconfig: Path, *args: str, stdin: str | None = None
     subprocess.run(
         [str(binary), f"--kubeconfig={kubeconfig}", *args], check=True, input=stdin, text=True
     )
+
+
+def wait_established(
+    binary: Path, kubeconfig: Path, crds: list[str], timeout: float = 60.0
+) -> None:
+    """Until every CRD says Established. `kubectl wait --for=condition=...` fails at once on a
+    CRD the apiserver has not given a status yet ("conditions accessor error: <nil>"), which
+    happens right after an apply: poll the condition instead, an absent status meaning not
+    yet."""
+    template = '{.status.conditions[?(@.type=="Established")].status}'
+    deadline = time.monotonic() + timeout
+    pending = list(crds)
+    while pending:
+        pending = [
+            crd
+            for crd in pending
+            if subprocess.run(
+                [
+                    str(binary),
+                    f"--kubeconfig={kubeconfig}",
+                    "get",
+                    f"crd/{crd}",
+                    f"-o=jsonpath={template}",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+            != "True"
+        ]
+        if pending and time.monotonic() > deadline:
+            raise SystemExit(f"CRDs not Established after {timeout:g} s: {', '.join(pending)}")
+        if pending:
+            time.sleep(0.2)
 
 
 @contextlib.contextmanager
@@ -139,14 +174,7 @@ def dev_run(crds: Path, samples: Path | None) -> int:
             "-f",
             str(crds),
         )
-        kubectl(
-            kubectl_binary,
-            kubeconfig,
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            *(f"crd/{kind.crd_name}" for kind in KINDS),
-        )
+        wait_established(kubectl_binary, kubeconfig, [kind.crd_name for kind in KINDS])
         kubectl(
             kubectl_binary,
             kubeconfig,

@@ -9,8 +9,11 @@ import socket
 
 import kopf
 from aiohttp import web
+from kubernetes.aio.client.exceptions import ApiException
 from prometheus_client import generate_latest
 
+from vauban.builders.cnpg import MANAGED_BY
+from vauban.builders.credentials import DATABASE_LABEL
 from vauban.handlers import wiring
 from vauban.handlers.context import Context
 from vauban.kms import KeyProvider, KeyProviderError
@@ -49,6 +52,11 @@ def operator_settings() -> kopf.OperatorSettings:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
+    # Secrets are watched for the tenants' credentials only: the apiserver filters, so the
+    # operator never streams the cluster's other Secrets.
+    settings.watching.label_selectors["v1", "secrets"] = (
+        f"{','.join(f'{k}={v}' for k, v in MANAGED_BY.items())},{DATABASE_LABEL}"
+    )
     return settings
 
 
@@ -129,16 +137,62 @@ def configure_logging(settings: Settings) -> None:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
-async def serve_metrics(metrics: Metrics, ready: asyncio.Event, port: int) -> web.AppRunner:
-    """/metrics for Prometheus, /readyz for the kubelet (ready once kopf has started)."""
+class ApiHealth:
+    """Whether the Kubernetes API answers: a heartbeat every HEARTBEAT_SECONDS, and kopf's
+    failed requests (its watches and patches) counted from its log. /readyz fails while the
+    API does not answer, so that a replica cut from the API is seen, not just a process."""
+
+    HEARTBEAT_SECONDS = 5.0
+
+    def __init__(self, kube: Kube, metrics: Metrics) -> None:
+        self._kube, self._metrics = kube, metrics
+        self.answering = True
+
+    async def beat_forever(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.HEARTBEAT_SECONDS):
+                    await self._kube.heartbeat()
+                self.answering = True
+            except (ApiException, OSError, TimeoutError) as e:
+                self.answering = False
+                self._metrics.api_errors.labels("heartbeat").inc()
+                logger.warning("the Kubernetes API does not answer: %s", type(e).__name__)
+            self._metrics.api_up.set(1 if self.answering else 0)
+            await asyncio.sleep(self.HEARTBEAT_SECONDS)
+
+    def count_kopf_failures(self) -> logging.Handler:
+        metrics = self._metrics
+
+        class _Counter(logging.Handler):
+            # kopf logs each failed API request attempt (watch streams included) with
+            # the logger of whatever made it, at ERROR, as "Request attempt N failed...".
+            def emit(self, record: logging.LogRecord) -> None:
+                if record.levelno >= logging.ERROR and str(record.msg).startswith(
+                    "Request attempt"
+                ):
+                    metrics.api_errors.labels("kopf").inc()
+
+        handler = _Counter()
+        logging.getLogger("kopf").addHandler(handler)
+        return handler
+
+
+async def serve_metrics(
+    metrics: Metrics, ready: asyncio.Event, health: ApiHealth, port: int
+) -> web.AppRunner:
+    """/metrics for Prometheus, /readyz for the kubelet: ready once kopf has started, and
+    while the Kubernetes API answers."""
 
     async def scrape(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.registry), content_type="text/plain")
 
     async def readyz(_: web.Request) -> web.Response:
-        return web.Response(
-            text="ok" if ready.is_set() else "starting", status=200 if ready.is_set() else 503
-        )
+        if not ready.is_set():
+            return web.Response(text="starting", status=503)
+        if not health.answering:
+            return web.Response(text="the Kubernetes API does not answer", status=503)
+        return web.Response(text="ok")
 
     app = web.Application()
     app.router.add_get("/metrics", scrape)
@@ -158,8 +212,11 @@ async def run(settings: Settings) -> bool:
     kube = Kube(await connect(settings.kubeconfig))
     metrics = Metrics()
     ready, stop = asyncio.Event(), asyncio.Event()
+    health = ApiHealth(kube, metrics)
+    kopf_failures = health.count_kopf_failures()
+    heartbeat = asyncio.create_task(health.beat_forever(), name="vauban-api-heartbeat")
     runner = (
-        await serve_metrics(metrics, ready, settings.metrics_port)
+        await serve_metrics(metrics, ready, health, settings.metrics_port)
         if settings.metrics_port
         else None
     )
@@ -208,6 +265,8 @@ async def run(settings: Settings) -> bool:
             stop_flag=stop,
         )
     finally:
+        heartbeat.cancel()
+        logging.getLogger("kopf").removeHandler(kopf_failures)
         lost = keeping is not None and keeping.done() and not keeping.cancelled()
         if keeping is not None and not keeping.done():
             keeping.cancel()

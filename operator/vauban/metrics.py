@@ -185,6 +185,18 @@ class Metrics:
             db,
             registry=r,
         )
+        self.api_errors = Counter(
+            "vauban_api_errors",
+            "Failed requests to the Kubernetes API: `kopf` (its watches and patches, each "
+            "failed attempt), `heartbeat` (the operator's own check every few seconds).",
+            ["client"],
+            registry=r,
+        )
+        self.api_up = Gauge(
+            "vauban_api_up",
+            "1 while the Kubernetes API answered the operator's last heartbeat.",
+            registry=r,
+        )
         self._phases = _Phases()
         r.register(self._phases)
         self._keys = _KeyAges()

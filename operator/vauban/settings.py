@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     """How often each ready cluster is probed: its server's health, and with one query for
     all its databases, their sizes and sessions and whether their roles are still there."""
 
+    stale_upload_seconds: float = Field(default=86400.0, gt=0)
+    """Multipart uploads under a cluster's backup prefix started longer ago than this are
+    aborted (swept once per probe interval): a backup agent aborts its own on failure, but
+    not when the object store was down at that moment. Longer than the longest backup."""
+
     resync_interval_seconds: float = Field(default=3600.0, gt=0)
     """How often a ready database is reconciled in full although nothing changed: drift the
     probe cannot see (a password changed by hand, an extension dropped) is repaired, and a

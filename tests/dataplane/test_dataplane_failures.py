@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -355,3 +356,26 @@ def test_an_interrupted_upload_leaves_nothing(
     assert objects_under(agent, location) == []
     assert agent.store().read_manifest(location) is None
     assert location not in [m.location for m in agent.store().list_manifests("vauban/")]
+
+
+def test_an_upload_no_agent_could_abort_is_swept(
+    agent: Agent, big_database: str, location: str
+) -> None:
+    """An agent killed (SIGKILL, a node lost) mid-upload, or whose abort could not reach the
+    store, leaves its multipart upload behind: the operator's sweep aborts it once older
+    than the bound, and only then; uploads that are not a backup's data are not touched."""
+    process = agent.popen("backup", "--location", location, PGDATABASE=big_database)
+    try:
+        pause_pg_dump_mid_upload(process, agent.s3, BUCKET)
+    finally:
+        process.kill()  # the agent never gets to abort
+        process.wait()
+    other = agent.s3.client()._create_multipart_upload(BUCKET, "someone/else/file", {})
+    store = agent.store()
+    before = len(multipart_uploads(agent.s3, BUCKET))
+    assert before == 2
+    assert store.abort_stale_uploads("", datetime.now(UTC) - timedelta(hours=1)) == []
+    aborted = store.abort_stale_uploads("", datetime.now(UTC) + timedelta(seconds=5))
+    assert aborted == [data_key(location)]
+    assert len(multipart_uploads(agent.s3, BUCKET)) == 1
+    agent.s3.client()._abort_multipart_upload(BUCKET, "someone/else/file", other)

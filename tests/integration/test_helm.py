@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from support.helm import CHART, Helm, find, token_kubeconfig
+from support.helm import CHART, Helm, find, token_kubeconfig, wait_for_operator_policy
 from support.kube import KubeCtl, OperatorProcess, eventually, external_cluster, with_reason
 from support.vauban_process import running_operator
 from vauban.devcluster.postgres import PostgresServer
@@ -196,14 +196,14 @@ def resources(rules: list[dict[str, Any]]) -> set[str]:
 
 def test_cluster_wide_and_namespaced_modes(helm: Helm) -> None:
     cluster_wide = helm.render("vauban", "vauban-system")
-    granted = resources(find(cluster_wide, "ClusterRole")["rules"])
+    granted = resources(find(cluster_wide, "ClusterRole", "vauban")["rules"])
     assert {"managedclusters", "secrets", "clusters", "jobs", "storageclasses"} <= granted
     assert "VAUBAN_WATCH_NAMESPACES" not in {e["name"] for e in container(cluster_wide)["env"]}
 
     namespaced = helm.render("vauban", "vauban-system", NAMESPACED)
     # Only cluster-scoped reads stay cluster-wide; the rest is a Role per watched namespace,
     # the operator's included (its agent's Jobs are watched there).
-    granted = resources(find(namespaced, "ClusterRole")["rules"])
+    granted = resources(find(namespaced, "ClusterRole", "vauban")["rules"])
     assert granted == {"customresourcedefinitions", "namespaces", "storageclasses"}
     roles = rules_of(namespaced, "Role")
     assert set(roles) == {
@@ -227,7 +227,7 @@ def test_cluster_wide_and_namespaced_modes(helm: Helm) -> None:
         others = rules_of(objects, "Role")
         own = others.pop("vauban-system/vauban-self")
         assert resources(own) == own_only | {"jobs", "secrets"}
-        elsewhere = [find(objects, "ClusterRole")["rules"], *others.values()]
+        elsewhere = [find(objects, "ClusterRole", "vauban")["rules"], *others.values()]
         assert not [rules for rules in elsewhere if own_only & resources(rules)]
 
 
@@ -274,7 +274,8 @@ def cleanup_cluster_scoped(kube: KubeCtl) -> Iterator[Callable[[str], None]]:
     for release in releases:
         kube.run(
             "delete",
-            "clusterrole,clusterrolebinding",
+            "clusterrole,clusterrolebinding,"
+            "validatingadmissionpolicy,validatingadmissionpolicybinding",
             "-l",
             f"app.kubernetes.io/instance={release}",
             "--wait=false",
@@ -661,6 +662,7 @@ def test_operator_runs_with_the_cluster_wide_rbac(
     install(kube, helm, "vauban", "vauban-system")
     tenant_objects(kube, "tenant-a", postgres, admin)
     config = token_kubeconfig(kube, "vauban", "vauban-system", root / "sa-cluster-wide")
+    wait_for_operator_policy(KubeCtl(kube.binary, config), "vauban-system")
     with running_operator(
         config,
         root / "cluster-wide.log",
@@ -677,7 +679,8 @@ def test_operator_runs_with_the_namespaced_rbac(
     plane: tuple[KubeCtl, Path], helm: Helm, postgres: PostgresServer, admin: tuple[str, str]
 ) -> None:
     """A second release watching only tenant-b. CRDs are cluster-wide: Helm leaves those
-    that exist; the admission policy belongs to one release (the first)."""
+    that exist; the deletion protection policy and the tenant roles belong to one release
+    (the first). The operator's own policies are per release: this one's bind it too."""
     kube, root = plane
     tenant_objects(kube, "tenant-b", postgres, admin)
     install(
@@ -686,9 +689,11 @@ def test_operator_runs_with_the_namespaced_rbac(
         "tenants",
         "vauban-tenants",
         "--set=deletionProtectionPolicy.enabled=false",
+        "--set=tenantRoles.enabled=false",
         "--set=watchNamespaces={tenant-b}",
     )
     config = token_kubeconfig(kube, "tenants-vauban", "vauban-tenants", root / "sa-namespaced")
+    wait_for_operator_policy(KubeCtl(kube.binary, config), "vauban-tenants")
     with running_operator(
         config,
         root / "namespaced.log",

@@ -80,3 +80,46 @@ def test_one_leader_acts_and_the_standby_takes_over(plane: tuple[KubeCtl, Path])
 
         # B stopped cleanly: it released the Lease for a successor.
         assert holder(kube) in (None, "")
+
+
+def test_replicas_with_skewed_clocks_never_lead_together(plane: tuple[KubeCtl, Path]) -> None:
+    """B's wall clock runs an hour ahead: A's renewTime looks an hour old to it. B must still
+    wait until A stops renewing, and then take over within the Lease's duration."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from vauban.kube.client import connect
+    from vauban.kube.lease import LeaderElection
+
+    kube, _ = plane
+
+    async def scenario() -> float:
+        api = await connect(kube.kubeconfig)
+        try:
+            common = {"namespace": "vauban-system", "name": "skew", "duration_seconds": 3}
+            a = LeaderElection(api, identity="a", renew_seconds=1.0, **common)  # type: ignore[arg-type]
+            b = LeaderElection(
+                api,
+                identity="b",
+                renew_seconds=1.0,
+                wall_clock=lambda: datetime.now(UTC) + timedelta(hours=1),
+                **common,  # type: ignore[arg-type]
+            )
+            await a.acquire()
+            keeping = asyncio.create_task(a.keep())
+            for _ in range(12):  # four Lease durations while A renews
+                assert not await b._try_hold(), "B took a Lease A keeps renewing"
+                await asyncio.sleep(0.5)
+            keeping.cancel()  # A dies without releasing
+            stopped = time.monotonic()
+            for _ in range(40):
+                if await b._try_hold():
+                    return time.monotonic() - stopped
+                await asyncio.sleep(0.25)
+            raise AssertionError("B never took over the abandoned Lease")
+        finally:
+            await api.close()  # type: ignore[no-untyped-call]
+
+    takeover = asyncio.run(scenario())
+    print(f"takeover by the skewed replica: {takeover:.1f} s")
+    assert takeover < 3 + 2

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from support.kube import ROOT, KubeCtl
+from support.kube import ROOT, KubeCtl, eventually
 
 CHART = ROOT / "helm" / "vauban"
 
@@ -103,3 +103,23 @@ def token_kubeconfig(kube: KubeCtl, service_account: str, namespace: str, out: P
     out.write_text(yaml.safe_dump(config), encoding="utf-8")
     out.chmod(0o600)
     return out
+
+
+def wait_for_operator_policy(operator: KubeCtl, namespace: str, timeout: float = 30.0) -> None:
+    """Until the chart's admission policy on Secrets binds the operator: the apiserver
+    enforces a new policy a moment after it is created, and a test of what the operator may
+    do under it must not run in that moment. Probed with a server-side dry run of a Secret
+    the policy refuses (admission runs, nothing is stored)."""
+    probe = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "policy-probe", "namespace": namespace},
+    }
+
+    def enforced() -> bool | None:
+        result = operator.run(
+            "create", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(probe), check=False
+        )
+        return "ValidatingAdmissionPolicy" in result.stderr or None
+
+    eventually(enforced, timeout=timeout, what="the operator's admission policy enforced")

@@ -141,14 +141,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def install_crds(kube: KubeCtl) -> None:
     """Vauban's CRDs and admission policy, as `make run` and the Helm chart install them."""
     from vauban.api.crdgen import KINDS
+    from vauban.devrun import wait_established
 
     kube.run("apply", "--server-side", "--field-manager=vauban-tests", "-f", str(ROOT / "crds"))
-    kube.run(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        *(f"crd/{kind.crd_name}" for kind in KINDS),
-    )
+    wait_established(Path(kube.binary), kube.kubeconfig, [kind.crd_name for kind in KINDS])
 
 
 @contextlib.contextmanager

@@ -97,14 +97,31 @@ def test_unreadable_stored_conditions_are_replaced() -> None:
 def test_lease_acquisition_rules() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from vauban.kube.lease import LeaseState, may_acquire
+    from vauban.kube.lease import LeaseState, may_acquire, observe
 
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    assert may_acquire(None, "a", now)
-    assert may_acquire(LeaseState(None, None, 15), "a", now)
-    assert may_acquire(LeaseState("a", now, 15), "a", now)
-    assert not may_acquire(LeaseState("b", now - timedelta(seconds=14), 15), "a", now)
-    assert may_acquire(LeaseState("b", now - timedelta(seconds=15), 15), "a", now)
+    wall = datetime(2026, 1, 1, tzinfo=UTC)
+    assert may_acquire(None, "a", 0.0)
+    assert may_acquire(observe(None, LeaseState(None, None, 15), 0.0), "a", 0.0)
+    assert may_acquire(observe(None, LeaseState("a", wall, 15), 0.0), "a", 0.0)
+    # Another's Lease expires 15 s after it was last seen to change, on our clock.
+    seen = observe(None, LeaseState("b", wall, 15), 100.0)
+    assert not may_acquire(seen, "a", 114.0)
+    assert may_acquire(observe(seen, LeaseState("b", wall, 15), 115.0), "a", 115.0)
+    renewed = observe(seen, LeaseState("b", wall + timedelta(seconds=5), 15), 105.0)
+    assert not may_acquire(renewed, "a", 115.0)
+
+
+def test_a_skewed_wall_clock_never_makes_two_leaders() -> None:
+    """The holder's renewTime, an hour behind ours (or ahead), says nothing of expiry: a
+    fresh candidate waits a whole duration of no change, whatever the dates."""
+    from datetime import UTC, datetime, timedelta
+
+    from vauban.kube.lease import LeaseState, may_acquire, observe
+
+    ours = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    for skew in (timedelta(hours=-1), timedelta(hours=1)):
+        first = observe(None, LeaseState("b", ours + skew, 15), 0.0)
+        assert not may_acquire(first, "a", 1.0)
 
 
 def test_domain_conditions_are_events_when_they_change_or_start_wrong() -> None:

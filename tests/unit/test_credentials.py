@@ -7,24 +7,26 @@ from typing import Any
 from vauban.api.common import duration_seconds
 from vauban.builders.credentials import Endpoint, credentials_secret
 from vauban.reconcile.database import (
-    Claim,
-    login_generation,
+    Holder,
     login_name,
-    name_conflict,
+    ownership,
     plan_credentials,
     timers_due,
 )
+from vauban.reconcile.records import DatabaseRecord, LoginRecord
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+def login(n: int, *, published: bool = True, retire_after: datetime | None = None) -> LoginRecord:
+    return LoginRecord(f"app_login{n}", n, published, retire_after)
 
 
 def decide(**overrides: Any) -> Any:
     values: dict[str, Any] = {
         "owner": "app",
         "secret_username": "app_login1",
-        "existing_logins": ["app_login1"],
-        "retiring": [],
-        "retire_after": None,
+        "logins": [login(1)],
         "last_rotation": NOW - timedelta(days=1),
         "rotate_token": None,
         "acted_token": None,
@@ -36,20 +38,20 @@ def decide(**overrides: Any) -> Any:
 
 
 def test_first_credentials() -> None:
-    got = decide(secret_username=None, existing_logins=[], last_rotation=None)
-    assert (got.login, got.new_password, got.rotated) == ("app_login1", True, True)
-    assert got.retiring == () and got.retire_now == ()
+    got = decide(secret_username=None, logins=[], last_rotation=None)
+    assert (got.login, got.generation, got.new_login) == ("app_login1", 1, True)
+    assert got.retiring == {} and got.retire_now == ()
 
 
 def test_steady_state_uses_the_secret_as_it_is() -> None:
     got = decide()
-    assert (got.login, got.new_password, got.rotated) == ("app_login1", False, False)
+    assert (got.login, got.new_login, got.rotated) == ("app_login1", False, False)
 
 
 def test_rotation_by_token_keeps_the_old_login_for_the_grace_period() -> None:
     got = decide(rotate_token="t1")
-    assert (got.login, got.new_password) == ("app_login2", True)
-    assert got.retiring == ("app_login1",)
+    assert (got.login, got.new_login) == ("app_login2", True)
+    assert got.retiring == {"app_login1": NOW + timedelta(hours=1)}
     assert got.retire_after == NOW + timedelta(hours=1)
     assert decide(rotate_token="t1", acted_token="t1").rotated is False
 
@@ -57,25 +59,33 @@ def test_rotation_by_token_keeps_the_old_login_for_the_grace_period() -> None:
 def test_retirement_after_the_grace_period() -> None:
     waiting = decide(
         secret_username="app_login2",
-        existing_logins=["app_login1", "app_login2"],
-        retiring=["app_login1"],
-        retire_after=NOW + timedelta(minutes=5),
+        logins=[login(1, retire_after=NOW + timedelta(minutes=5)), login(2)],
     )
-    assert waiting.retire_now == () and waiting.retiring == ("app_login1",)
+    assert waiting.retire_now == () and set(waiting.retiring) == {"app_login1"}
     due = decide(
         secret_username="app_login2",
-        existing_logins=["app_login1", "app_login2"],
-        retiring=["app_login1"],
-        retire_after=NOW - timedelta(seconds=1),
+        logins=[login(1, retire_after=NOW - timedelta(seconds=1)), login(2)],
     )
-    assert due.retire_now == ("app_login1",) and due.retiring == ()
+    assert due.retire_now == ("app_login1",) and due.retiring == {}
 
 
-def test_an_unknown_extra_login_gets_a_full_grace_period() -> None:
+def test_a_replaced_login_gets_a_full_grace_period() -> None:
     """A rotation interrupted after the Secret was written: the login still in use elsewhere
     is not cut off at once."""
-    got = decide(secret_username="app_login2", existing_logins=["app_login1", "app_login2"])
-    assert got.retiring == ("app_login1",) and got.retire_after == NOW + timedelta(hours=1)
+    got = decide(secret_username="app_login2", logins=[login(1), login(2, published=False)])
+    assert got.retiring == {"app_login1": NOW + timedelta(hours=1)}
+
+
+def test_a_login_no_secret_ever_named_is_dropped_at_once() -> None:
+    """A reconcile that failed after creating a login: no one knows its password, and
+    keeping it would leave one more role behind at each failure."""
+    got = decide(secret_username=None, logins=[login(1, published=False)], last_rotation=None)
+    assert (got.login, got.retire_now) == ("app_login2", ("app_login1",))
+
+
+def test_a_secret_naming_a_login_not_recorded_is_not_trusted() -> None:
+    got = decide(secret_username="someone_else", logins=[login(1)])
+    assert got.new_login and got.login == "app_login2"
 
 
 def test_rotation_by_period() -> None:
@@ -83,12 +93,11 @@ def test_rotation_by_period() -> None:
     assert decide(rotation_period="30d", last_rotation=NOW - timedelta(days=31)).rotated
 
 
-def test_login_names_fit_postgres_and_parse_back() -> None:
-    owner = "o" * 63
-    name = login_name(owner, 12)
-    assert len(name) <= 63 and login_generation(owner, name) == 12
-    assert login_generation("app", "app") is None
-    assert login_generation("app", "app_login") is None
+def test_login_names_fit_postgres_and_never_collide() -> None:
+    long_a, long_b = "o" * 60 + "a", "o" * 60 + "b"
+    assert login_name("app", 3) == "app_login3"
+    assert all(len(login_name(o, 12345)) <= 63 for o in (long_a, "o" * 63, "p" * 52))
+    assert login_name(long_a, 1) != login_name(long_b, 1)
     assert duration_seconds("90s") == 90 and duration_seconds("2w") == 14 * 86400
 
 
@@ -103,29 +112,33 @@ def test_timers() -> None:
     assert not timers_due(rotating, {}, NOW)
 
 
-def claim(
-    name: str, created: str, *, provisioned: bool = False, database: str = "db", owner: str = "own"
-) -> Claim:
-    return Claim("ns", name, created, database, owner, provisioned)
+def owns(**overrides: Any) -> str | None:
+    values: dict[str, Any] = {
+        "namespace": "ns",
+        "database": "db",
+        "owner": "own",
+        "record": None,
+        "holder": None,
+        "database_exists": False,
+        "owner_exists": False,
+    }
+    return ownership(**{**values, **overrides})
 
 
-def test_name_conflicts() -> None:
-    older, newer = claim("a", "2026-01-01T00:00:00Z"), claim("b", "2026-01-02T00:00:00Z")
-    assert name_conflict(older, [older, newer]) is None
-    verdict = name_conflict(newer, [older, newer])
-    assert verdict is not None and "ns/a" in verdict.message
-    # Whoever provisioned the names keeps them, even if younger.
-    young_owner = claim("b", "2026-01-02T00:00:00Z", provisioned=True)
-    assert name_conflict(young_owner, [older, young_owner]) is None
-    assert (
-        name_conflict(claim("c", "2026-01-03T00:00:00Z", database="x", owner="y"), [older]) is None
-    )
-    assert (
-        "owner role own"
-        in (
-            name_conflict(claim("d", "2026-01-03T00:00:00Z", database="x"), [older]) or verdict
-        ).message
-    )
+def test_only_the_record_gives_ownership() -> None:
+    mine = DatabaseRecord("uid", "ns", "a", "db", "own")
+    assert owns() is None
+    assert owns(record=mine, database_exists=True, owner_exists=True) is None
+    assert "not db and other" in (owns(record=mine, owner="other") or "")
+    # Whatever exists without a record for this object is someone else's: a NOLOGIN group
+    # role, a retained database of a departed tenant, another application's database.
+    assert "role own already exists" in (owns(owner_exists=True) or "")
+    assert "database db already exists" in (owns(database_exists=True) or "")
+    neighbour = Holder("other-uid", "ns", "first")
+    assert "ManagedDatabase ns/first" in (owns(holder=neighbour) or "")
+    stranger = Holder("other-uid", "elsewhere", "x")
+    message = owns(holder=stranger) or ""
+    assert "another namespace" in message and "elsewhere" not in message
 
 
 def test_secret_has_every_key_applications_expect() -> None:

@@ -22,6 +22,8 @@ CHART = ROOT / "helm" / "vauban"
 # backups and keys: alerts and the dashboard may use these and nothing else.
 ANNOUNCED = {
     "vauban_build_info",
+    "vauban_api_errors_total",
+    "vauban_api_up",
     "vauban_reconcile_total",
     "vauban_reconcile_duration_seconds",
     "vauban_objects",

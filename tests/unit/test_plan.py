@@ -18,9 +18,10 @@ from vauban.engines.postgres.plan import (
     Login,
     RoleState,
     drop_database,
+    extensions_plan,
     plan,
     retire_login,
-    takeover,
+    suspend_login,
 )
 
 VERIFIER = "SCRAM-SHA-256$4096:c2FsdA==$a2V5:a2V5"
@@ -32,7 +33,6 @@ def desired(**overrides: object) -> Desired:
         "owner": "shop_owner",
         "login": Login("shop_owner_login1", VERIFIER),
         "connection_limit": 5,
-        "extensions": frozenset({"pgcrypto"}),
     }
     return Desired(**{**values, **overrides})  # type: ignore[arg-type]
 
@@ -56,7 +56,6 @@ def converged(d: Desired) -> Catalog:
             ),
         },
         database_owner=d.owner,
-        extensions=frozenset(d.extensions) | {"plpgsql"},
         admin="admin",
         admin_is_superuser=True,
     )
@@ -72,8 +71,7 @@ def test_everything_is_created_on_an_empty_server() -> None:
         'CREATE DATABASE "shop" OWNER "shop_owner"',
         'REVOKE CONNECT, TEMPORARY ON DATABASE "shop" FROM PUBLIC',
     ]
-    assert text(p.database) == ['CREATE EXTENSION IF NOT EXISTS "pgcrypto"']
-    assert not p.retire
+    assert not p.retire and not p.database
 
 
 def test_a_converged_server_needs_nothing() -> None:
@@ -88,23 +86,21 @@ def test_summary_never_shows_a_password() -> None:
 
 
 def test_changes_are_planned_not_recreated() -> None:
-    d = desired(
-        connection_limit=10,
-        extensions=frozenset({"citext"}),
-        managed_extensions=frozenset({"pgcrypto"}),
-    )
-    p = plan(d, converged(desired()))
+    p = plan(desired(connection_limit=10), converged(desired()))
     assert text(p.server) == ['ALTER ROLE "shop_owner_login1" CONNECTION LIMIT 10']
-    assert text(p.database) == [
-        'CREATE EXTENSION IF NOT EXISTS "citext"',
+
+
+def test_extensions_follow_the_spec_into_public() -> None:
+    present = frozenset({"plpgsql", "pgcrypto"})
+    assert text(extensions_plan(frozenset({"citext"}), frozenset({"pgcrypto"}), present)) == [
+        'CREATE EXTENSION IF NOT EXISTS "citext" SCHEMA public',
         'DROP EXTENSION "pgcrypto"',
     ]
 
 
 def test_only_extensions_vauban_created_are_dropped() -> None:
-    catalog = converged(desired())
-    p = plan(desired(extensions=frozenset()), catalog)
-    assert not p.database  # pgcrypto was not created by Vauban (not in managed_extensions)
+    present = frozenset({"plpgsql", "pgcrypto"})
+    assert not extensions_plan(frozenset(), frozenset(), present)
 
 
 def test_non_superuser_admin_joins_the_owner_role() -> None:
@@ -129,19 +125,8 @@ def test_drop_database_ends_sessions_first() -> None:
     ]
 
 
-def test_takeover_of_foreign_objects_is_refused() -> None:
-    assert takeover(desired(), EMPTY) is None
-    theirs = Catalog(roles={}, database_owner="billing_app")
-    assert "belongs to role billing_app" in (takeover(desired(), theirs) or "")
-    login_owner = Catalog(
-        roles={"shop_owner": RoleState(can_login=True, connection_limit=-1)}, database_owner=None
-    )
-    assert "can log in" in (takeover(desired(), login_owner) or "")
-    retained = Catalog(
-        roles={"shop_owner": RoleState(can_login=False, connection_limit=-1)},
-        database_owner="shop_owner",
-    )
-    assert takeover(desired(), retained) is None  # re-adopting what Retain kept
+def test_suspending_keeps_the_role() -> None:
+    assert text(suspend_login("x")) == text(retire_login("x"))[:-1]
 
 
 HOSTILE = [

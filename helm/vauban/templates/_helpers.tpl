@@ -67,7 +67,8 @@ the apply creates the object (the apiserver checks both).
   verbs: [patch]
 # CloudNativePG Clusters rendered for managed ManagedClusters: server-side applied (created
 # and repaired), read fresh before each apply (major-version check), and watched (labelled
-# app.kubernetes.io/managed-by=vauban) so their status reaches the ManagedCluster.
+# app.kubernetes.io/managed-by=vauban) so their status reaches the ManagedCluster. Bounded by
+# the operator policy: labelled ones, allowed images only, no other identity for their pods.
 - apiGroups: [postgresql.cnpg.io]
   resources: [clusters]
   verbs: [get, list, watch, create, patch]
@@ -77,6 +78,7 @@ the apply creates the object (the apiserver checks both).
   resources: [scheduledbackups]
   verbs: [create, patch, delete]
 # The NetworkPolicy of each managed cluster: server-side applied, watched to repair hand edits.
+# Bounded by the operator policy: labelled ones, CloudNativePG pods' ingress only.
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [list, watch, create, patch]
@@ -84,10 +86,13 @@ the apply creates the object (the apiserver checks both).
 # external cluster's admin Secret and CA are read to connect (get); a tenant's credentials
 # Secret is server-side applied (create, patch) and read back for rotation (get); on
 # deletion with Retain, the cluster's Secrets are found by label (list) and released from
-# their owner (patch).
+# their owner (patch). The tenants' credentials Secrets are watched, by label, to be
+# recreated at once when deleted (watch). RBAC cannot narrow create and patch to Vauban's
+# Secrets: the operator policy does (templates/operator-policy.yaml: labelled ones only,
+# never a token type).
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, list, create, patch]
+  verbs: [get, list, watch, create, patch]
 # Volumes of a deleted cluster with deletionPolicy Retain: found by label and released from
 # their owner so the garbage collector keeps them.
 - apiGroups: [""]
@@ -125,7 +130,8 @@ backup agent, whose Jobs, CronJobs and Secrets never leave this namespace.
   resourceNames: [vauban-leader]
   verbs: [get, update]
 # Backup, restore and restore-test runs: a Job per run, created once (create), read for its
-# outcome (get), deleted once recorded (delete).
+# outcome (get), deleted once recorded (delete). Bounded by the operator policy: the agent's
+# image and command only, no token, unprivileged (so are the CronJobs below).
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, create, delete]
@@ -141,7 +147,8 @@ backup agent, whose Jobs, CronJobs and Secrets never leave this namespace.
   verbs: [list]
 # Key-encryption and data keys, and the agent's per-run Secrets: read (get), found by label
 # (list), created once or server-side applied (create, patch), deleted with their database's
-# last backup or after the run (delete).
+# last backup or after the run (delete). Writes and deletes bounded by the operator policy:
+# Vauban's labelled Secrets only (not Helm's records, nor the PIN or KMIP client Secrets).
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, create, patch, delete]

@@ -278,7 +278,20 @@ class LabelSelectorRequirement(ApiModel):
 
 
 class LabelSelector(ApiModel):
-    """Selects namespaces by their labels; requirements are ANDed."""
+    """Selects namespaces by their labels; requirements are ANDed. An empty selector, which
+    would admit every namespace, is refused: name the namespaces, or a label only the
+    platform sets (whoever may label a namespace may otherwise place databases here)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "(has(self.matchLabels) && size(self.matchLabels) > 0)"
+                " || (has(self.matchExpressions) && size(self.matchExpressions) > 0)",
+                "an empty selector would admit every namespace: give matchLabels or "
+                "matchExpressions",
+            ),
+        )
+    )
 
     match_labels: Annotated[
         dict[str, LabelValue],
@@ -298,6 +311,28 @@ class LabelSelector(ApiModel):
         default_factory=list
     )
     """Requirements a namespace's labels must meet."""
+
+
+class TenantConnectionLimit(ApiModel):
+    """How many sessions each tenant login may hold, so that no tenant can take every slot
+    of the server from the others and from the operator."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            # has(): the CRD's own default ({}) is checked before its fields are defaulted.
+            cel(
+                "!has(self.default) || !has(self.maximum) || self.default <= self.maximum",
+                "default must not exceed maximum",
+            ),
+        )
+    )
+
+    default: Annotated[int, Field(ge=1, le=10000)] = 20
+    """For a ManagedDatabase that sets no spec.connectionLimit."""
+
+    maximum: Annotated[int, Field(ge=1, le=10000)] = 100
+    """The most a ManagedDatabase may ask for; a database asking for more is refused
+    (ConnectionLimitTooHigh), nothing is changed."""
 
 
 class AllowedNamespaces(ApiModel):
@@ -390,6 +425,11 @@ class ManagedClusterSpec(ApiModel):
     allowed_namespaces: AllowedNamespaces | None = None
     """Namespaces besides the cluster's own whose ManagedDatabases may use it. Only the
     cluster's own namespace when unset."""
+
+    tenant_connection_limit: TenantConnectionLimit = Field(
+        default_factory=TenantConnectionLimit, json_schema_extra={"default": {}}
+    )
+    """Default and maximum of each tenant login's connection limit on this cluster."""
 
     deletion_policy: DeletionPolicy = "Retain"
     """What deleting the ManagedCluster does to its data: Retain keeps volumes and the

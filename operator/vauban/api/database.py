@@ -25,8 +25,10 @@ from vauban.api.common import (
     validations,
 )
 
-# Extensions a tenant may create: trusted contrib extensions that neither reach the network
-# nor the server's files. Anything else needs a platform decision, not a tenant's YAML.
+# Extensions a tenant may create: contrib extensions PostgreSQL marks trusted (a database
+# owner may create them without superuser) that neither reach the network nor the server's
+# files. Vauban creates them with the tenant's own login, so an extension that is not trusted
+# could not be created anyway; anything else needs a platform decision, not a tenant's YAML.
 ALLOWED_EXTENSIONS = (
     "btree_gin",
     "btree_gist",
@@ -38,7 +40,6 @@ ALLOWED_EXTENSIONS = (
     "isn",
     "lo",
     "ltree",
-    "pg_stat_statements",
     "pg_trgm",
     "pgcrypto",
     "seg",
@@ -50,9 +51,24 @@ ALLOWED_EXTENSIONS = (
     "uuid-ossp",
 )
 
-# Names PostgreSQL creates itself: a tenant must never be handed one of them.
+# Names PostgreSQL, CloudNativePG or Vauban itself use: a tenant must never be handed one of
+# them. Names starting with pg_ (PostgreSQL's) and vauban (Vauban's registry database and
+# role, and the scratch objects of restore tests) are refused by prefix.
 RESERVED_DATABASES = ("postgres", "template0", "template1")
-RESERVED_ROLES = ("postgres", "public", "streaming_replica", "cnpg_pooler_pgbouncer")
+RESERVED_ROLES = (
+    "postgres",
+    "public",
+    "none",
+    "current_role",
+    "current_user",
+    "session_user",
+    "information_schema",
+    "streaming_replica",
+    "cnpg_pooler_pgbouncer",
+)
+NOT_VAUBAN_RESERVED = cel(
+    "!self.startsWith('vauban')", "names starting with vauban are reserved by Vauban"
+)
 
 DataClassification = Literal["public", "internal", "confidential", "health"]
 Extension = Literal[ALLOWED_EXTENSIONS]  # type: ignore[valid-type]
@@ -164,6 +180,7 @@ class ManagedDatabaseSpec(ApiModel):
         Field(
             json_schema_extra=validations(
                 NOT_PG_RESERVED,
+                NOT_VAUBAN_RESERVED,
                 cel("self == oldSelf", "databaseName is immutable"),
                 cel(
                     f"!(self in {list(RESERVED_DATABASES)!r})",
@@ -181,6 +198,8 @@ class ManagedDatabaseSpec(ApiModel):
         Field(
             json_schema_extra=validations(
                 NOT_PG_RESERVED,
+                NOT_VAUBAN_RESERVED,
+                cel("self == oldSelf", "owner is immutable"),
                 cel(
                     f"!(self in {list(RESERVED_ROLES)!r})",
                     "owner must not be one of " + ", ".join(RESERVED_ROLES),
@@ -189,7 +208,8 @@ class ManagedDatabaseSpec(ApiModel):
         ),
     ]
     """Role that owns the database; its credentials go into the Secret
-    `<metadata.name>-credentials`."""
+    `<metadata.name>-credentials`. Vauban creates it: a role that exists on the server and
+    was not created by Vauban for this very ManagedDatabase is refused. Immutable."""
 
     extensions: Annotated[
         list[Extension],
@@ -200,8 +220,8 @@ class ManagedDatabaseSpec(ApiModel):
     """Extensions to create in the database, from an allow-list; removing one drops it."""
 
     connection_limit: Annotated[int, Field(ge=1, le=10000)] | None = None
-    """Most concurrent connections of the tenant's login role; no limit but the server's
-    when unset."""
+    """Most concurrent connections of each of the tenant's login roles; the cluster's
+    spec.tenantConnectionLimit.default when unset, and never above its maximum."""
 
     credentials: CredentialsPolicy = Field(
         default_factory=CredentialsPolicy, json_schema_extra={"default": {}}

@@ -37,6 +37,7 @@ from urllib3.exceptions import (
 from urllib3.exceptions import TimeoutError as HTTPTimeout
 
 from vauban.backup.manifest import (
+    DATA,
     MANIFEST,
     Manifest,
     ObjectLock,
@@ -252,6 +253,42 @@ class ObjectStore:
             # without DefaultRetention, as versitygw sends): lock is enabled.
             return True
         return True
+
+    def abort_stale_uploads(self, prefix: str, started_before: datetime) -> list[str]:
+        """Abort the multipart uploads under `prefix` started before `started_before`: an
+        agent aborts its own upload on every failure it sees, but not when the store itself
+        was down at that moment (the abort cannot reach it), nor when it was killed before
+        learning the upload's id. Their parts would otherwise be kept, and billed, forever.
+        Only uploads of a backup's data object are touched: a bucket may be shared. Returns
+        the keys aborted."""
+        aborted = []
+        key_marker: str | None = None
+        upload_marker: str | None = None
+        with self._translate():
+            while True:
+                # MinIO's client lists multipart uploads only through this (stable, if
+                # underscored) method; its public API dropped incomplete-upload listing.
+                page = self._client._list_multipart_uploads(
+                    self.bucket,
+                    prefix=prefix,
+                    key_marker=key_marker,
+                    upload_id_marker=upload_marker,
+                )
+                for upload in page.uploads:
+                    initiated, upload_id = upload.initiated_time, upload.upload_id
+                    if (
+                        upload_id
+                        and str(upload.object_name).endswith(f"/{DATA}")
+                        and initiated is not None
+                        and initiated < started_before
+                    ):
+                        self._client._abort_multipart_upload(
+                            self.bucket, upload.object_name, upload_id
+                        )
+                        aborted.append(str(upload.object_name))
+                if not page.is_truncated:
+                    return aborted
+                key_marker, upload_marker = page.next_key_marker, page.next_upload_id_marker
 
     # -- what the agent calls ---------------------------------------------------------------
 

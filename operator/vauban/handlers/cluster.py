@@ -26,6 +26,7 @@ from vauban.handlers.publish import (
     unexpected,
 )
 from vauban.reconcile import cluster as cluster_logic
+from vauban.reconcile import database as database_logic
 from vauban.reconcile.database import ClusterView
 from vauban.reconcile.status import previous_conditions
 
@@ -46,6 +47,10 @@ def view_of(body: Mapping[str, Any]) -> ClusterView:
         spec=spec,
         ready=ready,
         uid=meta.get("uid", ""),
+        abandon_server_objects=(meta.get("annotations") or {}).get(
+            database_logic.ABANDON_ANNOTATION
+        )
+        == "true",
     )
 
 
@@ -100,7 +105,9 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
         await post_event(ctx, MANAGED_CLUSTER, body, event.type, event.reason, event.message)
     key = (MANAGED_CLUSTER.kind, owner.namespace, owner.name)
     ctx.reconciled[key] = time.monotonic()
-    # Failures that cost a connection (or wait for software to be installed) back off.
+    # Failures that wait for a person (or for software to be installed) back off; a server
+    # that does not answer is asked again at every re-check, so that its return is seen
+    # within one re-check interval (one connection attempt per cluster).
     if assessment.verdict.reason in _COSTLY_FAILURES:
         ctx.backoff.failed(key)
     else:
@@ -108,7 +115,6 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
 
 
 _COSTLY_FAILURES = (
-    Reason.UNREACHABLE,
     Reason.AUTHENTICATION_FAILED,
     Reason.INSUFFICIENT_PRIVILEGES,
     Reason.VERSION_MISMATCH,

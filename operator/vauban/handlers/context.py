@@ -69,6 +69,12 @@ class Context:
     """When each object was last reconciled in full, for the periodic re-check of ready
     ones (clusters every probe interval, databases every resync interval)."""
 
+    clusters_told: dict[ObjectKey, float] = field(default_factory=dict)
+    """When a database last had its cluster reconciled for what it found of the server."""
+
+    suspensions_checked: dict[ObjectKey, float] = field(default_factory=dict)
+    """When the logins of each database refused by its cluster were last looked for."""
+
     usage_probed: dict[tuple[str, str], float] = field(default_factory=dict)
     """When the databases of each cluster last had their usage read (one query for all)."""
 

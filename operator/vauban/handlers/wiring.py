@@ -22,7 +22,8 @@ from vauban.api.common import GROUP, VERSION
 from vauban.api.database import MANAGED_DATABASE
 from vauban.builders import backup as backup_objects
 from vauban.builders import cnpg
-from vauban.handlers import backup, cluster, database
+from vauban.builders.credentials import DATABASE_LABEL
+from vauban.handlers import backup, cluster, database, uploads
 from vauban.handlers.context import Context, context_of
 from vauban.handlers.publish import snapshot
 from vauban.reconcile import database as database_logic
@@ -96,14 +97,18 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             cluster_seen.pop(_key(body), None)
         else:
             cluster_seen[_key(body)] = seen
-        for dependent in list(dependents.get(_key(body), ())):
-            if not _being_deleted(dependent):
-                await _guarded(
-                    database.reconcile(
-                        ctx, dependent, index, dependents, kwargs["backups_by_database"]
-                    ),
+        # All at once, as many at a time as the cluster's slots allow: a fleet waiting for
+        # its server is back within seconds of it, not one database after the other.
+        await asyncio.gather(
+            *(
+                _guarded(
+                    database.reconcile(ctx, dependent, index, kwargs["backups_by_database"]),
                     dependent,
                 )
+                for dependent in list(dependents.get(_key(body), ()))
+                if not _being_deleted(dependent)
+            )
+        )
 
     @kopf.on.delete(*CLUSTERS, id="cluster_finalizer", registry=registry)
     async def cluster_delete(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
@@ -153,19 +158,34 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             ctx.metrics.forget_backups(*_key(body))
             _forget(ctx, MANAGED_DATABASE.kind, body)
         elif _live(type, body) and not database.settled(ctx, body):
-            await database.reconcile(
-                ctx,
-                body,
-                kwargs["clusters"],
-                kwargs["databases_by_cluster"],
-                kwargs["backups_by_database"],
-            )
+            await database.reconcile(ctx, body, kwargs["clusters"], kwargs["backups_by_database"])
+
+    # The tenants' credentials Secrets, by label only (the selector is server-side:
+    # operator_settings), and only for their deletion: a Secret deleted by hand is noticed
+    # and recreated within seconds, not at the next hourly resync. Nothing of them is kept.
+    @kopf.on.event(
+        "v1",
+        "secrets",
+        id="credentials_secret",
+        labels={DATABASE_LABEL: kopf.PRESENT},
+        registry=registry,
+    )
+    async def credentials_secret_event(
+        type: str,  # noqa: A002 - kopf's kwarg name
+        body: kopf.Body,
+        memo: kopf.Memo,
+        **kwargs: Any,
+    ) -> None:
+        if type != "DELETED":
+            return
+        name = body["metadata"].get("labels", {}).get(DATABASE_LABEL)
+        await _reconcile_database(context_of(memo), body["metadata"]["namespace"], name, kwargs)
 
     @kopf.on.delete(*DATABASES, id="database_finalizer", registry=registry)
     async def database_delete(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         ctx = context_of(memo)
         with ctx.metrics.reconcile(MANAGED_DATABASE.kind, "finalize", waiting=_WAITING):
-            await database.finalize(ctx, body, kwargs["clusters"], kwargs["databases_by_cluster"])
+            await database.finalize(ctx, body, kwargs["clusters"])
 
     @kopf.index(*BACKUPS, id="backups_by_database", registry=registry)
     async def backups_by_database(
@@ -236,13 +256,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         if target is None:
             return  # not indexed yet: its own first event reconciles it
         await _guarded(
-            database.reconcile(
-                ctx,
-                target,
-                indices["clusters"],
-                indices["databases_by_cluster"],
-                indices["backups_by_database"],
-            ),
+            database.reconcile(ctx, target, indices["clusters"], indices["backups_by_database"]),
             target,
         )
 
@@ -301,6 +315,8 @@ def _forget(ctx: Context, kind: str, body: Mapping[str, Any]) -> None:
     and deleted must not leave a thousand locks and timestamps behind."""
     key = (kind, *_key(body))
     ctx.reconciled.pop(key, None)
+    ctx.suspensions_checked.pop(key, None)
+    ctx.clusters_told.pop(key, None)
     ctx.backoff.succeeded(key)
     lock = ctx.locks.get(key)
     if lock is not None and not lock.locked():
@@ -319,13 +335,17 @@ async def _recheck_forever(
     purged = 0.0
     while True:
         await asyncio.sleep(interval)
-        # Backups of deleted databases past their retention: looked for once per probe
-        # interval (one list of Secrets), since days are the unit.
+        # Backups of deleted databases past their retention, and uploads left incomplete:
+        # looked for once per probe interval, since days are the unit.
         if time.monotonic() - purged >= ctx.settings.probe_interval_seconds:
             purged = time.monotonic()
             await _guarded(
                 backup.purge_expired(ctx, backups),
                 {"metadata": {"namespace": ctx.settings.namespace, "name": "purge"}},
+            )
+            await _guarded(
+                uploads.sweep(ctx, [v for views in list(clusters.values()) for v in views]),
+                {"metadata": {"namespace": ctx.settings.namespace, "name": "uploads"}},
             )
         for store in list(cluster_bodies.values()):
             for body in list(store):
@@ -371,7 +391,7 @@ async def _recheck_databases(
     for body in bodies:
         if not _being_deleted(body) and database.due(ctx, body):
             await _guarded(
-                database.reconcile(ctx, body, clusters, databases, backups, only_if_due=True),
+                database.reconcile(ctx, body, clusters, backups, only_if_due=True),
                 body,
             )
 

@@ -2,17 +2,21 @@
 reconciles (kopf's peering is not leader election: peers of equal priority all run).
 
 The holder renews the Lease every `renew_seconds`; a candidate takes it over once it has
-not been renewed for `duration_seconds`. A holder that cannot renew in time stops leading
-at once, before anyone else may take over. A holder that stops cleanly releases the Lease,
-so its successor does not wait for it to expire.
+seen no change of it for `duration_seconds`, measured on its own monotonic clock (client-go's
+observed-time rule): the `renewTime` written by another replica is never compared with the
+local wall clock, so replicas whose clocks differ never lead together. A holder that cannot
+renew in time stops leading at once, before anyone else may take over. A holder that stops
+cleanly releases the Lease, so its successor does not wait for it to expire.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
@@ -24,16 +28,36 @@ logger = logging.getLogger(__name__)
 class LeaseState:
     holder: str | None
     renewed: datetime | None
+    """As written by the holder, on its clock: compared only for change, never with ours."""
+
     duration_seconds: int
 
 
-def may_acquire(state: LeaseState | None, identity: str, now: datetime) -> bool:
-    """Whether `identity` may hold the Lease now: free, its own, or expired."""
-    if state is None or not state.holder or state.holder == identity:
+@dataclass(frozen=True)
+class Observation:
+    """A Lease record as last seen, and when (on this process's monotonic clock) it was
+    first seen so."""
+
+    state: LeaseState
+    seen_at: float
+
+
+def observe(previous: Observation | None, state: LeaseState, now: float) -> Observation:
+    """The record read now: unchanged since `previous`, it keeps its first sighting."""
+    if previous is not None and previous.state == state:
+        return previous
+    return Observation(state, now)
+
+
+def may_acquire(observation: Observation | None, identity: str, now: float) -> bool:
+    """Whether `identity` may hold the Lease now: free, its own, or unchanged for its whole
+    duration as measured here."""
+    if observation is None:
         return True
-    if state.renewed is None:
+    state = observation.state
+    if not state.holder or state.holder == identity:
         return True
-    return now >= state.renewed + timedelta(seconds=state.duration_seconds)
+    return now - observation.seen_at >= state.duration_seconds
 
 
 class LeaderElection:
@@ -46,10 +70,15 @@ class LeaderElection:
         identity: str,
         duration_seconds: int = 15,
         renew_seconds: float = 5.0,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`wall_clock` only dates what this replica writes; `monotonic` decides expiry."""
         self._leases = client.CoordinationV1Api(api)
         self.namespace, self.name, self.identity = namespace, name, identity
         self.duration_seconds, self.renew_seconds = duration_seconds, renew_seconds
+        self._wall_clock, self._monotonic = wall_clock, monotonic
+        self._observed: Observation | None = None
 
     async def acquire(self) -> None:
         """Return once this process holds the Lease."""
@@ -91,7 +120,7 @@ class LeaderElection:
             logger.warning("could not release the lease: %s", getattr(e, "reason", e))
 
     async def _try_hold(self) -> bool:
-        now = datetime.now(UTC)
+        now = self._wall_clock()
         try:
             lease = await self._leases.read_namespaced_lease(self.name, self.namespace)
         except ApiException as e:
@@ -110,7 +139,8 @@ class LeaderElection:
             return True
         spec = lease.spec or client.V1LeaseSpec()
         state = LeaseState(spec.holder_identity, spec.renew_time, spec.lease_duration_seconds or 0)
-        if not may_acquire(state, self.identity, now):
+        self._observed = observe(self._observed, state, self._monotonic())
+        if not may_acquire(self._observed, self.identity, self._monotonic()):
             return False
         taking_over = spec.holder_identity != self.identity
         lease.spec = self._spec(

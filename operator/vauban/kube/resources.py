@@ -360,6 +360,10 @@ class Kube:
     async def crd_exists(self, name: str) -> bool:
         return await _unless_missing(self._crds.read_custom_resource_definition(name)) is not None
 
+    async def heartbeat(self) -> None:
+        """The cheapest authenticated request: whether the API answers this client."""
+        await client.VersionApi(self._api).get_code()
+
     async def namespace_labels(self, name: str) -> dict[str, str]:
         namespace = await self._core.read_namespace(name)
         return dict(namespace.metadata.labels or {}) if namespace.metadata else {}

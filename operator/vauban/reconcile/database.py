@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,6 +13,7 @@ from vauban.api.cluster import ManagedClusterSpec
 from vauban.api.common import duration_seconds
 from vauban.api.database import ManagedDatabaseSpec
 from vauban.conditions import Reason, State, Verdict
+from vauban.reconcile.records import DatabaseRecord, LoginRecord
 from vauban.reconcile.tenancy import namespace_allowed
 
 
@@ -26,10 +28,17 @@ class ClusterView:
 
     ready: bool
     uid: str = ""
+    abandon_server_objects: bool = False
+    """A platform admin's annotation (ABANDON_ANNOTATION) on the cluster: deleting its
+    databases no longer waits for the server to be reachable, and leaves what they have
+    there."""
 
     @property
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+ABANDON_ANNOTATION = "vauban.dev/abandon-server-objects"
 
 
 def cluster_key(namespace: str, spec: ManagedDatabaseSpec) -> tuple[str, str]:
@@ -90,46 +99,67 @@ def assess(
     )
 
 
-@dataclass(frozen=True)
-class Claim:
-    """Another ManagedDatabase's hold on names of the same cluster."""
+def connection_limit(spec: ManagedDatabaseSpec, cluster: ManagedClusterSpec) -> int | Verdict:
+    """Each tenant login's connection limit: the spec's, within the cluster's maximum, else
+    the cluster's default. No tenant may take every slot of a server shared with others."""
+    bounds = cluster.tenant_connection_limit
+    if spec.connection_limit is None:
+        return bounds.default
+    if spec.connection_limit > bounds.maximum:
+        return Verdict(
+            State.STALLED,
+            Reason.CONNECTION_LIMIT_TOO_HIGH,
+            f"spec.connectionLimit {spec.connection_limit} is above the maximum of this "
+            f"cluster ({bounds.maximum}, its spec.tenantConnectionLimit.maximum). Lower it, or "
+            "ask the cluster's owners; nothing was changed.",
+        )
+    return spec.connection_limit
 
+
+# -- ownership -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The ManagedDatabase whose record on the server holds a name."""
+
+    uid: str
     namespace: str
     name: str
-    created: str
-    database: str
-    owner: str
-    provisioned: bool
-    """Whether it already provisioned its names: it keeps them, whatever its age."""
-
-    def precedence(self) -> tuple[bool, str, str, str]:
-        return (not self.provisioned, self.created, self.namespace, self.name)
 
 
-def name_conflict(me: Claim, others: Iterable[Claim]) -> Verdict | None:
-    """Two ManagedDatabases may not share a database or owner role on one cluster: the one
-    that provisioned them keeps them, else the older (then the first by namespace/name); the
-    other is told why."""
-    for other in others:
-        if (other.namespace, other.name) == (me.namespace, me.name):
-            continue
-        if other.precedence() > me.precedence():
-            continue
-        clash = (
-            f"database {me.database}"
-            if other.database == me.database
-            else f"owner role {me.owner}"
-            if other.owner in (me.owner, me.database) or other.database == me.owner
-            else None
-        )
-        if clash:
-            return Verdict(
-                State.STALLED,
-                Reason.NAME_CONFLICT,
-                f"The {clash} is already provided by ManagedDatabase "
-                f"{other.namespace}/{other.name} on the same cluster. Choose another name; "
-                "nothing was created.",
+def ownership(
+    *,
+    namespace: str,
+    database: str,
+    owner: str,
+    record: DatabaseRecord | None,
+    holder: Holder | None,
+    database_exists: bool,
+    owner_exists: bool,
+) -> str | None:
+    """Why provisioning would touch something of the server that Vauban did not create for
+    this very ManagedDatabase, or None. Only the server's record decides: a role or database
+    that exists without a record for this object (another application's, a departed tenant's,
+    a neighbour's) is never taken over, whatever its attributes."""
+    if record is not None:
+        if (record.database, record.owner) != (database, owner):
+            return (
+                f"record of this ManagedDatabase on the server holds database "
+                f"{record.database} and owner {record.owner}, not {database} and {owner}"
             )
+        return None
+    if holder is not None:
+        who = (
+            f"ManagedDatabase {holder.namespace}/{holder.name}"
+            if holder.namespace == namespace
+            else "a ManagedDatabase of another namespace (or one deleted with Retain)"
+        )
+        return f"database {database} or role {owner} is already held by {who}"
+    if database_exists:
+        return f"database {database} already exists on the server and Vauban did not create it"
+    if owner_exists:
+        return f"role {owner} already exists on the server and Vauban did not create it"
     return None
 
 
@@ -137,14 +167,14 @@ def name_conflict(me: Claim, others: Iterable[Claim]) -> Verdict | None:
 
 
 def login_name(owner: str, generation: int) -> str:
-    """The n-th login role of an owner, within PostgreSQL's 63-byte names."""
-    return f"{owner[:52]}_login{generation}"
-
-
-def login_generation(owner: str, role: str) -> int | None:
-    prefix = f"{owner[:52]}_login"
-    suffix = role.removeprefix(prefix)
-    return int(suffix) if role.startswith(prefix) and suffix.isdigit() else None
+    """The n-th login role of an owner, within PostgreSQL's 63-byte names. Owners too long to
+    take the suffix are cut and given a digest of the full name, so two owners sharing a
+    prefix never share a login name."""
+    name = f"{owner}_login{generation}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(owner.encode()).hexdigest()[:8]
+    return f"{owner[:40]}_{digest}_login{generation}"
 
 
 @dataclass(frozen=True)
@@ -154,62 +184,69 @@ class CredentialsPlan:
     login: str
     """The login role the Secret names after this reconcile."""
 
-    new_password: bool
-    """Generate a password (a new login role), rather than use the Secret's."""
+    generation: int
+    new_login: bool
+    """Create `login` with a new password, rather than use the Secret's."""
 
-    retiring: tuple[str, ...]
-    """Former logins still working, until retire_after."""
+    retiring: Mapping[str, datetime]
+    """Former logins still working, each until its deadline."""
 
-    retire_after: datetime | None
     retire_now: tuple[str, ...]
-    """Former logins whose grace period is over: revoke them now."""
+    """Logins to drop now: their grace period is over, or no Secret ever named them."""
 
-    rotated: bool
+    @property
+    def rotated(self) -> bool:
+        return self.new_login
+
+    @property
+    def retire_after(self) -> datetime | None:
+        return min(self.retiring.values(), default=None)
 
 
 def plan_credentials(
     *,
     owner: str,
     secret_username: str | None,
-    existing_logins: Iterable[str],
-    retiring: Iterable[str],
-    retire_after: datetime | None,
-    last_rotation: datetime | None,
+    logins: Sequence[LoginRecord],
     rotate_token: str | None,
     acted_token: str | None,
+    last_rotation: datetime | None,
     rotation_period: str | None,
     grace_period: str,
     now: datetime,
 ) -> CredentialsPlan:
-    """The credentials step, from the Secret, the server's login roles and the status.
+    """The credentials step, from the Secret and the server's record of this database's
+    logins (never from status).
 
-    The Secret is the only source of a password: with no rotation due, its username and
-    password are used as they are (a login role missing on the server is recreated with
-    them), so a restart never brings back a stale password."""
-    logins = sorted(
-        (r for r in existing_logins if login_generation(owner, r) is not None),
-        key=lambda r: login_generation(owner, r) or 0,
-    )
+    The Secret is the only source of a password: with no rotation due, its login is used as
+    it is, so a restart never brings back a stale password. A login no Secret ever named
+    (a reconcile that failed after creating it) has a password no one knows: it is dropped
+    at once instead of piling up."""
+    by_role = {login.role: login for login in logins}
+    current = by_role.get(secret_username) if secret_username else None
     token_due = rotate_token is not None and rotate_token != acted_token
     period_due = (
         rotation_period is not None
         and last_rotation is not None
         and now >= last_rotation + timedelta(seconds=duration_seconds(rotation_period))
     )
-    rotate = secret_username is None or token_due or period_due
-    highest = max((login_generation(owner, r) or 0 for r in logins), default=0)
-    current = login_name(owner, highest + 1) if rotate else str(secret_username)
-    # Logins other than the current one: those already retiring keep their deadline, any
-    # other (the one just replaced, or one left by an interrupted rotation) gets a full grace.
-    others = [r for r in logins if r != current]
-    pending = set(retiring) & set(others)
-    fresh = [r for r in others if r not in pending]
-    deadline = retire_after if pending else None
-    if fresh:
-        deadline = now + timedelta(seconds=duration_seconds(grace_period))
-    if deadline is not None and now >= deadline:
-        return CredentialsPlan(current, rotate, (), None, tuple(sorted(others)), rotate)
-    return CredentialsPlan(current, rotate, tuple(sorted(others)), deadline, (), rotate)
+    if current is None or token_due or period_due:
+        generation = max((login.generation for login in logins), default=0) + 1
+        login, new = login_name(owner, generation), True
+    else:
+        generation, login, new = current.generation, current.role, False
+    grace = now + timedelta(seconds=duration_seconds(grace_period))
+    retiring: dict[str, datetime] = {}
+    retire_now: list[str] = []
+    for former in logins:
+        if former.role == login:
+            continue
+        deadline = former.retire_after or grace
+        if not former.published or now >= deadline:
+            retire_now.append(former.role)
+        else:
+            retiring[former.role] = deadline
+    return CredentialsPlan(login, generation, new, retiring, tuple(sorted(retire_now)))
 
 
 def timers_due(status: Mapping[str, Any], spec: Mapping[str, Any], now: datetime) -> bool:

@@ -1,4 +1,5 @@
-"""Read what a server has of one ManagedDatabase, and apply a plan to it."""
+"""Sessions on a server: the admin's, on Vauban's registry database, to read the catalog and
+apply plans; the tenant's, in its own database, for what must run there."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from vauban.engines.postgres.plan import Catalog, Plan, RoleState
-from vauban.engines.postgres.probe import ServerAddress, ssl_root_cert
+from vauban.engines.postgres import registry
+from vauban.engines.postgres.plan import Catalog, RoleState
+from vauban.engines.postgres.probe import PINNED_SEARCH_PATH, ServerAddress, ssl_root_cert
 
 logger = logging.getLogger(__name__)
 
@@ -28,18 +30,23 @@ class AdminCredentials:
 
 
 @contextlib.asynccontextmanager
-async def connect(admin: AdminCredentials, dbname: str = "postgres") -> AsyncIterator[Connection]:
-    with ssl_root_cert(admin.address.ca_pem) as root_cert:
+async def connect(
+    address: ServerAddress, username: str, password: str, dbname: str
+) -> AsyncIterator[Connection]:
+    """A session whose search_path is pinned at connect time (see PINNED_SEARCH_PATH): the
+    only way Vauban connects with a role of its own, admin or tenant."""
+    with ssl_root_cert(address.ca_pem) as root_cert:
         connection = await psycopg.AsyncConnection.connect(
-            host=admin.address.host,
-            port=admin.address.port,
-            user=admin.username,
-            password=admin.password,
+            host=address.host,
+            port=address.port,
+            user=username,
+            password=password,
             dbname=dbname,
-            sslmode=admin.address.ssl_mode,
+            sslmode=address.ssl_mode,
             sslrootcert=root_cert,
             connect_timeout=5,
             application_name="vauban",
+            options=PINNED_SEARCH_PATH,
             autocommit=True,
         )
         async with connection:
@@ -47,38 +54,39 @@ async def connect(admin: AdminCredentials, dbname: str = "postgres") -> AsyncIte
 
 
 class Server:
-    """One admin session on a server's `postgres` database, for everything a reconcile
-    reads and changes there: connecting costs more than the statements (TLS, SCRAM), so a
-    reconcile connects once, plus once into the database itself when a step must run there
-    (extensions)."""
+    """One admin session on the server's registry database, for everything a reconcile reads
+    and changes there: connecting costs more than the statements (TLS, SCRAM), so a reconcile
+    connects once. The admin never connects into a tenant's database."""
 
-    def __init__(self, admin: AdminCredentials, connection: Connection) -> None:
-        self._admin = admin
-        self._conn = connection
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        """On the registry database: engines.postgres.registry reads and writes through it."""
 
-    async def catalog(self, database: str, owner: str) -> Catalog:
-        conn = self._conn
+    async def catalog(self, database: str, roles: Collection[str]) -> Catalog:
+        """The state of `roles` (the owner, the logins) and of `database`, from the shared
+        catalogs: no session inside the database is needed."""
+        conn = self.connection
         rows: list[Any] = await (
             await conn.execute(
                 """
                 SELECT r.rolname, r.rolcanlogin, r.rolconnlimit, r.rolsuper,
-                       COALESCE(array_agg(o.rolname) FILTER (WHERE o.rolname IS NOT NULL), '{}'),
-                       (SELECT substring(c FROM '^role=(.*)$')
-                          FROM unnest(s.setconfig) AS c WHERE c LIKE 'role=%%')
-                  FROM pg_roles r
-                  LEFT JOIN pg_auth_members m ON m.member = r.oid
-                  LEFT JOIN pg_roles o ON o.oid = m.roleid
-                  LEFT JOIN pg_db_role_setting s ON s.setrole = r.oid AND s.setdatabase = 0
-                 WHERE r.rolname = %(owner)s OR r.rolname = current_user
-                    OR r.oid IN (SELECT member FROM pg_auth_members
-                                  WHERE roleid = (SELECT oid FROM pg_roles
-                                                   WHERE rolname = %(owner)s))
+                       COALESCE(pg_catalog.array_agg(o.rolname)
+                                FILTER (WHERE o.rolname IS NOT NULL), '{}'),
+                       (SELECT pg_catalog.substring(c, '^role=(.*)$')
+                          FROM pg_catalog.unnest(s.setconfig) AS c
+                         WHERE c OPERATOR(pg_catalog.~~) 'role=%%')
+                  FROM pg_catalog.pg_roles r
+                  LEFT JOIN pg_catalog.pg_auth_members m ON m.member = r.oid
+                  LEFT JOIN pg_catalog.pg_roles o ON o.oid = m.roleid
+                  LEFT JOIN pg_catalog.pg_db_role_setting s
+                         ON s.setrole = r.oid AND s.setdatabase = 0
+                 WHERE r.rolname = ANY(%(roles)s) OR r.rolname = CURRENT_USER
                  GROUP BY r.rolname, r.rolcanlogin, r.rolconnlimit, r.rolsuper, s.setconfig
                 """,
-                {"owner": owner},
+                {"roles": list(roles)},
             )
         ).fetchall()
-        roles = {
+        found = {
             str(name): RoleState(
                 can_login=bool(login),
                 connection_limit=int(limit),
@@ -90,7 +98,8 @@ class Server:
         }
         admin_row = await (
             await conn.execute(
-                "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user"
+                "SELECT CURRENT_USER, rolsuper FROM pg_catalog.pg_roles"
+                " WHERE rolname = CURRENT_USER"
             )
         ).fetchone()
         assert admin_row is not None
@@ -98,57 +107,39 @@ class Server:
         db_row = await (
             await conn.execute(
                 """
-                SELECT pg_get_userbyid(d.datdba),
-                       EXISTS (SELECT 1 FROM aclexplode(COALESCE(d.datacl,
-                                   acldefault('d', d.datdba))) a
+                SELECT pg_catalog.pg_get_userbyid(d.datdba),
+                       EXISTS (SELECT 1 FROM pg_catalog.aclexplode(COALESCE(d.datacl,
+                                   pg_catalog.acldefault('d', d.datdba))) a
                                 WHERE a.grantee = 0 AND a.privilege_type = 'CONNECT')
-                  FROM pg_database d WHERE d.datname = %s
+                  FROM pg_catalog.pg_database d WHERE d.datname = %s
                 """,
                 (database,),
             )
         ).fetchone()
-        extensions: frozenset[str] = frozenset()
-        if db_row is not None:
-            async with connect(self._admin, database) as db:
-                names = await (await db.execute("SELECT extname FROM pg_extension")).fetchall()
-                extensions = frozenset(str(n) for (n,) in names)
-        admin_roles = roles.get(admin_name)
+        admin_roles = found.get(admin_name)
         return Catalog(
-            roles={k: v for k, v in roles.items() if k != admin_name or k == owner},
+            roles={k: v for k, v in found.items() if k != admin_name or k in roles},
             database_owner=None if db_row is None else str(db_row[0]),
             public_can_connect=bool(db_row[1]) if db_row else False,
-            extensions=extensions,
             admin=admin_name,
             admin_is_superuser=superuser,
             admin_member_of=admin_roles.member_of if admin_roles else frozenset(),
         )
 
-    async def apply(self, database: str, owner: str, plan: Plan) -> None:
-        """Run a plan, phase by phase. Statements are never logged: one may carry a password
-        verifier."""
-        await self.run(plan.server)
-        if plan.database:
-            async with connect(self._admin, database) as conn:
-                catalog_admin = await (
-                    await conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-                ).fetchone()
-                if not (catalog_admin and catalog_admin[0]):
-                    await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
-                await _run(conn, plan.database)
-        await self.run(plan.retire)
-
     async def run(self, statements: Sequence[sql.Composed]) -> None:
-        await _run(self._conn, statements)
+        """Statements are never logged: one may carry a password verifier."""
+        await _run(self.connection, statements)
 
     async def usage(self, databases: Collection[str], logins: Collection[str] = ()) -> Usage:
         """Size and sessions of many databases, and which of `logins` may still log in: at
         most two statements, however many databases the server holds."""
-        rows = await (await self._conn.execute(_USAGE, (list(databases),))).fetchall()
+        rows = await (await self.connection.execute(_USAGE, (list(databases),))).fetchall()
         found: frozenset[str] = frozenset()
         if logins:
             roles = await (
-                await self._conn.execute(
-                    "SELECT rolname FROM pg_roles WHERE rolcanlogin AND rolname = ANY(%s)",
+                await self.connection.execute(
+                    "SELECT rolname FROM pg_catalog.pg_roles"
+                    " WHERE rolcanlogin AND rolname = ANY(%s)",
                     (list(logins),),
                 )
             ).fetchall()
@@ -164,8 +155,49 @@ class Server:
 
 @contextlib.asynccontextmanager
 async def session(admin: AdminCredentials) -> AsyncIterator[Server]:
-    async with connect(admin) as connection:
-        yield Server(admin, connection)
+    """The admin's session on the registry database, which is created on first use."""
+    address, user, password = admin.address, admin.username, admin.password
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            conn = await stack.enter_async_context(
+                connect(address, user, password, registry.DATABASE)
+            )
+        except psycopg.OperationalError:
+            # libpq tells "no such database" and "no CONNECT privilege" only in a (localised)
+            # message: prepare the registry from `postgres`, which is idempotent, then connect
+            # again. A server that does not answer fails here a second time, as it should.
+            async with connect(address, user, password, "postgres") as maintenance:
+                await registry.prepare(maintenance)
+            conn = await stack.enter_async_context(
+                connect(address, user, password, registry.DATABASE)
+            )
+        await registry.ensure_schema(conn)
+        yield Server(conn)
+
+
+class TenantSession:
+    """A session of the tenant's own login in its own database: what must run there runs
+    with the tenant's privileges and nothing more."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._conn = connection
+
+    async def extensions(self) -> frozenset[str]:
+        rows = await (
+            await self._conn.execute("SELECT extname FROM pg_catalog.pg_extension")
+        ).fetchall()
+        return frozenset(str(name) for (name,) in rows)
+
+    async def run(self, statements: Sequence[sql.Composed]) -> None:
+        await _run(self._conn, statements)
+
+
+@contextlib.asynccontextmanager
+async def tenant_session(
+    address: ServerAddress, username: str, password: str, database: str
+) -> AsyncIterator[TenantSession]:
+    async with connect(address, username, password, database) as conn:
+        yield TenantSession(conn)
 
 
 async def _run(conn: Connection, statements: Sequence[sql.Composed]) -> None:
@@ -194,10 +226,10 @@ class Usage:
 # size is left out rather than failing the query for every database of the server.
 _USAGE = """
 SELECT d.datname,
-       CASE WHEN has_database_privilege(d.oid, 'CONNECT')
-                 OR pg_has_role('pg_read_all_stats', 'USAGE')
-            THEN pg_database_size(d.oid) END,
-       (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid)
-  FROM pg_database d
+       CASE WHEN pg_catalog.has_database_privilege(d.oid, 'CONNECT')
+                 OR pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+            THEN pg_catalog.pg_database_size(d.oid) END,
+       (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a WHERE a.datid = d.oid)
+  FROM pg_catalog.pg_database d
  WHERE d.datname = ANY(%s)
 """

@@ -2,11 +2,14 @@
 statements, with identifiers quoted by psycopg's sql module — never string formatting.
 
 An empty plan means the server already matches: applying twice changes nothing.
-The plan runs in three phases, because CREATE DATABASE cannot run in a transaction block and
-extensions live inside the tenant's database:
-  server   on the maintenance database: roles, the database, its privileges
-  database on the tenant's database: extensions
-  retire   on the maintenance database: logins being retired
+The plan runs in two phases on the operator's own maintenance database (the registry's, which
+no tenant may enter), because CREATE DATABASE cannot run in a transaction block:
+  server   roles, the database, its privileges
+  retire   logins being retired
+Extensions live inside the tenant's database: their statements (`extensions_plan`) run in a
+session of the tenant's own login, never the admin's, so nothing a tenant planted there
+(functions, operators, event-less triggers, a search_path) ever runs with more than the
+tenant's privileges.
 """
 
 from __future__ import annotations
@@ -41,7 +44,6 @@ class Catalog:
     """None when the database does not exist."""
 
     public_can_connect: bool = False
-    extensions: frozenset[str] = frozenset()
     admin: str = ""
     admin_is_superuser: bool = False
     admin_member_of: frozenset[str] = frozenset()
@@ -63,10 +65,6 @@ class Desired:
     owner: str
     login: Login
     connection_limit: int = -1
-    extensions: frozenset[str] = frozenset()
-    managed_extensions: frozenset[str] = frozenset()
-    """Extensions Vauban created before: only those are dropped when removed from the spec."""
-
     retire: frozenset[str] = frozenset()
     """Former login roles whose grace period is over."""
 
@@ -74,37 +72,23 @@ class Desired:
 @dataclass(frozen=True)
 class Plan:
     server: list[sql.Composed] = field(default_factory=list)
-    database: list[sql.Composed] = field(default_factory=list)
     retire: list[sql.Composed] = field(default_factory=list)
+    database: list[sql.Composed] = field(default_factory=list)
+    """Run as the tenant, in its database: see extensions_plan."""
 
     def __bool__(self) -> bool:
-        return bool(self.server or self.database or self.retire)
+        return bool(self.server or self.retire or self.database)
 
     def summary(self) -> list[str]:
         """One line per statement for Events and logs: the verb and object, never a value."""
         lines = []
-        for statement in [*self.server, *self.database, *self.retire]:
+        for statement in [*self.server, *self.retire, *self.database]:
             lines.append(statement.as_string().split(" PASSWORD ", 1)[0])
         return lines
 
 
 def _id(name: str) -> sql.Identifier:
     return sql.Identifier(name)
-
-
-def takeover(desired: Desired, catalog: Catalog) -> str | None:
-    """Why provisioning would take over something of the server that Vauban did not create
-    (another application's database or role), or None. Only asked before the first
-    provisioning: afterwards the names are this ManagedDatabase's own."""
-    if catalog.database_owner is not None and catalog.database_owner != desired.owner:
-        return (
-            f"database {desired.database} already exists on the server and belongs to role "
-            f"{catalog.database_owner}"
-        )
-    owner = catalog.roles.get(desired.owner)
-    if owner is not None and (owner.can_login or owner.superuser):
-        return f"role {desired.owner} already exists on the server and can log in"
-    return None
 
 
 def plan(desired: Desired, catalog: Catalog) -> Plan:
@@ -115,7 +99,9 @@ def plan(desired: Desired, catalog: Catalog) -> Plan:
     if owner not in catalog.roles:
         result.server.append(sql.SQL("CREATE ROLE {} NOLOGIN").format(_id(owner)))
     if not catalog.admin_is_superuser and owner not in catalog.admin_member_of:
-        # The admin acts as the owner inside the database (trusted extensions need it).
+        # A non-superuser admin may create a database owned by the owner role, and drop it
+        # (deletionPolicy Delete), only as one of its members. It never enters the tenant's
+        # database, so the membership lends it nothing a tenant could turn against it.
         result.server.append(sql.SQL("GRANT {} TO {}").format(_id(owner), _id(catalog.admin)))
 
     current = catalog.roles.get(login)
@@ -157,28 +143,45 @@ def plan(desired: Desired, catalog: Catalog) -> Plan:
             sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(_id(database))
         )
 
-    for extension in sorted(desired.extensions - catalog.extensions):
-        result.database.append(sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(_id(extension)))
-    removed = (desired.managed_extensions - desired.extensions) & catalog.extensions
-    for extension in sorted(removed):
-        # No CASCADE: if tenant objects use it, the drop fails and says so.
-        result.database.append(sql.SQL("DROP EXTENSION {}").format(_id(extension)))
-
     for role in sorted(desired.retire - {login, owner}):
         if role in catalog.roles:
             result.retire.extend(retire_login(role))
     return result
 
 
-def retire_login(role: str) -> list[sql.Composed]:
-    """Revoke a login: refuse new sessions, end the open ones, drop the role."""
+def extensions_plan(
+    wanted: frozenset[str], managed: frozenset[str], present: frozenset[str]
+) -> list[sql.Composed]:
+    """Create what the spec lists and the database lacks; drop what Vauban created (`managed`)
+    and the spec no longer lists. Only trusted extensions are allowed by the API: the tenant's
+    owner role may create them itself."""
+    statements = [
+        # Into public, named: the session's search_path holds only pg_catalog and pg_temp.
+        sql.SQL("CREATE EXTENSION IF NOT EXISTS {} SCHEMA public").format(_id(extension))
+        for extension in sorted(wanted - present)
+    ]
+    # No CASCADE: if tenant objects use it, the drop fails and says so.
+    statements += [
+        sql.SQL("DROP EXTENSION {}").format(_id(extension))
+        for extension in sorted((managed - wanted) & present)
+    ]
+    return statements
+
+
+def suspend_login(role: str) -> list[sql.Composed]:
+    """Refuse new sessions of a login and end the open ones; the role stays."""
     return [
         sql.SQL("ALTER ROLE {} NOLOGIN").format(_id(role)),
-        sql.SQL("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = {}").format(
-            sql.Literal(role)
-        ),
-        sql.SQL("DROP ROLE IF EXISTS {}").format(_id(role)),
+        sql.SQL(
+            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity"
+            " WHERE usename = {}"
+        ).format(sql.Literal(role)),
     ]
+
+
+def retire_login(role: str) -> list[sql.Composed]:
+    """Revoke a login: refuse new sessions, end the open ones, drop the role."""
+    return [*suspend_login(role), sql.SQL("DROP ROLE IF EXISTS {}").format(_id(role))]
 
 
 def drop_database(database: str, roles: list[str]) -> list[sql.Composed]:

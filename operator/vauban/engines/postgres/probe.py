@@ -30,6 +30,11 @@ STATEMENT_TIMEOUT_MS = 3000
 HEALTH_DEADLINE_SECONDS = 10.0
 """All the load queries together; what was not read by then is left out."""
 
+PINNED_SEARCH_PATH = "-c search_path=pg_catalog,pg_temp"
+"""libpq `options` of every privileged session. Pinned in the startup packet, which takes
+precedence over what a role or database may set (ALTER ROLE/DATABASE ... SET search_path): no
+object a tenant creates can shadow a catalog name, function or operator the operator uses."""
+
 # SQLSTATE class 28: invalid authorization (wrong password, no pg_hba entry for the role).
 _AUTH_SQLSTATES = ("28000", "28P01")
 
@@ -78,6 +83,7 @@ async def probe(
                     sslrootcert=root_cert,
                     connect_timeout=connect_timeout,
                     application_name="vauban",
+                    options=PINNED_SEARCH_PATH,
                     autocommit=True,
                 )
                 async with connection:
