@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from support.kube import KubeCtl
+from vauban.devcluster.build import ensure_binaries
 from vauban.devcluster.realnode import API_IP, RealCluster, unavailable_reason
 from vauban.devcluster.s3 import S3Server
 
@@ -58,12 +58,6 @@ def real_cluster() -> Iterator[RealCluster]:
 
 
 @pytest.fixture(scope="session")
-def kubeconfig(real_cluster: RealCluster) -> Path:
-    """The root conftest's `kube` and `namespace` fixtures then act on the real cluster."""
-    return real_cluster.kubeconfig
-
-
-@pytest.fixture(scope="session")
 def object_store(real_cluster: RealCluster) -> Iterator[S3Server]:
     """versitygw inside the cluster's namespace: backups go there from real pods."""
     server = S3Server(netns=real_cluster.netns_path, host=API_IP, port=S3_PORT)
@@ -84,5 +78,7 @@ def stack(real_cluster: RealCluster, object_store: S3Server) -> RealCluster:
 
 
 @pytest.fixture(scope="session")
-def kube_e2e(stack: RealCluster, kube: KubeCtl) -> KubeCtl:
-    return kube
+def kube_e2e(stack: RealCluster) -> KubeCtl:
+    """kubectl on the real-node cluster. Not the root conftest's `kube` (session-scoped: the
+    other tiers' control plane)."""
+    return KubeCtl(str(ensure_binaries().kubectl), stack.kubeconfig)
