@@ -7,6 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
+# Where pods run: real (containers in a network namespace of the project's; root, Linux, the
+# Debian packages .ci/run installs), kwok (fake nodes), or auto: real where the machine can.
+NODE ?= auto
 
 .PHONY: help
 help: ## list the targets
@@ -22,8 +25,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## create .venv with Vauban and its development tools
 
 .PHONY: binaries
-binaries: venv ## build (once, cached in ~/.cache/vauban) the control plane and test tools
-	$(BIN)/vauban dev build
+binaries: venv ## build (once, cached in ~/.cache/vauban) the cluster, its images and test tools
+	$(BIN)/vauban dev build --node $(NODE)
 
 .PHONY: crds
 crds: venv ## regenerate crds/ from the API models
@@ -42,12 +45,16 @@ unit: venv ## fast tests of the pure logic
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: test
-test: lint binaries ## the whole suite: lint, unit, and integration against a real control plane
+test: lint binaries ## the whole suite: lint, unit, integration, and end to end on the real node
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+.PHONY: e2e
+e2e: binaries ## the end-to-end tier only (tests/e2e, real node)
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
 .PHONY: run
-run: binaries ## run the operator (on a local control plane unless VAUBAN_KUBECONFIG is set), with samples/
-	$(BIN)/vauban dev run --samples samples
+run: binaries ## run Vauban on a local cluster (unless VAUBAN_KUBECONFIG is set), with samples/
+	$(BIN)/vauban dev run --node $(NODE) --samples samples
 
 .PHONY: clean
 clean: ## remove the virtualenv and local state (not the binary cache)

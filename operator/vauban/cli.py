@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,9 +106,13 @@ def _compliance_report(args: argparse.Namespace) -> int:
 
 
 def _dev_run(args: argparse.Namespace) -> int:
-    from vauban.devrun import dev_run
+    from vauban.devcluster.cli import real_node_wanted
+    from vauban.devrun import dev_run, dev_run_real
 
-    return dev_run(Path(args.crds), Path(args.samples) if args.samples else None)
+    samples = Path(args.samples) if args.samples else None
+    if not os.environ.get("VAUBAN_KUBECONFIG") and real_node_wanted(args.node):
+        return dev_run_real(samples)
+    return dev_run(Path(args.crds), samples)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -150,6 +155,13 @@ def parser() -> argparse.ArgumentParser:
     )
     dev_run.add_argument("--crds", default="crds", help="CRD files to install first")
     dev_run.add_argument("--samples", help="folder of manifests to apply once the CRDs are in")
+    dev_run.add_argument(
+        "--node",
+        choices=("auto", "real", "kwok"),
+        default="kwok",
+        help="real: Vauban installed by its chart on the real node, pods run for real; kwok: "
+        "the operator as a process, fake nodes; auto: real where the machine can",
+    )
     dev_run.set_defaults(func=_dev_run)
 
     from vauban.backup.agent import register as register_agent

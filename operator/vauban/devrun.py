@@ -1,7 +1,9 @@
-"""`make run`: the operator on a local control plane, with the CRDs and samples applied.
+"""`make run`: the operator on a local cluster, with the CRDs and samples applied.
 
-When VAUBAN_KUBECONFIG names a cluster, that cluster is used as it is; otherwise a local
-control plane is started on 127.0.0.1 and stopped again when the operator stops.
+When VAUBAN_KUBECONFIG names a cluster, that cluster is used as it is. Otherwise, on the real
+node (`dev_run_real`), Vauban is installed by its chart with images built from this checkout
+and its pods, CloudNativePG's and PostgreSQL's run for real; with kwok's fake nodes
+(`dev_run`), the operator runs here as a process against a control plane on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -199,4 +201,75 @@ def dev_run(crds: Path, samples: Path | None) -> int:
             contextlib.suppress(KeyboardInterrupt),
         ):
             asyncio.run(run(settings.model_copy(update={"kubeconfig": kubeconfig})))
+    return 0
+
+
+def dev_run_real(samples: Path | None) -> int:
+    """The real node: CloudNativePG and Vauban (by its chart) in a cluster whose pods run,
+    the samples applied, and their status shown as it changes until Ctrl-C. The samples'
+    servers (the external sample's PostgreSQL, the bucket) listen in the cluster's network
+    namespace, where pods reach them: their 127.0.0.1 becomes that namespace's address."""
+    import time
+
+    from vauban.devcluster import ensure_binaries
+    from vauban.devcluster.postgres import PostgresServer
+    from vauban.devcluster.realnode import API_IP, RealCluster
+    from vauban.devcluster.s3 import S3Server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    kubectl_binary = ensure_binaries().kubectl
+    (LOCAL / "bin").mkdir(parents=True, exist_ok=True)
+    link = LOCAL / "bin" / "kubectl"
+    link.unlink(missing_ok=True)
+    link.symlink_to(kubectl_binary)
+    with contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(RealCluster(nodes=3))
+        kubeconfig = LOCAL / "kubeconfig"
+        kubeconfig.write_bytes(cluster.kubeconfig.read_bytes())
+        kubeconfig.chmod(0o600)
+        kubeconfig = kubeconfig.resolve()
+        access_key, secret_key = SAMPLE_S3_CREDENTIALS
+        bucket = S3Server(
+            netns=cluster.netns_path,
+            host=API_IP,
+            port=SAMPLE_S3_PORT,
+            access_key=access_key,
+            secret_key=secret_key,
+        )
+        stack.callback(bucket.destroy)
+        bucket.start()
+        bucket.create_bucket(SAMPLE_BUCKET)
+        try:
+            server = PostgresServer(port=SAMPLE_SERVER_PORT, netns=cluster.netns_path, host=API_IP)
+        except RuntimeError as e:
+            logger.warning("no PostgreSQL for the external sample: %s", e)
+        else:
+            stack.callback(server.destroy)
+            server.start()
+            server.create_role(*SAMPLE_ADMIN, "CREATEROLE", "CREATEDB")
+        cluster.install_stack(object_storage_ports=[SAMPLE_S3_PORT])
+        for sample in sorted(samples.glob("*.yaml")) if samples is not None else []:
+            text = sample.read_text(encoding="utf-8").replace("127.0.0.1", API_IP)
+            kubectl(kubectl_binary, kubeconfig, "apply", "-f", "-", stdin=text)
+        print(
+            "\nVauban runs in the cluster (namespace vauban-system). In another terminal:\n"
+            f"  export KUBECONFIG={kubeconfig} PATH={LOCAL.resolve() / 'bin'}:$PATH\n"
+            "  kubectl get mdbc,mdb,mbk -A; kubectl get pods -A -o wide\n"
+            "  kubectl -n vauban-system logs -f deploy/vauban\n"
+            "Stop with Ctrl-C.\n",
+            flush=True,
+        )
+        shown = ""
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                current = subprocess.run(
+                    [str(kubectl_binary), f"--kubeconfig={kubeconfig}", "get", "mdbc,mdb", "-A"],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                ).stdout
+                if current != shown:
+                    print(time.strftime("%H:%M:%S"), current, sep="\n", flush=True)
+                    shown = current
+                time.sleep(5)
     return 0

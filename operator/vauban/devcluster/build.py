@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,10 @@ KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
 VERSITYGW_VERSION = "v1.8.0"
 PROMETHEUS_VERSION = "v0.316.0"
+COREDNS_VERSION = "v1.15.0"
+CLOUDNATIVEPG_VERSION = "v1.30.1"
+PAUSE_VERSION = "v1"
+"""Vauban's own sandbox program (tools/pause): bump it when main.go changes."""
 
 # operator/vauban/devcluster/build.py -> the repository root.
 TOOLS = Path(__file__).resolve().parents[3] / "tools"
@@ -47,6 +52,13 @@ class Component:
     """Binary name -> Go package that builds it."""
 
     ldflags: str = "-s -w"
+
+    from_assets: bool = True
+    """Whether KUBEBUILDER_ASSETS may provide its binaries (Kubernetes' and etcd's names)."""
+
+    prepare: Callable[[Path], None] | None = None
+    """Called with a scratch copy of the wrapper module, built instead of the module itself
+    (CloudNativePG's shimmed dependencies are copied there)."""
 
     @property
     def folder(self) -> str:
@@ -121,6 +133,129 @@ TOOLS_COMPONENTS = (
 )
 
 
+# -- the real node (`vauban dev up --node real`) ------------------------------------------------
+
+# CloudNativePG v1.30.1 needs these two at v0.6.0, which the Go module proxy refuses (403):
+# their v0.5.0 is built instead, with tools/cloudnative-pg/shims/ (see its README.md).
+CLOUDNATIVEPG_SHIMMED = {
+    "github.com/cloudnative-pg/machinery": ("v0.6.0", "v0.5.0"),
+    "github.com/cloudnative-pg/barman-cloud": ("v0.6.0", "v0.5.0"),
+}
+# The one edit of v0.5.0 source: ConfigureLogging takes v0.6.0's (ignored) options.
+CLOUDNATIVEPG_EDITS = {
+    ("github.com/cloudnative-pg/machinery", "pkg/log/flags.go"): (
+        "func (l *Flags) ConfigureLogging() {",
+        "func (l *Flags) ConfigureLogging(_ ...ConfigureOption) {",
+    ),
+}
+
+
+def _served(module: str, version: str) -> bool:
+    go = shutil.which("go") or "go"
+    result = subprocess.run(
+        [go, "mod", "download", "-json", f"{module}@{version}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=TOOLS / "kwok",
+    )
+    return result.returncode == 0
+
+
+def _shim_cloudnativepg(module_dir: Path) -> None:
+    """Fill `.shimmed/` of a scratch copy of tools/cloudnative-pg: each refused dependency's
+    served version, plus the shims. Fails loudly when the shims are no longer needed."""
+    served = [
+        f"{m}@{wanted}" for m, (wanted, _) in CLOUDNATIVEPG_SHIMMED.items() if _served(m, wanted)
+    ]
+    if served:
+        raise BuildError(
+            f"the Go module proxy now serves {', '.join(served)}: CloudNativePG's compatibility "
+            "shims are no longer needed. Delete tools/cloudnative-pg/shims/ and the replace "
+            "directives of tools/cloudnative-pg/go.mod (and CLOUDNATIVEPG_SHIMMED here)."
+        )
+    for module, (_, version) in CLOUDNATIVEPG_SHIMMED.items():
+        short = module.rsplit("/", 1)[-1]
+        copy = module_dir / ".shimmed" / short
+        shutil.copytree(module_source(module, version), copy)
+        for path in [copy, *copy.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)  # the module cache is read-only
+        for shim in (module_dir / "shims" / short).rglob("*.go"):
+            destination = copy / shim.relative_to(module_dir / "shims" / short)
+            if destination.exists():
+                raise BuildError(f"{module}@{version} already has {destination.name}")
+            shutil.copyfile(shim, destination)
+        for (edited, name), (before, after) in CLOUDNATIVEPG_EDITS.items():
+            if edited != module:
+                continue
+            source = copy / name
+            text = source.read_text(encoding="utf-8")
+            if text.count(before) != 1:
+                raise BuildError(
+                    f"{module}@{version}/{name} no longer has {before!r}: revisit "
+                    "tools/cloudnative-pg/shims/README.md"
+                )
+            source.write_text(text.replace(before, after), encoding="utf-8")
+
+
+NODE_COMPONENTS = (
+    # Its own folder, so the control plane's cached binaries stay valid.
+    Component(
+        name="kubernetes-node",
+        version=KUBERNETES_VERSION,
+        module="kube",
+        packages={
+            "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+            "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
+        },
+        ldflags=_version_ldflags(KUBERNETES_VERSION),
+    ),
+    Component(
+        name="coredns",
+        version=COREDNS_VERSION,
+        module="coredns",
+        packages={"coredns": "github.com/coredns/coredns"},
+    ),
+    # Go programs that go into images, not onto the host.
+    Component(
+        name="cloudnative-pg",
+        version=CLOUDNATIVEPG_VERSION,
+        module="cloudnative-pg",
+        packages={"manager": "github.com/cloudnative-pg/cloudnative-pg/cmd/manager"},
+        from_assets=False,
+        prepare=_shim_cloudnativepg,
+    ),
+    Component(
+        name="pause",
+        version=PAUSE_VERSION,
+        module="pause",
+        packages={"pause": "."},
+        from_assets=False,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class NodeBinaries:
+    kubelet: Path
+    kube_proxy: Path
+    coredns: Path
+    cloudnativepg_manager: Path
+    pause: Path
+
+
+def ensure_node_binaries() -> NodeBinaries:
+    """What the real node builds from Go modules (cached like the control plane)."""
+    found = _ensure(NODE_COMPONENTS)
+    return NodeBinaries(
+        kubelet=found["kubelet"],
+        kube_proxy=found["kube-proxy"],
+        coredns=found["coredns"],
+        cloudnativepg_manager=found["manager"],
+        pause=found["pause"],
+    )
+
+
 @dataclass(frozen=True)
 class Binaries:
     etcd: Path
@@ -160,21 +295,26 @@ def _go_build(component: Component, target: Path) -> None:
     if go is None:
         raise BuildError("the Go toolchain (go) is needed to build the local control plane")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{component.folder}-", dir=target.parent))
     # One `go build` for all of a component's commands: the package graph is loaded once and
     # the (slow) links run in parallel. A lone command is named explicitly, since Go would
     # call etcd's `.../server/v3` "server".
-    if len(component.packages) == 1:
-        output = str(staging / next(iter(component.packages)))
-    else:
-        output = f"{staging}{os.sep}"
-    command = [go, "build", "-trimpath", "-ldflags", component.ldflags, "-o", output]
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -buildvcs=false"}
     started = time.monotonic()
     logger.info(
         "building %s %s (first time only; minutes on 2 cores)", component.name, component.version
     )
+    staging = Path(tempfile.mkdtemp(prefix=f".{component.folder}-", dir=target.parent))
+    scratch: Path | None = None
     try:
+        if component.prepare is not None:
+            scratch = Path(tempfile.mkdtemp(prefix=f"vauban-{component.name}-"))
+            module = Path(shutil.copytree(module, scratch / component.module))
+            component.prepare(module)
+        if len(component.packages) == 1:
+            output = str(staging / next(iter(component.packages)))
+        else:
+            output = f"{staging}{os.sep}"
+        command = [go, "build", "-trimpath", "-ldflags", component.ldflags, "-o", output]
         result = subprocess.run(
             [*command, *component.packages.values()],
             cwd=module,
@@ -197,6 +337,8 @@ def _go_build(component: Component, target: Path) -> None:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     logger.info(
         "built %s %s in %.0f s", component.name, component.version, time.monotonic() - started
     )
@@ -209,7 +351,7 @@ def _ensure(components: tuple[Component, ...]) -> dict[str, Path]:
         target = bin_dir / component.folder
         missing = []
         for binary in component.packages:
-            prebuilt = _prebuilt(binary)
+            prebuilt = _prebuilt(binary) if component.from_assets else None
             if prebuilt is not None:
                 found[binary] = prebuilt
             elif _executable(target / binary):
@@ -238,9 +380,10 @@ def ensure_tool(name: str) -> Path:
     raise KeyError(f"no tool named {name!r}")
 
 
-def ensure_all() -> dict[str, Path]:
-    """The control plane's binaries and every tool: what `make test` needs."""
-    return _ensure(COMPONENTS + TOOLS_COMPONENTS)
+def ensure_all(*, real_node: bool = False) -> dict[str, Path]:
+    """The control plane's binaries and every tool: what `make test` needs; with `real_node`,
+    also what the real node builds from Go modules."""
+    return _ensure(COMPONENTS + TOOLS_COMPONENTS + (NODE_COMPONENTS if real_node else ()))
 
 
 def module_source(module: str, version: str) -> Path:

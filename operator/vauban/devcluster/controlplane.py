@@ -286,37 +286,9 @@ class LocalControlPlane(Managed):
         return context
 
     def _write_kubeconfig(self, certs: pki.Pki) -> None:
-        def b64(path: Path) -> str:
-            return base64.b64encode(path.read_bytes()).decode()
-
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": CONTEXT,
-                    "cluster": {
-                        "server": self.server,
-                        "certificate-authority-data": b64(certs.ca_cert),
-                    },
-                }
-            ],
-            "users": [
-                {
-                    "name": "vauban-admin",
-                    "user": {
-                        "client-certificate-data": b64(certs.admin_cert),
-                        "client-key-data": b64(certs.admin_key),
-                    },
-                }
-            ],
-            "contexts": [
-                {"name": CONTEXT, "context": {"cluster": CONTEXT, "user": "vauban-admin"}}
-            ],
-            "current-context": CONTEXT,
-        }
-        self.kubeconfig.write_text(yaml.safe_dump(config), encoding="utf-8")
-        self.kubeconfig.chmod(0o600)
+        write_kubeconfig(
+            self.kubeconfig, self.server, certs.ca_cert, certs.admin_cert, certs.admin_key
+        )
 
     def _write_kwok_stages(self) -> Path:
         source = module_source("sigs.k8s.io/kwok", KWOK_VERSION) / "kustomize" / "stage"
@@ -383,6 +355,36 @@ class LocalControlPlane(Managed):
         )
         if result.returncode != 0:
             raise ControlPlaneError(f"could not create nodes and storage class:\n{result.stderr}")
+
+
+def write_kubeconfig(
+    path: Path, server: str, ca: Path, cert: Path, key: Path, user: str = "vauban-admin"
+) -> None:
+    """A kubeconfig with one context (CONTEXT), authenticated by a client certificate."""
+
+    def b64(file: Path) -> str:
+        return base64.b64encode(file.read_bytes()).decode()
+
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": CONTEXT,
+                "cluster": {"server": server, "certificate-authority-data": b64(ca)},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {"client-certificate-data": b64(cert), "client-key-data": b64(key)},
+            }
+        ],
+        "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT, "user": user}}],
+        "current-context": CONTEXT,
+    }
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    path.chmod(0o600)
 
 
 def _without_agent_pods(stage: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -30,6 +31,8 @@ class Pki:
     admin_key: Path
     service_account_key: Path
     service_account_public: Path
+    clients: dict[str, tuple[Path, Path]] = field(default_factory=dict)
+    """Further client certificates by name: (certificate, key)."""
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -80,6 +83,7 @@ def certificate_authority(
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -119,15 +123,29 @@ def leaf_certificate(
         .not_valid_after(ca.not_valid_after_utc)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        # Python 3.13 verifies strictly (VERIFY_X509_STRICT): the key identifiers are needed.
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     if san is not None:
         builder = builder.add_extension(san, critical=False)
     return builder.sign(ca_key, hashes.SHA256()), key
 
 
-def create(directory: Path, *, service_ip: str) -> Pki:
-    """A CA, the apiserver's serving certificate, an admin client certificate (group
-    system:masters) and the service-account signing key pair."""
+def create(
+    directory: Path,
+    *,
+    service_ip: str,
+    extra_ips: Iterable[str] = (),
+    clients: Mapping[str, tuple[str, str | None]] | None = None,
+) -> Pki:
+    """A CA, the apiserver's serving certificate (for 127.0.0.1, the Service IP and
+    `extra_ips`), an admin client certificate (group system:masters), the service-account
+    signing key pair, and a client certificate for each of `clients` (name: (common name,
+    organization)), e.g. a kubelet's system:node:<name> in system:nodes."""
     directory.mkdir(parents=True, exist_ok=True)
     ca, ca_key = certificate_authority("vauban-local-ca")
     server, server_key = leaf_certificate(
@@ -139,6 +157,7 @@ def create(directory: Path, *, service_ip: str) -> Pki:
             [
                 x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                 x509.IPAddress(ipaddress.ip_address(service_ip)),
+                *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
                 x509.DNSName("localhost"),
                 x509.DNSName("kubernetes"),
                 x509.DNSName("kubernetes.default"),
@@ -151,6 +170,14 @@ def create(directory: Path, *, service_ip: str) -> Pki:
         ca, ca_key, name("vauban-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH
     )
     service_account = new_key()
+    issued: dict[str, tuple[Path, Path]] = {}
+    for client, (common_name, organization) in (clients or {}).items():
+        cert, key = leaf_certificate(
+            ca, ca_key, name(common_name, organization), ExtendedKeyUsageOID.CLIENT_AUTH
+        )
+        issued[client] = (directory / f"{client}.crt", directory / f"{client}.key")
+        write_cert(issued[client][0], cert)
+        write_key(issued[client][1], key)
 
     pki = Pki(
         ca_cert=directory / "ca.crt",
@@ -160,6 +187,7 @@ def create(directory: Path, *, service_ip: str) -> Pki:
         admin_key=directory / "admin.key",
         service_account_key=directory / "sa.key",
         service_account_public=directory / "sa.pub",
+        clients=issued,
     )
     write_cert(pki.ca_cert, ca)
     write_cert(pki.server_cert, server)

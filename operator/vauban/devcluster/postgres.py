@@ -37,7 +37,13 @@ class PostgresServer:
     """initdb, then postgres listening on 127.0.0.1 only, with SCRAM passwords over TCP and
     trust on its private Unix socket (for the suite's own setup)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, *, netns: Path | None = None, host: str = "127.0.0.1"
+    ) -> None:
+        """With `netns` (the real node's namespace), it listens on `host` there, for pods;
+        this machine still reaches it through its Unix socket."""
+        self.netns = netns
+        self.host = host
         self.bindir = _bindir()
         self.root = Path(tempfile.mkdtemp(prefix="vauban-pg-"))
         self.data = self.root / "data"
@@ -76,13 +82,18 @@ class PostgresServer:
             capture_output=True,
         )
         (self.data / "pg_hba.conf").write_text(
-            "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n", encoding="utf-8"
+            # In the real node's namespace, its clients are pods (10.244.0.0/16): the namespace
+            # has no route out, so no other client exists.
+            "local all all trust\n"
+            f"host all all {'0.0.0.0/0' if self.netns else '127.0.0.1/32'} scram-sha-256\n",
+            encoding="utf-8",
         )
 
     def start(self) -> None:
         log = (self.root / "postgres.log").open("ab")
         self.process = subprocess.Popen(
             [
+                *(["nsenter", f"--net={self.netns}", "--"] if self.netns else []),
                 *self._as_user,
                 str(self.bindir / "postgres"),
                 "-D",
@@ -92,7 +103,7 @@ class PostgresServer:
                 "-k",
                 str(self.root),
                 "-c",
-                "listen_addresses=127.0.0.1",
+                f"listen_addresses={self.host}",
                 "-c",
                 "fsync=off",
                 "-c",

@@ -21,7 +21,7 @@ import urllib3
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from minio import Minio
 
-from vauban.devcluster import pki
+from vauban.devcluster import forward, pki
 from vauban.devcluster.build import ensure_tool
 from vauban.devcluster.process import (
     Managed,
@@ -45,13 +45,21 @@ class S3Server(Managed):
         access_key: str | None = None,
         secret_key: str | None = None,
         tls: bool = False,
+        netns: Path | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
-        """Random port and credentials unless given (`make run` fixes them for its samples)."""
+        """Random port and credentials unless given (`make run` fixes them for its samples).
+        With `netns` (the real node's namespace), it listens on `host` there, where pods reach
+        it; this process reaches it through a forwarder on 127.0.0.1 (`local_port`)."""
         self.binary = ensure_tool("versitygw")
         self.root = Path(tempfile.mkdtemp(prefix="vauban-s3-"))
         self.data = self.root / "data"
         self.region = region
+        self.netns = netns
+        self.host = host
         self.port = port or free_port()
+        self.local_port = self.port
+        self._forwarder: subprocess.Popen[bytes] | None = None
         self.access_key = access_key or f"vauban{secrets.token_hex(4)}"
         self.secret_key = secret_key or secrets.token_urlsafe(24)
         self.process: subprocess.Popen[bytes] | None = None
@@ -63,7 +71,8 @@ class S3Server(Managed):
 
     @property
     def endpoint(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        """Where its clients reach it (inside the namespace, with `netns`)."""
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def object_path(self, bucket: str, key: str) -> Path:
         """The file holding an object (its current version)."""
@@ -71,7 +80,7 @@ class S3Server(Managed):
 
     def client(self) -> Minio:
         return Minio(
-            f"127.0.0.1:{self.port}",
+            f"127.0.0.1:{self.local_port}",
             access_key=self.access_key,
             secret_key=self.secret_key,
             secure=self.tls,
@@ -89,11 +98,13 @@ class S3Server(Managed):
         if self.tls:
             tls = self._certificates(self.root / "pki")
         log = (self.root / "versitygw.log").open("ab")
+        enter = ["nsenter", f"--net={self.netns}", "--"] if self.netns else []
         self.process = subprocess.Popen(
             [
+                *enter,
                 str(self.binary),
                 "--port",
-                f"127.0.0.1:{self.port}",
+                f"{self.host}:{self.port}",
                 "--region",
                 self.region,
                 *tls,
@@ -116,6 +127,10 @@ class S3Server(Managed):
             preexec_fn=die_with(os.getpid()),
         )
         log.close()
+        if self.netns is not None:
+            self._forwarder, self.local_port = forward.spawn(
+                self.netns, f"{self.host}:{self.port}", self.root / "forwarder.log"
+            )
         deadline = time.monotonic() + 30
         while not self._listening():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -148,10 +163,18 @@ class S3Server(Managed):
         return ["--cert", str(directory / "server.crt"), "--key", str(directory / "server.key")]
 
     def _listening(self) -> bool:
-        return accepts_connections(self.port, timeout=0.5)
+        if self.netns is None:
+            return accepts_connections(self.port, timeout=0.5)
+        # Through the forwarder: the connection succeeds only if versitygw answers.
+        try:
+            self.client().bucket_exists("vauban-probe")
+        except Exception:
+            return False
+        return True
 
     def stop(self) -> None:
         stop_process_group(self.process, 10)
+        stop_process_group(self._forwarder, 5)
 
     def destroy(self) -> None:
         self.stop()
