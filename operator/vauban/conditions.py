@@ -58,6 +58,7 @@ class Reason(StrEnum):
     RESTORING = "Restoring"
     RESTORE_FAILED = "RestoreFailed"
     RESTORE_REFUSED = "RestoreRefused"
+    RESTORE_SOURCE_FAILED = "RestoreSourceFailed"
     KEY_MISSING = "KeyMissing"
     KEY_PROVIDER_UNAVAILABLE = "KeyProviderUnavailable"
     STORAGE_CLASS_NOT_ENCRYPTED = "StorageClassNotEncrypted"

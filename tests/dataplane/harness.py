@@ -197,11 +197,12 @@ def multipart_uploads(s3: S3Server, bucket: str) -> list[Path]:
     )
 
 
-def children(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
-            found += [int(c) for c in (task / "children").read_text().split()]
+            for child in (task / "children").read_text().split():
+                found += [int(child), *descendants(int(child))]
     return found
 
 
@@ -213,21 +214,29 @@ def _is_dump(pid: int) -> bool:
         return False
 
 
-def pause_pg_dump_mid_upload(agent: subprocess.Popen[str], s3: S3Server, bucket: str) -> int:
+def pause_pg_dump_mid_upload(agent: subprocess.Popen[str] | int, s3: S3Server, bucket: str) -> int:
     """Hold the agent's pg_dump stopped once a multipart upload of its output is under way:
     the agent then waits, mid-upload, for data that does not come. pg_dump cannot finish
     before the upload starts: the agent buffers at most two parts ahead of it, and the test
     data is larger. It is throttled anyway (stopped half the time) so that a loaded machine
-    that is slow to notice the upload does not let it finish. Returns pg_dump's pid."""
+    that is slow to notice the upload does not let it finish. `agent` is the agent's process,
+    or the pid of a process it runs under (the first dumping pg_dump there is the one).
+    Returns pg_dump's pid."""
+
+    def agent_alive() -> None:
+        if not isinstance(agent, int):
+            assert agent.poll() is None, agent.communicate()
+
+    root = agent if isinstance(agent, int) else agent.pid
     deadline = time.monotonic() + 60
     dump = None
     while dump is None:
-        assert agent.poll() is None, agent.communicate()
+        agent_alive()
         assert time.monotonic() < deadline, "the agent did not start pg_dump"
-        dump = next((c for c in children(agent.pid) if _is_dump(c)), None)
+        dump = next((c for c in descendants(root) if _is_dump(c)), None)
     try:
         while not multipart_uploads(s3, bucket):
-            assert agent.poll() is None, agent.communicate()
+            agent_alive()
             assert time.monotonic() < deadline, "no multipart upload started"
             os.kill(dump, signal.SIGCONT)
             time.sleep(0.01)

@@ -1,6 +1,7 @@
 """Faults injected into a running fleet: the operator killed with SIGKILL (during a burst,
-during rotations), PostgreSQL stopped, the apiserver frozen, the admin Secret deleted and
-restored, a credentials Secret deleted, the whole status of every object wiped.
+during rotations), PostgreSQL stopped, the apiserver frozen, the object store stopped
+mid-backup, the admin Secret deleted and restored, a credentials Secret deleted, the whole
+status of every object wiped (after restores and rotations, through an outage).
 
 Each test injects the fault, reads status and metrics during it, ends it, and asserts the
 recovery and that nothing was lost, duplicated or orphaned — from the server itself
@@ -8,8 +9,9 @@ recovery and that nothing was lost, duplicated or orphaned — from the server i
 measured are printed (`pytest -s`) and kept in docs/conditions.md; the bounds asserted are
 loose on purpose (a busy 2-core CI machine), the measured figures are what the docs state.
 
-A control plane, a PostgreSQL server and an operator of this module's own: killing and
-freezing them must not disturb the other tests.
+A control plane, a PostgreSQL server, an S3 server (versitygw, with the agent's pods run on
+loopback) and an operator of this module's own: killing and freezing them must not disturb
+the other tests.
 """
 
 from __future__ import annotations
@@ -30,16 +32,21 @@ from typing import Any
 import psycopg
 import pytest
 
+from dataplane.harness import multipart_uploads, pause_pg_dump_mid_upload
 from support.kube import (
+    OPERATOR_NAMESPACE,
     KubeCtl,
     OperatorProcess,
     condition,
     eventually,
     external_cluster,
+    operator_namespace,
     own_control_plane,
 )
 from support.vauban_process import running_operator
+from vauban.devcluster.agentrunner import AgentRunner
 from vauban.devcluster.postgres import PostgresServer
+from vauban.devcluster.s3 import S3Server
 
 pytestmark = pytest.mark.skipif(
     bool(os.environ.get("VAUBAN_TEST_KUBECONFIG")),
@@ -50,6 +57,8 @@ FLEET = 12
 RECHECK_SECONDS = 5
 """The operator's re-check interval here; the probe interval stays the chart's (300 s), so
 what is shown early is shown by the databases telling their cluster, not by a probe."""
+STALE_UPLOAD_SECONDS = 10
+BUCKET = "faults"
 
 Row = tuple[Any, ...]
 
@@ -59,6 +68,7 @@ class Rig:
     kube: KubeCtl
     plane_root: Path
     postgres: PostgresServer
+    s3: S3Server
     namespace: str
     log_dir: Path
     operator: OperatorProcess | None = None
@@ -68,8 +78,10 @@ class Rig:
         self._running = running_operator(
             self.kube.kubeconfig,
             self.log_dir / f"operator-{time.monotonic_ns()}.log",
+            VAUBAN_NAMESPACE=OPERATOR_NAMESPACE,
             VAUBAN_RECHECK_INTERVAL_SECONDS=str(RECHECK_SECONDS),
             VAUBAN_PROBE_INTERVAL_SECONDS="300",
+            VAUBAN_STALE_UPLOAD_SECONDS=str(STALE_UPLOAD_SECONDS),
         )
         self.operator = self._running.__enter__()
 
@@ -169,16 +181,34 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     root = tmp_path_factory.mktemp("faults")
     postgres = PostgresServer()
     postgres.start()
+    s3 = S3Server().start()
+    s3.create_bucket(BUCKET)
     try:
         with own_control_plane(root) as kube:
+            kube.apply(operator_namespace())
             namespace = kube.unique_namespace("fleet")
             admin, password = "fleet_admin", secrets.token_urlsafe(16)
             postgres.create_role(admin, password, "CREATEROLE", "CREATEDB")
             with postgres.superuser() as conn:
                 conn.execute(f'GRANT pg_signal_backend TO "{admin}"')
             kube.apply(admin_secret(namespace, admin, password))
-            kube.apply(external_cluster(namespace, "pg", postgres.port))
-            r = Rig(kube, root, postgres, namespace, root)
+            kube.apply(
+                secret(
+                    namespace, "bucket", accessKeyId=s3.access_key, secretAccessKey=s3.secret_key
+                )
+            )
+            store = {
+                "bucket": BUCKET,
+                "endpoint": s3.endpoint,
+                "region": "us-east-1",
+                "prefix": "vauban",
+                "credentialsSecretRef": {"name": "bucket"},
+            }
+            kube.apply(
+                external_cluster(namespace, "pg", postgres.port, backup={"objectStore": store})
+            )
+            runner = AgentRunner(kube.binary, kube.kubeconfig, OPERATOR_NAMESPACE).start()
+            r = Rig(kube, root, postgres, s3, namespace, root)
             r.start_operator()
             try:
                 for i in range(FLEET):
@@ -189,17 +219,23 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             finally:
                 if r.operator is not None:
                     r.kill_operator()
+                runner.stop()
     finally:
+        s3.destroy()
         postgres.destroy()
 
 
-def admin_secret(namespace: str, admin: str, password: str) -> dict[str, Any]:
+def secret(namespace: str, name: str, **values: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": "admin", "namespace": namespace},
-        "stringData": {"username": admin, "password": password},
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": values,
     }
+
+
+def admin_secret(namespace: str, admin: str, password: str) -> dict[str, Any]:
+    return secret(namespace, "admin", username=admin, password=password)
 
 
 def fleet(rig: Rig) -> list[str]:
@@ -283,16 +319,7 @@ def test_a_deleted_credentials_secret_is_recreated_and_said(rig: Rig) -> None:
     after = rig.credentials(name)
     assert after["username"] != before["username"] and logs_in(after)
     assert logs_in(before), "the previous login keeps working for the grace period"
-    events = rig.kube.run(
-        "get",
-        "events",
-        "-n",
-        rig.namespace,
-        "-o",
-        "json",
-        f"--field-selector=involvedObject.name={name},reason=CredentialsRecreated",
-    ).stdout
-    assert json.loads(events)["items"], "CredentialsRecreated Event"
+    assert events(rig, name, "CredentialsRecreated"), "CredentialsRecreated Event"
     assert_nothing_lost_or_orphaned(rig)
 
 
@@ -305,23 +332,180 @@ def test_wiping_every_status_changes_nothing(rig: Rig) -> None:
         ("manageddatabase", names),
     ):
         for name in objs:
-            rig.kube.run(
-                "patch",
-                kind,
-                name,
-                "-n",
-                rig.namespace,
-                "--subresource=status",
-                "--type=json",
-                "-p",
-                '[{"op": "remove", "path": "/status"}]',
-            )
+            wipe_status(rig, kind, name)
             if kind == "manageddatabase":
                 rig.kube.run("label", kind, name, "-n", rig.namespace, "wiped=1", "--overwrite")
     timed(lambda: rig.all_ready(names), timeout=120, what="every status wiped -> fleet Ready")
     assert {n: rig.credentials(n)["username"] for n in names} == logins, "no rotation"
     assert rig.query("SELECT rolname FROM pg_roles ORDER BY 1") == roles_before
     assert_nothing_lost_or_orphaned(rig)
+
+
+def wipe_status(rig: Rig, kind: str, name: str) -> None:
+    rig.kube.run(
+        "patch",
+        kind,
+        name,
+        "-n",
+        rig.namespace,
+        "--subresource=status",
+        "--type=json",
+        "-p",
+        '[{"op": "remove", "path": "/status"}]',
+    )
+
+
+def connect(values: dict[str, str]) -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        host=values["host"],
+        port=int(values["port"]),
+        dbname=values["dbname"],
+        user=values["username"],
+        password=values["password"],
+        autocommit=True,
+    )
+
+
+def backed_up(rig: Rig, database: str, name: str) -> dict[str, Any]:
+    """The ManagedBackup `name` of `database`, once finished."""
+    rig.kube.apply(
+        {
+            "apiVersion": "vauban.dev/v1alpha1",
+            "kind": "ManagedBackup",
+            "metadata": {"name": name, "namespace": rig.namespace},
+            "spec": {"databaseRef": {"name": database}},
+        }
+    )
+    return eventually(lambda: finished(rig, name), timeout=120, what=f"{name} finished")
+
+
+def finished(rig: Rig, name: str) -> dict[str, Any] | None:
+    obj = rig.kube.get("managedbackup", name, rig.namespace)
+    return obj if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
+
+
+def events(rig: Rig, name: str, reason: str) -> list[dict[str, Any]]:
+    listed = rig.kube.run(
+        "get",
+        "events",
+        "-n",
+        rig.namespace,
+        "-o",
+        "json",
+        f"--field-selector=involvedObject.name={name},reason={reason}",
+    ).stdout
+    return list(json.loads(listed)["items"])
+
+
+def test_what_was_done_survives_an_outage_and_a_wipe(rig: Rig) -> None:
+    """A restore done, a rotation asked by annotation, the last rotation of a periodic policy:
+    through a PostgreSQL outage the databases report, then the whole status of every object
+    wiped, none is done again and none is forgotten."""
+    with connect(rig.credentials("app-3")) as conn:
+        conn.execute("CREATE TABLE fact (id int)")
+        conn.execute("INSERT INTO fact SELECT generate_series(1, 42)")
+    assert backed_up(rig, "app-3", "before-outage")["status"]["phase"] == "Succeeded"
+    rig.kube.apply(rig.database("restored", restore={"backupRef": {"name": "before-outage"}}))
+    rig.kube.apply(rig.database("periodic", credentials={"rotationPeriod": "30d"}))
+    rig.kube.run(
+        "annotate", "manageddatabase", "app-4", "-n", rig.namespace,
+        "vauban.dev/rotate-credentials=once", "--overwrite",
+    )  # fmt: skip
+    names = fleet(rig)
+
+    def remembered() -> dict[str, Any]:
+        return {
+            o["metadata"]["name"]: (
+                o["status"].get("restore"),
+                {k: v for k, v in o["status"]["credentials"].items() if k != "accepted"},
+            )
+            for o in rig.objects("manageddatabase")
+        }
+
+    def settled() -> bool:
+        return rig.all_ready(names) and remembered()["app-4"][1].get("rotationToken") == "once"
+
+    eventually(settled, timeout=120, what="restore and rotation done")
+    before = remembered()
+    assert before["restored"][0]["phase"] == "Succeeded"
+    assert before["periodic"][1]["lastRotation"]
+
+    rig.postgres.stop()
+    try:
+        rig.kube.apply(rig.database(names[0], connectionLimit=9))
+        timed(
+            lambda: rig.reason("manageddatabase", "restored") == "Unreachable",
+            timeout=60,
+            what="PostgreSQL stopped -> a restored database Unreachable",
+        )
+        for name in names:
+            wipe_status(rig, "manageddatabase", name)
+        for backup in rig.objects("managedbackup"):
+            wipe_status(rig, "managedbackup", backup["metadata"]["name"])
+        wipe_status(rig, "managedcluster", "pg")
+    finally:
+        rig.postgres.start()
+    timed(lambda: rig.all_ready(names), timeout=120, what="outage and wipe -> fleet Ready")
+    assert remembered() == before, "nothing done again, nothing forgotten"
+    assert len(events(rig, "restored", "RestoreStarted")) == 1
+    with connect(rig.credentials("restored")) as conn:
+        assert conn.execute("SELECT count(*) FROM fact").fetchone() == (42,)
+    assert (
+        eventually(lambda: finished(rig, "before-outage"), what="backup status recomputed")[
+            "status"
+        ]["phase"]
+        == "Succeeded"
+    )
+    assert_nothing_lost_or_orphaned(rig)
+
+
+def test_object_store_stopped_mid_backup(rig: Rig) -> None:
+    """The store goes away while a backup uploads: the ManagedBackup fails with the reason,
+    nothing half-written is listed as a backup, and the upload the agent could not abort is
+    swept once older than the bound (here at the operator's next start)."""
+    with connect(rig.credentials("app-5")) as conn:
+        conn.execute("CREATE TABLE blobs (id int PRIMARY KEY, data bytea)")
+        for i in range(24):  # incompressible, more than the agent buffers ahead
+            conn.execute("INSERT INTO blobs VALUES (%s, %s)", (i, os.urandom(1 << 20)))
+    client = rig.s3.client()
+    keys_before = {o.object_name for o in client.list_objects(BUCKET, recursive=True)}
+    rig.kube.apply(
+        {
+            "apiVersion": "vauban.dev/v1alpha1",
+            "kind": "ManagedBackup",
+            "metadata": {"name": "cut", "namespace": rig.namespace},
+            "spec": {"databaseRef": {"name": "app-5"}},
+        }
+    )
+    dump = pause_pg_dump_mid_upload(os.getpid(), rig.s3, BUCKET)
+    rig.s3.stop()
+    try:
+        os.kill(dump, signal.SIGCONT)
+        timed(
+            lambda: finished(rig, "cut"),
+            timeout=180,
+            what="object store stopped mid-backup -> backup Failed",
+        )
+    finally:
+        rig.s3.start()
+    failed = rig.kube.get("managedbackup", "cut", rig.namespace)
+    assert failed["status"]["phase"] == "Failed", failed["status"]
+    stalled = condition(failed, "Stalled")
+    assert stalled is not None and stalled["reason"] == "BackupFailed", stalled
+    print(f"\n  reported: {stalled['message'][:200]}")
+    assert rig.s3.secret_key not in json.dumps(failed)
+    assert {o.object_name for o in client.list_objects(BUCKET, recursive=True)} == keys_before
+    assert multipart_uploads(rig.s3, BUCKET), "the agent's abort could not reach the store"
+
+    time.sleep(STALE_UPLOAD_SECONDS)
+    rig.kill_operator()
+    rig.start_operator()
+    timed(
+        lambda: not multipart_uploads(rig.s3, BUCKET),
+        timeout=60,
+        what="store back -> stale upload swept",
+    )
+    assert backed_up(rig, "app-5", "after-outage")["status"]["phase"] == "Succeeded"
 
 
 def test_kill_9_during_a_burst_and_during_rotations(rig: Rig) -> None:

@@ -322,6 +322,14 @@ def test_wrong_bucket_credentials_fail_the_backup_clearly(
         what="failure counted",
     )
     assert failures == 1
+    kube.apply(_database(namespace, "from-doomed", restore={"backupRef": {"name": "doomed"}}))
+
+    def stalled_on_source() -> dict[str, Any] | None:
+        stalled = condition(kube.get("manageddatabase", "from-doomed", namespace), "Stalled")
+        return stalled if stalled and stalled["reason"] == "RestoreSourceFailed" else None
+
+    said = eventually(stalled_on_source, what="restore from a failed backup refused")
+    assert "holds nothing to restore" in said["message"], said
 
 
 def _backed_up(kube: KubeCtl, namespace: str, database: str, name: str, **spec: Any) -> None:

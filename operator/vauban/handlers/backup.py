@@ -1127,10 +1127,13 @@ def _refusal(name: str, placed: Placement, namespace: str, claimed: str | None) 
                 f"ManagedBackup {name} has not completed; the restore waits for it.",
             )
         if entry is not None and entry.state == logic.FAILED:
+            # spec.restore is immutable, so this backup can never come to hold data.
             return Verdict(
                 State.STALLED,
-                Reason.RESTORE_FAILED,
-                f"ManagedBackup {name} failed: {entry.message}",
+                Reason.RESTORE_SOURCE_FAILED,
+                f"ManagedBackup {name} failed ({entry.message}): it holds nothing to restore. "
+                "Delete this ManagedDatabase and create it again naming a successful backup "
+                "(or restore.databaseRef, which takes the latest successful one).",
             )
         return Verdict(
             State.STALLED,
