@@ -29,11 +29,23 @@ SOFTHSM_TOKENS = ("vauban", "vauban-other", "vauban-operator")
 operator (a process of its own) the last, so no two processes share a token."""
 
 
+TIER_ORDER = ("unit", "dataplane", "integration", "security", "faults", "e2e")
+"""Fast feedback first; the real node last, so that its cluster (session-scoped, about
+2 GB with its pods) is not up while the other tiers run."""
+
+
+def _tier(item: pytest.Item) -> int:
+    parts = item.path.parts
+    tier = parts[parts.index("tests") + 1] if "tests" in parts else ""
+    return TIER_ORDER.index(tier) if tier in TIER_ORDER else len(TIER_ORDER)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         # The security and fault tiers drive the operator on a control plane too.
         if any(f"tests/{tier}" in str(item.path) for tier in ("integration", "security", "faults")):
             item.add_marker(pytest.mark.integration)
+    items.sort(key=_tier)  # stable: each tier keeps its own order
 
 
 @pytest.fixture(scope="session")

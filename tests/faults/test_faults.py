@@ -434,9 +434,9 @@ def test_what_was_done_survives_an_outage_and_a_wipe(rig: Rig) -> None:
     try:
         rig.kube.apply(rig.database(names[0], connectionLimit=9))
         timed(
-            lambda: rig.reason("manageddatabase", "restored") == "Unreachable",
+            lambda: rig.reason("manageddatabase", "restored") in ("Unreachable", "ClusterNotReady"),
             timeout=60,
-            what="PostgreSQL stopped -> a restored database Unreachable",
+            what="PostgreSQL stopped -> a restored database not Ready",
         )
         for name in names:
             wipe_status(rig, "manageddatabase", name)

@@ -303,8 +303,8 @@ class RestoreStatus(StatusModel):
     source: Annotated[str, StringConstraints(max_length=63)]
     """The ManagedBackup restored."""
 
-    phase: Literal["Running", "Succeeded", "Failed"]
-    """Where the restore is."""
+    phase: Literal["Pending", "Running", "Succeeded", "Failed"]
+    """Where the restore is: Pending while its source is not complete yet."""
 
     completed_at: str | None = None
     """When it succeeded (RFC 3339)."""

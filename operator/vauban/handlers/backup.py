@@ -1215,7 +1215,8 @@ async def restore(
     running = {"source": name, "phase": "Running"}
     refused = _refusal(name, placed, database.namespace, claimed)
     if refused is not None:
-        return refused, {**running, "phase": "Pending"}
+        phase = logic.FAILED if refused.state == State.STALLED else "Pending"
+        return refused, {**running, "phase": phase}
 
     namespace = ctx.settings.namespace
     job_name = build.restore_job_name(database)
