@@ -19,6 +19,7 @@ from vauban.reconcile.cluster import (
     ServerHealth,
     ServerProbe,
     connections_event,
+    primary_event,
     external_health,
     health_due,
     health_status,
@@ -239,3 +240,14 @@ def test_refusals_that_pass_by_themselves_are_not_bad_credentials(
     got = _failure(psycopg.OperationalError(message))
     assert got.outcome is outcome
     assert got.detail == message
+
+
+def test_primary_event_on_a_move_only() -> None:
+    moved = primary_event({"currentPrimary": "main-1"}, "main-2")
+    assert moved is not None and moved.reason == "PrimaryChanged" and moved.type == "Warning"
+    assert "from main-1 to main-2" in moved.message
+    assert primary_event({"currentPrimary": "main-1"}, "main-1") is None
+    # A first primary, or a status wiped: nothing moved that anyone saw.
+    assert primary_event(None, "main-1") is None
+    assert primary_event({}, "main-1") is None
+    assert primary_event({"currentPrimary": "main-1"}, None) is None

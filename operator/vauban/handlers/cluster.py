@@ -100,9 +100,12 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
         fields={**assessment.fields, **posture.fields},
         domain=posture.conditions,
     )
-    event = cluster_logic.connections_event(body.get("status"), assessment.fields.get("health"))
-    if event is not None:
-        await post_event(ctx, MANAGED_CLUSTER, body, event.type, event.reason, event.message)
+    for event in (
+        cluster_logic.connections_event(body.get("status"), assessment.fields.get("health")),
+        cluster_logic.primary_event(body.get("status"), assessment.fields.get("currentPrimary")),
+    ):
+        if event is not None:
+            await post_event(ctx, MANAGED_CLUSTER, body, event.type, event.reason, event.message)
     key = (MANAGED_CLUSTER.kind, owner.namespace, owner.name)
     ctx.reconciled[key] = time.monotonic()
     # Failures that wait for a person (or for software to be installed) back off; a server

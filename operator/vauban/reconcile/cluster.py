@@ -268,6 +268,7 @@ MAX_REPLICAS = 9
 
 NEAR_LIMIT_EVENT = "ConnectionsNearLimit"
 WITHIN_LIMIT_EVENT = "ConnectionsWithinLimit"
+PRIMARY_CHANGED_EVENT = "PrimaryChanged"
 
 
 @dataclass(frozen=True)
@@ -420,3 +421,20 @@ def connections_event(
             "a connection pooler in front.",
         )
     return HealthEvent("Normal", WITHIN_LIMIT_EVENT, f"{used}.")
+
+
+def primary_event(
+    previous: Mapping[str, Any] | None, current_primary: str | None
+) -> HealthEvent | None:
+    """An Event when CloudNativePG's primary moves (a failover or a switchover). Read from
+    the previous status only to say it: a status lost or forged costs one Event at most."""
+    before = (previous or {}).get("currentPrimary")
+    if not before or not current_primary or before == current_primary:
+        return None
+    return HealthEvent(
+        "Warning",
+        PRIMARY_CHANGED_EVENT,
+        f"The primary moved from {before} to {current_primary} (a CloudNativePG failover or "
+        "switchover). Sessions on the former primary were cut; clients reconnect through the "
+        "read-write Service to the new one.",
+    )
