@@ -23,11 +23,12 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import kopf
 
+from vauban import timefmt
 from vauban.api.backup import MANAGED_BACKUP, ManagedBackupSpec
 from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec, ObjectStore
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
@@ -44,7 +45,6 @@ from vauban.conditions import (
     State,
     Verdict,
     is_true,
-    now_rfc3339,
 )
 from vauban.handlers import keys
 from vauban.handlers.context import Context, fingerprint
@@ -449,7 +449,7 @@ def _not_healthy(reason: Reason, message: str) -> DatabaseBackups:
 
 
 def _created(body: Mapping[str, Any]) -> datetime | None:
-    return logic.parse_rfc3339(body["metadata"].get("creationTimestamp"))
+    return timefmt.parse_rfc3339(body["metadata"].get("creationTimestamp"))
 
 
 async def for_database(
@@ -520,7 +520,7 @@ async def for_database(
         if not b["metadata"].get("deletionTimestamp")
     ]
     records = logic.records(mine, ledger, {job: m.finished_at for job, m in stored.items()})
-    now = now or datetime.now(UTC)
+    now = now or timefmt.now()
     retention = (settings.retention if settings else None) or policy.retention
     if retention is not None:
         for name in logic.expired(
@@ -542,21 +542,21 @@ async def for_database(
     latest_job = ledger.entries[by_name[latest.name]].job if latest else None
     await _verification(ctx, database, settings, logins, store, key, latest, latest_job)
     verified = _last_verified(ledger, records, by_name)
-    created = logic.parse_rfc3339(body["metadata"].get("creationTimestamp"))
+    created = timefmt.parse_rfc3339(body["metadata"].get("creationTimestamp"))
     condition = logic.health(records, schedule=schedule, database_created=created, now=now)
     manifest = stored.get(latest_job or "")
     ctx.metrics.backups(
         database.namespace,
         database.name,
         last_success=latest.finished if latest else None,
-        last_verified=logic.parse_rfc3339(verified[1]) if verified else None,
+        last_verified=timefmt.parse_rfc3339(verified[1]) if verified else None,
         schedule_seconds=logic.interval(schedule, now).total_seconds() if schedule else None,
         last={"status": _manifest_fields(manifest)} if manifest else None,
     )
     fields = {
         "schedule": schedule,
         "lastBackup": latest.name if latest else None,
-        "lastBackupTime": _rfc3339(latest.finished) if latest and latest.finished else None,
+        "lastBackupTime": timefmt.rfc3339(latest.finished) if latest and latest.finished else None,
         "lastVerifiedBackup": verified[0] if verified else None,
         "lastVerifiedTime": verified[1] if verified else None,
         "dataKeyId": key.key_id,
@@ -612,10 +612,6 @@ async def _verification(
     cronjob = build.cronjob(run, name=name, namespace=namespace, schedule=verify.schedule)
     cronjob["spec"]["jobTemplate"]["metadata"]["annotations"][build.BACKUP_ANNOTATION] = latest.name
     await _apply_once(ctx, "CronJob", cronjob)
-
-
-def _rfc3339(value: datetime) -> str:
-    return value.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 # --- ManagedBackup -------------------------------------------------------------------------
@@ -724,7 +720,7 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
             placed,
             Verdict(State.STALLED, Reason.BACKUP_FAILED, why),
             shown,
-            _rfc3339(placed.entry.at) if placed.entry.at else None,
+            timefmt.rfc3339(placed.entry.at) if placed.entry.at else None,
         )
     elif terminal:
         # A finished backup the records do not know: its status alone is not evidence.
@@ -798,7 +794,7 @@ async def _start(
         MANAGED_BACKUP,
         body,
         verdict,
-        fields={**shown, "phase": "Running", "startedAt": now_rfc3339()},
+        fields={**shown, "phase": "Running", "startedAt": timefmt.now_rfc3339()},
     )
 
 
@@ -818,8 +814,8 @@ async def _record_entry(
 
 def _manifest_fields(manifest: Manifest) -> dict[str, Any]:
     return {
-        "startedAt": _rfc3339(manifest.started_at),
-        "finishedAt": _rfc3339(manifest.finished_at),
+        "startedAt": timefmt.rfc3339(manifest.started_at),
+        "finishedAt": timefmt.rfc3339(manifest.finished_at),
         "sizeBytes": manifest.stored_bytes,
         "dumpBytes": manifest.dump_bytes,
         "sha256": manifest.sha256,
@@ -827,7 +823,7 @@ def _manifest_fields(manifest: Manifest) -> dict[str, Any]:
         "serverVersion": manifest.server_version,
         "tables": len(manifest.tables),
         "retainUntil": (
-            _rfc3339(manifest.object_lock.retain_until) if manifest.object_lock else None
+            timefmt.rfc3339(manifest.object_lock.retain_until) if manifest.object_lock else None
         ),
     }
 
@@ -865,13 +861,13 @@ async def _failed(
     shown: dict[str, Any],
     finished: str | None,
 ) -> None:
-    at = logic.parse_rfc3339(finished) or datetime.now(UTC)
+    at = timefmt.parse_rfc3339(finished) or timefmt.now()
     if placed.entry is None or placed.entry.state != logic.FAILED:
         await _record_entry(ctx, body, placed, logic.FAILED, at, verdict.message[:900])
         ctx.metrics.backup_failed(
             body["metadata"]["namespace"], body["spec"]["databaseRef"]["name"]
         )
-    fields = {**shown, "phase": logic.FAILED, "finishedAt": _rfc3339(at)}
+    fields = {**shown, "phase": logic.FAILED, "finishedAt": timefmt.rfc3339(at)}
     await _publish_terminal(ctx, body, verdict, fields)
 
 
@@ -1032,7 +1028,9 @@ async def _record_verification(
         if passed
         else "The restore test failed without a result (killed or deadline)."
     )
-    entry = logic.VerificationEntry("Passed" if passed else "Failed", now_rfc3339(), message)
+    entry = logic.VerificationEntry(
+        "Passed" if passed else "Failed", timefmt.now_rfc3339(), message
+    )
     key, value = entry.annotation(found["metadata"].get("uid", ""))
     await _record(ctx, database, {key: value})
     if not passed:
@@ -1246,7 +1244,11 @@ async def restore(
     message = await ctx.kube.termination_message(namespace, job_name)
     state = logic.job_state(job, message)
     if state.succeeded:
-        outcome = {**running, "phase": logic.SUCCEEDED, "completedAt": now_rfc3339()}
+        outcome = {
+            **running,
+            "phase": logic.SUCCEEDED,
+            "completedAt": timefmt.now_rfc3339(),
+        }
     else:
         result = _result(message) or {}
         detail = f"{result.get('reason', 'JobFailed')}: {str(result.get('message', ''))[:600]}"
@@ -1309,7 +1311,7 @@ async def database_deleted(
             "The data key is destroyed: the backups of this database can no longer be read.",
         )
         return
-    purge_after = _rfc3339((now or datetime.now(UTC)) + timedelta(days=days))
+    purge_after = timefmt.rfc3339((now or timefmt.now()) + timedelta(days=days))
     annotations: dict[str, str | None] = {logic.PURGE_AFTER_ANNOTATION: purge_after}
     if cluster is not None:
         annotations[logic.STORE_ANNOTATION] = cluster.ref
@@ -1327,7 +1329,7 @@ async def purge_expired(
     Secret (the database's namespace, name and uid, the cluster), never by a status."""
     namespace = ctx.settings.namespace
     found = await ctx.kube.secret_annotations(namespace, "vauban.dev/key=dek")
-    for purge in logic.purge_due(found, prefix=DEK_SECRET_PREFIX, now=now or datetime.now(UTC)):
+    for purge in logic.purge_due(found, prefix=DEK_SECRET_PREFIX, now=now or timefmt.now()):
         await _purge(ctx, purge, found[purge.secret], backups)
 
 

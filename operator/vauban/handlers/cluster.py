@@ -6,15 +6,15 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
+from vauban import timefmt
 from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
 from vauban.builders import cnpg
-from vauban.conditions import ConditionType, Reason, State, Verdict, is_true, now_rfc3339
+from vauban.conditions import ConditionType, Reason, State, Verdict, is_true
 from vauban.engines.postgres.probe import ServerAddress, probe
 from vauban.handlers import posture as posture_
 from vauban.handlers.context import Context, ObjectKey, fingerprint
@@ -262,7 +262,7 @@ async def _assess_external(
             credentials["username"],
             credentials["password"],
             health=cluster_logic.health_due(
-                previous, datetime.now(UTC), ctx.settings.probe_interval_seconds
+                previous, timefmt.now(), ctx.settings.probe_interval_seconds
             ),
         )
     assessment = cluster_logic.assess_external(
@@ -270,7 +270,7 @@ async def _assess_external(
         admin_secret_keys=None if credentials is None else credentials.keys(),
         probe=server_probe,
     )
-    health = cluster_logic.external_health(previous, server_probe, now_rfc3339())
+    health = cluster_logic.external_health(previous, server_probe, timefmt.now_rfc3339())
     return replace(assessment, fields={**assessment.fields, "health": health})
 
 

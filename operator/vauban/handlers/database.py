@@ -9,13 +9,14 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import kopf
 import psycopg
 from psycopg import sql
 
+from vauban import timefmt
 from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
 from vauban.api.common import Condition
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
@@ -233,7 +234,7 @@ def due(ctx: Context, body: Mapping[str, Any]) -> bool:
     status = body.get("status") or {}
     if not is_true(previous_conditions(status), ConditionType.READY):
         return ctx.backoff.due(key)
-    if database_logic.timers_due(status, body.get("spec") or {}, datetime.now(UTC)):
+    if database_logic.timers_due(status, body.get("spec") or {}, timefmt.now()):
         return True
     return database_logic.resync_due(
         key, time.monotonic() - ctx.reconciled.get(key, 0.0), ctx.settings.resync_interval_seconds
@@ -341,14 +342,6 @@ async def _connection(
         pg.AdminCredentials(address, admin["username"], admin["password"]),
         Endpoint(address.host, address.port, database, address.ssl_mode, address.ca_pem),
     )
-
-
-def _parse_time(value: Any) -> datetime | None:
-    return database_logic.parse_time(str(value)) if value else None
-
-
-def _rfc3339(value: datetime) -> str:
-    return value.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 _TRANSIENT_SQLSTATES = ("08", "53", "57P01", "57P02", "57P03", "40001", "40P01")
@@ -466,7 +459,7 @@ async def _provision(
     connection = await _connection(ctx, cluster, cluster_spec, spec.database_name)
     if isinstance(connection, Verdict):
         return connection, {}, []
-    now = datetime.now(UTC)
+    now = timefmt.now()
     try:
         # One admin session for the whole plan: connecting (TLS, SCRAM) costs more than it.
         async with pg.session(connection.admin) as server:
@@ -596,10 +589,10 @@ async def _provision(
         "credentials": {
             "secretName": secret_name(name),
             "username": steps.login,
-            "lastRotation": _rfc3339(last_rotation) if last_rotation else None,
+            "lastRotation": timefmt.rfc3339(last_rotation) if last_rotation else None,
             "rotationToken": token if steps.rotated else record.rotation_token,
             "retiring": sorted(steps.retiring),
-            "retireAfter": _rfc3339(retire_after) if retire_after else None,
+            "retireAfter": timefmt.rfc3339(retire_after) if retire_after else None,
         },
         "extensions": sorted(spec.extensions),
         "sizeBytes": usage.size_bytes if usage else None,
@@ -658,7 +651,7 @@ async def _provision(
 
 
 def _recreated(name: str, login: str, retire_after: datetime | None) -> str:
-    until = f" until {_rfc3339(retire_after)}" if retire_after else ""
+    until = f" until {timefmt.rfc3339(retire_after)}" if retire_after else ""
     return (
         f"Secret {secret_name(name)} was missing its password and was recreated with a new "
         f"login, {login}: Vauban keeps no copy of a password. The previous login keeps "

@@ -13,7 +13,7 @@ from cronsim import CronSim, CronSimError
 
 from vauban.api.common import duration_seconds
 from vauban.conditions import ConditionType, DomainCondition, Reason, State, Verdict
-from vauban.reconcile.database import parse_time
+from vauban.timefmt import parse_rfc3339, rfc3339
 
 SUCCEEDED, FAILED, RUNNING, PENDING = "Succeeded", "Failed", "Running", "Pending"
 
@@ -101,7 +101,7 @@ class LedgerEntry:
     def annotation(self, backup_uid: str) -> tuple[str, str]:
         value = {"name": self.name, "job": self.job, "state": self.state}
         if self.at is not None:
-            value["at"] = _rfc3339(self.at)
+            value["at"] = rfc3339(self.at)
         if self.message:
             value["message"] = self.message
         return LEDGER_PREFIX + backup_uid, json.dumps(value, separators=(",", ":"))
@@ -271,17 +271,6 @@ def restore_refusal(
     return None
 
 
-def parse_rfc3339(value: Any) -> datetime | None:
-    """A time as the operator writes them; None when absent or unreadable (never a crash)."""
-    if not value:
-        return None
-    try:
-        parsed = parse_time(str(value))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
-
-
 def expired(
     backups: Sequence[BackupRecord],
     *,
@@ -350,7 +339,7 @@ def health(
                     Reason.NO_BACKUP_YET,
                     f"No backup has completed yet; the schedule is {schedule} (UTC).",
                 )
-            since = "never" if success is None else f"last at {_rfc3339(success.finished)}"
+            since = "never" if success is None else f"last at {_finished_at(success)}"
             return DomainCondition(
                 ConditionType.BACKUP_HEALTHY,
                 "False",
@@ -370,13 +359,13 @@ def health(
         ConditionType.BACKUP_HEALTHY,
         "True",
         Reason.BACKUPS_CURRENT,
-        f"Last successful backup: ManagedBackup {success.name} at {_rfc3339(success.finished)}.",
+        f"Last successful backup: ManagedBackup {success.name} at {_finished_at(success)}.",
     )
 
 
-def _rfc3339(value: datetime | None) -> str:
-    assert value is not None
-    return value.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+def _finished_at(backup: BackupRecord) -> str:
+    assert backup.finished is not None, "last_success returns finished backups only"
+    return rfc3339(backup.finished)
 
 
 @dataclass(frozen=True)
