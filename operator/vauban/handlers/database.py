@@ -37,8 +37,8 @@ from vauban.engines.postgres.plan import (
 )
 from vauban.engines.postgres.probe import ServerAddress, check_login
 from vauban.engines.postgres.scram import new_password, verifier
-from vauban.handlers import backup
 from vauban.handlers import cluster as cluster_handler
+from vauban.handlers.backups import purge, restore, schedules
 from vauban.handlers.context import Context, ObjectKey
 from vauban.handlers.publish import (
     awaiting_finalizer,
@@ -604,7 +604,7 @@ async def _provision(
         )
     fields["credentials"] = {k: v for k, v in fields["credentials"].items() if v is not None}
     endpoint = connection.endpoint
-    logins = backup.Logins(
+    logins = schedules.Logins(
         tenant=AgentLogin(
             endpoint.host,
             endpoint.port,
@@ -624,12 +624,12 @@ async def _provision(
             endpoint.ca_pem,
         ),
     )
-    restoring, fields["restore"] = await backup.restore(
+    restoring, fields["restore"] = await restore.advance(
         ctx, body, spec, cluster, cluster_spec, logins.tenant, backups
     )
     if restoring is not None:
         return restoring, fields, []
-    outcome = await backup.for_database(
+    outcome = await schedules.for_database(
         ctx,
         body,
         spec,
@@ -719,7 +719,7 @@ async def finalize(
     if cluster is None or cluster.spec is None:
         # Nothing to reach: the cluster's own deletion waits for its databases, so it is gone
         # only if it never existed (or was forced away).
-        await backup.database_deleted(ctx, body, spec, cluster)
+        await purge.database_deleted(ctx, body, spec, cluster)
         return
     connection = await _connection(ctx, cluster, cluster.spec, spec.database_name)
     try:
@@ -730,11 +730,11 @@ async def finalize(
     except (psycopg.Error, registry.RegistryUnusable, _Unreachable) as e:
         why = _database_error(e).message if isinstance(e, psycopg.Error) else str(e)
         await _cannot_clean_up(ctx, body, spec, cluster, why)
-        await backup.database_deleted(ctx, body, spec, cluster)
+        await purge.database_deleted(ctx, body, spec, cluster)
         return
     if record is not None and spec.backup is not None and spec.backup.final_backup:
-        await backup.final_backup(ctx, body)
-    await backup.database_deleted(ctx, body, spec, cluster)
+        await purge.final_backup(ctx, body)
+    await purge.database_deleted(ctx, body, spec, cluster)
     if record is None or record.retained:
         return
     try:

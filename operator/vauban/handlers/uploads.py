@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from vauban import timefmt
-from vauban.handlers.backup import bucket, store_of
+from vauban.handlers.backups.store import bucket, store_of
 from vauban.handlers.context import Context
 from vauban.reconcile.database import ClusterView
 

@@ -23,7 +23,8 @@ from vauban.api.database import MANAGED_DATABASE
 from vauban.builders import backup as backup_objects
 from vauban.builders import cnpg
 from vauban.builders.credentials import DATABASE_LABEL
-from vauban.handlers import backup, cluster, database, uploads
+from vauban.handlers import cluster, database, uploads
+from vauban.handlers.backups import purge, runs
 from vauban.handlers.context import Context, context_of
 from vauban.handlers.publish import snapshot
 from vauban.reconcile import database as database_logic
@@ -204,7 +205,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         **kwargs: Any,
     ) -> None:
         if _live(type, body):
-            await backup.reconcile(context_of(memo), body)
+            await runs.reconcile(context_of(memo), body)
         # The database's status (last backup, BackupHealthy) follows its backups.
         ref = body.get("spec", {}).get("databaseRef") or {}
         await _reconcile_database(
@@ -215,7 +216,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     async def backup_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         ctx = context_of(memo)
         with ctx.metrics.reconcile(MANAGED_BACKUP.kind, "finalize", waiting=_WAITING):
-            await backup.finalize(ctx, body)
+            await runs.finalize(ctx, body)
 
     # The agent's Jobs, in the operator's namespace: their outcome becomes a ManagedBackup's
     # status, a restore's progress, a restore test's result.
@@ -236,7 +237,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             return
         ctx = context_of(memo)
         with ctx.metrics.reconcile(MANAGED_BACKUP.kind, "agent_job"):
-            owner = await backup.job_event(ctx, body)
+            owner = await runs.job_event(ctx, body)
         if owner is not None:
             await _reconcile_database(ctx, *owner, kwargs)
 
@@ -340,7 +341,7 @@ async def _recheck_forever(
         if time.monotonic() - purged >= ctx.settings.probe_interval_seconds:
             purged = time.monotonic()
             await _guarded(
-                backup.purge_expired(ctx, backups),
+                purge.purge_expired(ctx, backups),
                 {"metadata": {"namespace": ctx.settings.namespace, "name": "purge"}},
             )
             await _guarded(
@@ -364,7 +365,7 @@ async def _recheck_forever(
             for body in list(store):
                 phase = (body.get("status") or {}).get("phase")
                 if not _being_deleted(body) and phase not in ("Succeeded", "Failed"):
-                    await _guarded(backup.reconcile(ctx, body), body)
+                    await _guarded(runs.reconcile(ctx, body), body)
 
 
 async def _recheck_databases(

@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from cronsim import CronSim, CronSimError
@@ -421,3 +422,113 @@ def failure_verdict(job: JobState, result: Mapping[str, Any] | None) -> Verdict:
         f"Backup failed: {detail}. Nothing partial is listed: a backup without its manifest "
         "does not exist. Create a new ManagedBackup once the cause is fixed.",
     )
+
+
+def agent_result(message: str | None) -> dict[str, Any] | None:
+    """The agent's JSON result from a termination message; None when there is none."""
+    if not message:
+        return None
+    try:
+        parsed = json.loads(message.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+class BackupAction(StrEnum):
+    """What a ManagedBackup's reconcile does next, from its records and its Job."""
+
+    RUNNING = "Running"
+    """Its Job runs: recorded in the ledger if it is not yet, shown Running."""
+    SUCCEEDED = "Succeeded"
+    """Its manifest is in the bucket and authentic: the only proof of a backup."""
+    UNKNOWN = "Unknown"
+    """The bucket cannot be read: nothing is concluded (a verdict only while not terminal)."""
+    JOB_FAILED = "JobFailed"
+    """Its Job ended without an authentic manifest: the Job's result says why."""
+    FAILED = "Failed"
+    """The ledger says it failed, or its Job and backup are gone."""
+    UNRECORDED = "Unrecorded"
+    """A finished status the records do not back: its status alone is not evidence."""
+    START = "Start"
+    """Nothing started yet: its Job is created (once its database is Ready)."""
+
+
+@dataclass(frozen=True)
+class BackupOutcome:
+    action: BackupAction
+    verdict: Verdict | None = None
+    finished: datetime | None = None
+    """When it failed, for FAILED: the ledger's time."""
+
+
+def backup_outcome(
+    *,
+    job: JobState,
+    authentic_manifest: bool,
+    bucket_error: str | None,
+    entry: LedgerEntry | None,
+    terminal: bool,
+) -> BackupOutcome:
+    """A ManagedBackup's outcome from what the operator alone controls: its Job (`job`, read
+    without its termination message), its manifest in the bucket, the ledger's `entry`.
+    `terminal`: its status already shows Succeeded or Failed."""
+    if job.exists and not (job.succeeded or job.failed):
+        return BackupOutcome(BackupAction.RUNNING)
+    if authentic_manifest:
+        return BackupOutcome(BackupAction.SUCCEEDED)
+    if bucket_error is not None and not job.failed:
+        verdict = Verdict(
+            State.WAITING,
+            Reason.BACKUP_NOT_CONFIGURED,
+            f"The bucket cannot be read: {bucket_error}.",
+        )
+        return BackupOutcome(BackupAction.UNKNOWN, None if terminal else verdict)
+    if job.exists:
+        return BackupOutcome(BackupAction.JOB_FAILED)
+    if entry is not None:
+        why = (
+            entry.message
+            if entry.state == FAILED
+            else "Backup failed: its Job disappeared, or its backup is gone from the bucket."
+        )
+        return BackupOutcome(
+            BackupAction.FAILED, Verdict(State.STALLED, Reason.BACKUP_FAILED, why), entry.at
+        )
+    if terminal:
+        return BackupOutcome(
+            BackupAction.UNRECORDED,
+            Verdict(
+                State.STALLED,
+                Reason.BACKUP_FAILED,
+                "No record of this backup: neither the bucket nor the operator's ledger holds "
+                "it. Create a new ManagedBackup.",
+            ),
+        )
+    return BackupOutcome(BackupAction.START)
+
+
+def job_failure(job: JobState) -> Verdict:
+    """Why a backup whose Job ended left no authentic manifest, `job` read with its
+    termination message."""
+    verdict = failure_verdict(job, agent_result(job.message))
+    if not job.succeeded:
+        return verdict
+    return Verdict(
+        verdict.state,
+        verdict.reason,
+        "Backup failed: the agent reported success but no authentic manifest exists at its "
+        "location.",
+    )
+
+
+def verification(job: JobState, now: datetime) -> VerificationEntry:
+    """A restore test's result from its finished Job, read with its termination message."""
+    result = agent_result(job.message) or {}
+    passed = job.succeeded and result.get("result") == "Succeeded"
+    message = str(result.get("message") or "")[:900] or (
+        "Restored into a scratch database; row counts match the manifest."
+        if passed
+        else "The restore test failed without a result (killed or deadline)."
+    )
+    return VerificationEntry("Passed" if passed else "Failed", rfc3339(now), message)
