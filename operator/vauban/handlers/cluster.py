@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import functools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -18,19 +18,17 @@ from vauban.conditions import ConditionType, Reason, State, Verdict, is_true
 from vauban.engines.postgres.probe import ServerAddress, probe
 from vauban.handlers import posture as posture_
 from vauban.handlers.context import Context, ObjectKey, fingerprint
+from vauban.handlers.envelope import Envelope
 from vauban.handlers.publish import (
     awaiting_finalizer,
     parse_spec,
     post_event,
     publish,
-    unexpected,
 )
 from vauban.reconcile import cluster as cluster_logic
 from vauban.reconcile import database as database_logic
 from vauban.reconcile.database import ClusterView
 from vauban.reconcile.status import previous_conditions
-
-logger = logging.getLogger(__name__)
 
 
 def view_of(body: Mapping[str, Any]) -> ClusterView:
@@ -59,25 +57,13 @@ def _owner(body: Mapping[str, Any]) -> cnpg.Owner:
     return cnpg.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta.get("uid", ""))
 
 
+ENVELOPE = Envelope(MANAGED_CLUSTER)
+
+
 async def reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
-    meta = body["metadata"]
-    async with ctx.locks[(MANAGED_CLUSTER.kind, meta["namespace"], meta["name"])]:
-        # Re-read under the lock: a stale copy (an index's, a waiting reconcile's) of a
-        # cluster already gone would re-create the CloudNativePG Cluster it owned.
-        fresh = await ctx.kube.read(MANAGED_CLUSTER, meta["namespace"], meta["name"])
-        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-            return
-        body = fresh
-        with ctx.metrics.reconcile(MANAGED_CLUSTER.kind):
-            try:
-                await _reconcile(ctx, body)
-            except Exception as e:
-                logger.exception(
-                    "reconcile of ManagedCluster %s/%s failed", meta["namespace"], meta["name"]
-                )
-                await publish(ctx, MANAGED_CLUSTER, body, unexpected(e))
-                ctx.backoff.failed((MANAGED_CLUSTER.kind, meta["namespace"], meta["name"]))
-                raise
+    # Read fresh under the lock: a stale copy (an index's, a waiting reconcile's) of a
+    # cluster already gone would re-create the CloudNativePG Cluster it owned.
+    await ENVELOPE.run(ctx, body, functools.partial(_reconcile, ctx))
 
 
 async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -40,13 +41,13 @@ from vauban.engines.postgres.scram import new_password, verifier
 from vauban.handlers import cluster as cluster_handler
 from vauban.handlers.backups import purge, restore, schedules
 from vauban.handlers.context import Context, ObjectKey
+from vauban.handlers.envelope import Envelope
 from vauban.handlers.publish import (
     awaiting_finalizer,
     parse_spec,
     post_event,
     publish,
     refresh,
-    unexpected,
 )
 from vauban.reconcile import compliance
 from vauban.reconcile import database as database_logic
@@ -88,36 +89,29 @@ async def reconcile(
     """`backups`: the ManagedBackups of each database. `only_if_due`: for the periodic
     re-check, whose copy of the object may predate a reconcile that made it not due any
     more."""
-    meta = body["metadata"]
-    server = database_logic.cluster_key_of(body)
-    # A bounded number of databases of one cluster reconcile at a time: a burst of a
-    # thousand would otherwise exhaust its server's max_connections ("too many clients"),
-    # and hold a thousand bodies in memory while they wait. A waiting reconcile holds
-    # nothing: the object is read when its turn comes.
-    async with (
-        ctx.memory.busy(),
-        ctx.locks[_key(body)],
-        ctx.server_slots[server] if server else contextlib.nullcontext(),
-    ):
-        # Re-read under the lock: a reconcile that waited must see what the previous one
-        # wrote (a rotation done twice would cut the grace period of the first).
-        fresh = await ctx.kube.read(MANAGED_DATABASE, meta["namespace"], meta["name"])
-        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-            return
-        if only_if_due and not due(ctx, fresh):
-            return
-        with ctx.metrics.reconcile(MANAGED_DATABASE.kind):
-            try:
-                await _reconcile(ctx, fresh, clusters, backups)
-            except Exception as e:
-                logger.exception(
-                    "reconcile of ManagedDatabase %s/%s failed", meta["namespace"], meta["name"]
-                )
-                # Keep what status knew; say what failed.
-                kept = _kept(fresh.get("status") or {})
-                await publish(ctx, MANAGED_DATABASE, fresh, unexpected(e), fields=kept)
-                ctx.backoff.failed(_key(body))
-                raise
+    # Read fresh under the lock: a reconcile that waited must see what the previous one
+    # wrote (a rotation done twice would cut the grace period of the first).
+    await _envelope(ctx).run(
+        ctx,
+        body,
+        lambda fresh: _reconcile(ctx, fresh, clusters, backups),
+        still_wanted=(lambda fresh: due(ctx, fresh)) if only_if_due else None,
+    )
+
+
+def _envelope(ctx: Context) -> Envelope:
+    """A bounded number of databases of one cluster reconcile at a time: a burst of a
+    thousand would otherwise exhaust its server's max_connections ("too many clients"), and
+    hold a thousand bodies in memory while they wait. A waiting reconcile holds nothing: the
+    object is read when its turn comes."""
+
+    def server_slot(body: Mapping[str, Any]) -> AbstractAsyncContextManager[object]:
+        server = database_logic.cluster_key_of(body)
+        return ctx.server_slots[server] if server else contextlib.nullcontext()
+
+    return Envelope(
+        MANAGED_DATABASE, kept=_kept, around=lambda _: ctx.memory.busy(), within=server_slot
+    )
 
 
 async def _reconcile(

@@ -5,6 +5,7 @@ shown in its status; the restore tests' results recorded; a backup's deletion.""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Mapping
 from datetime import datetime
@@ -23,7 +24,8 @@ from vauban.conditions import ConditionType, Reason, State, Verdict, is_true
 from vauban.handlers.backups.agents import backup_run, job_ended, our_job
 from vauban.handlers.backups.ledger import Placement, database_store, place, write_ledger
 from vauban.handlers.backups.store import bucket, manifest_fields
-from vauban.handlers.context import Context, fingerprint
+from vauban.handlers.context import Context, ObjectKey, fingerprint
+from vauban.handlers.envelope import Envelope
 from vauban.handlers.publish import awaiting_finalizer, parse_spec, post_event, publish
 from vauban.reconcile.backup import (
     FAILED,
@@ -64,14 +66,22 @@ def _shown(status: Mapping[str, Any]) -> str:
     return fingerprint({k: status.get(k) for k in _SHOWN})
 
 
+def _shown_fields(status: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything a ManagedBackup's status shows besides its conditions."""
+    return {k: v for k, v in status.items() if k not in ("conditions", "observedGeneration")}
+
+
+def _read_again(ctx: Context, key: ObjectKey, body: Mapping[str, Any]) -> None:
+    """After a failure, the next reconcile reads the records again even if what is shown
+    did not change (the Job may not be deleted yet)."""
+    ctx.applied.pop(_memo(body), None)
+
+
+ENVELOPE = Envelope(MANAGED_BACKUP, kept=_shown_fields, failed=_read_again)
+
+
 async def reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
-    meta = body["metadata"]
-    async with ctx.locks[(MANAGED_BACKUP.kind, meta["namespace"], meta["name"])]:
-        fresh = await ctx.kube.read(MANAGED_BACKUP, meta["namespace"], meta["name"])
-        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-            return
-        with ctx.metrics.reconcile(MANAGED_BACKUP.kind):
-            await _reconcile(ctx, fresh)
+    await ENVELOPE.run(ctx, body, functools.partial(_reconcile, ctx))
 
 
 async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
