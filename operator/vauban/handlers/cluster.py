@@ -25,9 +25,17 @@ from vauban.handlers.publish import (
     post_event,
     publish,
 )
-from vauban.reconcile import cluster as cluster_logic
-from vauban.reconcile import database as database_logic
-from vauban.reconcile.database import ClusterView
+from vauban.reconcile.cluster import (
+    ADMIN_SECRET_KEYS,
+    CNPG_CRD,
+    Assessment,
+    assess_external,
+    assess_managed,
+    connections_event,
+    external_health,
+    health_due,
+)
+from vauban.reconcile.database import ABANDON_ANNOTATION, ClusterView
 from vauban.reconcile.status import previous_conditions
 
 
@@ -45,10 +53,7 @@ def view_of(body: Mapping[str, Any]) -> ClusterView:
         spec=spec,
         ready=ready,
         uid=meta.get("uid", ""),
-        abandon_server_objects=(meta.get("annotations") or {}).get(
-            database_logic.ABANDON_ANNOTATION
-        )
-        == "true",
+        abandon_server_objects=(meta.get("annotations") or {}).get(ABANDON_ANNOTATION) == "true",
     )
 
 
@@ -73,7 +78,7 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
     owner = _owner(body)
     posture = await posture_.assess(ctx, body, spec)
     if posture.blocked is not None:
-        assessment = cluster_logic.Assessment(posture.blocked)
+        assessment = Assessment(posture.blocked)
     elif spec.mode == "Managed":
         assessment = await _reconcile_managed(ctx, owner, spec, awaiting_finalizer(body))
     else:
@@ -86,7 +91,7 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
         fields={**assessment.fields, **posture.fields},
         domain=posture.conditions,
     )
-    event = cluster_logic.connections_event(body.get("status"), assessment.fields.get("health"))
+    event = connections_event(body.get("status"), assessment.fields.get("health"))
     if event is not None:
         await post_event(ctx, MANAGED_CLUSTER, body, event.type, event.reason, event.message)
     key = (MANAGED_CLUSTER.kind, owner.namespace, owner.name)
@@ -120,8 +125,8 @@ def due(ctx: Context, body: Mapping[str, Any]) -> bool:
 
 async def _reconcile_managed(
     ctx: Context, owner: cnpg.Owner, spec: ManagedClusterSpec, unprepared: Verdict | None
-) -> cluster_logic.Assessment:
-    installed = await ctx.kube.crd_exists(cluster_logic.CNPG_CRD)
+) -> Assessment:
+    installed = await ctx.kube.crd_exists(CNPG_CRD)
     # Read fresh before any write: the major-version guard must see what really runs.
     existing = (
         await ctx.kube.read_custom(
@@ -131,8 +136,8 @@ async def _reconcile_managed(
         else None
     )
 
-    def assess(engine_cluster: Mapping[str, Any] | None) -> cluster_logic.Assessment:
-        return cluster_logic.assess_managed(
+    def assess(engine_cluster: Mapping[str, Any] | None) -> Assessment:
+        return assess_managed(
             name=owner.name,
             namespace=owner.namespace,
             spec=spec,
@@ -144,7 +149,7 @@ async def _reconcile_managed(
     if not assessment.apply:
         return assessment
     if unprepared is not None:
-        return cluster_logic.Assessment(unprepared)
+        return Assessment(unprepared)
     # Read before create: a create refused with 409 at every reconcile is a write attempt.
     superuser = cnpg.superuser_secret(owner)
     if await ctx.kube.read_secret(owner.namespace, superuser["metadata"]["name"]) is None:
@@ -221,13 +226,11 @@ async def _scheduled_base_backups(
 
 async def _assess_external(
     ctx: Context, namespace: str, spec: ManagedClusterSpec, previous: Mapping[str, Any] | None
-) -> cluster_logic.Assessment:
+) -> Assessment:
     external = spec.external
     assert external is not None
     credentials = await ctx.kube.read_secret(namespace, external.admin_secret_ref.name)
-    usable = credentials is not None and all(
-        k in credentials for k in cluster_logic.ADMIN_SECRET_KEYS
-    )
+    usable = credentials is not None and all(k in credentials for k in ADMIN_SECRET_KEYS)
     server_probe = None
     if credentials is not None and usable:
         ca_pem = None
@@ -235,7 +238,7 @@ async def _assess_external(
             ca = await ctx.kube.read_secret(namespace, external.ca_secret_ref.name) or {}
             ca_pem = ca.get(external.ca_secret_ref.key)
             if ca_pem is None:
-                return cluster_logic.Assessment(
+                return Assessment(
                     Verdict(
                         State.WAITING,
                         Reason.SECRET_MISSING,
@@ -247,16 +250,14 @@ async def _assess_external(
             ServerAddress(external.host, external.port, external.ssl_mode, ca_pem),
             credentials["username"],
             credentials["password"],
-            health=cluster_logic.health_due(
-                previous, timefmt.now(), ctx.settings.probe_interval_seconds
-            ),
+            health=health_due(previous, timefmt.now(), ctx.settings.probe_interval_seconds),
         )
-    assessment = cluster_logic.assess_external(
+    assessment = assess_external(
         spec=spec,
         admin_secret_keys=None if credentials is None else credentials.keys(),
         probe=server_probe,
     )
-    health = cluster_logic.external_health(previous, server_probe, timefmt.now_rfc3339())
+    health = external_health(previous, server_probe, timefmt.now_rfc3339())
     return replace(assessment, fields={**assessment.fields, "health": health})
 
 

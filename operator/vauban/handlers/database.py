@@ -50,9 +50,21 @@ from vauban.handlers.publish import (
     refresh,
 )
 from vauban.reconcile import compliance
-from vauban.reconcile import database as database_logic
 from vauban.reconcile.cluster import ProbeOutcome
-from vauban.reconcile.database import ClusterView, Holder
+from vauban.reconcile.database import (
+    ABANDON_ANNOTATION,
+    ClusterView,
+    Holder,
+    assess,
+    cluster_key,
+    cluster_key_of,
+    connection_limit,
+    ownership,
+    plan_credentials,
+    resync_due,
+    timers_due,
+    usage_moved,
+)
 from vauban.reconcile.records import DatabaseRecord
 from vauban.reconcile.status import previous_conditions
 from vauban.reconcile.tenancy import needs_namespace_labels
@@ -106,7 +118,7 @@ def _envelope(ctx: Context) -> Envelope:
     object is read when its turn comes."""
 
     def server_slot(body: Mapping[str, Any]) -> AbstractAsyncContextManager[object]:
-        server = database_logic.cluster_key_of(body)
+        server = cluster_key_of(body)
         return ctx.server_slots[server] if server else contextlib.nullcontext()
 
     return Envelope(
@@ -124,7 +136,7 @@ async def _reconcile(
     if spec is None:
         return
     namespace = body["metadata"]["namespace"]
-    key = database_logic.cluster_key(namespace, spec)
+    key = cluster_key(namespace, spec)
     cluster = next(iter(clusters.get(key, ())), None)
     labels: Mapping[str, str] = {}
     if (
@@ -137,9 +149,7 @@ async def _reconcile(
         )
     ):
         labels = await ctx.kube.namespace_labels(namespace)
-    verdict = database_logic.assess(
-        namespace=namespace, spec=spec, cluster=cluster, namespace_labels=labels
-    )
+    verdict = assess(namespace=namespace, spec=spec, cluster=cluster, namespace_labels=labels)
     # What the server's record said last stays displayed while it cannot be read (a cluster
     # not ready): display only, every decision reads the record itself.
     fields: dict[str, Any] = {**_kept(body.get("status") or {}), "cluster": "/".join(key)}
@@ -151,7 +161,7 @@ async def _reconcile(
         if placement.status == "False" and not _provisioned(body):
             verdict = Verdict(State.STALLED, placement.reason, placement.message)
     if verdict.state is State.PROGRESSING and cluster is not None and cluster.spec is not None:
-        limit = database_logic.connection_limit(spec, cluster.spec)
+        limit = connection_limit(spec, cluster.spec)
         if isinstance(limit, Verdict):
             verdict = limit
         elif awaiting_finalizer(body) is not None:
@@ -228,9 +238,9 @@ def due(ctx: Context, body: Mapping[str, Any]) -> bool:
     status = body.get("status") or {}
     if not is_true(previous_conditions(status), ConditionType.READY):
         return ctx.backoff.due(key)
-    if database_logic.timers_due(status, body.get("spec") or {}, timefmt.now()):
+    if timers_due(status, body.get("spec") or {}, timefmt.now()):
         return True
-    return database_logic.resync_due(
+    return resync_due(
         key, time.monotonic() - ctx.reconciled.get(key, 0.0), ctx.settings.resync_interval_seconds
     )
 
@@ -286,7 +296,7 @@ async def probe_usage(
         fields = {"sizeBytes": measured.size_bytes, "connections": measured.connections}
         status = body.get("status") or {}
         ctx.metrics.observe(MANAGED_DATABASE.kind, *_key(body)[1:], {**status, **fields})
-        if database_logic.usage_moved(status, fields):
+        if usage_moved(status, fields):
             await refresh(ctx, MANAGED_DATABASE, body, fields)
 
 
@@ -383,7 +393,7 @@ async def _claim(
         found = await registry.holder_of(conn, spec.database_name, spec.owner)
         holder = None if found is None else Holder(*found)
         catalog = await server.catalog(spec.database_name, [spec.owner])
-    conflict = database_logic.ownership(
+    conflict = ownership(
         namespace=namespace,
         database=spec.database_name,
         owner=spec.owner,
@@ -474,7 +484,7 @@ async def _provision(
                 return record, {}, []
             secret = None if found is None else found[0]
             token = (meta.get("annotations") or {}).get(ROTATE_ANNOTATION)
-            steps = database_logic.plan_credentials(
+            steps = plan_credentials(
                 owner=spec.owner,
                 secret_username=(secret or {}).get("username")
                 if secret and "password" in secret
@@ -708,7 +718,7 @@ async def finalize(
         return
     meta = body["metadata"]
     namespace, uid = meta["namespace"], str(meta["uid"])
-    key = database_logic.cluster_key(namespace, spec)
+    key = cluster_key(namespace, spec)
     cluster = next(iter(clusters.get(key, ())), None)
     if cluster is None or cluster.spec is None:
         # Nothing to reach: the cluster's own deletion waits for its databases, so it is gone
@@ -779,7 +789,7 @@ async def _cannot_clean_up(
         f"Deletion waits until the server can be reached to "
         f"{'drop the database' if spec.deletion_policy == 'Delete' else 'revoke the logins'}: "
         f"{why} To give up cleaning up the server, a platform admin annotates ManagedCluster "
-        f"{cluster.ref} with {database_logic.ABANDON_ANNOTATION}=true."
+        f"{cluster.ref} with {ABANDON_ANNOTATION}=true."
     )
     await publish(
         ctx,

@@ -27,8 +27,7 @@ from vauban.handlers import cluster, database, uploads
 from vauban.handlers.backups import purge, runs
 from vauban.handlers.context import Context, context_of
 from vauban.handlers.publish import snapshot
-from vauban.reconcile import database as database_logic
-from vauban.reconcile.database import ClusterView
+from vauban.reconcile.database import ClusterView, cluster_key_of
 from vauban.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     async def databases_by_cluster(
         body: kopf.Body, **_: Any
     ) -> dict[tuple[str, str], dict[str, Any]] | None:
-        cluster = database_logic.cluster_key_of(body)
+        cluster = cluster_key_of(body)
         return None if cluster is None else {cluster: snapshot(body)}
 
     @kopf.on.event(*CLUSTERS, id="cluster", registry=registry)
@@ -83,7 +82,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         dependents: DependentsIndex = kwargs["databases_by_cluster"]
         if type == "DELETED":
             ctx.metrics.forget(MANAGED_CLUSTER.kind, *_key(body))
-            _forget(ctx, MANAGED_CLUSTER.kind, body)
+            _drop_memory_of(ctx, MANAGED_CLUSTER.kind, body)
             ctx.usage_probed.pop(_key(body), None)
         elif _live(type, body):
             await cluster.reconcile(ctx, body)
@@ -157,7 +156,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         if type == "DELETED":
             ctx.metrics.forget(MANAGED_DATABASE.kind, *_key(body))
             ctx.metrics.forget_backups(*_key(body))
-            _forget(ctx, MANAGED_DATABASE.kind, body)
+            _drop_memory_of(ctx, MANAGED_DATABASE.kind, body)
         elif _live(type, body) and not database.settled(ctx, body):
             await database.reconcile(ctx, body, kwargs["clusters"], kwargs["backups_by_database"])
 
@@ -311,7 +310,7 @@ def _key(body: Mapping[str, Any]) -> tuple[str, str]:
     return (body["metadata"]["namespace"], body["metadata"]["name"])
 
 
-def _forget(ctx: Context, kind: str, body: Mapping[str, Any]) -> None:
+def _drop_memory_of(ctx: Context, kind: str, body: Mapping[str, Any]) -> None:
     """What this process kept about an object that is gone: a thousand databases created
     and deleted must not leave a thousand locks and timestamps behind."""
     key = (kind, *_key(body))

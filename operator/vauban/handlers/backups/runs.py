@@ -316,7 +316,7 @@ async def finalize(ctx: Context, body: Mapping[str, Any]) -> None:
     if our_job(job, database, "backup") is not None:
         await ctx.kube.delete_job(ctx.settings.namespace, placed.job)
     uid = meta.get("uid", "")
-    forget = {LEDGER_PREFIX + uid: None, VERIFICATION_PREFIX + uid: None}
+    erased = {LEDGER_PREFIX + uid: None, VERIFICATION_PREFIX + uid: None}
     alive = (
         live is not None
         and not live["metadata"].get("deletionTimestamp")
@@ -338,7 +338,7 @@ async def finalize(ctx: Context, body: Mapping[str, Any]) -> None:
             await post_event(ctx, MANAGED_BACKUP, body, "Warning", "BackupLocked", str(e))
         except StorageError as e:
             raise kopf.TemporaryError(f"cannot delete the stored backup: {e}", delay=60) from e
-    await write_ledger(ctx, database, forget)
+    await write_ledger(ctx, database, erased)
 
 
 async def job_event(ctx: Context, body: Mapping[str, Any]) -> tuple[str, str] | None:
