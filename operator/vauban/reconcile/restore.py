@@ -123,7 +123,7 @@ class RestoreStep:
     verdict: Verdict | None
     """What the database's status says meanwhile; None once the restore is done."""
     status: Mapping[str, str] | None
-    """status.restore."""
+    """status.restore; None while no restore started."""
     record: Mapping[str, str] | None = None
     """For RECORD_OUTCOME: the ledger's restore record to write."""
 
@@ -154,8 +154,10 @@ def restore_step(source: str, refusal: Verdict | None, job: JobState, now: datet
     given its Job (`job`; its termination message read once it ended)."""
     running = {"source": source, "phase": RUNNING}
     if refusal is not None:
+        # Nothing started: status.restore has no phase for that (Running, Succeeded or
+        # Failed), and the conditions say why.
         action = RestoreAction.STALLED if refusal.state is State.STALLED else RestoreAction.WAIT
-        return RestoreStep(action, refusal, {**running, "phase": "Pending"})
+        return RestoreStep(action, refusal, None)
     restoring = Verdict(State.PROGRESSING, Reason.RESTORING, f"Restoring {source}.")
     if not job.exists:
         return RestoreStep(RestoreAction.START_JOB, restoring, running)
