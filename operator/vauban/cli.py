@@ -74,9 +74,8 @@ def _differs(path: Path, content: str) -> bool:
 
 def _compliance_report(args: argparse.Namespace) -> int:
     import json
-    from datetime import UTC, datetime
 
-    from vauban import report
+    from vauban import report, timefmt
     from vauban.api.cluster import MANAGED_CLUSTER
     from vauban.api.database import MANAGED_DATABASE
     from vauban.kube.client import connect
@@ -90,7 +89,7 @@ def _compliance_report(args: argparse.Namespace) -> int:
             databases = await kube.list_all(MANAGED_DATABASE)
         finally:
             await kube.close()
-        return report.build(clusters, databases, datetime.now(UTC))
+        return report.build(clusters, databases, timefmt.now())
 
     built = asyncio.run(collect())
     text = (

@@ -9,7 +9,6 @@ flips, and derives the printer-column `phase` from the result.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 
 from vauban.api.common import Condition, ConditionStatus
@@ -129,10 +128,6 @@ class DomainCondition:
     status: ConditionStatus
     reason: Reason
     message: str
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def kstatus_conditions(verdict: Verdict) -> list[DomainCondition]:

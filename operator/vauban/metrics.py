@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from vauban import __version__
+from vauban.timefmt import parse_rfc3339
 
 
 class _Phases(Collector):
@@ -308,7 +309,8 @@ class Metrics:
         status = (last or {}).get("status") or {}
         if status.get("sizeBytes") is not None:
             self.backup_last_size.labels(namespace, database).set(status["sizeBytes"])
-        started, finished = _time(status.get("startedAt")), _time(status.get("finishedAt"))
+        started = parse_rfc3339(status.get("startedAt"))
+        finished = parse_rfc3339(status.get("finishedAt"))
         if started is not None and finished is not None:
             self.backup_last_duration.labels(namespace, database).set(
                 (finished - started).total_seconds()
@@ -350,9 +352,3 @@ class Metrics:
         ):
             with contextlib.suppress(KeyError):
                 metric.remove(namespace, database)
-
-
-def _time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from vauban.timefmt import parse_rfc3339, rfc3339
+
 
 def _condition(status: Mapping[str, Any], type_: str) -> dict[str, Any] | None:
     return next((c for c in status.get("conditions") or [] if c.get("type") == type_), None)
@@ -26,9 +28,9 @@ def _state(status: Mapping[str, Any], type_: str) -> dict[str, Any]:
 
 
 def _age_days(stamp: str | None, now: datetime) -> float | None:
-    if not stamp:
+    then = parse_rfc3339(stamp)
+    if then is None:
         return None
-    then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     return round((now - then).total_seconds() / 86400, 1)
 
 
@@ -83,7 +85,7 @@ def build(
     cluster_entries = [cluster_entry(c, now) for c in clusters]
     database_entries = [database_entry(d) for d in databases]
     return {
-        "generatedAt": now.replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "generatedAt": rfc3339(now),
         "summary": {
             "clusters": len(cluster_entries),
             "clustersCompliant": sum(c["compliant"]["status"] == "True" for c in cluster_entries),

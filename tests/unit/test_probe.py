@@ -19,11 +19,11 @@ from vauban.reconcile.cluster import (
     ServerHealth,
     ServerProbe,
     connections_event,
-    primary_event,
     external_health,
     health_due,
     health_status,
     managed_health,
+    primary_event,
 )
 
 NOW = "2026-03-01T12:00:00Z"

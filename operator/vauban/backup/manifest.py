@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from vauban.crypto import envelope
+from vauban.timefmt import parse_rfc3339, rfc3339
 
 DATA = "data"
 MANIFEST = "manifest.json"
@@ -47,15 +48,11 @@ class ManifestNotAuthentic(Exception):
 
 def _utc(value: object) -> datetime:
     if isinstance(value, str):
-        value = datetime.fromisoformat(value)
+        value = parse_rfc3339(value)
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise ValueError("a timestamp must be RFC 3339 with a time zone")
     # The manifest keeps seconds: what it writes is exactly what it reads back.
     return value.astimezone(UTC).replace(microsecond=0)
-
-
-def _rfc3339(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _base64(value: object) -> bytes:
@@ -69,7 +66,7 @@ def _base64(value: object) -> bytes:
         raise ValueError("not valid base64") from e
 
 
-Timestamp = Annotated[datetime, PlainValidator(_utc), PlainSerializer(_rfc3339, return_type=str)]
+Timestamp = Annotated[datetime, PlainValidator(_utc), PlainSerializer(rfc3339, return_type=str)]
 """A UTC instant, written as RFC 3339 to the second (`2026-01-31T02:00:00Z`)."""
 
 Base64Bytes = Annotated[

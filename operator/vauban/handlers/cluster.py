@@ -2,35 +2,42 @@
 
 from __future__ import annotations
 
-import logging
+import functools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
+from vauban import timefmt
 from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
 from vauban.builders import cnpg
-from vauban.conditions import ConditionType, Reason, State, Verdict, is_true, now_rfc3339
+from vauban.conditions import ConditionType, Reason, State, Verdict, is_true
 from vauban.engines.postgres.probe import ServerAddress, probe
 from vauban.handlers import posture as posture_
 from vauban.handlers.context import Context, ObjectKey, fingerprint
+from vauban.handlers.envelope import Envelope
 from vauban.handlers.publish import (
     awaiting_finalizer,
     parse_spec,
     post_event,
     publish,
-    unexpected,
 )
-from vauban.reconcile import cluster as cluster_logic
-from vauban.reconcile import database as database_logic
-from vauban.reconcile.database import ClusterView
+from vauban.reconcile.cluster import (
+    ADMIN_SECRET_KEYS,
+    CNPG_CRD,
+    Assessment,
+    assess_external,
+    assess_managed,
+    connections_event,
+    external_health,
+    health_due,
+    primary_event,
+)
+from vauban.reconcile.database import ABANDON_ANNOTATION, ClusterView
 from vauban.reconcile.status import previous_conditions
-
-logger = logging.getLogger(__name__)
 
 
 def view_of(body: Mapping[str, Any]) -> ClusterView:
@@ -47,10 +54,7 @@ def view_of(body: Mapping[str, Any]) -> ClusterView:
         spec=spec,
         ready=ready,
         uid=meta.get("uid", ""),
-        abandon_server_objects=(meta.get("annotations") or {}).get(
-            database_logic.ABANDON_ANNOTATION
-        )
-        == "true",
+        abandon_server_objects=(meta.get("annotations") or {}).get(ABANDON_ANNOTATION) == "true",
     )
 
 
@@ -59,25 +63,13 @@ def _owner(body: Mapping[str, Any]) -> cnpg.Owner:
     return cnpg.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta.get("uid", ""))
 
 
+ENVELOPE = Envelope(MANAGED_CLUSTER)
+
+
 async def reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
-    meta = body["metadata"]
-    async with ctx.locks[(MANAGED_CLUSTER.kind, meta["namespace"], meta["name"])]:
-        # Re-read under the lock: a stale copy (an index's, a waiting reconcile's) of a
-        # cluster already gone would re-create the CloudNativePG Cluster it owned.
-        fresh = await ctx.kube.read(MANAGED_CLUSTER, meta["namespace"], meta["name"])
-        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-            return
-        body = fresh
-        with ctx.metrics.reconcile(MANAGED_CLUSTER.kind):
-            try:
-                await _reconcile(ctx, body)
-            except Exception as e:
-                logger.exception(
-                    "reconcile of ManagedCluster %s/%s failed", meta["namespace"], meta["name"]
-                )
-                await publish(ctx, MANAGED_CLUSTER, body, unexpected(e))
-                ctx.backoff.failed((MANAGED_CLUSTER.kind, meta["namespace"], meta["name"]))
-                raise
+    # Read fresh under the lock: a stale copy (an index's, a waiting reconcile's) of a
+    # cluster already gone would re-create the CloudNativePG Cluster it owned.
+    await ENVELOPE.run(ctx, body, functools.partial(_reconcile, ctx))
 
 
 async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
@@ -87,7 +79,7 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
     owner = _owner(body)
     posture = await posture_.assess(ctx, body, spec)
     if posture.blocked is not None:
-        assessment = cluster_logic.Assessment(posture.blocked)
+        assessment = Assessment(posture.blocked)
     elif spec.mode == "Managed":
         assessment = await _reconcile_managed(ctx, owner, spec, awaiting_finalizer(body))
     else:
@@ -101,8 +93,8 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
         domain=posture.conditions,
     )
     for event in (
-        cluster_logic.connections_event(body.get("status"), assessment.fields.get("health")),
-        cluster_logic.primary_event(body.get("status"), assessment.fields.get("currentPrimary")),
+        connections_event(body.get("status"), assessment.fields.get("health")),
+        primary_event(body.get("status"), assessment.fields.get("currentPrimary")),
     ):
         if event is not None:
             await post_event(ctx, MANAGED_CLUSTER, body, event.type, event.reason, event.message)
@@ -137,8 +129,8 @@ def due(ctx: Context, body: Mapping[str, Any]) -> bool:
 
 async def _reconcile_managed(
     ctx: Context, owner: cnpg.Owner, spec: ManagedClusterSpec, unprepared: Verdict | None
-) -> cluster_logic.Assessment:
-    installed = await ctx.kube.crd_exists(cluster_logic.CNPG_CRD)
+) -> Assessment:
+    installed = await ctx.kube.crd_exists(CNPG_CRD)
     # Read fresh before any write: the major-version guard must see what really runs.
     existing = (
         await ctx.kube.read_custom(
@@ -148,8 +140,8 @@ async def _reconcile_managed(
         else None
     )
 
-    def assess(engine_cluster: Mapping[str, Any] | None) -> cluster_logic.Assessment:
-        return cluster_logic.assess_managed(
+    def assess(engine_cluster: Mapping[str, Any] | None) -> Assessment:
+        return assess_managed(
             name=owner.name,
             namespace=owner.namespace,
             spec=spec,
@@ -161,7 +153,7 @@ async def _reconcile_managed(
     if not assessment.apply:
         return assessment
     if unprepared is not None:
-        return cluster_logic.Assessment(unprepared)
+        return Assessment(unprepared)
     # Read before create: a create refused with 409 at every reconcile is a write attempt.
     superuser = cnpg.superuser_secret(owner)
     if await ctx.kube.read_secret(owner.namespace, superuser["metadata"]["name"]) is None:
@@ -238,13 +230,11 @@ async def _scheduled_base_backups(
 
 async def _assess_external(
     ctx: Context, namespace: str, spec: ManagedClusterSpec, previous: Mapping[str, Any] | None
-) -> cluster_logic.Assessment:
+) -> Assessment:
     external = spec.external
     assert external is not None
     credentials = await ctx.kube.read_secret(namespace, external.admin_secret_ref.name)
-    usable = credentials is not None and all(
-        k in credentials for k in cluster_logic.ADMIN_SECRET_KEYS
-    )
+    usable = credentials is not None and all(k in credentials for k in ADMIN_SECRET_KEYS)
     server_probe = None
     if credentials is not None and usable:
         ca_pem = None
@@ -252,7 +242,7 @@ async def _assess_external(
             ca = await ctx.kube.read_secret(namespace, external.ca_secret_ref.name) or {}
             ca_pem = ca.get(external.ca_secret_ref.key)
             if ca_pem is None:
-                return cluster_logic.Assessment(
+                return Assessment(
                     Verdict(
                         State.WAITING,
                         Reason.SECRET_MISSING,
@@ -264,16 +254,14 @@ async def _assess_external(
             ServerAddress(external.host, external.port, external.ssl_mode, ca_pem),
             credentials["username"],
             credentials["password"],
-            health=cluster_logic.health_due(
-                previous, datetime.now(UTC), ctx.settings.probe_interval_seconds
-            ),
+            health=health_due(previous, timefmt.now(), ctx.settings.probe_interval_seconds),
         )
-    assessment = cluster_logic.assess_external(
+    assessment = assess_external(
         spec=spec,
         admin_secret_keys=None if credentials is None else credentials.keys(),
         probe=server_probe,
     )
-    health = cluster_logic.external_health(previous, server_probe, now_rfc3339())
+    health = external_health(previous, server_probe, timefmt.now_rfc3339())
     return replace(assessment, fields={**assessment.fields, "health": health})
 
 

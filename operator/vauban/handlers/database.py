@@ -8,14 +8,16 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import kopf
 import psycopg
 from psycopg import sql
 
+from vauban import timefmt
 from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
 from vauban.api.common import Condition
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
@@ -36,21 +38,33 @@ from vauban.engines.postgres.plan import (
 )
 from vauban.engines.postgres.probe import ServerAddress, check_login
 from vauban.engines.postgres.scram import new_password, verifier
-from vauban.handlers import backup
 from vauban.handlers import cluster as cluster_handler
+from vauban.handlers.backups import purge, restore, schedules
 from vauban.handlers.context import Context, ObjectKey
+from vauban.handlers.envelope import Envelope
 from vauban.handlers.publish import (
     awaiting_finalizer,
     parse_spec,
     post_event,
     publish,
     refresh,
-    unexpected,
 )
 from vauban.reconcile import compliance
-from vauban.reconcile import database as database_logic
 from vauban.reconcile.cluster import ProbeOutcome
-from vauban.reconcile.database import ClusterView, Holder
+from vauban.reconcile.database import (
+    ABANDON_ANNOTATION,
+    ClusterView,
+    Holder,
+    assess,
+    cluster_key,
+    cluster_key_of,
+    connection_limit,
+    ownership,
+    plan_credentials,
+    resync_due,
+    timers_due,
+    usage_moved,
+)
 from vauban.reconcile.records import DatabaseRecord
 from vauban.reconcile.status import previous_conditions
 from vauban.reconcile.tenancy import needs_namespace_labels
@@ -87,36 +101,29 @@ async def reconcile(
     """`backups`: the ManagedBackups of each database. `only_if_due`: for the periodic
     re-check, whose copy of the object may predate a reconcile that made it not due any
     more."""
-    meta = body["metadata"]
-    server = database_logic.cluster_key_of(body)
-    # A bounded number of databases of one cluster reconcile at a time: a burst of a
-    # thousand would otherwise exhaust its server's max_connections ("too many clients"),
-    # and hold a thousand bodies in memory while they wait. A waiting reconcile holds
-    # nothing: the object is read when its turn comes.
-    async with (
-        ctx.memory.busy(),
-        ctx.locks[_key(body)],
-        ctx.server_slots[server] if server else contextlib.nullcontext(),
-    ):
-        # Re-read under the lock: a reconcile that waited must see what the previous one
-        # wrote (a rotation done twice would cut the grace period of the first).
-        fresh = await ctx.kube.read(MANAGED_DATABASE, meta["namespace"], meta["name"])
-        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-            return
-        if only_if_due and not due(ctx, fresh):
-            return
-        with ctx.metrics.reconcile(MANAGED_DATABASE.kind):
-            try:
-                await _reconcile(ctx, fresh, clusters, backups)
-            except Exception as e:
-                logger.exception(
-                    "reconcile of ManagedDatabase %s/%s failed", meta["namespace"], meta["name"]
-                )
-                # Keep what status knew; say what failed.
-                kept = _kept(fresh.get("status") or {})
-                await publish(ctx, MANAGED_DATABASE, fresh, unexpected(e), fields=kept)
-                ctx.backoff.failed(_key(body))
-                raise
+    # Read fresh under the lock: a reconcile that waited must see what the previous one
+    # wrote (a rotation done twice would cut the grace period of the first).
+    await _envelope(ctx).run(
+        ctx,
+        body,
+        lambda fresh: _reconcile(ctx, fresh, clusters, backups),
+        still_wanted=(lambda fresh: due(ctx, fresh)) if only_if_due else None,
+    )
+
+
+def _envelope(ctx: Context) -> Envelope:
+    """A bounded number of databases of one cluster reconcile at a time: a burst of a
+    thousand would otherwise exhaust its server's max_connections ("too many clients"), and
+    hold a thousand bodies in memory while they wait. A waiting reconcile holds nothing: the
+    object is read when its turn comes."""
+
+    def server_slot(body: Mapping[str, Any]) -> AbstractAsyncContextManager[object]:
+        server = cluster_key_of(body)
+        return ctx.server_slots[server] if server else contextlib.nullcontext()
+
+    return Envelope(
+        MANAGED_DATABASE, kept=_kept, around=lambda _: ctx.memory.busy(), within=server_slot
+    )
 
 
 async def _reconcile(
@@ -129,7 +136,7 @@ async def _reconcile(
     if spec is None:
         return
     namespace = body["metadata"]["namespace"]
-    key = database_logic.cluster_key(namespace, spec)
+    key = cluster_key(namespace, spec)
     cluster = next(iter(clusters.get(key, ())), None)
     labels: Mapping[str, str] = {}
     if (
@@ -142,9 +149,7 @@ async def _reconcile(
         )
     ):
         labels = await ctx.kube.namespace_labels(namespace)
-    verdict = database_logic.assess(
-        namespace=namespace, spec=spec, cluster=cluster, namespace_labels=labels
-    )
+    verdict = assess(namespace=namespace, spec=spec, cluster=cluster, namespace_labels=labels)
     # What the server's record said last stays displayed while it cannot be read (a cluster
     # not ready): display only, every decision reads the record itself.
     fields: dict[str, Any] = {**_kept(body.get("status") or {}), "cluster": "/".join(key)}
@@ -156,7 +161,7 @@ async def _reconcile(
         if placement.status == "False" and not _provisioned(body):
             verdict = Verdict(State.STALLED, placement.reason, placement.message)
     if verdict.state is State.PROGRESSING and cluster is not None and cluster.spec is not None:
-        limit = database_logic.connection_limit(spec, cluster.spec)
+        limit = connection_limit(spec, cluster.spec)
         if isinstance(limit, Verdict):
             verdict = limit
         elif awaiting_finalizer(body) is not None:
@@ -233,9 +238,9 @@ def due(ctx: Context, body: Mapping[str, Any]) -> bool:
     status = body.get("status") or {}
     if not is_true(previous_conditions(status), ConditionType.READY):
         return ctx.backoff.due(key)
-    if database_logic.timers_due(status, body.get("spec") or {}, datetime.now(UTC)):
+    if timers_due(status, body.get("spec") or {}, timefmt.now()):
         return True
-    return database_logic.resync_due(
+    return resync_due(
         key, time.monotonic() - ctx.reconciled.get(key, 0.0), ctx.settings.resync_interval_seconds
     )
 
@@ -291,7 +296,7 @@ async def probe_usage(
         fields = {"sizeBytes": measured.size_bytes, "connections": measured.connections}
         status = body.get("status") or {}
         ctx.metrics.observe(MANAGED_DATABASE.kind, *_key(body)[1:], {**status, **fields})
-        if database_logic.usage_moved(status, fields):
+        if usage_moved(status, fields):
             await refresh(ctx, MANAGED_DATABASE, body, fields)
 
 
@@ -343,14 +348,6 @@ async def _connection(
     )
 
 
-def _parse_time(value: Any) -> datetime | None:
-    return database_logic.parse_time(str(value)) if value else None
-
-
-def _rfc3339(value: datetime) -> str:
-    return value.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
 _TRANSIENT_SQLSTATES = ("08", "53", "57P01", "57P02", "57P03", "40001", "40P01")
 """Connection lost, resources exhausted, server shutting down or starting, a serialization
 failure or deadlock: the server's state, not the spec's; the next attempt may pass."""
@@ -396,7 +393,7 @@ async def _claim(
         found = await registry.holder_of(conn, spec.database_name, spec.owner)
         holder = None if found is None else Holder(*found)
         catalog = await server.catalog(spec.database_name, [spec.owner])
-    conflict = database_logic.ownership(
+    conflict = ownership(
         namespace=namespace,
         database=spec.database_name,
         owner=spec.owner,
@@ -466,7 +463,7 @@ async def _provision(
     connection = await _connection(ctx, cluster, cluster_spec, spec.database_name)
     if isinstance(connection, Verdict):
         return connection, {}, []
-    now = datetime.now(UTC)
+    now = timefmt.now()
     try:
         # One admin session for the whole plan: connecting (TLS, SCRAM) costs more than it.
         async with pg.session(connection.admin) as server:
@@ -487,7 +484,7 @@ async def _provision(
                 return record, {}, []
             secret = None if found is None else found[0]
             token = (meta.get("annotations") or {}).get(ROTATE_ANNOTATION)
-            steps = database_logic.plan_credentials(
+            steps = plan_credentials(
                 owner=spec.owner,
                 secret_username=(secret or {}).get("username")
                 if secret and "password" in secret
@@ -596,10 +593,10 @@ async def _provision(
         "credentials": {
             "secretName": secret_name(name),
             "username": steps.login,
-            "lastRotation": _rfc3339(last_rotation) if last_rotation else None,
+            "lastRotation": timefmt.rfc3339(last_rotation) if last_rotation else None,
             "rotationToken": token if steps.rotated else record.rotation_token,
             "retiring": sorted(steps.retiring),
-            "retireAfter": _rfc3339(retire_after) if retire_after else None,
+            "retireAfter": timefmt.rfc3339(retire_after) if retire_after else None,
         },
         "extensions": sorted(spec.extensions),
         "sizeBytes": usage.size_bytes if usage else None,
@@ -611,7 +608,7 @@ async def _provision(
         )
     fields["credentials"] = {k: v for k, v in fields["credentials"].items() if v is not None}
     endpoint = connection.endpoint
-    logins = backup.Logins(
+    logins = schedules.Logins(
         tenant=AgentLogin(
             endpoint.host,
             endpoint.port,
@@ -631,12 +628,12 @@ async def _provision(
             endpoint.ca_pem,
         ),
     )
-    restoring, fields["restore"] = await backup.restore(
+    restoring, fields["restore"] = await restore.advance(
         ctx, body, spec, cluster, cluster_spec, logins.tenant, backups
     )
     if restoring is not None:
         return restoring, fields, []
-    outcome = await backup.for_database(
+    outcome = await schedules.for_database(
         ctx,
         body,
         spec,
@@ -658,7 +655,7 @@ async def _provision(
 
 
 def _recreated(name: str, login: str, retire_after: datetime | None) -> str:
-    until = f" until {_rfc3339(retire_after)}" if retire_after else ""
+    until = f" until {timefmt.rfc3339(retire_after)}" if retire_after else ""
     return (
         f"Secret {secret_name(name)} was missing its password and was recreated with a new "
         f"login, {login}: Vauban keeps no copy of a password. The previous login keeps "
@@ -721,12 +718,12 @@ async def finalize(
         return
     meta = body["metadata"]
     namespace, uid = meta["namespace"], str(meta["uid"])
-    key = database_logic.cluster_key(namespace, spec)
+    key = cluster_key(namespace, spec)
     cluster = next(iter(clusters.get(key, ())), None)
     if cluster is None or cluster.spec is None:
         # Nothing to reach: the cluster's own deletion waits for its databases, so it is gone
         # only if it never existed (or was forced away).
-        await backup.database_deleted(ctx, body, spec, cluster)
+        await purge.database_deleted(ctx, body, spec, cluster)
         return
     connection = await _connection(ctx, cluster, cluster.spec, spec.database_name)
     try:
@@ -737,11 +734,11 @@ async def finalize(
     except (psycopg.Error, registry.RegistryUnusable, _Unreachable) as e:
         why = _database_error(e).message if isinstance(e, psycopg.Error) else str(e)
         await _cannot_clean_up(ctx, body, spec, cluster, why)
-        await backup.database_deleted(ctx, body, spec, cluster)
+        await purge.database_deleted(ctx, body, spec, cluster)
         return
     if record is not None and spec.backup is not None and spec.backup.final_backup:
-        await backup.final_backup(ctx, body)
-    await backup.database_deleted(ctx, body, spec, cluster)
+        await purge.final_backup(ctx, body)
+    await purge.database_deleted(ctx, body, spec, cluster)
     if record is None or record.retained:
         return
     try:
@@ -792,7 +789,7 @@ async def _cannot_clean_up(
         f"Deletion waits until the server can be reached to "
         f"{'drop the database' if spec.deletion_policy == 'Delete' else 'revoke the logins'}: "
         f"{why} To give up cleaning up the server, a platform admin annotates ManagedCluster "
-        f"{cluster.ref} with {database_logic.ABANDON_ANNOTATION}=true."
+        f"{cluster.ref} with {ABANDON_ANNOTATION}=true."
     )
     await publish(
         ctx,

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
+from vauban import timefmt
 from vauban.builders import keys
 from vauban.builders.backup import Database, DataKey
 from vauban.conditions import Reason, State, Verdict
@@ -24,10 +25,6 @@ from vauban.handlers.context import Context
 from vauban.kms import KeyProvider, KeyProviderError, WrongKey
 
 logger = logging.getLogger(__name__)
-
-
-def _now() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _missing(what: str) -> Verdict:
@@ -85,9 +82,9 @@ async def read_kek(ctx: Context, owner: keys.KekOwner) -> Kek | None:
     versions = {int(k[1:]): v for k, v in values.items() if k.startswith("v") and k[1:].isdigit()}
     created = {}
     for version in versions:
-        stamp = annotations.get(keys.created_annotation(version))
-        if stamp:
-            created[version] = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        stamp = timefmt.parse_rfc3339(annotations.get(keys.created_annotation(version)))
+        if stamp is not None:
+            created[version] = stamp
     return Kek(
         name,
         values.get(keys.PROVIDER, "kubernetes-secret"),
@@ -104,10 +101,7 @@ async def _write_kek(ctx: Context, owner: keys.KekOwner, kek: Kek, *, create: bo
         provider=kek.provider,
         versions=kek.versions,
         current=kek.current,
-        created={
-            v: t.replace(microsecond=0).isoformat().replace("+00:00", "Z")
-            for v, t in kek.created.items()
-        },
+        created={v: timefmt.rfc3339(t) for v, t in kek.created.items()},
     )
     if create:
         await ctx.kube.create_secret_if_absent(body)
@@ -127,7 +121,7 @@ async def ensure_kek(ctx: Context, owner: keys.KekOwner, provider_name: str) -> 
         ref = await asyncio.to_thread(provider.create_kek, f"{keys.kek_secret_name(owner.uid)}-v1")
     except KeyProviderError as e:
         return _unavailable(provider_name, e)
-    now = datetime.now(UTC)
+    now = timefmt.now()
     await _write_kek(
         ctx,
         owner,
@@ -176,7 +170,7 @@ async def data_key(
                 kek=kek.secret,
                 kek_version=kek.current,
                 wrapped=wrapped,
-                created=_now(),
+                created=timefmt.now_rfc3339(),
             )
         )
         stored = await ctx.kube.read_secret(namespace, name)
@@ -245,7 +239,7 @@ async def rotate(ctx: Context, owner: keys.KekOwner, kek: Kek) -> Kek | Verdict:
         kek.provider,
         version,
         {**kek.versions, version: ref},
-        {**kek.created, version: datetime.now(UTC)},
+        {**kek.created, version: timefmt.now()},
     )
     # The new version is recorded before any data key uses it.
     await _write_kek(ctx, owner, rotated, create=False)

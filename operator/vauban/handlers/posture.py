@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from vauban import timefmt
 from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
 from vauban.api.common import duration_seconds
 from vauban.builders import cnpg
@@ -32,16 +32,6 @@ class Posture:
     conditions: list[DomainCondition]
     blocked: Verdict | None = None
     """Set when nothing may be created: volumes that a profile requires encrypted are not."""
-
-
-def _time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-
-def _rfc3339(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 async def _storage(ctx: Context, spec: ManagedClusterSpec) -> compliance.StorageEvidence | None:
@@ -103,7 +93,7 @@ async def assess(ctx: Context, body: Mapping[str, Any], spec: ManagedClusterSpec
     ctx.metrics.key(
         namespace,
         name,
-        created=_time((encryption or {}).get("keyCreated")),
+        created=timefmt.parse_rfc3339((encryption or {}).get("keyCreated")),
         period_seconds=duration_seconds(spec.encryption.rotation_period)
         if spec.encryption.rotation_period
         else None,
@@ -132,12 +122,12 @@ async def _key(
         period=spec.encryption.rotation_period,
         token=token,
         acted_token=acted,
-        now=datetime.now(UTC),
+        now=timefmt.now(),
     ):
         rotated = await keys.rotate(ctx, owner, kek)
         if isinstance(rotated, Verdict):
             return previous or None, rotated
-        kek, acted, last_rotation = rotated, token or acted, _rfc3339(datetime.now(UTC))
+        kek, acted, last_rotation = rotated, token or acted, timefmt.now_rfc3339()
         await post_event(
             ctx,
             MANAGED_CLUSTER,
@@ -147,11 +137,12 @@ async def _key(
             f"Key-encryption key {kek.secret} is now at version {kek.current}; data keys are "
             "re-wrapped, backups untouched and still restorable.",
         )
+    created = kek.created.get(kek.current)
     status = {
         "provider": kek.provider,
         "keyId": kek.secret,
         "keyVersion": kek.current,
-        "keyCreated": _rfc3339(kek.created.get(kek.current)),
+        "keyCreated": timefmt.rfc3339(created) if created else None,
         "lastRotation": last_rotation,
         "rotationToken": acted,
     }

@@ -8,8 +8,9 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from vauban import timefmt
 from vauban.api.common import ApiModel, KindInfo
-from vauban.conditions import DomainCondition, Reason, State, Verdict, now_rfc3339
+from vauban.conditions import DomainCondition, Reason, State, Verdict
 from vauban.handlers.context import Context
 from vauban.kube import events
 from vauban.reconcile import status as status_
@@ -118,7 +119,12 @@ async def publish(
 
     def update_from(status: Mapping[str, Any] | None) -> status_.StatusUpdate:
         return status_.compute(
-            status, verdict, generation=generation, now=now_rfc3339(), fields=fields, domain=domain
+            status,
+            verdict,
+            generation=generation,
+            now=timefmt.now_rfc3339(),
+            fields=fields,
+            domain=domain,
         )
 
     first = update_from(body.get("status"))

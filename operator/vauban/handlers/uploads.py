@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
-from vauban.handlers.backup import bucket, store_of
+from vauban import timefmt
+from vauban.handlers.backups.store import bucket, store_of
 from vauban.handlers.context import Context
 from vauban.reconcile.database import ClusterView
 
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
 async def sweep(ctx: Context, clusters: Iterable[ClusterView]) -> None:
     """Abort the uploads under each cluster's backup prefix older than
     `stale_upload_seconds`. A bucket shared by several clusters is swept once per prefix."""
-    started_before = datetime.now(UTC) - timedelta(seconds=ctx.settings.stale_upload_seconds)
+    started_before = timefmt.now() - timedelta(seconds=ctx.settings.stale_upload_seconds)
     seen: set[tuple[str | None, str, str]] = set()
     for cluster in clusters:
         if cluster.spec is None or cluster.spec.backup is None:

@@ -23,11 +23,11 @@ from vauban.api.database import MANAGED_DATABASE
 from vauban.builders import backup as backup_objects
 from vauban.builders import cnpg
 from vauban.builders.credentials import DATABASE_LABEL
-from vauban.handlers import backup, cluster, database, uploads
+from vauban.handlers import cluster, database, uploads
+from vauban.handlers.backups import purge, runs
 from vauban.handlers.context import Context, context_of
 from vauban.handlers.publish import snapshot
-from vauban.reconcile import database as database_logic
-from vauban.reconcile.database import ClusterView
+from vauban.reconcile.database import ClusterView, cluster_key_of
 from vauban.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ ClusterIndex = kopf.Index[tuple[str, str], ClusterView]
 DependentsIndex = kopf.Index[tuple[str, str], dict[str, Any]]
 
 
-def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
+# Long by nature: one small closure per kopf handler, counted as the complexity of this one.
+def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:  # noqa: C901, PLR0915
     """Indices are injected by kopf as keyword arguments named after their ids; handlers
     take them from **kwargs, as kopf's callback protocols do not name them."""
     recheck = settings.recheck_interval_seconds
@@ -67,7 +68,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     async def databases_by_cluster(
         body: kopf.Body, **_: Any
     ) -> dict[tuple[str, str], dict[str, Any]] | None:
-        cluster = database_logic.cluster_key_of(body)
+        cluster = cluster_key_of(body)
         return None if cluster is None else {cluster: snapshot(body)}
 
     @kopf.on.event(*CLUSTERS, id="cluster", registry=registry)
@@ -82,7 +83,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         dependents: DependentsIndex = kwargs["databases_by_cluster"]
         if type == "DELETED":
             ctx.metrics.forget(MANAGED_CLUSTER.kind, *_key(body))
-            _forget(ctx, MANAGED_CLUSTER.kind, body)
+            _drop_memory_of(ctx, MANAGED_CLUSTER.kind, body)
             ctx.usage_probed.pop(_key(body), None)
         elif _live(type, body):
             await cluster.reconcile(ctx, body)
@@ -156,7 +157,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         if type == "DELETED":
             ctx.metrics.forget(MANAGED_DATABASE.kind, *_key(body))
             ctx.metrics.forget_backups(*_key(body))
-            _forget(ctx, MANAGED_DATABASE.kind, body)
+            _drop_memory_of(ctx, MANAGED_DATABASE.kind, body)
         elif _live(type, body) and not database.settled(ctx, body):
             await database.reconcile(ctx, body, kwargs["clusters"], kwargs["backups_by_database"])
 
@@ -204,7 +205,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
         **kwargs: Any,
     ) -> None:
         if _live(type, body):
-            await backup.reconcile(context_of(memo), body)
+            await runs.reconcile(context_of(memo), body)
         # The database's status (last backup, BackupHealthy) follows its backups.
         ref = body.get("spec", {}).get("databaseRef") or {}
         await _reconcile_database(
@@ -215,7 +216,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     async def backup_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         ctx = context_of(memo)
         with ctx.metrics.reconcile(MANAGED_BACKUP.kind, "finalize", waiting=_WAITING):
-            await backup.finalize(ctx, body)
+            await runs.finalize(ctx, body)
 
     # The agent's Jobs, in the operator's namespace: their outcome becomes a ManagedBackup's
     # status, a restore's progress, a restore test's result.
@@ -236,7 +237,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
             return
         ctx = context_of(memo)
         with ctx.metrics.reconcile(MANAGED_BACKUP.kind, "agent_job"):
-            owner = await backup.job_event(ctx, body)
+            owner = await runs.job_event(ctx, body)
         if owner is not None:
             await _reconcile_database(ctx, *owner, kwargs)
 
@@ -310,7 +311,7 @@ def _key(body: Mapping[str, Any]) -> tuple[str, str]:
     return (body["metadata"]["namespace"], body["metadata"]["name"])
 
 
-def _forget(ctx: Context, kind: str, body: Mapping[str, Any]) -> None:
+def _drop_memory_of(ctx: Context, kind: str, body: Mapping[str, Any]) -> None:
     """What this process kept about an object that is gone: a thousand databases created
     and deleted must not leave a thousand locks and timestamps behind."""
     key = (kind, *_key(body))
@@ -340,7 +341,7 @@ async def _recheck_forever(
         if time.monotonic() - purged >= ctx.settings.probe_interval_seconds:
             purged = time.monotonic()
             await _guarded(
-                backup.purge_expired(ctx, backups),
+                purge.purge_expired(ctx, backups),
                 {"metadata": {"namespace": ctx.settings.namespace, "name": "purge"}},
             )
             await _guarded(
@@ -364,7 +365,7 @@ async def _recheck_forever(
             for body in list(store):
                 phase = (body.get("status") or {}).get("phase")
                 if not _being_deleted(body) and phase not in ("Succeeded", "Failed"):
-                    await _guarded(backup.reconcile(ctx, body), body)
+                    await _guarded(runs.reconcile(ctx, body), body)
 
 
 async def _recheck_databases(

@@ -7,13 +7,14 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from cronsim import CronSim, CronSimError
 
 from vauban.api.common import duration_seconds
 from vauban.conditions import ConditionType, DomainCondition, Reason, State, Verdict
-from vauban.reconcile.database import parse_time
+from vauban.timefmt import parse_rfc3339, rfc3339
 
 SUCCEEDED, FAILED, RUNNING, PENDING = "Succeeded", "Failed", "Running", "Pending"
 
@@ -101,7 +102,7 @@ class LedgerEntry:
     def annotation(self, backup_uid: str) -> tuple[str, str]:
         value = {"name": self.name, "job": self.job, "state": self.state}
         if self.at is not None:
-            value["at"] = _rfc3339(self.at)
+            value["at"] = rfc3339(self.at)
         if self.message:
             value["message"] = self.message
         return LEDGER_PREFIX + backup_uid, json.dumps(value, separators=(",", ":"))
@@ -271,17 +272,6 @@ def restore_refusal(
     return None
 
 
-def parse_rfc3339(value: Any) -> datetime | None:
-    """A time as the operator writes them; None when absent or unreadable (never a crash)."""
-    if not value:
-        return None
-    try:
-        parsed = parse_time(str(value))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
-
-
 def expired(
     backups: Sequence[BackupRecord],
     *,
@@ -350,7 +340,7 @@ def health(
                     Reason.NO_BACKUP_YET,
                     f"No backup has completed yet; the schedule is {schedule} (UTC).",
                 )
-            since = "never" if success is None else f"last at {_rfc3339(success.finished)}"
+            since = "never" if success is None else f"last at {_finished_at(success)}"
             return DomainCondition(
                 ConditionType.BACKUP_HEALTHY,
                 "False",
@@ -370,13 +360,13 @@ def health(
         ConditionType.BACKUP_HEALTHY,
         "True",
         Reason.BACKUPS_CURRENT,
-        f"Last successful backup: ManagedBackup {success.name} at {_rfc3339(success.finished)}.",
+        f"Last successful backup: ManagedBackup {success.name} at {_finished_at(success)}.",
     )
 
 
-def _rfc3339(value: datetime | None) -> str:
-    assert value is not None
-    return value.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+def _finished_at(backup: BackupRecord) -> str:
+    assert backup.finished is not None, "last_success returns finished backups only"
+    return rfc3339(backup.finished)
 
 
 @dataclass(frozen=True)
@@ -432,3 +422,113 @@ def failure_verdict(job: JobState, result: Mapping[str, Any] | None) -> Verdict:
         f"Backup failed: {detail}. Nothing partial is listed: a backup without its manifest "
         "does not exist. Create a new ManagedBackup once the cause is fixed.",
     )
+
+
+def agent_result(message: str | None) -> dict[str, Any] | None:
+    """The agent's JSON result from a termination message; None when there is none."""
+    if not message:
+        return None
+    try:
+        parsed = json.loads(message.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+class BackupAction(StrEnum):
+    """What a ManagedBackup's reconcile does next, from its records and its Job."""
+
+    RUNNING = "Running"
+    """Its Job runs: recorded in the ledger if it is not yet, shown Running."""
+    SUCCEEDED = "Succeeded"
+    """Its manifest is in the bucket and authentic: the only proof of a backup."""
+    UNKNOWN = "Unknown"
+    """The bucket cannot be read: nothing is concluded (a verdict only while not terminal)."""
+    JOB_FAILED = "JobFailed"
+    """Its Job ended without an authentic manifest: the Job's result says why."""
+    FAILED = "Failed"
+    """The ledger says it failed, or its Job and backup are gone."""
+    UNRECORDED = "Unrecorded"
+    """A finished status the records do not back: its status alone is not evidence."""
+    START = "Start"
+    """Nothing started yet: its Job is created (once its database is Ready)."""
+
+
+@dataclass(frozen=True)
+class BackupOutcome:
+    action: BackupAction
+    verdict: Verdict | None = None
+    finished: datetime | None = None
+    """When it failed, for FAILED: the ledger's time."""
+
+
+def backup_outcome(
+    *,
+    job: JobState,
+    authentic_manifest: bool,
+    bucket_error: str | None,
+    entry: LedgerEntry | None,
+    terminal: bool,
+) -> BackupOutcome:
+    """A ManagedBackup's outcome from what the operator alone controls: its Job (`job`, read
+    without its termination message), its manifest in the bucket, the ledger's `entry`.
+    `terminal`: its status already shows Succeeded or Failed."""
+    if job.exists and not (job.succeeded or job.failed):
+        return BackupOutcome(BackupAction.RUNNING)
+    if authentic_manifest:
+        return BackupOutcome(BackupAction.SUCCEEDED)
+    if bucket_error is not None and not job.failed:
+        verdict = Verdict(
+            State.WAITING,
+            Reason.BACKUP_NOT_CONFIGURED,
+            f"The bucket cannot be read: {bucket_error}.",
+        )
+        return BackupOutcome(BackupAction.UNKNOWN, None if terminal else verdict)
+    if job.exists:
+        return BackupOutcome(BackupAction.JOB_FAILED)
+    if entry is not None:
+        why = (
+            entry.message
+            if entry.state == FAILED
+            else "Backup failed: its Job disappeared, or its backup is gone from the bucket."
+        )
+        return BackupOutcome(
+            BackupAction.FAILED, Verdict(State.STALLED, Reason.BACKUP_FAILED, why), entry.at
+        )
+    if terminal:
+        return BackupOutcome(
+            BackupAction.UNRECORDED,
+            Verdict(
+                State.STALLED,
+                Reason.BACKUP_FAILED,
+                "No record of this backup: neither the bucket nor the operator's ledger holds "
+                "it. Create a new ManagedBackup.",
+            ),
+        )
+    return BackupOutcome(BackupAction.START)
+
+
+def job_failure(job: JobState) -> Verdict:
+    """Why a backup whose Job ended left no authentic manifest, `job` read with its
+    termination message."""
+    verdict = failure_verdict(job, agent_result(job.message))
+    if not job.succeeded:
+        return verdict
+    return Verdict(
+        verdict.state,
+        verdict.reason,
+        "Backup failed: the agent reported success but no authentic manifest exists at its "
+        "location.",
+    )
+
+
+def verification(job: JobState, now: datetime) -> VerificationEntry:
+    """A restore test's result from its finished Job, read with its termination message."""
+    result = agent_result(job.message) or {}
+    passed = job.succeeded and result.get("result") == "Succeeded"
+    message = str(result.get("message") or "")[:900] or (
+        "Restored into a scratch database; row counts match the manifest."
+        if passed
+        else "The restore test failed without a result (killed or deadline)."
+    )
+    return VerificationEntry("Passed" if passed else "Failed", rfc3339(now), message)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from vauban.api.cluster import ManagedClusterSpec
 from vauban.builders import cnpg
 from vauban.conditions import Reason, State, Verdict
+from vauban.timefmt import parse_rfc3339
 
 CNPG_CRD = f"{cnpg.CNPG_PLURAL}.{cnpg.CNPG_GROUP}"
 
@@ -314,9 +315,8 @@ def health_due(previous: Mapping[str, Any] | None, now: datetime, interval: floa
     is itself a watch event, so a reconcile in between keeps what status has (refreshing it
     each time would write status in a loop)."""
     last = ((previous or {}).get("health") or {}).get("lastProbeTime")
-    try:
-        when = datetime.fromisoformat(str(last).replace("Z", "+00:00"))
-    except ValueError:
+    when = parse_rfc3339(last)
+    if when is None:
         return True
     return (now - when).total_seconds() >= interval
 

@@ -15,6 +15,7 @@ from vauban.api.database import ManagedDatabaseSpec
 from vauban.conditions import Reason, State, Verdict
 from vauban.reconcile.records import DatabaseRecord, LoginRecord
 from vauban.reconcile.tenancy import namespace_allowed
+from vauban.timefmt import parse_rfc3339
 
 
 @dataclass(frozen=True)
@@ -253,13 +254,13 @@ def timers_due(status: Mapping[str, Any], spec: Mapping[str, Any], now: datetime
     """Whether time alone calls for a reconcile: retiring logins past their grace period, or
     a rotation period elapsed."""
     credentials = status.get("credentials") or {}
-    retire_after = credentials.get("retireAfter")
-    if credentials.get("retiring") and retire_after and now >= parse_time(retire_after):
+    retire_after = parse_rfc3339(credentials.get("retireAfter"))
+    if credentials.get("retiring") and retire_after is not None and now >= retire_after:
         return True
     period = (spec.get("credentials") or {}).get("rotationPeriod")
-    last = credentials.get("lastRotation")
+    last = parse_rfc3339(credentials.get("lastRotation"))
     return bool(
-        period and last and now >= parse_time(last) + timedelta(seconds=duration_seconds(period))
+        period and last is not None and now >= last + timedelta(seconds=duration_seconds(period))
     )
 
 
@@ -291,8 +292,3 @@ def usage_moved(status: Mapping[str, Any], measured: Mapping[str, int | None]) -
     if before is None or now is None:
         return before != now
     return bool(abs(now - before) > max(SIZE_TOLERANCE * before, SIZE_TOLERANCE_BYTES))
-
-
-def parse_time(value: str) -> datetime:
-    """An RFC 3339 time as status stores it."""
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))

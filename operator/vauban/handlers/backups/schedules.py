@@ -1,0 +1,236 @@
+"""A ready database's backup machinery, kept as its spec says: the agent's Secret, the
+backup and restore-test CronJobs, retention, and what its status says of its backups
+(BackupHealthy) — from the bucket's authenticated manifests and the ledger, never from the
+ManagedBackups' status."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from vauban import timefmt
+from vauban.api.backup import MANAGED_BACKUP
+from vauban.api.cluster import ManagedClusterSpec
+from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
+from vauban.backup.storage import StorageError
+from vauban.builders import backup as build
+from vauban.builders.keys import KekOwner, data_key_secret_name
+from vauban.conditions import ConditionType, DomainCondition, Reason, Verdict
+from vauban.handlers import keys
+from vauban.handlers.backups.agents import (
+    agent_secret,
+    apply_once,
+    backup_run,
+    delete_agent_object,
+)
+from vauban.handlers.backups.ledger import database_of, location_of
+from vauban.handlers.backups.store import list_authentic, manifest_fields, store_of
+from vauban.handlers.context import Context
+from vauban.handlers.publish import post_event
+from vauban.reconcile.backup import (
+    BackupRecord,
+    Ledger,
+    expired,
+    health,
+    interval,
+    last_success,
+    ledger_of,
+    records,
+    schedule_error,
+)
+from vauban.reconcile.database import ClusterView
+
+
+@dataclass(frozen=True)
+class Logins:
+    """How agents reach the database: the tenant's login (backups, restores: the tenant's
+    content replays with the tenant's own privileges) and the cluster's admin (restore
+    tests: the agent uses it only to create and drop a throw-away role and its scratch
+    database, and restores as that role)."""
+
+    tenant: build.AgentLogin
+    admin: build.AgentLogin
+
+
+@dataclass(frozen=True)
+class DatabaseBackups:
+    """What the database's status says about its backups."""
+
+    fields: dict[str, Any]
+    conditions: list[DomainCondition]
+
+
+def _not_healthy(reason: Reason, message: str) -> DatabaseBackups:
+    return DatabaseBackups(
+        {}, [DomainCondition(ConditionType.BACKUP_HEALTHY, "False", reason, message)]
+    )
+
+
+def _created(body: Mapping[str, Any]) -> datetime | None:
+    return timefmt.parse_rfc3339(body["metadata"].get("creationTimestamp"))
+
+
+async def for_database(
+    ctx: Context,
+    body: Mapping[str, Any],
+    spec: ManagedDatabaseSpec,
+    cluster: ClusterView,
+    cluster_spec: ManagedClusterSpec,
+    logins: Logins,
+    backups: list[Mapping[str, Any]],
+    now: datetime | None = None,
+) -> DatabaseBackups | None:
+    """Keep a ready database's backup machinery as its spec says; None when the cluster has
+    no object store (backups are off). Retention and health come from the bucket's
+    authenticated manifests and the ledger, not from the ManagedBackups' status."""
+    policy = cluster_spec.backup
+    database = database_of(body)
+    namespace = ctx.settings.namespace
+    previous = (body.get("status") or {}).get("backup") or {}
+    if policy is None:
+        if previous:
+            for kind, name in (
+                ("CronJob", build.cronjob_name(database, "backup")),
+                ("CronJob", build.cronjob_name(database, "verify")),
+                ("Secret", build.agent_secret_name(database, "backup")),
+                ("Secret", build.agent_secret_name(database, "verify")),
+            ):
+                await delete_agent_object(ctx, kind, namespace, name)
+        return None
+    settings = spec.backup
+    schedule = (settings.schedule if settings else None) or policy.schedule
+    if schedule is not None and (error := schedule_error(schedule)) is not None:
+        return _not_healthy(Reason.INVALID_SPEC, f"The backup schedule {schedule!r}: {error}.")
+    store = await store_of(ctx, cluster.namespace, policy.object_store)
+    if isinstance(store, str):
+        return _not_healthy(Reason.BACKUP_NOT_CONFIGURED, f"Backups cannot run: {store}.")
+    key = await keys.data_key(
+        ctx,
+        KekOwner(cluster.namespace, cluster.name, cluster.uid),
+        cluster_spec.encryption.provider,
+        database,
+        create=True,
+    )
+    if isinstance(key, Verdict):
+        return _not_healthy(key.reason, key.message)
+    record = await ctx.kube.read_secret_and_annotations(
+        namespace, data_key_secret_name(database.uid)
+    )
+    ledger = ledger_of(record[1] if record else {})
+
+    await agent_secret(ctx, database, "backup", logins.tenant, store, key)
+    run = backup_run(ctx, database, store)
+    cronjob = build.cronjob_name(database, "backup")
+    if schedule is not None:
+        await apply_once(
+            ctx,
+            "CronJob",
+            build.cronjob(run, name=cronjob, namespace=namespace, schedule=schedule),
+        )
+    elif previous.get("schedule"):
+        await delete_agent_object(ctx, "CronJob", namespace, cronjob)
+
+    try:
+        stored = await asyncio.to_thread(list_authentic, store, database, key)
+    except StorageError as e:
+        return _not_healthy(Reason.BACKUP_NOT_CONFIGURED, f"The bucket cannot be listed: {e}.")
+    mine = [
+        (b["metadata"].get("uid", ""), b["metadata"]["name"], _created(b))
+        for b in backups
+        if not b["metadata"].get("deletionTimestamp")
+    ]
+    history = records(mine, ledger, {job: m.finished_at for job, m in stored.items()})
+    now = now or timefmt.now()
+    retention = (settings.retention if settings else None) or policy.retention
+    if retention is not None:
+        for name in expired(
+            history, keep_last=retention.keep_last, max_age=retention.max_age, now=now
+        ):
+            await ctx.kube.delete_custom(MANAGED_BACKUP, database.namespace, name)
+            await post_event(
+                ctx,
+                MANAGED_DATABASE,
+                body,
+                "Normal",
+                "BackupExpired",
+                f"ManagedBackup {name} removed by the retention policy.",
+            )
+            history = [r for r in history if r.name != name]
+
+    latest = last_success(history)
+    by_name = {name: uid for uid, name, _ in mine}
+    latest_job = ledger.entries[by_name[latest.name]].job if latest else None
+    await _verification(ctx, database, settings, logins, store, key, latest, latest_job)
+    verified = _last_verified(ledger, history, by_name)
+    condition = health(history, schedule=schedule, database_created=_created(body), now=now)
+    manifest = stored.get(latest_job or "")
+    ctx.metrics.backups(
+        database.namespace,
+        database.name,
+        last_success=latest.finished if latest else None,
+        last_verified=timefmt.parse_rfc3339(verified[1]) if verified else None,
+        schedule_seconds=interval(schedule, now).total_seconds() if schedule else None,
+        last={"status": manifest_fields(manifest)} if manifest else None,
+    )
+    fields = {
+        "schedule": schedule,
+        "lastBackup": latest.name if latest else None,
+        "lastBackupTime": timefmt.rfc3339(latest.finished) if latest and latest.finished else None,
+        "lastVerifiedBackup": verified[0] if verified else None,
+        "lastVerifiedTime": verified[1] if verified else None,
+        "dataKeyId": key.key_id,
+    }
+    return DatabaseBackups({k: v for k, v in fields.items() if v is not None}, [condition])
+
+
+def _last_verified(
+    ledger: Ledger, history: list[BackupRecord], uids: Mapping[str, str]
+) -> tuple[str, str] | None:
+    passed = [
+        (r.name, entry.time)
+        for r in history
+        if (entry := ledger.verifications.get(uids.get(r.name, ""))) is not None
+        and entry.result == "Passed"
+    ]
+    return max(passed, key=lambda p: p[1], default=None)
+
+
+async def _verification(
+    ctx: Context,
+    database: build.Database,
+    settings: Any,
+    logins: Logins,
+    store: build.Store,
+    key: build.DataKey,
+    latest: BackupRecord | None,
+    latest_job: str | None,
+) -> None:
+    """The restore-test CronJob, pointed at the latest successful backup."""
+    namespace = ctx.settings.namespace
+    name = build.cronjob_name(database, "verify")
+    secret = build.agent_secret_name(database, "verify")
+    verify = settings.verify if settings else None
+    if verify is None or latest is None or latest_job is None:
+        # Nothing to test (yet): remove a restore test applied before — once per process
+        # when none was, since the spec may have dropped it while the operator was down.
+        memo = ("CronJob", namespace, name)
+        if ctx.applied.get(memo) != "":
+            await delete_agent_object(ctx, "CronJob", namespace, name)
+            await delete_agent_object(ctx, "Secret", namespace, secret)
+            ctx.applied[memo] = ""
+        return
+    await agent_secret(ctx, database, "verify", logins.admin, store, key)
+    run = build.AgentRun(
+        operation="verify",
+        database=database,
+        secret=secret,
+        image=ctx.settings.agent_image,
+        location=location_of(store, database, latest_job),
+        scratch_database=f"vauban_verify_{database.uid.replace('-', '')[:16]}",
+    )
+    cronjob = build.cronjob(run, name=name, namespace=namespace, schedule=verify.schedule)
+    cronjob["spec"]["jobTemplate"]["metadata"]["annotations"][build.BACKUP_ANNOTATION] = latest.name
+    await apply_once(ctx, "CronJob", cronjob)

@@ -1,0 +1,97 @@
+"""The clusters' buckets: where a cluster's backups go (with the credentials of its Secret),
+and the manifests there that authenticate with a data key — the only proof a backup is
+complete."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from vauban import timefmt
+from vauban.api.cluster import ObjectStore
+from vauban.backup.manifest import Manifest, ManifestNotAuthentic
+from vauban.backup.storage import InvalidManifest
+from vauban.backup.storage import ObjectStore as Bucket
+from vauban.builders import backup as build
+from vauban.handlers.context import Context
+
+logger = logging.getLogger(__name__)
+
+
+async def store_of(ctx: Context, cluster_namespace: str, spec: ObjectStore) -> build.Store | str:
+    """The cluster's object store with its credentials, or why it cannot be used."""
+    ref = spec.credentials_secret_ref.name
+    values = await ctx.kube.read_secret(cluster_namespace, ref)
+    if values is None or "accessKeyId" not in values or "secretAccessKey" not in values:
+        return (
+            f"the object store's credentials Secret {cluster_namespace}/{ref} is missing or "
+            "lacks accessKeyId and secretAccessKey"
+        )
+    return build.Store(
+        bucket=spec.bucket,
+        region=spec.region,
+        endpoint=spec.endpoint,
+        prefix=spec.prefix,
+        access_key_id=values["accessKeyId"],
+        secret_access_key=values["secretAccessKey"],
+        object_lock_days=spec.object_lock_days,
+    )
+
+
+def bucket(store: build.Store) -> Bucket:
+    return Bucket(
+        endpoint=store.endpoint,
+        region=store.region,
+        bucket=store.bucket,
+        access_key_id=store.access_key_id,
+        secret_access_key=store.secret_access_key,
+    )
+
+
+def _authentic(manifest: Manifest, key: build.DataKey) -> bool:
+    if manifest.data_key_id != key.key_id:
+        return False
+    try:
+        manifest.authenticate(key.material)
+    except ManifestNotAuthentic as e:
+        logger.warning("ignoring a backup: %s", e)
+        return False
+    return True
+
+
+def read_authentic(store: build.Store, location: str, key: build.DataKey) -> Manifest | None:
+    """The manifest at `location` if it exists and authenticates with `key` (blocking)."""
+    try:
+        manifest = bucket(store).read_manifest(location)
+    except InvalidManifest as e:
+        logger.warning("ignoring a backup: %s", e)
+        return None
+    return manifest if manifest is not None and _authentic(manifest, key) else None
+
+
+def list_authentic(
+    store: build.Store, database: build.Database, key: build.DataKey
+) -> dict[str, Manifest]:
+    """The authenticated backups of one incarnation, by Job (blocking)."""
+    prefix = store.database_prefix(database) + "/"
+    return {
+        m.location.rsplit("/", 1)[-1]: m
+        for m in bucket(store).list_manifests(prefix)
+        if m.location.startswith(prefix) and _authentic(m, key)
+    }
+
+
+def manifest_fields(manifest: Manifest) -> dict[str, Any]:
+    return {
+        "startedAt": timefmt.rfc3339(manifest.started_at),
+        "finishedAt": timefmt.rfc3339(manifest.finished_at),
+        "sizeBytes": manifest.stored_bytes,
+        "dumpBytes": manifest.dump_bytes,
+        "sha256": manifest.sha256,
+        "dataKeyId": manifest.data_key_id,
+        "serverVersion": manifest.server_version,
+        "tables": len(manifest.tables),
+        "retainUntil": (
+            timefmt.rfc3339(manifest.object_lock.retain_until) if manifest.object_lock else None
+        ),
+    }
