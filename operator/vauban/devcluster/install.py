@@ -150,6 +150,16 @@ def install_vauban(
     )
     if result.returncode != 0:
         raise InstallError(f"helm install of Vauban failed:\n{result.stderr[-3000:]}")
+    # helm's --wait counts a Deployment ready at replicas - maxUnavailable, i.e. one pod of two
+    # with the chart's maxUnavailable: 1. A rollout is complete only when every replica is.
+    kubectl.run(
+        "rollout",
+        "status",
+        f"deployment/{RELEASE}",
+        f"--namespace={VAUBAN_NAMESPACE}",
+        f"--timeout={int(timeout)}s",
+        timeout=timeout + 60,
+    )
     elapsed = time.monotonic() - started
     logger.info("Vauban installed by its chart, both replicas ready, in %.1f s", elapsed)
     return elapsed
