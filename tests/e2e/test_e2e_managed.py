@@ -5,6 +5,7 @@ backup agent runs as a Job's pod and writes to the bucket."""
 from __future__ import annotations
 
 import base64
+import itertools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -102,6 +103,44 @@ def _finished_pod(kube: KubeCtl, namespace: str, name: str) -> dict[str, Any] | 
     return pod if pod["status"].get("phase") in ("Succeeded", "Failed") else None
 
 
+def _pod(name: str, namespace: str, secret: str, values: dict[str, str], script: str,
+         **env: str) -> dict[str, Any]:  # fmt: skip
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsUser": 26, "runAsNonRoot": True},
+            "containers": [
+                {
+                    "name": "psql",
+                    "image": POSTGRES_IMAGE,
+                    "command": ["sh", "-c", script],
+                    "env": [
+                        {"name": "PGHOST", "value": values["host"]},
+                        {"name": "PGPORT", "value": values["port"]},
+                        {"name": "PGDATABASE", "value": values["dbname"]},
+                        *({"name": k, "value": v} for k, v in env.items()),
+                        *(
+                            {
+                                "name": variable,
+                                "valueFrom": {"secretKeyRef": {"name": secret, "key": key}},
+                            }
+                            for variable, key in (
+                                ("PGUSER", "username"),
+                                ("PGPASSWORD", "password"),
+                            )
+                        ),
+                    ],
+                    "volumeMounts": [{"name": "credentials", "mountPath": "/credentials"}],
+                }
+            ],
+            "volumes": [{"name": "credentials", "secret": {"secretName": secret}}],
+        },
+    }
+
+
 @pytest.mark.timeout(600)
 def test_database_secret_logs_in_from_a_pod_with_verify_full(
     kube_e2e: KubeCtl, tenant: str
@@ -130,49 +169,12 @@ def test_database_secret_logs_in_from_a_pod_with_verify_full(
     assert values["host"].endswith(".svc"), values["host"]
     # A client pod: libpq with the Secret's values, the cluster's CA, and the Service's DNS
     # name (CoreDNS), checking the server's certificate and host name.
-    kube.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "client", "namespace": tenant},
-            "spec": {
-                "restartPolicy": "Never",
-                "securityContext": {"runAsUser": 26, "runAsNonRoot": True},
-                "containers": [
-                    {
-                        "name": "psql",
-                        "image": POSTGRES_IMAGE,
-                        "command": [
-                            "sh",
-                            "-c",
-                            'psql "host=$PGHOST port=$PGPORT dbname=$PGDATABASE user=$PGUSER '
-                            'sslmode=verify-full sslrootcert=/credentials/ca.crt" '
-                            '-v ON_ERROR_STOP=1 -At -c "$QUERY" -c "\\\\conninfo" 2>&1',
-                        ],
-                        "env": [
-                            {"name": "QUERY", "value": QUERY},
-                            {"name": "PGHOST", "value": values["host"]},
-                            {"name": "PGPORT", "value": values["port"]},
-                            {"name": "PGDATABASE", "value": values["dbname"]},
-                            *(
-                                {
-                                    "name": env,
-                                    "valueFrom": {
-                                        "secretKeyRef": {"name": "orders-credentials", "key": key}
-                                    },
-                                }
-                                for env, key in (("PGUSER", "username"), ("PGPASSWORD", "password"))
-                            ),
-                        ],
-                        "volumeMounts": [{"name": "credentials", "mountPath": "/credentials"}],
-                    }
-                ],
-                "volumes": [
-                    {"name": "credentials", "secret": {"secretName": "orders-credentials"}}
-                ],
-            },
-        }
+    script = (
+        'psql "host=$PGHOST port=$PGPORT dbname=$PGDATABASE user=$PGUSER '
+        'sslmode=verify-full sslrootcert=/credentials/ca.crt" '
+        '-v ON_ERROR_STOP=1 -At -c "$QUERY" -c "\\\\conninfo" 2>&1'
     )
+    kube.apply(_pod("client", tenant, "orders-credentials", values, script, QUERY=QUERY))
     pod = eventually(lambda: _finished_pod(kube, tenant, "client"), timeout=120, what="psql")
     log = kube.run("logs", "client", "-n", tenant).stdout
     assert pod["status"]["phase"] == "Succeeded", log
@@ -225,3 +227,82 @@ def test_backup_agent_runs_as_a_real_pod(
     ), [p["status"] for p in agents.values()]
     keys = {str(o.object_name) for o in object_store.client().list_objects(BUCKET, recursive=True)}
     assert any("orders" in key for key in keys), keys
+
+
+WRITER = """
+conn="host=$PGHOST port=$PGPORT dbname=$PGDATABASE user=$PGUSER sslmode=verify-full \
+sslrootcert=/credentials/ca.crt connect_timeout=2"
+psql "$conn" -q -v ON_ERROR_STOP=1 -c "create table if not exists beats (at timestamptz)" || exit 1
+end=$(( $(date +%s) + $SECONDS_TO_WRITE ))
+while [ "$(date +%s)" -lt "$end" ]; do
+  psql "$conn" -qAt -c "insert into beats values (clock_timestamp())
+    returning 'ok|' || extract(epoch from at)" 2>/dev/null
+  sleep 0.2
+done
+until psql "$conn" -qAt -c "select 'all|' || string_agg(extract(epoch from at)::text, ','
+    order by at) from beats"; do sleep 1; done
+"""
+"""A client writing a row every 0.2 s, each on a new session (as an application's pool
+reconnects), printing each acknowledged write; then every row the table holds."""
+
+
+@pytest.mark.timeout(900)
+def test_failover_moves_the_primary_and_the_tenant_keeps_its_writes(
+    kube_e2e: KubeCtl, tenant: str, timings: dict[str, float]
+) -> None:
+    """The primary's pod deleted: CloudNativePG promotes the replica, Vauban's status names
+    the new primary and says it with an Event, and a client that reconnects with the same
+    Secret finds every write acknowledged before the failover. The time writes were refused,
+    as the client saw it, is measured."""
+    kube = kube_e2e
+    eventually(
+        lambda: _ready(kube, "manageddatabase", "orders", tenant),
+        timeout=180,
+        what="the ManagedDatabase Ready",
+    )
+    values = _secret(kube, tenant, "orders-credentials")
+    kube.apply(_pod("writer", tenant, "orders-credentials", values, WRITER, SECONDS_TO_WRITE="75"))
+    eventually(
+        lambda: kube.get("pod", "writer", tenant)["status"].get("phase") == "Running",
+        timeout=60,
+        what="the writer running",
+    )
+    time.sleep(10)  # writes acknowledged by the first primary
+    primary = kube.get("managedcluster", "main", tenant)["status"]["currentPrimary"]
+    deleted_at = time.time()
+    kube.run("delete", "pod", primary, "-n", tenant, "--wait=false")
+
+    def moved() -> str | None:
+        now = (kube.get("managedcluster", "main", tenant).get("status") or {}).get("currentPrimary")
+        return now if now and now != primary else None
+
+    promoted = eventually(moved, timeout=180, what="a new primary in status")
+    timings["failover: new primary in status"] = time.time() - deleted_at
+    events = kube.run(
+        "get", "events", "-n", tenant, "-o", "json",
+        "--field-selector=involvedObject.name=main,reason=PrimaryChanged",
+    ).stdout  # fmt: skip
+    assert f"to {promoted}" in events, events
+
+    writer = eventually(lambda: _finished_pod(kube, tenant, "writer"), timeout=240, what="writer")
+    log = kube.run("logs", "writer", "-n", tenant).stdout
+    assert writer["status"]["phase"] == "Succeeded", log
+    acknowledged = [line[3:] for line in log.splitlines() if line.startswith("ok|")]
+    kept = next(line[4:] for line in log.splitlines() if line.startswith("all|")).split(",")
+    before = [at for at in acknowledged if float(at) < deleted_at - 1]
+    assert before, log
+    assert set(before) <= set(kept), "a write acknowledged before the failover was lost"
+    times = sorted(float(at) for at in acknowledged)
+    gaps = [b - a for a, b in itertools.pairwise(times) if a >= deleted_at - 5]
+    timings["failover: writes refused (client view)"] = max(gaps)
+    assert float(acknowledged[-1]) > deleted_at, "writes resumed on the new primary"
+    eventually(
+        lambda: (
+            (_ready(kube, "managedcluster", "main", tenant) or {})
+            .get("status", {})
+            .get("readyInstances")
+            == INSTANCES
+        ),
+        timeout=300,
+        what="the former primary back as a replica",
+    )
