@@ -141,6 +141,25 @@ def _pod(name: str, namespace: str, secret: str, values: dict[str, str], script:
     }
 
 
+def _run_client(
+    kube: KubeCtl, namespace: str, name: str, secret: str, values: dict[str, str], sql: str
+) -> str:
+    """Runs `sql` in a client pod logged in with `secret`; its log, once it succeeded."""
+    kube.apply(_pod(name, namespace, secret, values, f'{PSQL} -c "$QUERY"', QUERY=sql))
+    pod = eventually(lambda: _finished_pod(kube, namespace, name), timeout=120, what=name)
+    log = kube.run("logs", name, "-n", namespace).stdout
+    assert pod["status"]["phase"] == "Succeeded", log
+    return log
+
+
+PSQL = (
+    'psql "host=$PGHOST port=$PGPORT dbname=$PGDATABASE user=$PGUSER '
+    'sslmode=verify-full sslrootcert=/credentials/ca.crt" -v ON_ERROR_STOP=1 -At'
+)
+NOTE_WRITER = "create table notes (note text); insert into notes values ('kept')"
+NOTE_READER = "select note from notes"
+
+
 @pytest.mark.timeout(600)
 def test_database_secret_logs_in_from_a_pod_with_verify_full(
     kube_e2e: KubeCtl, tenant: str
@@ -169,11 +188,7 @@ def test_database_secret_logs_in_from_a_pod_with_verify_full(
     assert values["host"].endswith(".svc"), values["host"]
     # A client pod: libpq with the Secret's values, the cluster's CA, and the Service's DNS
     # name (CoreDNS), checking the server's certificate and host name.
-    script = (
-        'psql "host=$PGHOST port=$PGPORT dbname=$PGDATABASE user=$PGUSER '
-        'sslmode=verify-full sslrootcert=/credentials/ca.crt" '
-        '-v ON_ERROR_STOP=1 -At -c "$QUERY" -c "\\\\conninfo" 2>&1'
-    )
+    script = f'{PSQL} -c "$QUERY" -c "\\\\conninfo" 2>&1'
     kube.apply(_pod("client", tenant, "orders-credentials", values, script, QUERY=QUERY))
     pod = eventually(lambda: _finished_pod(kube, tenant, "client"), timeout=120, what="psql")
     log = kube.run("logs", "client", "-n", tenant).stdout
@@ -195,6 +210,9 @@ def test_backup_agent_runs_as_a_real_pod(
         timeout=180,
         what="the ManagedDatabase Ready",
     )
+    # Something to find again in the restored copy.
+    values = _secret(kube, tenant, "orders-credentials")
+    _run_client(kube, tenant, "seed", "orders-credentials", values, NOTE_WRITER)
     kube.apply(
         {
             "apiVersion": "vauban.dev/v1alpha1",
@@ -306,3 +324,89 @@ def test_failover_moves_the_primary_and_the_tenant_keeps_its_writes(
         timeout=300,
         what="the former primary back as a replica",
     )
+
+
+@pytest.mark.timeout(600)
+def test_a_backup_restores_into_a_new_database_of_the_managed_cluster(
+    kube_e2e: KubeCtl, tenant: str, timings: dict[str, float]
+) -> None:
+    """The on-demand backup, restored by an agent pod into a new ManagedDatabase: the copy's
+    own login reads what was written before the backup."""
+    kube = kube_e2e
+    backup = kube.get("managedbackup", "now", tenant)
+    assert (backup.get("status") or {}).get("phase") == "Succeeded", backup.get("status")
+    kube.apply(
+        {
+            "apiVersion": "vauban.dev/v1alpha1",
+            "kind": "ManagedDatabase",
+            "metadata": {"name": "orders-copy", "namespace": tenant},
+            "spec": {
+                "clusterRef": {"name": "main"},
+                "databaseName": "orders_copy",
+                "owner": "orders_copy_owner",
+                "restore": {"backupRef": {"name": "now"}},
+            },
+        }
+    )
+    started = time.monotonic()
+    copy = eventually(
+        lambda: _ready(kube, "manageddatabase", "orders-copy", tenant),
+        timeout=300,
+        what="the restored ManagedDatabase Ready",
+    )
+    timings["restore into a new database (agent pod)"] = time.monotonic() - started
+    assert copy["status"]["restore"]["phase"] == "Succeeded", copy["status"]
+    assert copy["status"]["restore"]["source"] == "now", copy["status"]
+    values = _secret(kube, tenant, "orders-copy-credentials")
+    log = _run_client(kube, tenant, "reader", "orders-copy-credentials", values, NOTE_READER)
+    assert log.splitlines() == ["kept"], log
+
+
+def _server(kube: KubeCtl, namespace: str, sql: str) -> str:
+    """`sql` run by the superuser on the primary, inside its container (kubectl exec)."""
+    primary = kube.get("managedcluster", "main", namespace)["status"]["currentPrimary"]
+    command = ("exec", primary, "-n", namespace, "-c", "postgres", "--", "psql", "-Atc", sql)
+    return kube.run(*command).stdout.strip()
+
+
+def _gone(kube: KubeCtl, kind: str, name: str, namespace: str) -> bool:
+    return kube.run("get", kind, name, "-n", namespace, check=False).returncode != 0
+
+
+@pytest.mark.timeout(600)
+def test_deletion_policies_on_the_managed_cluster(kube_e2e: KubeCtl, tenant: str) -> None:
+    """Delete drops a database and its roles; Retain keeps a database (its logins revoked),
+    and a ManagedCluster deleted with Retain keeps its volumes and superuser Secret."""
+    kube = kube_e2e
+    kube.run("patch", "manageddatabase", "orders-copy", "-n", tenant, "--type=merge",
+             "-p", '{"spec":{"deletionPolicy":"Delete"}}')  # fmt: skip
+    kube.run("delete", "manageddatabase", "orders-copy", "-n", tenant, "--timeout=120s")
+    kube.run("delete", "manageddatabase", "orders", "-n", tenant, "--timeout=120s")
+    databases = _server(kube, tenant, "select string_agg(datname, ',') from pg_database")
+    assert "orders_copy" not in databases.split(","), databases
+    assert "orders" in databases.split(","), databases
+    roles = _server(
+        kube, tenant, "select string_agg(rolname || ':' || rolcanlogin, ',' order by rolname) "
+        "from pg_roles where rolname like 'orders%'",
+    )  # fmt: skip
+    assert "orders_copy" not in roles and ":true" not in roles, roles
+
+    claims = {
+        c["metadata"]["name"] for c in kube.get_list("pvc", tenant, "-l=cnpg.io/cluster=main")
+    }
+    assert len(claims) == INSTANCES, claims
+    kube.run("delete", "managedcluster", "main", "-n", tenant, "--timeout=180s")
+    eventually(
+        lambda: (
+            _gone(kube, "clusters.postgresql.cnpg.io", "main", tenant)
+            and not kube.get_list("pod", tenant, "-l=cnpg.io/cluster=main")
+        ),
+        timeout=180,
+        what="CloudNativePG's Cluster and its pods gone",
+    )
+    time.sleep(5)  # the garbage collector had its chance at what it no longer owns
+    kept = kube.get_list("pvc", tenant, "-l=vauban.dev/retained-from=main")
+    assert {c["metadata"]["name"] for c in kept} == claims, kept
+    assert all(not c["metadata"].get("ownerReferences") for c in kept), kept
+    secret = kube.get("secret", "main-superuser", tenant)
+    assert not secret["metadata"].get("ownerReferences"), secret["metadata"]
