@@ -96,10 +96,7 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
     name = spec.database_ref.name
     live = await ctx.kube.read(MANAGED_DATABASE, namespace, name)
     shown: dict[str, Any] = {"trigger": _trigger(body)}
-    context = await database_store(ctx, namespace, name, live)
-    placed = (
-        context if isinstance(context, Verdict) else await place(ctx, body, name, live, context[0])
-    )
+    placed = await _placed(ctx, body, name, live)
     if isinstance(placed, Verdict):
         if terminal:
             return  # the records cannot be read now: what is shown stays shown
@@ -138,6 +135,15 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
     if job is not None:
         # The result is recorded: the Job (and its pod) are no longer needed.
         await ctx.kube.delete_job(ctx.settings.namespace, placed.job)
+
+
+async def _placed(
+    ctx: Context, body: Mapping[str, Any], database: str, live: Mapping[str, Any] | None
+) -> Placement | Verdict:
+    """Where the records put ManagedBackup `body` of database `database` (whose live object
+    is `live` if it exists), in its cluster's object store."""
+    store = await database_store(ctx, body["metadata"]["namespace"], database, live)
+    return store if isinstance(store, Verdict) else await place(ctx, body, database, live, store)
 
 
 async def _conclude(
@@ -299,10 +305,7 @@ async def finalize(ctx: Context, body: Mapping[str, Any]) -> None:
     spec = body.get("spec") or {}
     name = (spec.get("databaseRef") or {}).get("name", "")
     live = await ctx.kube.read(MANAGED_DATABASE, meta["namespace"], name)
-    context = await database_store(ctx, meta["namespace"], name, live)
-    placed = (
-        context if isinstance(context, Verdict) else await place(ctx, body, name, live, context[0])
-    )
+    placed = await _placed(ctx, body, name, live)
     if isinstance(placed, Verdict):
         logger.info(
             "ManagedBackup %s/%s: no record of a stored backup (%s)",
