@@ -33,6 +33,7 @@ import psycopg
 import pytest
 
 from dataplane.harness import multipart_uploads, pause_pg_dump_mid_upload
+from support.backups import finished, managed_backup, object_store
 from support.kube import (
     OPERATOR_NAMESPACE,
     KubeCtl,
@@ -42,6 +43,7 @@ from support.kube import (
     external_cluster,
     operator_namespace,
     own_control_plane,
+    string_secret,
 )
 from support.vauban_process import running_operator
 from vauban.devcluster.agentrunner import AgentRunner
@@ -193,17 +195,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
                 conn.execute(f'GRANT pg_signal_backend TO "{admin}"')
             kube.apply(admin_secret(namespace, admin, password))
             kube.apply(
-                secret(
+                string_secret(
                     namespace, "bucket", accessKeyId=s3.access_key, secretAccessKey=s3.secret_key
                 )
             )
-            store = {
-                "bucket": BUCKET,
-                "endpoint": s3.endpoint,
-                "region": "us-east-1",
-                "prefix": "vauban",
-                "credentialsSecretRef": {"name": "bucket"},
-            }
+            store = object_store(s3, BUCKET)
             kube.apply(
                 external_cluster(namespace, "pg", postgres.port, backup={"objectStore": store})
             )
@@ -225,17 +221,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         postgres.destroy()
 
 
-def secret(namespace: str, name: str, **values: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
-        "stringData": values,
-    }
-
-
 def admin_secret(namespace: str, admin: str, password: str) -> dict[str, Any]:
-    return secret(namespace, "admin", username=admin, password=password)
+    return string_secret(namespace, "admin", username=admin, password=password)
 
 
 def fleet(rig: Rig) -> list[str]:
@@ -368,20 +355,10 @@ def connect(values: dict[str, str]) -> psycopg.Connection[Any]:
 
 def backed_up(rig: Rig, database: str, name: str) -> dict[str, Any]:
     """The ManagedBackup `name` of `database`, once finished."""
-    rig.kube.apply(
-        {
-            "apiVersion": "vauban.dev/v1alpha1",
-            "kind": "ManagedBackup",
-            "metadata": {"name": name, "namespace": rig.namespace},
-            "spec": {"databaseRef": {"name": database}},
-        }
+    rig.kube.apply(managed_backup(rig.namespace, name, database))
+    return eventually(
+        lambda: finished(rig.kube, rig.namespace, name), timeout=120, what=f"{name} finished"
     )
-    return eventually(lambda: finished(rig, name), timeout=120, what=f"{name} finished")
-
-
-def finished(rig: Rig, name: str) -> dict[str, Any] | None:
-    obj = rig.kube.get("managedbackup", name, rig.namespace)
-    return obj if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
 
 
 def events(rig: Rig, name: str, reason: str) -> list[dict[str, Any]]:
@@ -450,12 +427,11 @@ def test_what_was_done_survives_an_outage_and_a_wipe(rig: Rig) -> None:
     assert len(events(rig, "restored", "RestoreStarted")) == 1
     with connect(rig.credentials("restored")) as conn:
         assert conn.execute("SELECT count(*) FROM fact").fetchone() == (42,)
-    assert (
-        eventually(lambda: finished(rig, "before-outage"), what="backup status recomputed")[
-            "status"
-        ]["phase"]
-        == "Succeeded"
+    recomputed = eventually(
+        lambda: finished(rig.kube, rig.namespace, "before-outage"),
+        what="backup status recomputed",
     )
+    assert recomputed["status"]["phase"] == "Succeeded"
     assert_nothing_lost_or_orphaned(rig)
 
 
@@ -469,20 +445,13 @@ def test_object_store_stopped_mid_backup(rig: Rig) -> None:
             conn.execute("INSERT INTO blobs VALUES (%s, %s)", (i, os.urandom(1 << 20)))
     client = rig.s3.client()
     keys_before = {o.object_name for o in client.list_objects(BUCKET, recursive=True)}
-    rig.kube.apply(
-        {
-            "apiVersion": "vauban.dev/v1alpha1",
-            "kind": "ManagedBackup",
-            "metadata": {"name": "cut", "namespace": rig.namespace},
-            "spec": {"databaseRef": {"name": "app-5"}},
-        }
-    )
+    rig.kube.apply(managed_backup(rig.namespace, "cut", "app-5"))
     dump = pause_pg_dump_mid_upload(os.getpid(), rig.s3, BUCKET)
     rig.s3.stop()
     try:
         os.kill(dump, signal.SIGCONT)
         timed(
-            lambda: finished(rig, "cut"),
+            lambda: finished(rig.kube, rig.namespace, "cut"),
             timeout=180,
             what="object store stopped mid-backup -> backup Failed",
         )

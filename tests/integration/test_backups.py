@@ -14,9 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
+from support.backups import (
+    connect_tenant,
+    finished,
+    managed_backup,
+    object_store,
+    purged_after_retention,
+)
 from support.kube import (
     OPERATOR_NAMESPACE,
     KubeCtl,
@@ -24,6 +30,8 @@ from support.kube import (
     condition,
     eventually,
     external_cluster,
+    ready,
+    string_secret,
 )
 from vauban.devcluster.agentrunner import AgentRunner
 from vauban.devcluster.postgres import PostgresServer
@@ -52,29 +60,16 @@ def _cluster(
 ) -> None:
     admin, password = f"admin_{secrets.token_hex(4)}", secrets.token_urlsafe(16)
     postgres.create_role(admin, password, "CREATEROLE", "CREATEDB")
-    for name, data in (
-        ("admin", {"username": admin, "password": password}),
-        (
+    kube.apply(string_secret(namespace, "admin", username=admin, password=password))
+    kube.apply(
+        string_secret(
+            namespace,
             "bucket",
-            {"accessKeyId": s3.access_key, "secretAccessKey": secret_key or s3.secret_key},
-        ),
-    ):
-        kube.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": name, "namespace": namespace},
-                "stringData": data,
-            }
+            accessKeyId=s3.access_key,
+            secretAccessKey=secret_key or s3.secret_key,
         )
-    store = {
-        "bucket": bucket,
-        "endpoint": s3.endpoint,
-        "region": "us-east-1",
-        "prefix": "vauban",
-        "credentialsSecretRef": {"name": "bucket"},
-        **store_spec,
-    }
+    )
+    store = object_store(s3, bucket, **store_spec)
     extra = {"encryption": encryption} if encryption else {}
     kube.apply(
         external_cluster(namespace, "pg", postgres.port, backup={"objectStore": store}, **extra)
@@ -86,14 +81,8 @@ def cluster(
     kube: KubeCtl, namespace: str, postgres: PostgresServer, s3: S3Server, bucket: str
 ) -> Iterator[str]:
     _cluster(kube, namespace, postgres, s3, bucket)
-    eventually(lambda: _ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
+    eventually(lambda: ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
     yield "pg"
-
-
-def _ready(kube: KubeCtl, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
-    obj = kube.get(kind, name, namespace)
-    c = condition(obj, "Ready")
-    return obj if c and c["status"] == "True" else None
 
 
 def _database(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
@@ -110,33 +99,6 @@ def _database(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def _backup(namespace: str, name: str, database: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "vauban.dev/v1alpha1",
-        "kind": "ManagedBackup",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"databaseRef": {"name": database}},
-    }
-
-
-def _finished(kube: KubeCtl, namespace: str, name: str) -> dict[str, Any] | None:
-    obj = kube.get("managedbackup", name, namespace)
-    return obj if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
-
-
-def _connect(kube: KubeCtl, namespace: str, database: str) -> psycopg.Connection[Any]:
-    data = kube.get("secret", f"{database}-credentials", namespace)["data"]
-    values = {k: base64.b64decode(v).decode() for k, v in data.items()}
-    return psycopg.connect(
-        host="127.0.0.1",
-        port=int(values["port"]),
-        user=values["username"],
-        password=values["password"],
-        dbname=values["dbname"],
-        autocommit=True,
-    )
-
-
 def _keys(s3: S3Server, bucket: str) -> set[str]:
     return {str(o.object_name) for o in s3.client().list_objects(bucket, recursive=True)}
 
@@ -151,14 +113,14 @@ def test_on_demand_backup_retention_and_restore(
     agent_runner: AgentRunner,
 ) -> None:
     kube.apply(_database(namespace, "orders", backup={"retention": {"keepLast": 1}}))
-    db = eventually(lambda: _ready(kube, "manageddatabase", "orders", namespace), what="Ready")
+    db = eventually(lambda: ready(kube, "manageddatabase", "orders", namespace), what="Ready")
     assert condition(db, "BackupHealthy")["reason"] == "NoBackupYet"  # type: ignore[index]
-    with _connect(kube, namespace, "orders") as conn:
+    with connect_tenant(kube, namespace, "orders") as conn:
         conn.execute("CREATE TABLE item (id int PRIMARY KEY, label text)")
         conn.execute("INSERT INTO item SELECT g, 'étiquette ' || g FROM generate_series(1, 3000) g")
 
-    kube.apply(_backup(namespace, "first", "orders"))
-    first = eventually(lambda: _finished(kube, namespace, "first"), timeout=90, what="first")
+    kube.apply(managed_backup(namespace, "first", "orders"))
+    first = eventually(lambda: finished(kube, namespace, "first"), timeout=90, what="first")
     status = first["status"]
     assert status["phase"] == "Succeeded", status
     assert condition(first, "Ready")["status"] == "True"  # type: ignore[index]
@@ -191,8 +153,8 @@ def test_on_demand_backup_retention_and_restore(
     assert abs(metric - time.time()) < 600
 
     # A second backup: retention (keepLast 1) removes the first, object included.
-    kube.apply(_backup(namespace, "second", "orders"))
-    eventually(lambda: _finished(kube, namespace, "second"), timeout=90, what="second")
+    kube.apply(managed_backup(namespace, "second", "orders"))
+    eventually(lambda: finished(kube, namespace, "second"), timeout=90, what="second")
     eventually(
         lambda: (
             kube.run("get", "managedbackup", "first", "-n", namespace, check=False).returncode != 0
@@ -205,14 +167,14 @@ def test_on_demand_backup_retention_and_restore(
     # The latest backup of `orders` (second) is what a databaseRef restores.
     kube.apply(_database(namespace, "copy", restore={"databaseRef": {"name": "orders"}}))
     copy = eventually(
-        lambda: _ready(kube, "manageddatabase", "copy", namespace), timeout=90, what="restored"
+        lambda: ready(kube, "manageddatabase", "copy", namespace), timeout=90, what="restored"
     )
     assert copy["status"]["restore"] == {
         **copy["status"]["restore"],
         "source": "second",
         "phase": "Succeeded",
     }
-    with _connect(kube, namespace, "copy") as conn:
+    with connect_tenant(kube, namespace, "copy") as conn:
         rows = conn.execute("SELECT count(*), max(label) FROM item").fetchone()
     assert rows == (3000, "étiquette 999")
 
@@ -227,7 +189,7 @@ def test_scheduled_backup_and_restore_test(
             backup={"schedule": "0 3 * * *", "verify": {"schedule": "0 4 * * 0"}},
         )
     )
-    db = eventually(lambda: _ready(kube, "manageddatabase", "ledger", namespace), what="Ready")
+    db = eventually(lambda: ready(kube, "manageddatabase", "ledger", namespace), what="Ready")
     uid = db["metadata"]["uid"]
     cronjob = eventually(
         lambda: (
@@ -255,7 +217,7 @@ def test_scheduled_backup_and_restore_test(
         OPERATOR_NAMESPACE,
     )
     name = "ledger-1"
-    record = eventually(lambda: _finished(kube, namespace, name), timeout=90, what="scheduled")
+    record = eventually(lambda: finished(kube, namespace, name), timeout=90, what="scheduled")
     assert record["status"]["phase"] == "Succeeded", record["status"]
     assert record["status"]["trigger"] == "Scheduled"
 
@@ -304,11 +266,11 @@ def test_wrong_bucket_credentials_fail_the_backup_clearly(
     operator: OperatorProcess,
 ) -> None:
     _cluster(kube, namespace, postgres, s3, bucket, secret_key="not-the-key")
-    eventually(lambda: _ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
+    eventually(lambda: ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
     kube.apply(_database(namespace, "notes"))
-    eventually(lambda: _ready(kube, "manageddatabase", "notes", namespace), what="Ready")
-    kube.apply(_backup(namespace, "doomed", "notes"))
-    failed = eventually(lambda: _finished(kube, namespace, "doomed"), timeout=90, what="failed")
+    eventually(lambda: ready(kube, "manageddatabase", "notes", namespace), what="Ready")
+    kube.apply(managed_backup(namespace, "doomed", "notes"))
+    failed = eventually(lambda: finished(kube, namespace, "doomed"), timeout=90, what="failed")
     assert failed["status"]["phase"] == "Failed"
     stalled = condition(failed, "Stalled")
     assert stalled is not None and stalled["reason"] == "BackupFailed"
@@ -335,12 +297,12 @@ def test_wrong_bucket_credentials_fail_the_backup_clearly(
 def _backed_up(kube: KubeCtl, namespace: str, database: str, name: str, **spec: Any) -> None:
     """A Ready database with a table, and one successful backup of it."""
     kube.apply(_database(namespace, database, **spec))
-    eventually(lambda: _ready(kube, "manageddatabase", database, namespace), what="Ready")
-    with _connect(kube, namespace, database) as conn:
+    eventually(lambda: ready(kube, "manageddatabase", database, namespace), what="Ready")
+    with connect_tenant(kube, namespace, database) as conn:
         conn.execute("CREATE TABLE fact (id int)")
         conn.execute("INSERT INTO fact SELECT generate_series(1, 42)")
-    kube.apply(_backup(namespace, name, database))
-    done = eventually(lambda: _finished(kube, namespace, name), timeout=90, what=name)
+    kube.apply(managed_backup(namespace, name, database))
+    done = eventually(lambda: finished(kube, namespace, name), timeout=90, what=name)
     assert done["status"]["phase"] == "Succeeded", done["status"]
 
 
@@ -367,9 +329,9 @@ def test_key_rotation_keeps_old_backups_restorable(
     # The backup taken under version 1 restores: only its data key was re-wrapped.
     kube.apply(_database(namespace, "after", restore={"backupRef": {"name": "old"}}))
     eventually(
-        lambda: _ready(kube, "manageddatabase", "after", namespace), timeout=90, what="restored"
+        lambda: ready(kube, "manageddatabase", "after", namespace), timeout=90, what="restored"
     )
-    with _connect(kube, namespace, "after") as conn:
+    with connect_tenant(kube, namespace, "after") as conn:
         assert conn.execute("SELECT count(*) FROM fact").fetchone() == (42,)
 
 
@@ -402,7 +364,7 @@ def test_deleting_a_database_shreds_its_key(kube: KubeCtl, namespace: str, clust
 
 def test_final_backup_before_deletion(kube: KubeCtl, namespace: str, cluster: str) -> None:
     kube.apply(_database(namespace, "closing", backup={"finalBackup": True}))
-    eventually(lambda: _ready(kube, "manageddatabase", "closing", namespace), what="Ready")
+    eventually(lambda: ready(kube, "manageddatabase", "closing", namespace), what="Ready")
     kube.run(
         "delete", "manageddatabase", "closing", "-n", namespace, "--wait=true", "--timeout=90s"
     )
@@ -417,7 +379,7 @@ def test_object_lock_keeps_backups_undeletable(
     locked = f"l-{secrets.token_hex(4)}"
     s3.create_bucket(locked, object_lock=True)
     _cluster(kube, namespace, postgres, s3, locked, objectLockDays=1)
-    eventually(lambda: _ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
+    eventually(lambda: ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
     _backed_up(kube, namespace, "vault", "sealed")
     status = kube.get("managedbackup", "sealed", namespace)["status"]
     assert status["retainUntil"] > status["finishedAt"]
@@ -444,7 +406,7 @@ def test_hsm_key_provider(
     token (SoftHSM2): Vauban records only its id; backups, rotation and restore work
     through it."""
     _cluster(kube, namespace, postgres, s3, bucket, encryption={"provider": provider})
-    eventually(lambda: _ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
+    eventually(lambda: ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
     _backed_up(kube, namespace, "hsm", "first")
 
     def recorded() -> dict[str, Any] | None:
@@ -459,7 +421,7 @@ def test_hsm_key_provider(
     eventually(lambda: (recorded() or {}).get("keyVersion") == 2, what=f"{provider} key rotated")
     kube.apply(_database(namespace, "hsm2", restore={"backupRef": {"name": "first"}}))
     eventually(
-        lambda: _ready(kube, "manageddatabase", "hsm2", namespace), timeout=90, what="restored"
+        lambda: ready(kube, "manageddatabase", "hsm2", namespace), timeout=90, what="restored"
     )
 
 
@@ -528,21 +490,6 @@ def test_backups_of_a_deleted_database_are_purged_after_their_days(
     assert marks["vauban.dev/purge-after"] > status["finishedAt"]
     assert f"{key}/manifest.json" in _keys(s3, bucket)
     # The days pass (the deadline is moved, as time would).
-    kube.run(
-        "annotate",
-        "--overwrite",
-        "secret",
-        secret,
-        "-n",
-        OPERATOR_NAMESPACE,
-        "vauban.dev/purge-after=2000-01-01T00:00:00Z",
-    )
-    eventually(
-        lambda: (
-            kube.run("get", "secret", secret, "-n", OPERATOR_NAMESPACE, check=False).returncode != 0
-        ),
-        timeout=60,
-        what="data key purged",
-    )
+    purged_after_retention(kube, secret, timeout=60)
     assert f"{key}/manifest.json" not in _keys(s3, bucket)
     assert kube.run("get", "managedbackup", "kept", "-n", namespace, check=False).returncode

@@ -16,7 +16,6 @@ operator's records.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import secrets
@@ -30,6 +29,13 @@ import pytest
 from psycopg import sql
 
 from dataplane.harness import Agent
+from support.backups import (
+    connect_tenant,
+    finished,
+    managed_backup,
+    object_store,
+    purged_after_retention,
+)
 from support.kube import (
     OPERATOR_NAMESPACE,
     KubeCtl,
@@ -37,6 +43,8 @@ from support.kube import (
     condition,
     eventually,
     external_cluster,
+    ready,
+    string_secret,
 )
 from vauban.devcluster.agentrunner import AgentRunner
 from vauban.devcluster.postgres import PostgresServer
@@ -320,17 +328,6 @@ def test_every_agent_session_pins_its_search_path(
 # -- class 4: status is not authority --------------------------------------------------------
 
 
-def _apply_secret(kube: KubeCtl, namespace: str, name: str, data: dict[str, str]) -> None:
-    kube.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": name, "namespace": namespace},
-            "stringData": data,
-        }
-    )
-
-
 def _database(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
     tag = f"{name}_{namespace[-6:]}".replace("-", "_")
     return {
@@ -344,39 +341,6 @@ def _database(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
             **spec,
         },
     }
-
-
-def _backup(namespace: str, name: str, database: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "vauban.dev/v1alpha1",
-        "kind": "ManagedBackup",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"databaseRef": {"name": database}},
-    }
-
-
-def _ready(kube: KubeCtl, name: str, namespace: str) -> dict[str, Any] | None:
-    obj = kube.get("manageddatabase", name, namespace)
-    c = condition(obj, "Ready")
-    return obj if c and c["status"] == "True" else None
-
-
-def _phase(kube: KubeCtl, name: str, namespace: str) -> dict[str, Any] | None:
-    obj = kube.get("managedbackup", name, namespace)
-    return obj if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
-
-
-def _connect(kube: KubeCtl, namespace: str, database: str) -> psycopg.Connection[Any]:
-    data = kube.get("secret", f"{database}-credentials", namespace)["data"]
-    values = {k: base64.b64decode(v).decode() for k, v in data.items()}
-    return psycopg.connect(
-        host="127.0.0.1",
-        port=int(values["port"]),
-        user=values["username"],
-        password=values["password"],
-        dbname=values["dbname"],
-        autocommit=True,
-    )
 
 
 def _forge(kube: KubeCtl, namespace: str, name: str, status: dict[str, Any]) -> None:
@@ -409,20 +373,13 @@ class World:
         s3.create_bucket(self.bucket)
         admin, password = f"admin_{secrets.token_hex(4)}", secrets.token_urlsafe(16)
         postgres.create_role(admin, password, "CREATEROLE", "CREATEDB")
-        _apply_secret(kube, platform, "admin", {"username": admin, "password": password})
-        _apply_secret(
-            kube,
-            platform,
-            "bucket",
-            {"accessKeyId": s3.access_key, "secretAccessKey": s3.secret_key},
+        kube.apply(string_secret(platform, "admin", username=admin, password=password))
+        kube.apply(
+            string_secret(
+                platform, "bucket", accessKeyId=s3.access_key, secretAccessKey=s3.secret_key
+            )
         )
-        store = {
-            "bucket": self.bucket,
-            "endpoint": s3.endpoint,
-            "region": "us-east-1",
-            "prefix": "vauban",
-            "credentialsSecretRef": {"name": "bucket"},
-        }
+        store = object_store(s3, self.bucket)
         kube.apply(
             external_cluster(
                 platform,
@@ -441,15 +398,19 @@ class World:
     def backed_up(self, namespace: str, database: str, backup: str, row: str) -> dict[str, Any]:
         """A Ready database with one table and one row, and a successful backup of it."""
         self.kube.apply(self.database(namespace, database))
-        eventually(lambda: _ready(self.kube, database, namespace), timeout=90, what=database)
-        with _connect(self.kube, namespace, database) as conn:
+        eventually(
+            lambda: ready(self.kube, "manageddatabase", database, namespace),
+            timeout=90,
+            what=database,
+        )
+        with connect_tenant(self.kube, namespace, database) as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS rows (value text)")
             conn.execute("INSERT INTO rows VALUES (%s)", (row,))
         return self.backup(namespace, backup, database)
 
     def backup(self, namespace: str, name: str, database: str) -> dict[str, Any]:
-        self.kube.apply(_backup(namespace, name, database))
-        done = eventually(lambda: _phase(self.kube, name, namespace), timeout=120, what=name)
+        self.kube.apply(managed_backup(namespace, name, database))
+        done = eventually(lambda: finished(self.kube, namespace, name), timeout=120, what=name)
         assert done["status"]["phase"] == "Succeeded", done["status"]
         return done
 
@@ -460,7 +421,7 @@ class World:
     def victim_intact(self) -> None:
         key = self.vault["status"]["location"]["key"]
         assert {f"{key}/manifest.json", f"{key}/data"} <= self.stored()
-        assert _phase(self.kube, "vbk", self.victim) is not None
+        assert finished(self.kube, self.victim, "vbk") is not None
         dek = f"vauban-{self.vault['status']['dataKeyId']}"
         assert (
             self.kube.run("get", "secret", dek, "-n", OPERATOR_NAMESPACE, check=False).returncode
@@ -499,7 +460,7 @@ def _refused(kube: KubeCtl, name: str, namespace: str) -> dict[str, Any] | None:
 
 
 def _rows(kube: KubeCtl, namespace: str, database: str) -> list[str]:
-    with _connect(kube, namespace, database) as conn:
+    with connect_tenant(kube, namespace, database) as conn:
         found = conn.execute(
             "SELECT FROM pg_tables WHERE schemaname = 'public' AND tablename = 'rows'"
         ).fetchone()
@@ -517,7 +478,7 @@ def test_a_status_forged_to_name_another_tenants_backup_restores_nothing(
     refused, with a reason, and nothing of the victim reaches the attacker."""
     kube, ns = world.kube, world.attacker
     fake = f"fake-{database}"
-    kube.apply(_backup(ns, fake, database))
+    kube.apply(managed_backup(ns, fake, database))
     eventually(
         lambda: (kube.get("managedbackup", fake, ns).get("status") or {}).get("phase"),
         what="the fake backup reconciled",
@@ -560,7 +521,7 @@ def test_a_forged_status_is_rewritten_and_restores_only_the_tenants_own_backup(
     # Forged again, right before the restore reads it: it reads the records instead.
     _forge(kube, ns, "own", world.forged_victim_pointer())
     kube.apply(world.database(ns, "copy", restore={"backupRef": {"name": "own"}}))
-    eventually(lambda: _ready(kube, "copy", ns), timeout=120, what="restored")
+    eventually(lambda: ready(kube, "manageddatabase", "copy", ns), timeout=120, what="restored")
     assert _rows(kube, ns, "copy") == ["attacker-row"]
     world.victim_intact()
 
@@ -591,7 +552,7 @@ def test_a_wiped_status_is_rebuilt_from_the_records(world: World) -> None:
         '[{"op": "remove", "path": "/status"}]',
     )
     status = eventually(
-        lambda: (_phase(kube, "vbk", ns) or {}).get("status"), timeout=60, what="rebuilt"
+        lambda: (finished(kube, ns, "vbk") or {}).get("status"), timeout=60, what="rebuilt"
     )
     for field in ("phase", "location", "dataKeyId", "sha256", "sizeBytes", "finishedAt"):
         assert status[field] == before[field], field
@@ -611,26 +572,12 @@ def test_purging_a_deleted_database_follows_its_key_record_not_status(world: Wor
             ns, "leaving", deletionPolicy="Delete", backup={"retainAfterDeletionDays": 7}
         )
     )
-    eventually(lambda: _ready(kube, "leaving", ns), timeout=90, what="leaving Ready")
+    eventually(
+        lambda: ready(kube, "manageddatabase", "leaving", ns), timeout=90, what="leaving Ready"
+    )
     left = world.backup(ns, "left", "leaving")["status"]
     _forge(kube, ns, "left", world.forged_victim_pointer())
     kube.run("delete", "manageddatabase", "leaving", "-n", ns, "--wait=true", "--timeout=60s")
-    secret = f"vauban-{left['dataKeyId']}"
-    kube.run(
-        "annotate",
-        "--overwrite",
-        "secret",
-        secret,
-        "-n",
-        OPERATOR_NAMESPACE,
-        "vauban.dev/purge-after=2000-01-01T00:00:00Z",
-    )
-    eventually(
-        lambda: (
-            kube.run("get", "secret", secret, "-n", OPERATOR_NAMESPACE, check=False).returncode != 0
-        ),
-        timeout=90,
-        what="the attacker's data key purged",
-    )
+    purged_after_retention(kube, f"vauban-{left['dataKeyId']}", timeout=90)
     assert f"{left['location']['key']}/manifest.json" not in world.stored()
     world.victim_intact()

@@ -67,6 +67,13 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return None
 
 
+def ready(kube: KubeCtl, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+    """The object if its Ready condition is True, else None (for `eventually`)."""
+    obj = kube.get(kind, name, namespace)
+    c = condition(obj, "Ready")
+    return obj if c and c["status"] == "True" else None
+
+
 def with_reason(
     kube: KubeCtl, kind: str, name: str, namespace: str, reason: str
 ) -> dict[str, Any] | None:
@@ -74,6 +81,16 @@ def with_reason(
     obj = kube.get(kind, name, namespace)
     ready = condition(obj, "Ready")
     return obj if ready and ready["reason"] == reason else None
+
+
+def string_secret(namespace: str, name: str, **values: str) -> dict[str, Any]:
+    """A Secret holding `values` (as stringData)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": values,
+    }
 
 
 def external_cluster(namespace: str, name: str, port: int, **spec: Any) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import logging
 import secrets
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,8 +239,30 @@ def apply(
             )
 
 
+@contextlib.contextmanager
+def _fetched(
+    settings: AgentSettings,
+    store: ObjectStore,
+    manifest: Manifest,
+    agent_key: tuple[bytes, str],
+    purpose: str,
+) -> Iterator[VerifiedBackup]:
+    """The backup, downloaded into a private temporary directory (gone on exit) and proven
+    whole with the agent's data key, for the agent's namespace."""
+    data_key_material, data_key_id = agent_key
+    with tempfile.TemporaryDirectory(prefix=f"vauban-{purpose}-") as scratch:
+        yield fetch_verified(
+            store,
+            manifest,
+            data_key_material,
+            data_key_id,
+            Path(scratch),
+            settings.database_namespace,
+        )
+
+
 def run_restore(settings: AgentSettings, location: str, store: ObjectStore) -> Manifest:
-    data_key_material, data_key_id = settings.key()
+    agent_key = settings.key()
     database = settings.require_database()
     manifest = load_manifest(store, location)
     with postgres.connect() as conn:
@@ -252,15 +275,7 @@ def run_restore(settings: AgentSettings, location: str, store: ObjectStore) -> M
             "empty database",
         )
     pg_restore = postgres.find_client("pg_restore", major, settings.pg_bin_dir)
-    with tempfile.TemporaryDirectory(prefix="vauban-restore-") as scratch:
-        backup = fetch_verified(
-            store,
-            manifest,
-            data_key_material,
-            data_key_id,
-            Path(scratch),
-            settings.database_namespace,
-        )
+    with _fetched(settings, store, manifest, agent_key, "restore") as backup:
         logger.info("restoring %s into %s", location, database)
         apply(backup, database, pg_restore)
     return manifest
@@ -271,33 +286,27 @@ def run_verify(
 ) -> tuple[Manifest, dict[str, int]]:
     """Restore into a new scratch database, compare row counts with the manifest's, drop it.
     Returns the counts found; VerificationMismatch when they differ."""
-    data_key_material, data_key_id = settings.key()
+    agent_key = settings.key()
     settings.require_database()
     if not 0 < len(scratch_database.encode()) <= 63:
         raise DatabaseFailure("InvalidScratchDatabase", "a database name has 1 to 63 bytes")
     manifest = load_manifest(store, location)
-    with tempfile.TemporaryDirectory(prefix="vauban-verify-") as scratch:
-        backup = fetch_verified(
-            store,
-            manifest,
-            data_key_material,
-            data_key_id,
-            Path(scratch),
-            settings.database_namespace,
-        )
-        # The admin's only session: in the maintenance database (PGDATABASE), never in the
-        # scratch one, whose content is the tenant's.
-        with postgres.connect(autocommit=True) as admin:
-            _, major = postgres.server_version(admin)
-            pg_restore = postgres.find_client("pg_restore", major, settings.pg_bin_dir)
-            login = _create_scratch(admin, scratch_database)
-            try:
-                apply(backup, scratch_database, pg_restore, login)
-                with postgres.connect(scratch_database, login=login) as conn:
-                    counts = postgres.table_counts(conn)
-                _check_still_powerless(admin, scratch_database)
-            finally:
-                _drop_scratch(admin, scratch_database)
+    # The admin's only session (opened once the backup is proven whole): in the maintenance
+    # database (PGDATABASE), never in the scratch one, whose content is the tenant's.
+    with (
+        _fetched(settings, store, manifest, agent_key, "verify") as backup,
+        postgres.connect(autocommit=True) as admin,
+    ):
+        _, major = postgres.server_version(admin)
+        pg_restore = postgres.find_client("pg_restore", major, settings.pg_bin_dir)
+        login = _create_scratch(admin, scratch_database)
+        try:
+            apply(backup, scratch_database, pg_restore, login)
+            with postgres.connect(scratch_database, login=login) as conn:
+                counts = postgres.table_counts(conn)
+            _check_still_powerless(admin, scratch_database)
+        finally:
+            _drop_scratch(admin, scratch_database)
     differences = {
         table: (manifest.tables.get(table), counts.get(table))
         for table in sorted(manifest.tables.keys() | counts.keys())

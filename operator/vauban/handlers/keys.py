@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from vauban import timefmt
+from vauban.api.cluster import ManagedClusterSpec
 from vauban.builders import keys
 from vauban.builders.backup import Database, DataKey
 from vauban.conditions import Reason, State, Verdict
 from vauban.crypto.envelope import generate_key
 from vauban.handlers.context import Context
 from vauban.kms import KeyProvider, KeyProviderError, WrongKey
+from vauban.reconcile.database import ClusterView
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +178,15 @@ async def data_key(
         stored = await ctx.kube.read_secret(namespace, name)
         assert stored is not None
     return await unwrap_data_key(ctx, stored, database.uid)
+
+
+async def database_key(
+    ctx: Context, cluster: ClusterView, cluster_spec: ManagedClusterSpec, database: Database
+) -> DataKey | Verdict:
+    """The data key of `database` on `cluster`, unwrapped; made on first use, wrapped by the
+    cluster's current KEK (itself made by the cluster's encryption provider on first use)."""
+    owner = keys.KekOwner(cluster.namespace, cluster.name, cluster.uid)
+    return await data_key(ctx, owner, cluster_spec.encryption.provider, database, create=True)
 
 
 async def unwrap_data_key(

@@ -150,10 +150,7 @@ class Kube:
         secret = await _unless_missing(self._core.read_namespaced_secret(name, namespace))
         if secret is None:
             return None
-        values = {
-            key: base64.b64decode(value).decode("utf-8", errors="replace")
-            for key, value in (secret.data or {}).items()
-        }
+        values = _decoded(secret)
         owners = frozenset(
             ref.uid for ref in (secret.metadata.owner_references if secret.metadata else None) or []
         )
@@ -217,11 +214,8 @@ class Kube:
         secret = await _unless_missing(self._core.read_namespaced_secret(name, namespace))
         if secret is None:
             return None
-        values = {
-            key: base64.b64decode(value).decode("utf-8", errors="replace")
-            for key, value in (secret.data or {}).items()
-        }
-        return values, dict((secret.metadata.annotations if secret.metadata else None) or {})
+        annotations = secret.metadata.annotations if secret.metadata else None
+        return _decoded(secret), dict(annotations or {})
 
     async def update_secret_values(
         self, namespace: str, name: str, values: Mapping[str, str]
@@ -368,6 +362,14 @@ class Kube:
     async def namespace_labels(self, name: str) -> dict[str, str]:
         namespace = await self._core.read_namespace(name)
         return dict(namespace.metadata.labels or {}) if namespace.metadata else {}
+
+
+def _decoded(secret: client.V1Secret) -> dict[str, str]:
+    """A Secret's values, decoded (bytes that are not UTF-8 replaced, never raised on)."""
+    return {
+        key: base64.b64decode(value).decode("utf-8", errors="replace")
+        for key, value in (secret.data or {}).items()
+    }
 
 
 async def _created(call: Awaitable[object]) -> bool:

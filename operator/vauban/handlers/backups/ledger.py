@@ -19,14 +19,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
 from vauban.backup.manifest import Manifest
 from vauban.backup.storage import StorageError
 from vauban.builders import backup as build
 from vauban.builders.keys import data_key_id, data_key_secret_name
 from vauban.conditions import Reason, State, Verdict
 from vauban.handlers import keys
-from vauban.handlers.backups.store import read_authentic, store_of
+from vauban.handlers.backups.store import backup_policy_of, read_authentic, store_of
 from vauban.handlers.context import Context
 from vauban.reconcile.backup import (
     DATABASE_ANNOTATION,
@@ -153,7 +152,7 @@ class Placement:
 
 async def database_store(
     ctx: Context, namespace: str, name: str, live: Mapping[str, Any] | None
-) -> tuple[build.Store, ManagedClusterSpec] | Verdict:
+) -> build.Store | Verdict:
     """The object store of database `namespace/name`'s cluster: the live database's, or the
     one recorded on its data key when it was deleted."""
     if live is not None:
@@ -171,22 +170,18 @@ async def database_store(
             return Verdict(
                 State.WAITING, Reason.DATABASE_NOT_FOUND, f"ManagedDatabase {name} does not exist."
             )
-    cluster = await ctx.kube.read(MANAGED_CLUSTER, cluster_namespace, cluster_name)
-    try:
-        cluster_spec = ManagedClusterSpec.model_validate((cluster or {}).get("spec") or {})
-    except ValueError:
-        cluster_spec = None
-    if cluster_spec is None or cluster_spec.backup is None:
+    policy = await backup_policy_of(ctx, cluster_namespace, cluster_name)
+    if policy is None:
         return Verdict(
             State.STALLED,
             Reason.BACKUP_NOT_CONFIGURED,
             f"The ManagedCluster of ManagedDatabase {name} has no spec.backup.objectStore: "
             "there is nowhere to store a backup. Ask the platform team to configure one.",
         )
-    store = await store_of(ctx, cluster_namespace, cluster_spec.backup.object_store)
+    store = await store_of(ctx, cluster_namespace, policy.object_store)
     if isinstance(store, str):
         return Verdict(State.WAITING, Reason.BACKUP_NOT_CONFIGURED, f"Cannot back up: {store}.")
-    return store, cluster_spec
+    return store
 
 
 async def place(

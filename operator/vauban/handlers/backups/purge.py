@@ -15,7 +15,6 @@ import kopf
 
 from vauban import timefmt
 from vauban.api.backup import MANAGED_BACKUP
-from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
 from vauban.backup.storage import ObjectLocked, StorageError
 from vauban.builders import backup as build
@@ -24,7 +23,7 @@ from vauban.handlers import keys
 from vauban.handlers.backups.agents import delete_agent_object
 from vauban.handlers.backups.ledger import DEK_SECRET_PREFIX, database_of
 from vauban.handlers.backups.runs import reconcile
-from vauban.handlers.backups.store import bucket, store_of
+from vauban.handlers.backups.store import backup_policy_of, bucket, store_of
 from vauban.handlers.context import Context
 from vauban.handlers.publish import post_event
 from vauban.reconcile.backup import (
@@ -131,19 +130,15 @@ async def _purge(
     database = build.Database(purge.namespace, purge.database, purge.database_uid)
     if purge.cluster:
         cluster_namespace, _, cluster_name = purge.cluster.partition("/")
-        cluster = await ctx.kube.read(MANAGED_CLUSTER, cluster_namespace, cluster_name)
-        try:
-            cluster_spec = ManagedClusterSpec.model_validate((cluster or {}).get("spec") or {})
-        except ValueError:
-            cluster_spec = None
-        if cluster_spec is None or cluster_spec.backup is None:
+        policy = await backup_policy_of(ctx, cluster_namespace, cluster_name)
+        if policy is None:
             logger.warning(
                 "cannot purge the backups of %s: its cluster %s is gone",
                 purge.secret,
                 purge.cluster,
             )
             return
-        store = await store_of(ctx, cluster_namespace, cluster_spec.backup.object_store)
+        store = await store_of(ctx, cluster_namespace, policy.object_store)
         if isinstance(store, str):
             logger.warning("cannot purge the backups of %s: %s", purge.secret, store)
             return

@@ -14,7 +14,6 @@ from vauban.api.backup import MANAGED_BACKUP
 from vauban.api.cluster import ManagedClusterSpec
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
 from vauban.builders import backup as build
-from vauban.builders.keys import KekOwner
 from vauban.conditions import Reason, State, Verdict
 from vauban.handlers import keys
 from vauban.handlers.backups.agents import agent_secret, delete_agent_object, job_ended, our_job
@@ -135,13 +134,7 @@ async def advance(
             Reason.BACKUP_NOT_CONFIGURED,
             f"ManagedCluster {cluster.ref} has no object store to restore from.",
         ), None
-    target_key = await keys.data_key(
-        ctx,
-        KekOwner(cluster.namespace, cluster.name, cluster.uid),
-        cluster_spec.encryption.provider,
-        database,
-        create=True,
-    )
+    target_key = await keys.database_key(ctx, cluster, cluster_spec, database)
     if isinstance(target_key, Verdict):
         return target_key, None
     target = await incarnation(ctx, database.namespace, database.name, database.uid)

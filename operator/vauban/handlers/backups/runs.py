@@ -96,14 +96,11 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
     name = spec.database_ref.name
     live = await ctx.kube.read(MANAGED_DATABASE, namespace, name)
     shown: dict[str, Any] = {"trigger": _trigger(body)}
-    context = await database_store(ctx, namespace, name, live)
-    placed = (
-        context if isinstance(context, Verdict) else await place(ctx, body, name, live, context[0])
-    )
+    placed = await _placed(ctx, body, name, live)
     if isinstance(placed, Verdict):
         if terminal:
             return  # the records cannot be read now: what is shown stays shown
-        await publish(ctx, MANAGED_BACKUP, body, placed, fields={**shown, "phase": "Pending"})
+        await _pending(ctx, body, shown, placed)
         return
     shown.update(job=placed.job, location={"bucket": placed.store.bucket, "key": placed.location})
     database = placed.incarnation.database
@@ -119,25 +116,40 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
     if outcome.action is BackupAction.RUNNING:
         if placed.entry is None:
             await _record_entry(ctx, body, placed, RUNNING)
-        verdict = Verdict(State.PROGRESSING, Reason.BACKUP_RUNNING, f"Job {placed.job} is running.")
-        await publish(
-            ctx,
-            MANAGED_BACKUP,
-            body,
-            verdict,
-            fields={**shown, "phase": "Running", "startedAt": state.started},
-        )
+        await _running(ctx, body, shown, f"Job {placed.job} is running.", state.started)
         return
     if outcome.action is BackupAction.UNKNOWN:
         # Nothing is concluded about a backup until the bucket answers.
         if outcome.verdict is not None:
-            fields = {**shown, "phase": "Pending"}
-            await publish(ctx, MANAGED_BACKUP, body, outcome.verdict, fields=fields)
+            await _pending(ctx, body, shown, outcome.verdict)
         return
     await _conclude(ctx, body, placed, live, shown, outcome, job)
     if job is not None:
         # The result is recorded: the Job (and its pod) are no longer needed.
         await ctx.kube.delete_job(ctx.settings.namespace, placed.job)
+
+
+async def _placed(
+    ctx: Context, body: Mapping[str, Any], database: str, live: Mapping[str, Any] | None
+) -> Placement | Verdict:
+    """Where the records put ManagedBackup `body` of database `database` (whose live object
+    is `live` if it exists), in its cluster's object store."""
+    store = await database_store(ctx, body["metadata"]["namespace"], database, live)
+    return store if isinstance(store, Verdict) else await place(ctx, body, database, live, store)
+
+
+async def _pending(
+    ctx: Context, body: Mapping[str, Any], shown: dict[str, Any], verdict: Verdict
+) -> None:
+    await publish(ctx, MANAGED_BACKUP, body, verdict, fields={**shown, "phase": "Pending"})
+
+
+async def _running(
+    ctx: Context, body: Mapping[str, Any], shown: dict[str, Any], message: str, started: str | None
+) -> None:
+    verdict = Verdict(State.PROGRESSING, Reason.BACKUP_RUNNING, message)
+    fields = {**shown, "phase": "Running", "startedAt": started}
+    await publish(ctx, MANAGED_BACKUP, body, verdict, fields=fields)
 
 
 async def _conclude(
@@ -176,21 +188,9 @@ async def _start(
     shown: dict[str, Any],
 ) -> None:
     database = placed.incarnation.database
-    if live is None or live["metadata"].get("uid") != database.uid:
-        verdict = Verdict(
-            State.WAITING,
-            Reason.DATABASE_NOT_FOUND,
-            f"ManagedDatabase {database.name} does not exist.",
-        )
-        await publish(ctx, MANAGED_BACKUP, body, verdict, fields={**shown, "phase": "Pending"})
-        return
-    if not is_true(previous_conditions(live.get("status")), ConditionType.READY):
-        verdict = Verdict(
-            State.WAITING,
-            Reason.DATABASE_NOT_READY,
-            f"ManagedDatabase {database.name} is not Ready yet.",
-        )
-        await publish(ctx, MANAGED_BACKUP, body, verdict, fields={**shown, "phase": "Pending"})
+    waiting = _not_startable(database, live)
+    if waiting is not None:
+        await _pending(ctx, body, shown, waiting)
         return
     if awaiting_finalizer(body) is not None:
         return  # kopf's finalizer is coming, and with it the next event
@@ -214,14 +214,24 @@ async def _start(
             await _failed(ctx, body, placed, verdict, shown, None)
             return
     await _record_entry(ctx, body, placed, RUNNING)
-    verdict = Verdict(State.PROGRESSING, Reason.BACKUP_RUNNING, f"Job {placed.job} started.")
-    await publish(
-        ctx,
-        MANAGED_BACKUP,
-        body,
-        verdict,
-        fields={**shown, "phase": "Running", "startedAt": timefmt.now_rfc3339()},
-    )
+    await _running(ctx, body, shown, f"Job {placed.job} started.", timefmt.now_rfc3339())
+
+
+def _not_startable(database: build.Database, live: Mapping[str, Any] | None) -> Verdict | None:
+    """Why a backup of `database` cannot start now: that incarnation is gone, or not Ready."""
+    if live is None or live["metadata"].get("uid") != database.uid:
+        return Verdict(
+            State.WAITING,
+            Reason.DATABASE_NOT_FOUND,
+            f"ManagedDatabase {database.name} does not exist.",
+        )
+    if not is_true(previous_conditions(live.get("status")), ConditionType.READY):
+        return Verdict(
+            State.WAITING,
+            Reason.DATABASE_NOT_READY,
+            f"ManagedDatabase {database.name} is not Ready yet.",
+        )
+    return None
 
 
 async def _record_entry(
@@ -299,10 +309,7 @@ async def finalize(ctx: Context, body: Mapping[str, Any]) -> None:
     spec = body.get("spec") or {}
     name = (spec.get("databaseRef") or {}).get("name", "")
     live = await ctx.kube.read(MANAGED_DATABASE, meta["namespace"], name)
-    context = await database_store(ctx, meta["namespace"], name, live)
-    placed = (
-        context if isinstance(context, Verdict) else await place(ctx, body, name, live, context[0])
-    )
+    placed = await _placed(ctx, body, name, live)
     if isinstance(placed, Verdict):
         logger.info(
             "ManagedBackup %s/%s: no record of a stored backup (%s)",

@@ -17,7 +17,7 @@ from vauban.api.cluster import ManagedClusterSpec
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
 from vauban.backup.storage import StorageError
 from vauban.builders import backup as build
-from vauban.builders.keys import KekOwner, data_key_secret_name
+from vauban.builders.keys import data_key_secret_name
 from vauban.conditions import ConditionType, DomainCondition, Reason, Verdict
 from vauban.handlers import keys
 from vauban.handlers.backups.agents import (
@@ -107,13 +107,7 @@ async def for_database(
     store = await store_of(ctx, cluster.namespace, policy.object_store)
     if isinstance(store, str):
         return _not_healthy(Reason.BACKUP_NOT_CONFIGURED, f"Backups cannot run: {store}.")
-    key = await keys.data_key(
-        ctx,
-        KekOwner(cluster.namespace, cluster.name, cluster.uid),
-        cluster_spec.encryption.provider,
-        database,
-        create=True,
-    )
+    key = await keys.database_key(ctx, cluster, cluster_spec, database)
     if isinstance(key, Verdict):
         return _not_healthy(key.reason, key.message)
     record = await ctx.kube.read_secret_and_annotations(

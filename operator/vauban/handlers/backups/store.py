@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from vauban import timefmt
-from vauban.api.cluster import ObjectStore
+from vauban.api.cluster import MANAGED_CLUSTER, ClusterBackupPolicy, ManagedClusterSpec, ObjectStore
 from vauban.backup.manifest import Manifest, ManifestNotAuthentic
 from vauban.backup.storage import InvalidManifest
 from vauban.backup.storage import ObjectStore as Bucket
@@ -16,6 +16,19 @@ from vauban.builders import backup as build
 from vauban.handlers.context import Context
 
 logger = logging.getLogger(__name__)
+
+
+async def backup_policy_of(
+    ctx: Context, cluster_namespace: str, cluster_name: str
+) -> ClusterBackupPolicy | None:
+    """The backup policy of ManagedCluster `cluster_namespace/cluster_name`: None when the
+    cluster is gone, its spec does not parse, or it configures no backups."""
+    cluster = await ctx.kube.read(MANAGED_CLUSTER, cluster_namespace, cluster_name)
+    try:
+        spec = ManagedClusterSpec.model_validate((cluster or {}).get("spec") or {})
+    except ValueError:
+        return None
+    return spec.backup
 
 
 async def store_of(ctx: Context, cluster_namespace: str, spec: ObjectStore) -> build.Store | str:
