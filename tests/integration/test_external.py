@@ -156,3 +156,56 @@ def test_server_going_away_and_coming_back(
         assert operator.metric("vauban_cluster_up", **up) == 1.0
     finally:
         server.destroy()
+
+
+def _rules(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {r["rule"]: r for r in (obj.get("status") or {}).get("compliance", {}).get("rules", [])}
+
+
+def test_tls_required_is_judged_on_the_server(
+    kube: KubeCtl, namespace: str, postgres: PostgresServer, admin: tuple[str, str]
+) -> None:
+    """The suite's server has no certificate and a `host all all 127.0.0.1/32
+    scram-sha-256` line: tls-required is unmet on what the server says (ssl, pg_hba), that
+    line named. Read as a superuser; an admin role without the right to read pg_hba says it
+    could not, and is judged on the rest."""
+    superuser, password = f"su_{secrets.token_hex(4)}", secrets.token_urlsafe(16)
+    postgres.create_role(superuser, password, "SUPERUSER")
+    kube.apply(admin_secret(namespace, superuser, password))
+    kube.apply(
+        external_cluster(namespace, "legacy", postgres.port, compliance={"profile": "iso27001"})
+    )
+    limited = admin_secret(namespace, *admin)
+    limited["metadata"]["name"] = "limited"
+    kube.apply(limited)
+    other = external_cluster(namespace, "other", postgres.port, compliance={"profile": "iso27001"})
+    other["spec"]["external"]["adminSecretRef"]["name"] = "limited"
+    kube.apply(other)
+
+    def judged(name: str) -> dict[str, Any] | None:
+        obj = kube.get("managedcluster", name, namespace)
+        tls = _rules(obj).get("tls-required")
+        return obj if tls and "ssl is" in tls["evidence"] else None
+
+    obj = eventually(lambda: judged("legacy"), what="tls-required judged on the server")
+    tls = _rules(obj)["tls-required"]
+    assert not tls["met"]
+    assert tls["evidence"].startswith(
+        "sslMode is disable; ssl is off; pg_hba accepts connections without TLS at line "
+    )
+    assert tls["evidence"].endswith(": host all all 127.0.0.1/32 scram-sha-256")
+    compliant = condition(obj, "Compliant")
+    assert compliant and compliant["status"] == "False"
+    assert "127.0.0.1/32" in compliant["message"]
+    # No object store: nothing is backed up, whatever the databases.
+    assert _rules(obj)["backups-succeeding"] == {
+        "rule": "backups-succeeding",
+        "met": False,
+        "evidence": "no spec.backup.objectStore: nothing is backed up",
+    }
+
+    obj = eventually(lambda: judged("other"), what="tls-required judged with a limited role")
+    assert _rules(obj)["tls-required"]["evidence"] == (
+        "sslMode is disable; ssl is off; pg_hba not observable: the admin role may not read "
+        "pg_hba_file_rules (superusers, or a GRANT)"
+    )

@@ -61,6 +61,16 @@ def superuser_secret_name(cluster: str) -> str:
     return f"{cluster}-superuser"
 
 
+def ca_secret_name(cluster: str) -> str:
+    """CloudNativePG's Secret holding the CA (`ca.crt`) that signs the server's certificate."""
+    return f"{cluster}-ca"
+
+
+def primary_host(cluster: str, namespace: str) -> str:
+    """CloudNativePG's `-rw` Service: the primary, under the name its certificate carries."""
+    return f"{cluster}-rw.{namespace}.svc"
+
+
 def image(repository: str, version: str) -> str:
     """The PostgreSQL image for a version: a major tag (`17`) follows CloudNativePG's latest
     minor; `17.6` pins one."""
@@ -193,6 +203,15 @@ def superuser_secret(owner: Owner) -> dict[str, Any]:
     }
 
 
+def network_policy_name(cluster: str) -> str:
+    return f"{cluster}-postgresql"
+
+
+def instance_labels(owner: Owner) -> dict[str, str]:
+    """Labels every instance pod carries: CloudNativePG's, and the inherited metadata."""
+    return {**owner.labels(), CNPG_CLUSTER_LABEL: owner.name}
+
+
 def network_policy(
     owner: Owner, spec: ManagedClusterSpec, *, operator_namespaces: tuple[str, ...]
 ) -> dict[str, Any]:
@@ -231,7 +250,7 @@ def network_policy(
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": {
-            "name": f"{owner.name}-postgresql",
+            "name": network_policy_name(owner.name),
             "namespace": owner.namespace,
             "labels": owner.labels(),
             "ownerReferences": [owner.reference()],

@@ -36,6 +36,7 @@ from vauban.reconcile.cluster import (
     health_due,
     primary_event,
 )
+from vauban.reconcile.compliance import ServerTls
 from vauban.reconcile.database import ABANDON_ANNOTATION, ClusterView
 from vauban.reconcile.status import previous_conditions
 
@@ -77,13 +78,22 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
     if spec is None:
         return
     owner = _owner(body)
-    posture = await posture_.assess(ctx, body, spec)
-    if posture.blocked is not None:
-        assessment = Assessment(posture.blocked)
+    storage = await posture_.storage(ctx, spec)
+    blocked = posture_.blocked(spec, storage)
+    if blocked is not None:
+        assessment = Assessment(blocked)
+        server = ServerTls.not_observed("nothing runs: the StorageClass does not encrypt")
     elif spec.mode == "Managed":
         assessment = await _reconcile_managed(ctx, owner, spec, awaiting_finalizer(body))
+        ready = assessment.verdict.state is State.READY
+        server = (
+            await posture_.managed_server_tls(ctx, owner.namespace, owner.name, ready)
+            if posture_.wants(spec, "tls-required")
+            else ServerTls.not_observed("not asked")
+        )
     else:
-        assessment = await _assess_external(ctx, owner.namespace, spec, body.get("status"))
+        assessment, server = await _assess_external(ctx, owner.namespace, spec, body.get("status"))
+    posture = await posture_.assess(ctx, body, spec, storage, server)
     await publish(
         ctx,
         MANAGED_CLUSTER,
@@ -230,7 +240,9 @@ async def _scheduled_base_backups(
 
 async def _assess_external(
     ctx: Context, namespace: str, spec: ManagedClusterSpec, previous: Mapping[str, Any] | None
-) -> Assessment:
+) -> tuple[Assessment, ServerTls]:
+    """The server's assessment, and what its probe saw of TLS (read when the profile has
+    the rule, in the probe's own session)."""
     external = spec.external
     assert external is not None
     credentials = await ctx.kube.read_secret(namespace, external.admin_secret_ref.name)
@@ -242,19 +254,19 @@ async def _assess_external(
             ca = await ctx.kube.read_secret(namespace, external.ca_secret_ref.name) or {}
             ca_pem = ca.get(external.ca_secret_ref.key)
             if ca_pem is None:
-                return Assessment(
-                    Verdict(
-                        State.WAITING,
-                        Reason.SECRET_MISSING,
-                        f"Secret {external.ca_secret_ref.name} (spec.external.caSecretRef) "
-                        f"does not exist or lacks the key {external.ca_secret_ref.key}.",
-                    )
+                missing = Verdict(
+                    State.WAITING,
+                    Reason.SECRET_MISSING,
+                    f"Secret {external.ca_secret_ref.name} (spec.external.caSecretRef) "
+                    f"does not exist or lacks the key {external.ca_secret_ref.key}.",
                 )
+                return Assessment(missing), ServerTls.not_observed("no CA to verify it with")
         server_probe = await probe(
             ServerAddress(external.host, external.port, external.ssl_mode, ca_pem),
             credentials["username"],
             credentials["password"],
             health=health_due(previous, timefmt.now(), ctx.settings.probe_interval_seconds),
+            tls=posture_.wants(spec, "tls-required"),
         )
     assessment = assess_external(
         spec=spec,
@@ -262,7 +274,8 @@ async def _assess_external(
         probe=server_probe,
     )
     health = external_health(previous, server_probe, timefmt.now_rfc3339())
-    return replace(assessment, fields={**assessment.fields, "health": health})
+    fields = {**assessment.fields, "health": health}
+    return replace(assessment, fields=fields), posture_.server_tls(server_probe)
 
 
 async def finalize(

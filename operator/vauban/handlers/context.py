@@ -7,7 +7,7 @@ import hashlib
 import json
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,23 @@ from vauban.settings import Settings
 
 ObjectKey = tuple[str, str, str]
 """(kind, namespace, name): a cluster and a database may share a name in a namespace."""
+
+Bodies = Mapping[tuple[str, str], Iterable[Mapping[str, Any]]]
+"""One of kopf's indices: (namespace, name) to the object bodies kept under it."""
+
+
+@dataclass
+class Indices:
+    """kopf's indices that a reconcile of another kind reads: live (kopf keeps them
+    current), handed over once at startup. None until then."""
+
+    databases_by_cluster: Bodies | None = None
+    backups_by_database: Bodies | None = None
+
+    def attach(self, indices: Mapping[str, Any]) -> None:
+        """From a kopf handler's keyword arguments."""
+        self.databases_by_cluster = indices["databases_by_cluster"]
+        self.backups_by_database = indices["backups_by_database"]
 
 
 @dataclass
@@ -77,6 +94,10 @@ class Context:
 
     usage_probed: dict[tuple[str, str], float] = field(default_factory=dict)
     """When the databases of each cluster last had their usage read (one query for all)."""
+
+    indices: Indices = field(default_factory=Indices)
+    """The ManagedDatabases by cluster and the ManagedBackups by database, for the
+    compliance rule on a cluster's backups."""
 
     key_providers: dict[str, KeyProvider] = field(
         default_factory=lambda: {"kubernetes-secret": SecretKeyProvider()}

@@ -2,12 +2,17 @@
 the operator observes, the encryption of its volumes, and its key-encryption key (created,
 rotated, reported). The decisions are pure (reconcile.compliance, reconcile.keys); this
 module gathers the facts and acts on them.
+
+The facts are read only for the rules of the cluster's profile: its StorageClass, its
+LoadBalancer Services and its NetworkPolicy from the apiserver, its databases and their
+ManagedBackups from the operator's indices, and what the server says of TLS through the
+admin session (the external probe's, or one probe of a ready managed cluster's primary).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +22,12 @@ from vauban.api.common import duration_seconds
 from vauban.builders import cnpg
 from vauban.builders.keys import KekOwner
 from vauban.conditions import ConditionType, DomainCondition, Reason, State, Verdict
+from vauban.engines.postgres.probe import ServerAddress, probe
 from vauban.handlers import keys
-from vauban.handlers.context import Context
+from vauban.handlers.context import Bodies, Context
 from vauban.handlers.publish import post_event
 from vauban.reconcile import compliance
+from vauban.reconcile.cluster import ProbeOutcome, ServerProbe
 from vauban.reconcile.keys import ROTATE_KEY_ANNOTATION, rotation_due
 
 logger = logging.getLogger(__name__)
@@ -30,11 +37,10 @@ logger = logging.getLogger(__name__)
 class Posture:
     fields: dict[str, Any]
     conditions: list[DomainCondition]
-    blocked: Verdict | None = None
-    """Set when nothing may be created: volumes that a profile requires encrypted are not."""
 
 
-async def _storage(ctx: Context, spec: ManagedClusterSpec) -> compliance.StorageEvidence | None:
+async def storage(ctx: Context, spec: ManagedClusterSpec) -> compliance.StorageEvidence | None:
+    """The StorageClass of a managed cluster's volumes, judged; None for an external one."""
     if spec.mode != "Managed":
         return None
     wanted = spec.storage.storage_class_name if spec.storage else None
@@ -44,10 +50,119 @@ async def _storage(ctx: Context, spec: ManagedClusterSpec) -> compliance.Storage
     return compliance.storage_evidence(*found)
 
 
-async def assess(ctx: Context, body: Mapping[str, Any], spec: ManagedClusterSpec) -> Posture:
+def blocked(spec: ManagedClusterSpec, storage: compliance.StorageEvidence | None) -> Verdict | None:
+    """Set when nothing may be created: volumes that a profile requires encrypted are not."""
+    if storage is None or storage.encrypted or not compliance.requires_encryption(spec):
+        return None
+    return Verdict(
+        State.STALLED,
+        Reason.STORAGE_CLASS_NOT_ENCRYPTED,
+        f"Profile {spec.compliance.profile} requires encrypted volumes, and StorageClass "
+        f"{storage.storage_class or '(default)'} is not known to encrypt ({storage.evidence}). "
+        "Nothing was created: choose an encrypting class in spec.storage.storageClassName, "
+        f'or have the platform annotate it {compliance.ENCRYPTED_ANNOTATION}: "true".',
+    )
+
+
+def wants(spec: ManagedClusterSpec, rule: compliance.RuleId) -> bool:
+    """Whether the cluster's profile holds `rule`: its facts are read only then."""
+    return rule in compliance.rules_of(spec.compliance.profile)
+
+
+def server_tls(server_probe: ServerProbe | None) -> compliance.ServerTls:
+    """What a probe asked with `tls` saw; why nothing was seen otherwise."""
+    if server_probe is None:
+        return compliance.ServerTls.not_observed("no usable admin Secret")
+    if server_probe.outcome is not ProbeOutcome.OK:
+        return compliance.ServerTls.not_observed(
+            f"{server_probe.outcome.value}: {server_probe.detail}"
+        )
+    return server_probe.tls or compliance.ServerTls.not_observed("not asked")
+
+
+async def managed_server_tls(
+    ctx: Context, namespace: str, name: str, ready: bool
+) -> compliance.ServerTls:
+    """One probe of a ready managed cluster's primary, as the superuser CloudNativePG
+    creates for Vauban, with TLS verified against the cluster's CA."""
+    if not ready:
+        return compliance.ServerTls.not_observed("the cluster is not ready")
+    secret = cnpg.superuser_secret_name(name)
+    login = await ctx.kube.read_secret(namespace, secret) or {}
+    if "username" not in login or "password" not in login:
+        return compliance.ServerTls.not_observed(f"Secret {secret} is missing or incomplete")
+    ca = await ctx.kube.read_secret(namespace, cnpg.ca_secret_name(name)) or {}
+    address = ServerAddress(
+        cnpg.primary_host(name, namespace), cnpg.POSTGRES_PORT, "verify-full", ca.get("ca.crt")
+    )
+    return server_tls(await probe(address, login["username"], login["password"], tls=True))
+
+
+async def _network_policy(
+    ctx: Context, body: Mapping[str, Any], spec: ManagedClusterSpec
+) -> compliance.PolicyFacts | None:
+    meta = body["metadata"]
+    if spec.mode != "Managed" or not wants(spec, "network-policy"):
+        return None
+    owner = cnpg.Owner(meta["name"], meta["namespace"], meta.get("uid", ""))
+    name = cnpg.network_policy_name(owner.name)
+    spec_found = await ctx.kube.network_policy_spec(owner.namespace, name)
+    # Missing: before anything was created (a first reconcile, a blocked cluster), or gone.
+    instances = spec_found is not None or (
+        await ctx.kube.read_custom(
+            cnpg.CNPG_GROUP, cnpg.CNPG_VERSION, cnpg.CNPG_PLURAL, owner.namespace, owner.name
+        )
+        is not None
+    )
+    return compliance.PolicyFacts(
+        name=name,
+        namespace=owner.namespace,
+        pod_labels=cnpg.instance_labels(owner),
+        spec=spec_found,
+        instances=instances,
+    )
+
+
+def _provisioned(database: Mapping[str, Any]) -> bool:
+    """Whether the database was created on the server (its credentials exist): one refused
+    by the cluster has no backups to judge."""
+    return bool(((database.get("status") or {}).get("credentials") or {}).get("username"))
+
+
+def database_backups(
+    spec: ManagedClusterSpec, databases: Iterable[Mapping[str, Any]], backups: Bodies
+) -> list[compliance.DatabaseBackups]:
+    """The cluster's provisioned databases, each with its ManagedBackups."""
+    schedule = spec.backup.schedule if spec.backup else None
+    return [
+        compliance.database_backups(
+            db, backups.get((db["metadata"]["namespace"], db["metadata"]["name"]), ()), schedule
+        )
+        for db in databases
+        if _provisioned(db) and not db["metadata"].get("deletionTimestamp")
+    ]
+
+
+def _databases(
+    ctx: Context, namespace: str, name: str, spec: ManagedClusterSpec
+) -> list[compliance.DatabaseBackups] | None:
+    """From the operator's indices; None before they are handed over."""
+    databases, backups = ctx.indices.databases_by_cluster, ctx.indices.backups_by_database
+    if not wants(spec, "backups-succeeding") or databases is None or backups is None:
+        return None
+    return database_backups(spec, databases.get((namespace, name), ()), backups)
+
+
+async def assess(
+    ctx: Context,
+    body: Mapping[str, Any],
+    spec: ManagedClusterSpec,
+    storage: compliance.StorageEvidence | None,
+    server: compliance.ServerTls,
+) -> Posture:
+    """`storage`: as `storage` found it; `server`: what the server said of TLS."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    storage = await _storage(ctx, spec)
     balancers = (
         await ctx.kube.load_balancers(namespace, f"{cnpg.CNPG_CLUSTER_LABEL}={name}")
         if spec.mode == "Managed"
@@ -57,6 +172,10 @@ async def assess(ctx: Context, body: Mapping[str, Any], spec: ManagedClusterSpec
         storage=storage,
         load_balancers=balancers,
         allowed_backup_regions=ctx.settings.allowed_backup_regions,
+        server=server,
+        network_policy=await _network_policy(ctx, body, spec),
+        databases=_databases(ctx, namespace, name, spec),
+        now=timefmt.now(),
     )
     judged = compliance.assess(spec, facts)
     conditions = [compliance.encrypted_condition(spec, storage), judged.condition()]
@@ -71,16 +190,6 @@ async def assess(ctx: Context, body: Mapping[str, Any], spec: ManagedClusterSpec
         }
     }
     fields["compliance"] = {k: v for k, v in fields["compliance"].items() if v is not None}
-    blocked = None
-    if storage is not None and not storage.encrypted and compliance.requires_encryption(spec):
-        blocked = Verdict(
-            State.STALLED,
-            Reason.STORAGE_CLASS_NOT_ENCRYPTED,
-            f"Profile {spec.compliance.profile} requires encrypted volumes, and StorageClass "
-            f"{storage.storage_class or '(default)'} is not known to encrypt ({storage.evidence}). "
-            "Nothing was created: choose an encrypting class in spec.storage.storageClassName, "
-            f'or have the platform annotate it {compliance.ENCRYPTED_ANNOTATION}: "true".',
-        )
     encryption, key_error = await _key(ctx, body, spec)
     if encryption is not None:
         fields["encryption"] = encryption
@@ -98,7 +207,7 @@ async def assess(ctx: Context, body: Mapping[str, Any], spec: ManagedClusterSpec
         if spec.encryption.rotation_period
         else None,
     )
-    return Posture(fields, conditions, blocked)
+    return Posture(fields, conditions)
 
 
 async def _key(

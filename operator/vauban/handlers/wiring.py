@@ -269,6 +269,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:  # no
 
     @kopf.on.startup(id="recheck", registry=registry)
     async def start_recheck(memo: kopf.Memo, **kwargs: Any) -> None:
+        context_of(memo).indices.attach(kwargs)
         memo.recheck = asyncio.create_task(
             _recheck_forever(
                 context_of(memo),

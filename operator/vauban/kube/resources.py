@@ -124,6 +124,15 @@ class Kube:
         applied = await _apply(self._networking.patch_namespaced_network_policy, body)
         return getattr(getattr(applied, "metadata", None), "generation", None)
 
+    async def network_policy_spec(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A NetworkPolicy's spec (wire form), None when it does not exist. Listed by name:
+        the operator's role lists NetworkPolicies, it does not get them."""
+        listed = await self._networking.list_namespaced_network_policy(
+            namespace, field_selector=f"metadata.name={name}"
+        )
+        found = [p.spec for p in listed.items if p.spec is not None]
+        return found[0].model_dump(by_alias=True, exclude_none=True) if found else None
+
     async def apply_secret(self, body: Mapping[str, Any]) -> None:
         """Server-side apply of a Secret Vauban owns whole (a tenant's credentials)."""
         await _apply(self._core.patch_namespaced_secret, body)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from vauban.api.cluster import ManagedClusterSpec
 from vauban.builders import cnpg
 from vauban.conditions import Reason, State, Verdict
+from vauban.reconcile.compliance import ServerTls
 from vauban.timefmt import parse_rfc3339
 
 CNPG_CRD = f"{cnpg.CNPG_PLURAL}.{cnpg.CNPG_GROUP}"
@@ -181,6 +182,9 @@ class ServerProbe:
     create_db: bool = False
     health: ServerHealth | None = None
     """The server's load, when the probe was asked to read it."""
+
+    tls: ServerTls | None = None
+    """What the server says of TLS, when the probe was asked to read it."""
 
 
 def assess_external(

@@ -1,18 +1,34 @@
 """Compliance profiles as concrete, checkable rules. Pure: a cluster's spec and the facts the
-operator observed (its StorageClass, its Services...) in, each rule met or not — with the
-evidence — out. The same results feed the `Compliant` condition and the auditors' report.
+operator observed (its StorageClass, its Services, its NetworkPolicy read back, what the server
+says of TLS, its databases' backups...) in, each rule met or not — with the evidence — out.
+The same results feed the `Compliant` condition and the auditors' report.
+
+A fact that could not be observed (a view the admin role may not read, a server not running
+yet) is said in the evidence as "not observable: why"; the rule is then judged on what could
+be seen, never failed for the missing view alone.
 
 Profiles are cumulative: hds holds every iso27001 rule, secnumcloud every hds rule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
 from vauban.api.cluster import ComplianceProfile, ManagedClusterSpec
 from vauban.conditions import ConditionType, DomainCondition, Reason
+from vauban.reconcile.backup import (
+    FAILED,
+    SUCCEEDED,
+    BackupRecord,
+    last_success,
+    overdue_since,
+    schedule_error,
+)
+from vauban.timefmt import parse_rfc3339, rfc3339
 
 ENCRYPTED_ANNOTATION = "vauban.dev/encrypted"
 
@@ -28,6 +44,7 @@ _KEY_PARAMETERS = ("kmsKeyId", "disk-encryption-kms-key", "diskEncryptionSetID",
 RuleId = Literal[
     "tls-required",
     "backups-configured",
+    "backups-succeeding",
     "network-policy",
     "encrypted-storage",
     "backup-region",
@@ -36,8 +53,9 @@ RuleId = Literal[
 ]
 
 _DESCRIPTIONS: dict[RuleId, str] = {
-    "tls-required": "connections use TLS with a verified server certificate",
+    "tls-required": "the server refuses connections without TLS; the operator verifies it",
     "backups-configured": "backups go to an object store, encrypted with per-database keys",
+    "backups-succeeding": "each database's latest backup succeeded, none missed two runs",
     "network-policy": "a NetworkPolicy admits only the allowed namespaces (default deny)",
     "encrypted-storage": "volumes come from a StorageClass that encrypts them",
     "backup-region": "the backup bucket is in a region the platform allows",
@@ -45,7 +63,12 @@ _DESCRIPTIONS: dict[RuleId, str] = {
     "external-key-manager": "keys are held by a key manager (KMIP, a PKCS#11 HSM), not in Secrets",
 }
 
-_ISO27001: tuple[RuleId, ...] = ("tls-required", "backups-configured", "network-policy")
+_ISO27001: tuple[RuleId, ...] = (
+    "tls-required",
+    "backups-configured",
+    "backups-succeeding",
+    "network-policy",
+)
 _HDS: tuple[RuleId, ...] = (*_ISO27001, "encrypted-storage", "backup-region", "no-load-balancer")
 _PROFILE_RULES: dict[str, tuple[RuleId, ...]] = {
     "none": (),
@@ -97,6 +120,328 @@ def storage_evidence(
     )
 
 
+# --- TLS on the server ---------------------------------------------------------------------
+
+_PLAIN_CAPABLE = ("host", "hostnossl", "hostnogssenc")
+"""pg_hba connection types that can match a TCP connection without TLS. `hostssl` needs TLS,
+`hostgssenc` GSSAPI encryption, `local` is the Unix socket."""
+
+
+@dataclass(frozen=True)
+class HbaRule:
+    """One rule of pg_hba_file_rules, in file order."""
+
+    line: int
+    type: str
+    databases: tuple[str, ...]
+    users: tuple[str, ...]
+    address: str | None
+    netmask: str | None
+    method: str
+
+    @property
+    def where(self) -> str:
+        if self.address is None or self.netmask is None:
+            return self.address or ""
+        return f"{self.address}/{_prefix_length(self.netmask)}"
+
+    def __str__(self) -> str:
+        fields = (self.type, ",".join(self.databases), ",".join(self.users), self.where)
+        return f"line {self.line}: " + " ".join(f for f in (*fields, self.method) if f)
+
+    @property
+    def families(self) -> frozenset[int]:
+        """The IP versions this rule can match: both for `all`, a host name, samehost..."""
+        if self.address is None or self.netmask is None:
+            return frozenset((4, 6))
+        try:
+            return frozenset((ipaddress.ip_address(self.address).version,))
+        except ValueError:
+            return frozenset((4, 6))
+
+    @property
+    def rejects_all_plain(self) -> frozenset[int]:
+        """The IP versions of which this rule rejects every connection it can see without TLS
+        (`hostnossl all all all reject`, or `0.0.0.0/0` and `::/0`): later rules never see
+        them."""
+        if (
+            self.type not in _PLAIN_CAPABLE
+            or self.method != "reject"
+            or self.databases != ("all",)
+            or self.users != ("all",)
+        ):
+            return frozenset()
+        if self.address == "all":
+            return frozenset((4, 6))
+        if self.netmask is not None and _prefix_length(self.netmask) == 0:
+            return self.families
+        return frozenset()
+
+
+def _prefix_length(netmask: str) -> int | str:
+    try:
+        return bin(int(ipaddress.ip_address(netmask))).count("1")
+    except ValueError:
+        return netmask
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """What the server says of TLS, read through the operator's admin session. None where
+    it could not be read, and `unobservable` says why."""
+
+    ssl: bool | None = None
+    hba: tuple[HbaRule, ...] | None = None
+    unobservable: str = ""
+
+    @classmethod
+    def not_observed(cls, why: str) -> ServerTls:
+        return cls(unobservable=why)
+
+
+def plain_text_rules(hba: Sequence[HbaRule]) -> tuple[list[HbaRule], HbaRule | None]:
+    """The rules that accept a connection without TLS, in file order (first match wins:
+    those behind a rule rejecting every such connection are never reached), and the
+    rejecting rule that shadowed at least one accepting rule, if any."""
+    covered: frozenset[int] = frozenset()
+    accepting: list[HbaRule] = []
+    shadow: HbaRule | None = None
+    rejecting: HbaRule | None = None
+    for rule in hba:
+        if rule.type not in _PLAIN_CAPABLE:
+            continue
+        if rule.method == "reject":
+            if rule.rejects_all_plain - covered:
+                covered |= rule.rejects_all_plain
+                rejecting = rule
+        elif rule.families <= covered:
+            shadow = shadow or rejecting
+        else:
+            accepting.append(rule)
+    return accepting, shadow
+
+
+def _listed(items: Sequence[object], at_most: int = 3) -> str:
+    shown = ", ".join(str(i) for i in items[:at_most])
+    return shown + (f" (+{len(items) - at_most} more)" if len(items) > at_most else "")
+
+
+def _tls(spec: ManagedClusterSpec, server: ServerTls | None) -> tuple[bool, list[str]]:
+    met, seen = True, []
+    if spec.external is not None:
+        mode = spec.external.ssl_mode
+        met = mode in ("verify-full", "verify-ca")
+        seen.append(f"sslMode is {mode}")
+    server = server or ServerTls.not_observed("not read")
+    if server.ssl is None:
+        return met, [*seen, f"server not observable: {server.unobservable}"]
+    met = met and server.ssl
+    seen.append("ssl is on" if server.ssl else "ssl is off")
+    if server.hba is None:
+        return met, [*seen, f"pg_hba not observable: {server.unobservable}"]
+    accepting, shadow = plain_text_rules(server.hba)
+    if accepting:
+        return False, [*seen, f"pg_hba accepts connections without TLS at {_listed(accepting)}"]
+    note = f" ({shadow} comes first)" if shadow is not None else ""
+    return met, [*seen, f"pg_hba: no rule accepts a connection without TLS{note}"]
+
+
+# --- the NetworkPolicy, read back ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyFacts:
+    """The NetworkPolicy Vauban renders for a managed cluster, as the apiserver has it."""
+
+    name: str
+    namespace: str
+    pod_labels: Mapping[str, str]
+    """Labels every instance pod of the cluster carries."""
+
+    spec: Mapping[str, Any] | None
+    """The policy's spec (wire form); None when it does not exist."""
+
+    instances: bool = True
+    """Whether CloudNativePG's Cluster exists: before it does, nothing runs to protect."""
+
+
+def selects(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+    """Whether a label selector (wire form) matches `labels`; an empty one matches all."""
+    selector = selector or {}
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, values = e.get("key"), e.get("values") or []
+        matched = {
+            "In": labels.get(key) in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }.get(e.get("operator"), False)
+        if not matched:
+            return False
+    return True
+
+
+def _described(selector: Mapping[str, Any]) -> str:
+    terms = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for e in selector.get("matchExpressions") or []:
+        values = ",".join(e.get("values") or [])
+        terms.append(f"{e.get('key')} {e.get('operator')}" + (f" ({values})" if values else ""))
+    return "namespaces labelled " + " and ".join(terms) if terms else "every namespace"
+
+
+def admitted(namespace: str, ingress: Iterable[Mapping[str, Any]]) -> tuple[list[str], bool]:
+    """What an ingress policy's rules admit, said for a person (namespaces by name first),
+    and whether a rule admits every source (no `from`: any pod, any address)."""
+    names: set[str] = set()
+    others: list[str] = []
+    everyone = False
+    for rule in ingress:
+        peers = rule.get("from") or []
+        everyone = everyone or not peers
+        for peer in peers:
+            if "ipBlock" in peer:
+                others.append(f"addresses {peer['ipBlock'].get('cidr')}")
+                continue
+            selector = peer.get("namespaceSelector")
+            if selector is None:
+                names.add(namespace)
+                continue
+            by_name = [
+                e
+                for e in selector.get("matchExpressions") or []
+                if e.get("key") == "kubernetes.io/metadata.name" and e.get("operator") == "In"
+            ]
+            if by_name and len(by_name) == len(selector.get("matchExpressions") or []):
+                names.update(v for e in by_name for v in e.get("values") or [])
+            else:
+                others.append(_described(selector))
+    listed = [", ".join(sorted(names))] if names else []
+    return listed + sorted(set(others)), everyone
+
+
+def _network_policy(policy: PolicyFacts | None) -> tuple[bool, str]:
+    if policy is None:
+        return False, "NetworkPolicy not read"
+    if policy.spec is None and not policy.instances:
+        return True, f"NetworkPolicy {policy.name} not created yet: no instance exists"
+    if policy.spec is None:
+        return False, f"NetworkPolicy {policy.name} not found"
+    spec = policy.spec
+    faults = []
+    if "Ingress" not in (spec.get("policyTypes") or []):
+        faults.append("its policyTypes lack Ingress")
+    if not selects(spec.get("podSelector"), policy.pod_labels):
+        faults.append("it does not select the instance pods")
+    sources, everyone = admitted(policy.namespace, spec.get("ingress") or [])
+    if everyone:
+        faults.append("a rule admits every source")
+    if faults:
+        return False, f"NetworkPolicy {policy.name}: " + "; ".join(faults)
+    return True, (
+        f"NetworkPolicy {policy.name}: Ingress, selects the instance pods; admits "
+        + ("from namespaces " + "; ".join(sources) if sources else "nothing")
+    )
+
+
+# --- backups, as they went ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatabaseBackups:
+    """One database of the cluster and its ManagedBackups."""
+
+    name: str
+    """namespace/name."""
+
+    schedule: str | None
+    """The schedule in effect: the database's, else the cluster's."""
+
+    created: datetime | None
+    backups: Sequence[BackupRecord]
+
+
+def database_backups(
+    database: Mapping[str, Any],
+    backups: Iterable[Mapping[str, Any]],
+    cluster_schedule: str | None,
+) -> DatabaseBackups:
+    """A ManagedDatabase and its ManagedBackups as the apiserver has them. The backups'
+    phase and finish time come from their status: observation, fit for a report (the
+    database's own BackupHealthy is decided from the ledger and the bucket)."""
+    meta = database["metadata"]
+    own = ((database.get("spec") or {}).get("backup") or {}).get("schedule")
+    return DatabaseBackups(
+        name=f"{meta['namespace']}/{meta['name']}",
+        schedule=own or cluster_schedule,
+        created=parse_rfc3339(meta.get("creationTimestamp")),
+        backups=tuple(
+            BackupRecord(
+                name=str(b["metadata"]["name"]),
+                phase=(b.get("status") or {}).get("phase"),
+                finished=parse_rfc3339((b.get("status") or {}).get("finishedAt")),
+                created=parse_rfc3339(b["metadata"].get("creationTimestamp")),
+            )
+            for b in backups
+            if not b["metadata"].get("deletionTimestamp")
+        ),
+    )
+
+
+def _overdue(db: DatabaseBackups, now: datetime) -> str | None:
+    """Why a scheduled database has gone two runs without a successful backup, or None."""
+    if db.schedule is None:
+        return None
+    if schedule_error(db.schedule) is not None:
+        return f"{db.name} (schedule {db.schedule!r} is not a cron schedule)"
+    deadline = overdue_since(db.schedule, now)
+    success = last_success(db.backups)
+    if success is None:
+        young = db.created is not None and db.created > deadline
+        return None if young else f"{db.name} (never)"
+    if success.finished is not None and success.finished < deadline:
+        return f"{db.name} (last at {rfc3339(success.finished)})"
+    return None
+
+
+def _backups_succeeding(
+    spec: ManagedClusterSpec, databases: Sequence[DatabaseBackups] | None, now: datetime | None
+) -> tuple[bool, str]:
+    if spec.backup is None:
+        return False, "no spec.backup.objectStore: nothing is backed up"
+    if databases is None:
+        return True, "not observable: the databases were not read yet"
+    if not databases:
+        return True, "no databases yet"
+    failed, overdue, never = [], [], []
+    oldest: tuple[datetime, str] | None = None
+    for db in sorted(databases, key=lambda d: d.name):
+        done = [b for b in db.backups if b.phase in (SUCCEEDED, FAILED) and b.finished]
+        latest = max(done, key=lambda b: b.finished or datetime.min, default=None)
+        if latest is not None and latest.phase == FAILED:
+            failed.append(f"{db.name} (ManagedBackup {latest.name})")
+        if now is not None and (late := _overdue(db, now)) is not None:
+            overdue.append(late)
+        success = last_success(db.backups)
+        if success is None or success.finished is None:
+            never.append(db.name)
+        elif oldest is None or success.finished < oldest[0]:
+            oldest = (success.finished, f"{db.name} (ManagedBackup {success.name})")
+    counted = f"{len(databases)} database(s)"
+    if failed or overdue:
+        faults = [f"latest backup failed: {_listed(failed)}"] if failed else []
+        if overdue:
+            faults.append(f"no successful backup in two scheduled runs: {_listed(overdue)}")
+        return False, f"{counted}: " + "; ".join(faults)
+    said = [f"{counted}, none whose latest backup failed or that missed two scheduled runs"]
+    if oldest is not None:
+        said.append(f"oldest last success: {oldest[1]} at {rfc3339(oldest[0])}")
+    if never:
+        said.append(f"no backup yet: {_listed(never)}")
+    return True, "; ".join(said)
+
+
 @dataclass(frozen=True)
 class Facts:
     """What the operator observed about a cluster, beyond its spec."""
@@ -107,6 +452,17 @@ class Facts:
     load_balancers: Sequence[str] = ()
     allowed_backup_regions: Sequence[str] = ()
     """Regions the platform allows for hds and secnumcloud backups; any when empty."""
+
+    server: ServerTls | None = None
+    """What the server said of TLS; None when it was not asked."""
+
+    network_policy: PolicyFacts | None = None
+    """The managed cluster's NetworkPolicy, read back; None when it was not read."""
+
+    databases: Sequence[DatabaseBackups] | None = None
+    """The cluster's databases and their backups; None when they were not read."""
+
+    now: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -154,20 +510,20 @@ class Assessment:
 def _check(rule: RuleId, spec: ManagedClusterSpec, facts: Facts) -> RuleResult:
     backup = spec.backup
     if rule == "tls-required":
-        if spec.external is None:
-            return RuleResult(rule, True, "managed clusters accept TLS connections only")
-        mode = spec.external.ssl_mode
-        return RuleResult(rule, mode in ("verify-full", "verify-ca"), f"sslMode is {mode}")
+        met, seen = _tls(spec, facts.server)
+        return RuleResult(rule, met, "; ".join(seen))
     if rule == "backups-configured":
         return RuleResult(
             rule,
             backup is not None,
             f"bucket {backup.object_store.bucket}" if backup else "no spec.backup.objectStore",
         )
+    if rule == "backups-succeeding":
+        return RuleResult(rule, *_backups_succeeding(spec, facts.databases, facts.now))
     if rule == "network-policy":
         if spec.external is not None:
             return RuleResult(rule, True, "external server: its network is the provider's")
-        return RuleResult(rule, True, "Vauban renders an ingress NetworkPolicy for the pods")
+        return RuleResult(rule, *_network_policy(facts.network_policy))
     if rule == "encrypted-storage":
         if facts.storage is None:
             return RuleResult(rule, True, "external server: not on Kubernetes volumes")

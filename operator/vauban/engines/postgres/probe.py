@@ -1,6 +1,7 @@
 """Connect to a PostgreSQL server as the admin role and report what Vauban needs to know:
 reachable, credentials accepted, version, privileges, and on request the server's load
-(sessions against max_connections, replicas and their lag, WAL and database sizes).
+(sessions against max_connections, replicas and their lag, WAL and database sizes) and what
+it says of TLS (ssl, and pg_hba's rules where the admin role may read them).
 
 Every statement runs under a statement timeout and the whole probe under a deadline, so a
 server that hangs costs a reconcile seconds, not forever. Reading the load never fails the
@@ -21,6 +22,7 @@ from typing import Any
 import psycopg
 
 from vauban.reconcile.cluster import ProbeOutcome, ReplicaHealth, ServerHealth, ServerProbe
+from vauban.reconcile.compliance import HbaRule, ServerTls
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +68,10 @@ async def probe(
     *,
     connect_timeout: int = 5,
     health: bool = False,
+    tls: bool = False,
 ) -> ServerProbe:
-    """Connect, check the admin role; with `health`, read the server's load too."""
+    """Connect, check the admin role; with `health`, read the server's load too; with `tls`,
+    what the server says of TLS."""
     # libpq may try twice (sslmode prefer/allow), each within connect_timeout.
     deadline = 2 * connect_timeout + STATEMENT_TIMEOUT_MS / 1000
     with ssl_root_cert(address.ca_pem) as root_cert:
@@ -98,6 +102,7 @@ async def probe(
                     # out of it leaves fields out, it does not make the server unreachable.
                     answer.reschedule(None)
                     server_health = await read_health(connection) if health else None
+                    server_tls = await read_tls(connection) if tls else None
         except psycopg.OperationalError as e:
             return _failure(e)
         except TimeoutError:
@@ -114,6 +119,7 @@ async def probe(
         create_role=bool(create_role),
         create_db=bool(create_db),
         health=server_health,
+        tls=server_tls,
     )
 
 
@@ -265,6 +271,75 @@ async def _wal_bytes(connection: Connection) -> dict[str, Any]:
         await connection.execute("SELECT coalesce(sum(size), 0) FROM pg_ls_waldir()")
     ).fetchone()
     return {} if row is None else {"wal_bytes": int(row[0])}
+
+
+# pg_hba_file_rules is the file as on disk, in the order rules are tried (WITH ORDINALITY:
+# line numbers repeat across included files). Superusers only, unless granted.
+_HBA_READABLE = (
+    "SELECT pg_catalog.current_setting('ssl'),"
+    " pg_catalog.has_function_privilege('pg_catalog.pg_hba_file_rules()', 'EXECUTE')"
+)
+_HBA = """
+SELECT r.line_number, r.type, r.database, r.user_name, r.address, r.netmask, r.auth_method,
+       r.error
+  FROM pg_catalog.pg_hba_file_rules() WITH ORDINALITY AS r
+ ORDER BY r.ordinality
+"""
+
+
+async def read_tls(connection: Connection) -> ServerTls:
+    """ssl and pg_hba's rules, within TLS_DEADLINE_SECONDS. pg_hba_file_rules is asked for
+    only when the admin role may read it (as pg_ls_waldir above): what it may not, what
+    fails or times out, is said, not raised."""
+    ssl: bool | None = None
+    try:
+        async with asyncio.timeout(TLS_DEADLINE_SECONDS):
+            row = await (await connection.execute(_HBA_READABLE)).fetchone()
+            assert row is not None
+            ssl, readable = row[0] == "on", bool(row[1])
+            if not readable:
+                return ServerTls(ssl, None, _HBA_NOT_GRANTED)
+            rows = await (await connection.execute(_HBA)).fetchall()
+    except (psycopg.Error, TimeoutError) as e:
+        why = _one_line(e) if isinstance(e, psycopg.Error) else "no answer in time"
+        logger.info("TLS probe: not read: %s", why)
+        return ServerTls(ssl, None, why)
+    return hba_of(ssl, rows)
+
+
+TLS_DEADLINE_SECONDS = 5.0
+_HBA_NOT_GRANTED = "the admin role may not read pg_hba_file_rules (superusers, or a GRANT)"
+
+
+def hba_of(ssl: bool, rows: Sequence[tuple[Any, ...]]) -> ServerTls:
+    """Rows of pg_hba_file_rules (line, type, databases, users, address, netmask, method,
+    error). A line that does not parse (an error, no type) means the file is not what the
+    server runs: a reload keeps the rules it had, which no view shows. A rule with a warning
+    (`hostssl` while ssl is off) is loaded, and judged."""
+    broken = [(line, error) for line, type_, *_, error in rows if error and type_ is None]
+    if broken:
+        line, error = broken[0]
+        return ServerTls(
+            ssl,
+            None,
+            f"pg_hba.conf has an error at line {line} ({error}): the server keeps the rules "
+            "it loaded before",
+        )
+    return ServerTls(
+        ssl,
+        tuple(
+            HbaRule(
+                line=int(line),
+                type=str(type_),
+                databases=tuple(databases or ()),
+                users=tuple(users or ()),
+                address=address,
+                netmask=netmask,
+                method=str(method),
+            )
+            for line, type_, databases, users, address, netmask, method, _ in rows
+        ),
+    )
 
 
 def _one_line(error: BaseException) -> str:
