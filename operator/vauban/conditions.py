@@ -28,6 +28,7 @@ class Reason(StrEnum):
 
     AVAILABLE = "Available"
     PROVISIONING = "Provisioning"
+    CONFIGURATION_PENDING = "ConfigurationPending"
     CLUSTER_NOT_FOUND = "ClusterNotFound"
     CLUSTER_NOT_READY = "ClusterNotReady"
     NAMESPACE_NOT_ALLOWED = "NamespaceNotAllowed"

@@ -123,6 +123,8 @@ def test_create_scale_reconfigure_and_delete(
     timings["lifecycle: parameter with a rolling restart"] = time.monotonic() - started
     assert _show(kube, namespace, "max_connections") == "150"
     assert _healthy(_engine(kube, namespace), 2), seen
+    # Never Ready on CloudNativePG's word alone while the primary still ran the old value.
+    assert any(s.startswith("False ConfigurationPending:") for s in seen), seen
 
     claims = kube.get_list("pvc", namespace, f"-l=cnpg.io/cluster={NAME}")
     assert claims

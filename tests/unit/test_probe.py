@@ -16,8 +16,10 @@ from vauban.reconcile.cluster import (
     MAX_REPLICAS,
     ProbeOutcome,
     ReplicaHealth,
+    RunningSetting,
     ServerHealth,
     ServerProbe,
+    configuration_pending,
     connections_event,
     external_health,
     health_due,
@@ -251,3 +253,31 @@ def test_primary_event_on_a_move_only() -> None:
     assert primary_event(None, "main-1") is None
     assert primary_event({}, "main-1") is None
     assert primary_event({"currentPrimary": "main-1"}, None) is None
+
+
+@pytest.mark.parametrize(
+    ("running", "waiting"),
+    [
+        # CloudNativePG has not rewritten the files yet: its Ready still speaks of before.
+        (RunningSetting("max_connections", "100", True, False), "max_connections is 100, 150"),
+        (RunningSetting("max_connections", None, False, False), "max_connections is unset"),
+        # In the files, waiting for the rolling restart.
+        (RunningSetting("max_connections", "150", False, True), "150 waits for a restart"),
+        (RunningSetting("max_connections", "150", True, True), "150 waits for a restart"),
+        # Landed: quoting and case are the files' business.
+        (RunningSetting("max_connections", "'150'", True, False), None),
+    ],
+)
+def test_configuration_pending_until_the_primary_runs_the_spec(
+    running: RunningSetting, waiting: str | None
+) -> None:
+    verdict = configuration_pending({"max_connections": "150"}, [running])
+    if waiting is None:
+        assert verdict is None
+    else:
+        assert verdict is not None and verdict.reason == "ConfigurationPending"
+        assert waiting in verdict.message
+
+
+def test_configuration_pending_ignores_what_the_server_does_not_know() -> None:
+    assert configuration_pending({"no_such_parameter": "1"}, []) is None

@@ -31,6 +31,7 @@ from vauban.reconcile.cluster import (
     Assessment,
     assess_external,
     assess_managed,
+    configuration_pending,
     connections_event,
     external_health,
     health_due,
@@ -85,12 +86,7 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
         server = ServerTls.not_observed("nothing runs: the StorageClass does not encrypt")
     elif spec.mode == "Managed":
         assessment = await _reconcile_managed(ctx, owner, spec, awaiting_finalizer(body))
-        ready = assessment.verdict.state is State.READY
-        server = (
-            await posture_.managed_server_tls(ctx, owner.namespace, owner.name, ready)
-            if posture_.wants(spec, "tls-required")
-            else ServerTls.not_observed("not asked")
-        )
+        assessment, server = await _observe_primary(ctx, owner, spec, assessment)
     else:
         assessment, server = await _assess_external(ctx, owner.namespace, spec, body.get("status"))
     posture = await posture_.assess(ctx, body, spec, storage, server)
@@ -117,6 +113,30 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
         ctx.backoff.failed(key)
     else:
         ctx.backoff.succeeded(key)
+
+
+async def _observe_primary(
+    ctx: Context, owner: cnpg.Owner, spec: ManagedClusterSpec, assessment: Assessment
+) -> tuple[Assessment, ServerTls]:
+    """What CloudNativePG's word (Ready) does not say, asked of a ready cluster's primary:
+    whether it runs spec.postgresql.parameters yet, and, for a profile that wants it, TLS."""
+    tls = posture_.wants(spec, "tls-required")
+    parameters = spec.postgresql.parameters if spec.postgresql else {}
+    if assessment.verdict.state is not State.READY:
+        return assessment, ServerTls.not_observed("the cluster is not ready")
+    if not tls and not parameters:
+        return assessment, ServerTls.not_observed("not asked")
+    found = await posture_.managed_probe(
+        ctx, owner.namespace, owner.name, tls=tls, parameters=sorted(parameters)
+    )
+    pending = (
+        configuration_pending(parameters, found.settings)
+        if found is not None and found.settings is not None
+        else None
+    )
+    if pending is not None:
+        assessment = replace(assessment, verdict=pending)
+    return assessment, posture_.server_tls(found) if tls else ServerTls.not_observed("not asked")
 
 
 _COSTLY_FAILURES = (

@@ -12,7 +12,7 @@ admin session (the external probe's, or one probe of a ready managed cluster's p
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,22 +80,21 @@ def server_tls(server_probe: ServerProbe | None) -> compliance.ServerTls:
     return server_probe.tls or compliance.ServerTls.not_observed("not asked")
 
 
-async def managed_server_tls(
-    ctx: Context, namespace: str, name: str, ready: bool
-) -> compliance.ServerTls:
-    """One probe of a ready managed cluster's primary, as the superuser CloudNativePG
-    creates for Vauban, with TLS verified against the cluster's CA."""
-    if not ready:
-        return compliance.ServerTls.not_observed("the cluster is not ready")
-    secret = cnpg.superuser_secret_name(name)
-    login = await ctx.kube.read_secret(namespace, secret) or {}
+async def managed_probe(
+    ctx: Context, namespace: str, name: str, *, tls: bool, parameters: Sequence[str]
+) -> ServerProbe | None:
+    """One probe of a managed cluster's primary, as the superuser CloudNativePG creates for
+    Vauban, with TLS verified against the cluster's CA; None without that Secret."""
+    login = await ctx.kube.read_secret(namespace, cnpg.superuser_secret_name(name)) or {}
     if "username" not in login or "password" not in login:
-        return compliance.ServerTls.not_observed(f"Secret {secret} is missing or incomplete")
+        return None
     ca = await ctx.kube.read_secret(namespace, cnpg.ca_secret_name(name)) or {}
     address = ServerAddress(
         cnpg.primary_host(name, namespace), cnpg.POSTGRES_PORT, "verify-full", ca.get("ca.crt")
     )
-    return server_tls(await probe(address, login["username"], login["password"], tls=True))
+    return await probe(
+        address, login["username"], login["password"], tls=tls, parameters=parameters
+    )
 
 
 async def _network_policy(

@@ -157,6 +157,52 @@ def continuous_archiving(engine_cluster: Mapping[str, Any]) -> dict[str, Any] | 
     return {k: v for k, v in found.items() if v is not None}
 
 
+@dataclass(frozen=True)
+class RunningSetting:
+    """A server parameter as the primary runs it: the value its configuration files give
+    (the last line naming it wins), whether that line is in effect, and whether the server
+    waits for a restart to use it."""
+
+    name: str
+    file_value: str | None
+    applied: bool
+    pending_restart: bool
+
+
+def configuration_pending(
+    desired: Mapping[str, str], running: Sequence[RunningSetting]
+) -> Verdict | None:
+    """Reconciling while the primary does not run spec.postgresql.parameters yet.
+
+    CloudNativePG's Ready condition carries no generation: right after a change it still
+    speaks of the previous configuration, until its instance managers rewrite the files,
+    reload, and restart the instances one by one. The primary's files and pending restarts
+    say when the change has really landed."""
+    by_name = {s.name: s for s in running}
+    waiting = []
+    for name, wanted in sorted(desired.items()):
+        setting = by_name.get(name)
+        if setting is None:
+            continue  # not a parameter of this server version: the server says so itself
+        if _normalized(setting.file_value) != _normalized(wanted):
+            waiting.append(f"{name} is {setting.file_value or 'unset'}, {wanted} wanted")
+        elif setting.pending_restart or not setting.applied:
+            waiting.append(f"{name} = {wanted} waits for a restart")
+    if not waiting:
+        return None
+    return Verdict(
+        State.PROGRESSING,
+        Reason.CONFIGURATION_PENDING,
+        "CloudNativePG is applying spec.postgresql.parameters; on the primary: "
+        + "; ".join(waiting)
+        + ".",
+    )
+
+
+def _normalized(value: str | None) -> str:
+    return "".join((value or "").split()).strip("'").lower()
+
+
 # -- mode External -----------------------------------------------------------------------
 
 
@@ -185,6 +231,10 @@ class ServerProbe:
 
     tls: ServerTls | None = None
     """What the server says of TLS, when the probe was asked to read it."""
+
+    settings: tuple[RunningSetting, ...] | None = None
+    """The parameters the probe was asked about, as the server runs them; None when not
+    asked or not readable (pg_file_settings is for superusers)."""
 
 
 def assess_external(

@@ -21,7 +21,13 @@ from typing import Any
 
 import psycopg
 
-from vauban.reconcile.cluster import ProbeOutcome, ReplicaHealth, ServerHealth, ServerProbe
+from vauban.reconcile.cluster import (
+    ProbeOutcome,
+    ReplicaHealth,
+    RunningSetting,
+    ServerHealth,
+    ServerProbe,
+)
 from vauban.reconcile.compliance import HbaRule, ServerTls
 
 logger = logging.getLogger(__name__)
@@ -69,9 +75,10 @@ async def probe(
     connect_timeout: int = 5,
     health: bool = False,
     tls: bool = False,
+    parameters: Sequence[str] = (),
 ) -> ServerProbe:
     """Connect, check the admin role; with `health`, read the server's load too; with `tls`,
-    what the server says of TLS."""
+    what the server says of TLS; with `parameters`, how it runs them."""
     # libpq may try twice (sslmode prefer/allow), each within connect_timeout.
     deadline = 2 * connect_timeout + STATEMENT_TIMEOUT_MS / 1000
     with ssl_root_cert(address.ca_pem) as root_cert:
@@ -103,6 +110,7 @@ async def probe(
                     answer.reschedule(None)
                     server_health = await read_health(connection) if health else None
                     server_tls = await read_tls(connection) if tls else None
+                    settings = await read_settings(connection, parameters) if parameters else None
         except psycopg.OperationalError as e:
             return _failure(e)
         except TimeoutError:
@@ -120,6 +128,7 @@ async def probe(
         create_db=bool(create_db),
         health=server_health,
         tls=server_tls,
+        settings=settings,
     )
 
 
@@ -305,6 +314,40 @@ async def read_tls(connection: Connection) -> ServerTls:
         logger.info("TLS probe: not read: %s", why)
         return ServerTls(ssl, None, why)
     return hba_of(ssl, rows)
+
+
+_SETTINGS = """
+SELECT s.name, f.setting, coalesce(f.applied, false), s.pending_restart
+  FROM pg_catalog.pg_settings AS s
+  LEFT JOIN LATERAL (
+        SELECT x.setting, x.applied
+          FROM pg_catalog.pg_file_settings AS x
+         WHERE x.name OPERATOR(pg_catalog.=) s.name
+         ORDER BY x.seqno DESC
+         LIMIT 1
+       ) AS f ON true
+ WHERE s.name OPERATOR(pg_catalog.=) ANY (%s)
+"""
+
+
+async def read_settings(
+    connection: Connection, names: Sequence[str]
+) -> tuple[RunningSetting, ...] | None:
+    """`names` as the server runs them, or None where pg_file_settings may not be read (it
+    is for superusers) or does not answer in time: said, not raised."""
+    try:
+        async with asyncio.timeout(TLS_DEADLINE_SECONDS):
+            rows = await (await connection.execute(_SETTINGS, (list(names),))).fetchall()
+    except (psycopg.Error, TimeoutError) as e:
+        why = _one_line(e) if isinstance(e, psycopg.Error) else "no answer in time"
+        logger.info("settings probe: not read: %s", why)
+        return None
+    return tuple(
+        RunningSetting(
+            str(name), None if value is None else str(value), bool(applied), bool(pending)
+        )
+        for name, value, applied, pending in rows
+    )
 
 
 TLS_DEADLINE_SECONDS = 5.0
