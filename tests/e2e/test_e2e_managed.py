@@ -58,6 +58,7 @@ def tenant(kube_e2e: KubeCtl, object_store: S3Server, timings: dict[str, float])
                     "requests": {"cpu": "100m", "memory": "256Mi"},
                     "limits": {"memory": "512Mi"},
                 },
+                "compliance": {"profile": "iso27001"},
                 "backup": {
                     "objectStore": {
                         "bucket": BUCKET,
@@ -245,6 +246,39 @@ def test_backup_agent_runs_as_a_real_pod(
     ), [p["status"] for p in agents.values()]
     keys = {str(o.object_name) for o in object_store.client().list_objects(BUCKET, recursive=True)}
     assert any("orders" in key for key in keys), keys
+
+
+@pytest.mark.timeout(300)
+def test_compliance_is_judged_on_what_runs(kube_e2e: KubeCtl, tenant: str) -> None:
+    """iso27001's rules, each with evidence read from the running cluster: the primary's
+    ssl and pg_hba, the NetworkPolicy as the API holds it, the backup that succeeded."""
+    kube = kube_e2e
+
+    seen: list[Any] = []
+
+    def compliant() -> dict[str, Any] | None:
+        obj = kube.get("managedcluster", "main", tenant)
+        found = condition(obj, "Compliant")
+        rules = {r["rule"]: r for r in obj["status"].get("compliance", {}).get("rules", [])}
+        seen[:] = [found, rules]
+        succeeding = rules.get("backups-succeeding", {}).get("evidence", "")
+        done = found and found["reason"] == "RulesMet" and "ManagedBackup now" in succeeding
+        return obj if done else None
+
+    try:
+        obj = eventually(compliant, timeout=180, what="Compliant, with the backup seen")
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {seen}") from None
+    rules = {r["rule"]: r for r in obj["status"]["compliance"]["rules"]}
+    assert set(rules) == {
+        "tls-required", "backups-configured", "backups-succeeding", "network-policy"
+    }, rules  # fmt: skip
+    assert all(r["met"] for r in rules.values()), rules
+    tls = rules["tls-required"]["evidence"]
+    assert tls.startswith("ssl is on; pg_hba: no rule accepts a connection without TLS"), tls
+    policy = rules["network-policy"]["evidence"]
+    assert policy.startswith("NetworkPolicy main-postgresql: Ingress, selects the instance pods")
+    assert tenant in policy and "vauban-system" in policy, policy
 
 
 WRITER = """

@@ -426,15 +426,22 @@ class RealCluster(LocalControlPlane):
         return Kubectl(ensure_binaries().kubectl, self.kubeconfig)
 
     def install_stack(
-        self, *, vauban: bool = True, object_storage_ports: Sequence[int] = ()
+        self,
+        *,
+        vauban: bool = True,
+        object_storage_ports: Sequence[int] = (),
+        values: dict[str, Any] | None = None,
     ) -> dict[str, float]:
         """CloudNativePG from its release manifest, then (with `vauban`) Vauban by its chart,
-        as users install them; returns the seconds each took."""
+        as users install them, with `values` over the chart's; returns the seconds each took."""
         assert self.images is not None, "start() first"
         took = {"cloudnative-pg": install_cloudnativepg(self.kubectl)}
         if vauban:
             took["vauban"] = install_vauban(
-                self.kubectl, self.images, object_storage_ports=object_storage_ports
+                self.kubectl,
+                self.images,
+                object_storage_ports=object_storage_ports,
+                extra_values=values,
             )
         return took
 
