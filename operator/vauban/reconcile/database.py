@@ -41,6 +41,10 @@ class ClusterView:
 
 ABANDON_ANNOTATION = "vauban.dev/abandon-server-objects"
 
+ROTATE_ANNOTATION = "vauban.dev/rotate-credentials"
+"""On a ManagedDatabase: a new value rotates its credentials once (the value acted on is
+recorded on the server)."""
+
 
 def cluster_key(namespace: str, spec: ManagedDatabaseSpec) -> tuple[str, str]:
     """The (namespace, name) of the cluster a database refers to."""
