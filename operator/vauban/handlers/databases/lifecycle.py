@@ -13,7 +13,7 @@ from typing import Any
 
 from vauban import timefmt
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
-from vauban.conditions import ConditionType, DomainCondition, Reason, State, Verdict, is_true
+from vauban.conditions import DomainCondition, Reason, State, Verdict
 from vauban.handlers.context import Context
 from vauban.handlers.databases import provision, stored, suspension
 from vauban.handlers.databases.connection import tell_cluster
@@ -30,7 +30,7 @@ from vauban.reconcile.database import (
     resync_due,
     timers_due,
 )
-from vauban.reconcile.status import previous_conditions
+from vauban.reconcile.status import is_ready, ready_for_generation
 from vauban.reconcile.tenancy import needs_namespace_labels
 
 
@@ -158,12 +158,11 @@ def settled(ctx: Context, body: Mapping[str, Any]) -> bool:
     rotation request, and was reconciled by this process within the probe interval. The
     events of Vauban's own status writes are such events; reconciling them again would
     re-read the server and, with a session count that moved, write status again."""
-    status = body.get("status") or {}
+    credentials = (body.get("status") or {}).get("credentials") or {}
     token = (body["metadata"].get("annotations") or {}).get(ROTATE_ANNOTATION)
     return (
-        status.get("observedGeneration") == body["metadata"].get("generation")
-        and token == (status.get("credentials") or {}).get("rotationToken")
-        and is_true(previous_conditions(status), ConditionType.READY)
+        ready_for_generation(body)
+        and token == credentials.get("rotationToken")
         and not due(ctx, body)
     )
 
@@ -172,7 +171,7 @@ def due(ctx: Context, body: Mapping[str, Any]) -> bool:
     """Whether the periodic re-check should reconcile this database now."""
     key = stored.key(body)
     status = body.get("status") or {}
-    if not is_true(previous_conditions(status), ConditionType.READY):
+    if not is_ready(status):
         return ctx.backoff.due(key)
     if timers_due(status, body.get("spec") or {}, timefmt.now()):
         return True

@@ -11,9 +11,8 @@ from typing import Any
 import psycopg
 
 from vauban.api.cluster import ManagedClusterSpec
-from vauban.api.common import Condition
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
-from vauban.conditions import ConditionType, Verdict
+from vauban.conditions import Verdict
 from vauban.engines.postgres import catalog as pg
 from vauban.engines.postgres import registry
 from vauban.engines.postgres.plan import suspend_login
@@ -22,7 +21,7 @@ from vauban.handlers.databases import stored
 from vauban.handlers.databases.connection import connect
 from vauban.handlers.publish import post_event
 from vauban.reconcile.database import ClusterView
-from vauban.reconcile.status import previous_conditions
+from vauban.reconcile.status import ready_condition
 
 logger = logging.getLogger(__name__)
 
@@ -37,16 +36,11 @@ async def refused(
 ) -> Verdict:
     """The verdict on a database whose namespace the cluster refuses (`verdict`), once its
     logins were looked for on the server: at the refusal, then once per resync interval."""
-    previous = _previous_ready(body)
+    previous = ready_condition(body.get("status"))
     if previous is None or previous.reason != verdict.reason or _resync_due(ctx, body):
         return await _suspend(ctx, body, spec, cluster, cluster_spec, verdict)
     # Between two looks at the server, what the last one found stays said.
     return Verdict(verdict.state, verdict.reason, previous.message)
-
-
-def _previous_ready(body: Mapping[str, Any]) -> Condition | None:
-    conditions = previous_conditions(body.get("status"))
-    return next((c for c in conditions if c.type == ConditionType.READY), None)
 
 
 def _resync_due(ctx: Context, body: Mapping[str, Any]) -> bool:

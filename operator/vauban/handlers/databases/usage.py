@@ -11,14 +11,14 @@ from typing import Any
 import psycopg
 
 from vauban.api.database import MANAGED_DATABASE
-from vauban.conditions import ConditionType, Verdict, is_true
+from vauban.conditions import Verdict
 from vauban.engines.postgres import catalog as pg
 from vauban.handlers.context import Context
 from vauban.handlers.databases import stored
 from vauban.handlers.databases.connection import connect, tell_cluster
 from vauban.handlers.publish import refresh
 from vauban.reconcile.database import ClusterView, usage_moved
-from vauban.reconcile.status import previous_conditions
+from vauban.reconcile.status import ready_for_generation
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,7 @@ async def probe(ctx: Context, cluster: ClusterView, bodies: Iterable[Mapping[str
             login
             and database
             and not body["metadata"].get("deletionTimestamp")
-            and status.get("observedGeneration") == body["metadata"].get("generation")
-            and is_true(previous_conditions(status), ConditionType.READY)
+            and ready_for_generation(body)
         ):
             watched.append((body, str(database), str(login)))
     if not watched:
