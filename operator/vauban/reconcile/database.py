@@ -182,6 +182,15 @@ def login_name(owner: str, generation: int) -> str:
     return f"{owner[:40]}_{digest}_login{generation}"
 
 
+def _next_generation(logins: Sequence[LoginRecord]) -> int:
+    return max((login.generation for login in logins), default=0) + 1
+
+
+def next_login(owner: str, logins: Sequence[LoginRecord]) -> str:
+    """The login role a rotation would create now."""
+    return login_name(owner, _next_generation(logins))
+
+
 @dataclass(frozen=True)
 class CredentialsPlan:
     """What to do about the tenant's credentials this reconcile."""
@@ -236,7 +245,7 @@ def plan_credentials(
         and now >= last_rotation + timedelta(seconds=duration_seconds(rotation_period))
     )
     if current is None or token_due or period_due:
-        generation = max((login.generation for login in logins), default=0) + 1
+        generation = _next_generation(logins)
         login, new = login_name(owner, generation), True
     else:
         generation, login, new = current.generation, current.role, False

@@ -1,10 +1,11 @@
-"""Provisioning a ManagedDatabase on its server: names claimed in the server's registry,
-the login and database created or repaired, credentials rotated and retired, the Secret
-written, extensions managed in the tenant's own session, then restores and backups."""
+"""Provisioning a ManagedDatabase, as vauban.reconcile.provision plans it: the facts are
+gathered on one admin session (`_observe`), the plan is decided, then carried out — names
+claimed in the server's registry, the login and database created or repaired, logins
+retired, the Secret written, the rotation recorded, extensions managed in the tenant's own
+session — and the database's restore and backups follow."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -16,109 +17,24 @@ from vauban import timefmt
 from vauban.api.cluster import ManagedClusterSpec
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
 from vauban.builders.backup import AgentLogin
-from vauban.builders.credentials import credentials_secret, secret_name
+from vauban.builders.credentials import Endpoint, secret_name
 from vauban.conditions import DomainCondition, Reason, State, Verdict
 from vauban.engines.postgres import catalog as pg
 from vauban.engines.postgres import registry
-from vauban.engines.postgres.plan import Desired, Login, extensions_plan, plan
+from vauban.engines.postgres.plan import Catalog, Desired, Login, Plan, extensions_plan, plan
 from vauban.engines.postgres.probe import check_login
 from vauban.engines.postgres.scram import new_password, verifier
 from vauban.handlers.backups import restore, schedules
 from vauban.handlers.context import Context
+from vauban.handlers.databases import stored
 from vauban.handlers.databases.connection import Connection, connect, database_error
-from vauban.handlers.databases.stored import kept as _kept
-from vauban.handlers.databases.stored import provisioned as _provisioned
 from vauban.handlers.publish import post_event
+from vauban.reconcile import provision as decision
 from vauban.reconcile.cluster import ProbeOutcome
-from vauban.reconcile.database import (
-    ROTATE_ANNOTATION,
-    ClusterView,
-    Holder,
-    ownership,
-    plan_credentials,
-)
-from vauban.reconcile.records import DatabaseRecord
+from vauban.reconcile.database import ROTATE_ANNOTATION, ClusterView, Holder
 
 Index = Mapping[tuple[str, str], Iterable[Mapping[str, Any]]]
 """The ManagedBackups of each database, by (namespace, name)."""
-
-
-def _conflict(message: str) -> Verdict:
-    return Verdict(
-        State.STALLED,
-        Reason.NAME_CONFLICT,
-        f"The {message}: Vauban does not take over what it did not create for this "
-        "ManagedDatabase. Choose other names; nothing was changed.",
-    )
-
-
-async def _claim(
-    server: pg.Server, body: Mapping[str, Any], spec: ManagedDatabaseSpec
-) -> DatabaseRecord | Verdict:
-    """This ManagedDatabase's record on the server, claimed now if it has none: its names
-    are recorded before anything is created with them."""
-    meta = body["metadata"]
-    uid, namespace = str(meta["uid"]), str(meta["namespace"])
-    conn = server.connection
-    record = await registry.record_of(conn, uid)
-    holder, catalog = None, None
-    if record is None:
-        found = await registry.holder_of(conn, spec.database_name, spec.owner)
-        holder = None if found is None else Holder(*found)
-        catalog = await server.catalog(spec.database_name, [spec.owner])
-    conflict = ownership(
-        namespace=namespace,
-        database=spec.database_name,
-        owner=spec.owner,
-        record=record,
-        holder=holder,
-        database_exists=catalog is not None and catalog.database_owner is not None,
-        owner_exists=catalog is not None and spec.owner in catalog.roles,
-    )
-    if conflict is not None:
-        return _conflict(conflict)
-    if record is not None:
-        return record
-    record = DatabaseRecord(uid, namespace, meta["name"], spec.database_name, spec.owner)
-    try:
-        await registry.claim(conn, record)
-    except registry.NamesTaken:
-        return _conflict(
-            f"database {spec.database_name} or role {spec.owner} was just claimed by another "
-            "ManagedDatabase"
-        )
-    return record
-
-
-async def _extensions(
-    connection: Connection,
-    login: str,
-    password: str,
-    spec: ManagedDatabaseSpec,
-    record: DatabaseRecord,
-) -> list[sql.Composed] | Verdict:
-    """Create and drop extensions in a session of the tenant's own login: whatever the tenant
-    planted in its database runs with its privileges, never the admin's. The statements run,
-    or a Verdict when the server refused that login."""
-    try:
-        async with pg.tenant_session(
-            connection.admin.address, login, password, spec.database_name
-        ) as tenant:
-            present = await tenant.extensions()
-            statements = extensions_plan(frozenset(spec.extensions), record.extensions, present)
-            await tenant.run(statements)
-    except psycopg.OperationalError as e:
-        if e.sqlstate is not None:
-            raise
-        return Verdict(
-            State.STALLED,
-            Reason.AUTHENTICATION_FAILED,
-            f"Vauban manages extensions with the tenant's own login, and the server refused the "
-            f"login of Secret {secret_name(record.name)}: {' '.join(str(e).split())[:300]}. If "
-            f"its password was changed by hand, rotate the credentials (annotation "
-            f"{ROTATE_ANNOTATION}).",
-        )
-    return statements
 
 
 async def provision(
@@ -130,211 +46,200 @@ async def provision(
     connection_limit: int,
     backups: Index,
 ) -> tuple[Verdict, dict[str, Any], list[DomainCondition]]:
-    meta = body["metadata"]
-    namespace, name, uid = meta["namespace"], meta["name"], str(meta["uid"])
-    status = body.get("status") or {}
+    """The verdict, the status fields to write (none on a failure: what status showed stays,
+    the caller keeps it) and the backup conditions."""
     connection = await connect(ctx, cluster, cluster_spec, spec.database_name)
     if isinstance(connection, Verdict):
         return connection, {}, []
-    now = timefmt.now()
     try:
-        # One admin session for the whole plan: connecting (TLS, SCRAM) costs more than it.
-        async with pg.session(connection.admin) as server:
-            found = await ctx.kube.read_secret_and_owners(namespace, secret_name(name))
-            if found is not None and meta.get("uid") not in found[1]:
-                return (
-                    Verdict(
-                        State.STALLED,
-                        Reason.NAME_CONFLICT,
-                        f"Secret {secret_name(name)} already exists and was not created for this "
-                        "ManagedDatabase; Vauban does not overwrite it. Delete or rename it.",
-                    ),
-                    _kept(status),
-                    [],
-                )
-            record = await _claim(server, body, spec)
-            if isinstance(record, Verdict):
-                return record, {}, []
-            secret = None if found is None else found[0]
-            token = (meta.get("annotations") or {}).get(ROTATE_ANNOTATION)
-            steps = plan_credentials(
-                owner=spec.owner,
-                secret_username=(secret or {}).get("username")
-                if secret and "password" in secret
-                else None,
-                logins=record.logins,
-                rotate_token=token,
-                acted_token=record.rotation_token,
-                last_rotation=record.last_rotation,
-                rotation_period=spec.credentials.rotation_period,
-                grace_period=spec.credentials.grace_period,
-                now=now,
-            )
-            recorded = [login.role for login in record.logins]
-            catalog = await server.catalog(spec.database_name, [spec.owner, *recorded, steps.login])
-            if steps.new_login:
-                if steps.login in catalog.roles:  # another application's, by chance
-                    return _conflict(f"role {steps.login} already exists on the server"), {}, []
-                await registry.add_login(server.connection, uid, steps.login, steps.generation)
-            password = new_password() if steps.new_login else (secret or {})["password"]
-            desired = Desired(
-                database=spec.database_name,
-                owner=spec.owner,
-                # PBKDF2 is a reconcile's costliest step: only for a login to create.
-                # (A recorded login dropped by hand is recreated with the Secret's password.)
-                login=Login(
-                    steps.login, "" if steps.login in catalog.roles else verifier(password)
-                ),
-                connection_limit=connection_limit,
-                retire=frozenset(steps.retire_now),
-            )
-            sql_plan = plan(desired, catalog)
-            await server.run(sql_plan.server)
-            await server.run(sql_plan.retire)
-            await registry.forget_logins(server.connection, uid, steps.retire_now)
-            # The login role exists before the Secret names it: an application never reads
-            # credentials the server does not accept yet.
-            desired_secret = credentials_secret(
-                name=name,
-                namespace=namespace,
-                owner_uid=meta.get("uid", ""),
-                username=steps.login,
-                password=password,
-                endpoint=connection.endpoint,
-            )
-            if _secret_differs(secret, desired_secret):
-                await ctx.kube.apply_secret(desired_secret)
-            await registry.published(server.connection, uid, steps.login, steps.retiring)
-            if steps.rotated:
-                await registry.rotated(server.connection, uid, token, now)
-            wanted = frozenset(spec.extensions)
-            if wanted or record.extensions:
-                ran = await _extensions(connection, steps.login, password, spec, record)
-                if isinstance(ran, Verdict):
-                    return ran, _kept(status), []
-                sql_plan.database.extend(ran)
-                if record.extensions != wanted:
-                    await registry.set_extensions(server.connection, uid, wanted)
-            usage = (await server.usage([spec.database_name])).databases.get(spec.database_name)
+        done = await _on_server(ctx, connection, body, spec, cluster, connection_limit)
     except psycopg.Error as e:
-        return database_error(e), _kept(status), []
+        return database_error(e), {}, []
     except registry.RegistryUnusable as e:
-        return (
-            Verdict(State.STALLED, Reason.REGISTRY_UNAVAILABLE, f"Vauban's registry: {e}"),
-            _kept(status),
-            [],
-        )
-
+        verdict = Verdict(State.STALLED, Reason.REGISTRY_UNAVAILABLE, f"Vauban's registry: {e}")
+        return verdict, {}, []
+    if isinstance(done, Verdict):
+        return done, {}, []
+    steps, applied, usage = done
     # A change to a provisioned database is an Event of its own; a first provisioning is
     # told by the Event of the transition to Ready (one write per object less at scale).
-    if sql_plan and _provisioned(body):
-        await post_event(
-            ctx,
-            MANAGED_DATABASE,
-            body,
-            "Normal",
-            "Provisioned",
-            "Applied: " + "; ".join(sql_plan.summary())[:900],
+    if applied and steps.announce:
+        summary = "Applied: " + "; ".join(applied.summary())[:900]
+        await post_event(ctx, MANAGED_DATABASE, body, "Normal", "Provisioned", summary)
+    for event in steps.events:
+        await post_event(ctx, MANAGED_DATABASE, body, event.type, event.reason, event.message)
+    credentials = dict(steps.fields["credentials"])
+    if cluster_spec.external is not None:
+        accepted = await _login_accepted(
+            ctx, body, connection, steps.server.login, steps.password, spec.database_name
         )
-    recreated = (
-        steps.rotated
-        and (secret is None or "password" not in secret)
-        and any(login.published for login in record.logins)
-    )
-    if recreated:
-        await post_event(
-            ctx,
-            MANAGED_DATABASE,
-            body,
-            "Warning",
-            "CredentialsRecreated",
-            _recreated(name, steps.login, steps.retire_after),
-        )
-    elif steps.rotated and secret is not None:
-        await post_event(
-            ctx,
-            MANAGED_DATABASE,
-            body,
-            "Normal",
-            "CredentialsRotated",
-            f"Secret {secret_name(name)} now holds login {steps.login}; "
-            f"previous logins work until the grace period ends.",
-        )
-    last_rotation = now if steps.rotated else record.last_rotation
-    retire_after = steps.retire_after
+        if accepted is not None:
+            credentials["accepted"] = accepted
     fields: dict[str, Any] = {
-        "credentials": {
-            "secretName": secret_name(name),
-            "username": steps.login,
-            "lastRotation": timefmt.rfc3339(last_rotation) if last_rotation else None,
-            "rotationToken": token if steps.rotated else record.rotation_token,
-            "retiring": sorted(steps.retiring),
-            "retireAfter": timefmt.rfc3339(retire_after) if retire_after else None,
-        },
-        "extensions": sorted(spec.extensions),
+        **steps.fields,
+        "credentials": credentials,
         "sizeBytes": usage.size_bytes if usage else None,
         "connections": usage.connections if usage else None,
     }
-    if cluster_spec.external is not None:
-        fields["credentials"]["accepted"] = await _login_accepted(
-            ctx, body, connection, steps.login, password, spec.database_name
-        )
-    fields["credentials"] = {k: v for k, v in fields["credentials"].items() if v is not None}
-    endpoint = connection.endpoint
-    logins = schedules.Logins(
-        tenant=AgentLogin(
-            endpoint.host,
-            endpoint.port,
-            steps.login,
-            password,
-            spec.database_name,
-            endpoint.sslmode,
-            endpoint.ca_pem,
-        ),
-        admin=AgentLogin(
-            endpoint.host,
-            endpoint.port,
-            connection.admin.username,
-            connection.admin.password,
-            "postgres",
-            endpoint.sslmode,
-            endpoint.ca_pem,
-        ),
-    )
+    logins = _agent_logins(connection, steps.server.login, steps.password, spec.database_name)
     restoring, fields["restore"] = await restore.advance(
         ctx, body, spec, cluster, cluster_spec, logins.tenant, backups
     )
     if restoring is not None:
         return restoring, fields, []
-    outcome = await schedules.for_database(
-        ctx,
-        body,
-        spec,
-        cluster,
-        cluster_spec,
-        logins,
-        list(backups.get((namespace, name), ())),
-    )
+    mine = list(backups.get((body["metadata"]["namespace"], body["metadata"]["name"]), ()))
+    outcome = await schedules.for_database(ctx, body, spec, cluster, cluster_spec, logins, mine)
     fields["backup"] = outcome.fields if outcome else None
-    return (
-        Verdict.ready(
-            f"Database {spec.database_name} (owner {spec.owner}) is ready on ManagedCluster "
-            f"{cluster.ref}; credentials in Secret {secret_name(name)}."
-            + (f" {_recreated(name, steps.login, steps.retire_after)}" if recreated else "")
-        ),
-        fields,
-        outcome.conditions if outcome else [],
-    )
+    return steps.ready, fields, outcome.conditions if outcome else []
 
 
-def _recreated(name: str, login: str, retire_after: datetime | None) -> str:
-    until = f" until {timefmt.rfc3339(retire_after)}" if retire_after else ""
-    return (
-        f"Secret {secret_name(name)} was missing its password and was recreated with a new "
-        f"login, {login}: Vauban keeps no copy of a password. The previous login keeps "
-        f"working{until} (the grace period), then is revoked: restart applications that read "
-        f"the old credentials once."
+async def _on_server(
+    ctx: Context,
+    connection: Connection,
+    body: Mapping[str, Any],
+    spec: ManagedDatabaseSpec,
+    cluster: ClusterView,
+    connection_limit: int,
+) -> tuple[decision.Provision, Plan, pg.DatabaseUsage | None] | Verdict:
+    """Observe, decide and act on one admin session (connecting, with TLS and SCRAM, costs
+    more than the whole plan): the plan carried out, the SQL that ran and the database's
+    usage; or the verdict that stopped it."""
+    meta = body["metadata"]
+    now = timefmt.now()
+    async with pg.session(connection.admin) as server:
+        found = await ctx.kube.read_secret_and_owners(meta["namespace"], secret_name(meta["name"]))
+        secret = (
+            None if found is None else decision.SecretFound(meta.get("uid") in found[1], found[0])
+        )
+        refused = decision.foreign_secret(meta["name"], secret)
+        if refused is not None:
+            return refused.verdict  # before the registry is asked anything
+        view, catalog = await _observe(
+            server, body, spec, cluster, connection_limit, connection.endpoint, now, secret
+        )
+        decided = decision.plan_provision(view)
+        if decided.claim is not None:
+            try:
+                await registry.claim(server.connection, decided.claim)
+            except registry.NamesTaken:
+                return decision.claim_lost(spec)
+        if isinstance(decided, decision.Refused):
+            return decided.verdict
+        applied = await _carry_out(ctx, server, connection, view, decided, catalog)
+        if isinstance(applied, Verdict):
+            return applied
+        usage = (await server.usage([spec.database_name])).databases.get(spec.database_name)
+    return decided, applied, usage
+
+
+async def _observe(
+    server: pg.Server,
+    body: Mapping[str, Any],
+    spec: ManagedDatabaseSpec,
+    cluster: ClusterView,
+    connection_limit: int,
+    endpoint: Endpoint,
+    now: datetime,
+    secret: decision.SecretFound | None,
+) -> tuple[decision.ProvisionView, Catalog]:
+    """Every fact the plan is decided from, read once; and the catalog, from which
+    engines.postgres.plan computes the SQL."""
+    meta = body["metadata"]
+    uid = str(meta["uid"])
+    record = await registry.record_of(server.connection, uid)
+    held = None
+    if record is None:
+        held = await registry.holder_of(server.connection, spec.database_name, spec.owner)
+    catalog = await server.catalog(spec.database_name, decision.roles_to_read(spec.owner, record))
+    view = decision.ProvisionView(
+        namespace=meta["namespace"],
+        name=meta["name"],
+        uid=uid,
+        spec=spec,
+        cluster_ref=cluster.ref,
+        connection_limit=connection_limit,
+        endpoint=endpoint,
+        secret=secret,
+        record=record,
+        holder=None if held is None else Holder(*held),
+        roles=frozenset(catalog.roles),
+        database_exists=catalog.database_owner is not None,
+        rotate_token=(meta.get("annotations") or {}).get(ROTATE_ANNOTATION),
+        now=now,
+        provisioned=stored.provisioned(body),
+        new_password=new_password(),
     )
+    return view, catalog
+
+
+async def _carry_out(
+    ctx: Context,
+    server: pg.Server,
+    connection: Connection,
+    view: decision.ProvisionView,
+    steps: decision.Provision,
+    catalog: Catalog,
+) -> Plan | Verdict:
+    """The plan's steps, once its names are claimed: the SQL that ran, or why it stopped."""
+    conn = server.connection
+    credentials, state = steps.credentials, steps.server
+    if credentials.new_login:
+        await registry.add_login(conn, view.uid, credentials.login, credentials.generation)
+    desired = Desired(
+        database=state.database,
+        owner=state.owner,
+        login=Login(state.login, verifier(steps.password) if state.create_login else ""),
+        connection_limit=state.connection_limit,
+        retire=state.retire,
+    )
+    sql_plan = plan(desired, catalog)
+    await server.run(sql_plan.server)
+    await server.run(sql_plan.retire)
+    await registry.forget_logins(conn, view.uid, credentials.retire_now)
+    # The login role exists before the Secret names it: an application never reads
+    # credentials the server does not accept yet.
+    if steps.secret is not None:
+        await ctx.kube.apply_secret(steps.secret)
+    await registry.published(conn, view.uid, credentials.login, credentials.retiring)
+    if steps.rotated_at is not None:
+        await registry.rotated(conn, view.uid, steps.rotation_token, steps.rotated_at)
+    if steps.extensions is not None:
+        ran = await _extensions(connection, view, steps)
+        if isinstance(ran, Verdict):
+            return ran
+        sql_plan.database.extend(ran)
+        if steps.extensions.changed:
+            await registry.set_extensions(conn, view.uid, steps.extensions.wanted)
+    return sql_plan
+
+
+async def _extensions(
+    connection: Connection, view: decision.ProvisionView, steps: decision.Provision
+) -> list[sql.Composed] | Verdict:
+    """Create and drop extensions in a session of the tenant's own login: whatever the tenant
+    planted in its database runs with its privileges, never the admin's. The statements run,
+    or a Verdict when the server refused that login."""
+    assert steps.extensions is not None
+    wanted, managed = steps.extensions.wanted, steps.extensions.managed
+    try:
+        async with pg.tenant_session(
+            connection.admin.address, steps.server.login, steps.password, steps.server.database
+        ) as tenant:
+            present = await tenant.extensions()
+            statements = extensions_plan(wanted, managed, present)
+            await tenant.run(statements)
+    except psycopg.OperationalError as e:
+        if e.sqlstate is not None:
+            raise
+        return Verdict(
+            State.STALLED,
+            Reason.AUTHENTICATION_FAILED,
+            f"Vauban manages extensions with the tenant's own login, and the server refused the "
+            f"login of Secret {secret_name(view.name)}: {' '.join(str(e).split())[:300]}. If "
+            f"its password was changed by hand, rotate the credentials (annotation "
+            f"{ROTATE_ANNOTATION}).",
+        )
+    return statements
 
 
 async def _login_accepted(
@@ -367,8 +272,29 @@ async def _login_accepted(
     return accepted
 
 
-def _secret_differs(current: Mapping[str, str] | None, desired: Mapping[str, Any]) -> bool:
-    if current is None:
-        return True
-    wanted = {k: base64.b64decode(v).decode() for k, v in desired["data"].items()}
-    return dict(current) != wanted
+def _agent_logins(
+    connection: Connection, login: str, password: str, database: str
+) -> schedules.Logins:
+    """The backup agent's logins: the tenant's, for dumps and restores into its database;
+    the admin's, for restore tests into scratch databases."""
+    endpoint = connection.endpoint
+    return schedules.Logins(
+        tenant=AgentLogin(
+            endpoint.host,
+            endpoint.port,
+            login,
+            password,
+            database,
+            endpoint.sslmode,
+            endpoint.ca_pem,
+        ),
+        admin=AgentLogin(
+            endpoint.host,
+            endpoint.port,
+            connection.admin.username,
+            connection.admin.password,
+            "postgres",
+            endpoint.sslmode,
+            endpoint.ca_pem,
+        ),
+    )
