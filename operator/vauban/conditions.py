@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
 from vauban.api.common import Condition, ConditionStatus
 
@@ -119,6 +120,16 @@ class Verdict:
     @property
     def phase(self) -> Phase:
         return _PHASES[self.state]
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event a decision asks to post on its object: for what a person audits
+    (what changed, credentials rotated, a failover), beside the transitions of conditions."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
 
 
 @dataclass(frozen=True)

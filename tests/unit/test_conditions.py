@@ -12,7 +12,7 @@ from vauban.conditions import (
     kstatus_conditions,
     merge,
 )
-from vauban.reconcile.status import compute
+from vauban.reconcile.status import compute, is_ready, ready_condition, ready_for_generation
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 
@@ -92,6 +92,25 @@ def test_unreadable_stored_conditions_are_replaced() -> None:
         ConditionType.RECONCILING,
         ConditionType.STALLED,
     ]
+
+
+def test_ready_for_generation_needs_ready_written_for_the_current_spec() -> None:
+    ready = compute(None, Verdict.ready("fine"), generation=2, now=T0).status
+    waiting = compute(
+        None, Verdict(State.WAITING, Reason.CLUSTER_NOT_READY, "wait"), generation=2, now=T0
+    ).status
+
+    def body(generation: int, status: dict[str, object] | None) -> dict[str, object]:
+        return {"metadata": {"generation": generation}, "status": status}
+
+    assert ready_for_generation(body(2, ready))
+    assert not ready_for_generation(body(3, ready))  # a newer spec: not judged yet
+    assert not ready_for_generation(body(2, waiting))
+    assert not ready_for_generation(body(1, None))
+    assert is_ready(ready) and not is_ready(waiting) and not is_ready(None)
+    condition = ready_condition(waiting)
+    assert condition is not None and condition.reason == Reason.CLUSTER_NOT_READY
+    assert ready_condition({"conditions": [{"type": "Ready"}]}) is None  # unreadable
 
 
 def test_lease_acquisition_rules() -> None:

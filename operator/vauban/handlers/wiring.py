@@ -23,9 +23,10 @@ from vauban.api.database import MANAGED_DATABASE
 from vauban.builders import backup as backup_objects
 from vauban.builders import cnpg
 from vauban.builders.credentials import DATABASE_LABEL
-from vauban.handlers import cluster, database, uploads
+from vauban.handlers import cluster, uploads
 from vauban.handlers.backups import purge, runs
 from vauban.handlers.context import Context, context_of
+from vauban.handlers.databases import deletion, lifecycle, usage
 from vauban.handlers.publish import snapshot
 from vauban.reconcile.database import ClusterView, cluster_key_of
 from vauban.settings import Settings
@@ -103,7 +104,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:  # no
         await asyncio.gather(
             *(
                 _guarded(
-                    database.reconcile(ctx, dependent, index, kwargs["backups_by_database"]),
+                    lifecycle.reconcile(ctx, dependent, index, kwargs["backups_by_database"]),
                     dependent,
                 )
                 for dependent in list(dependents.get(_key(body), ()))
@@ -158,8 +159,8 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:  # no
             ctx.metrics.forget(MANAGED_DATABASE.kind, *_key(body))
             ctx.metrics.forget_backups(*_key(body))
             _drop_memory_of(ctx, MANAGED_DATABASE.kind, body)
-        elif _live(type, body) and not database.settled(ctx, body):
-            await database.reconcile(ctx, body, kwargs["clusters"], kwargs["backups_by_database"])
+        elif _live(type, body) and not lifecycle.settled(ctx, body):
+            await lifecycle.reconcile(ctx, body, kwargs["clusters"], kwargs["backups_by_database"])
 
     # The tenants' credentials Secrets, by label only (the selector is server-side:
     # operator_settings), and only for their deletion: a Secret deleted by hand is noticed
@@ -186,7 +187,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:  # no
     async def database_delete(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         ctx = context_of(memo)
         with ctx.metrics.reconcile(MANAGED_DATABASE.kind, "finalize", waiting=_WAITING):
-            await database.finalize(ctx, body, kwargs["clusters"])
+            await deletion.finalize(ctx, body, kwargs["clusters"])
 
     @kopf.index(*BACKUPS, id="backups_by_database", registry=registry)
     async def backups_by_database(
@@ -257,7 +258,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:  # no
         if target is None:
             return  # not indexed yet: its own first event reconciles it
         await _guarded(
-            database.reconcile(ctx, target, indices["clusters"], indices["backups_by_database"]),
+            lifecycle.reconcile(ctx, target, indices["clusters"], indices["backups_by_database"]),
             target,
         )
 
@@ -387,13 +388,13 @@ async def _recheck_databases(
     if view is not None and view.ready and since >= ctx.settings.probe_interval_seconds:
         ctx.usage_probed[key] = time.monotonic()
         await _guarded(
-            database.probe_usage(ctx, view, bodies),
+            usage.probe(ctx, view, bodies),
             {"metadata": {"namespace": key[0], "name": key[1]}},
         )
     for body in bodies:
-        if not _being_deleted(body) and database.due(ctx, body):
+        if not _being_deleted(body) and lifecycle.due(ctx, body):
             await _guarded(
-                database.reconcile(ctx, body, clusters, backups, only_if_due=True),
+                lifecycle.reconcile(ctx, body, clusters, backups, only_if_due=True),
                 body,
             )
 

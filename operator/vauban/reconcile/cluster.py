@@ -10,11 +10,11 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from vauban.api.cluster import ManagedClusterSpec
 from vauban.builders import cnpg
-from vauban.conditions import Reason, State, Verdict
+from vauban.conditions import Event, Reason, State, Verdict
 from vauban.reconcile.compliance import ServerTls
 from vauban.timefmt import parse_rfc3339
 
@@ -443,16 +443,9 @@ def managed_health(engine_cluster: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
-@dataclass(frozen=True)
-class HealthEvent:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
-
-
 def connections_event(
     previous: Mapping[str, Any] | None, health: Mapping[str, Any] | None
-) -> HealthEvent | None:
+) -> Event | None:
     """An Event when client sessions go over 90 % of max_connections, and one when they go
     back under. Not a condition of readiness: the server still works, new sessions are
     refused only at the limit."""
@@ -467,25 +460,23 @@ def connections_event(
         f"{health.get('maxConnections')} are in use"
     )
     if near:
-        return HealthEvent(
+        return Event(
             "Warning",
             NEAR_LIMIT_EVENT,
             f"{used} (over 90 %); the server refuses new sessions "
             "at the limit. Raise max_connections, lower the databases' connectionLimit, or put "
             "a connection pooler in front.",
         )
-    return HealthEvent("Normal", WITHIN_LIMIT_EVENT, f"{used}.")
+    return Event("Normal", WITHIN_LIMIT_EVENT, f"{used}.")
 
 
-def primary_event(
-    previous: Mapping[str, Any] | None, current_primary: str | None
-) -> HealthEvent | None:
+def primary_event(previous: Mapping[str, Any] | None, current_primary: str | None) -> Event | None:
     """An Event when CloudNativePG's primary moves (a failover or a switchover). Read from
     the previous status only to say it: a status lost or forged costs one Event at most."""
     before = (previous or {}).get("currentPrimary")
     if not before or not current_primary or before == current_primary:
         return None
-    return HealthEvent(
+    return Event(
         "Warning",
         PRIMARY_CHANGED_EVENT,
         f"The primary moved from {before} to {current_primary} (a CloudNativePG failover or "

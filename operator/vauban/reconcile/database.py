@@ -41,6 +41,10 @@ class ClusterView:
 
 ABANDON_ANNOTATION = "vauban.dev/abandon-server-objects"
 
+ROTATE_ANNOTATION = "vauban.dev/rotate-credentials"
+"""On a ManagedDatabase: a new value rotates its credentials once (the value acted on is
+recorded on the server)."""
+
 
 def cluster_key(namespace: str, spec: ManagedDatabaseSpec) -> tuple[str, str]:
     """The (namespace, name) of the cluster a database refers to."""
@@ -178,6 +182,15 @@ def login_name(owner: str, generation: int) -> str:
     return f"{owner[:40]}_{digest}_login{generation}"
 
 
+def _next_generation(logins: Sequence[LoginRecord]) -> int:
+    return max((login.generation for login in logins), default=0) + 1
+
+
+def next_login(owner: str, logins: Sequence[LoginRecord]) -> str:
+    """The login role a rotation would create now."""
+    return login_name(owner, _next_generation(logins))
+
+
 @dataclass(frozen=True)
 class CredentialsPlan:
     """What to do about the tenant's credentials this reconcile."""
@@ -232,7 +245,7 @@ def plan_credentials(
         and now >= last_rotation + timedelta(seconds=duration_seconds(rotation_period))
     )
     if current is None or token_due or period_due:
-        generation = max((login.generation for login in logins), default=0) + 1
+        generation = _next_generation(logins)
         login, new = login_name(owner, generation), True
     else:
         generation, login, new = current.generation, current.role, False

@@ -13,6 +13,8 @@ from vauban.conditions import (
     ConditionType,
     DomainCondition,
     Verdict,
+    find,
+    is_true,
     kstatus_conditions,
     merge,
 )
@@ -41,6 +43,25 @@ def previous_conditions(previous: Mapping[str, Any] | None) -> list[Condition]:
         return _CONDITIONS.validate_python((previous or {}).get("conditions") or [])
     except ValidationError:
         return []
+
+
+def ready_condition(status: Mapping[str, Any] | None) -> Condition | None:
+    """The Ready condition of a stored status; None when it has none (or none readable)."""
+    return find(previous_conditions(status), ConditionType.READY)
+
+
+def is_ready(status: Mapping[str, Any] | None) -> bool:
+    """Whether a stored status says Ready, for whatever generation it was written."""
+    return is_true(previous_conditions(status), ConditionType.READY)
+
+
+def ready_for_generation(body: Mapping[str, Any]) -> bool:
+    """Whether the stored status says Ready for the object's spec as it is now: written for
+    its current generation. A status of an older spec says nothing of this one."""
+    status = body.get("status") or {}
+    return status.get("observedGeneration") == body["metadata"].get("generation") and is_ready(
+        status
+    )
 
 
 def compute(
