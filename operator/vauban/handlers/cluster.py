@@ -17,7 +17,7 @@ from vauban.builders import cnpg
 from vauban.conditions import ConditionType, Reason, State, Verdict, is_true
 from vauban.engines.postgres.probe import ServerAddress, probe
 from vauban.handlers import posture as posture_
-from vauban.handlers.context import Context, ObjectKey, fingerprint
+from vauban.handlers.context import NEVER, Context, ObjectKey, fingerprint
 from vauban.handlers.envelope import Envelope
 from vauban.handlers.publish import (
     awaiting_finalizer,
@@ -153,7 +153,7 @@ def due(ctx: Context, body: Mapping[str, Any]) -> bool:
     key = (MANAGED_CLUSTER.kind, body["metadata"]["namespace"], body["metadata"]["name"])
     if not is_true(previous_conditions(body.get("status")), ConditionType.READY):
         return ctx.backoff.due(key)
-    elapsed = time.monotonic() - ctx.reconciled.get(key, 0.0)
+    elapsed = time.monotonic() - ctx.reconciled.get(key, NEVER)
     return elapsed >= ctx.settings.probe_interval_seconds
 
 

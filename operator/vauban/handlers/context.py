@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -23,6 +24,11 @@ ObjectKey = tuple[str, str, str]
 
 Bodies = Mapping[tuple[str, str], Iterable[Mapping[str, Any]]]
 """One of kopf's indices: (namespace, name) to the object bodies kept under it."""
+
+
+NEVER = -math.inf
+"""The monotonic time of what never happened. Not 0.0: monotonic time counts from boot, so
+on a node up for less than an interval, 0.0 would read as "a moment ago"."""
 
 
 @dataclass

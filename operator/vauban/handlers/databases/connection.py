@@ -16,7 +16,7 @@ from vauban.conditions import Reason, State, Verdict
 from vauban.engines.postgres import catalog as pg
 from vauban.engines.postgres.probe import ServerAddress
 from vauban.handlers import cluster as cluster_handler
-from vauban.handlers.context import Context
+from vauban.handlers.context import NEVER, Context
 from vauban.reconcile.database import ClusterView
 
 
@@ -97,7 +97,7 @@ async def tell_cluster(ctx: Context, cluster: ClusterView) -> None:
     change reconciles its databases."""
     key = (MANAGED_CLUSTER.kind, cluster.namespace, cluster.name)
     now = time.monotonic()
-    if now - ctx.clusters_told.get(key, 0.0) < CLUSTER_TOLD_INTERVAL_SECONDS:
+    if now - ctx.clusters_told.get(key, NEVER) < CLUSTER_TOLD_INTERVAL_SECONDS:
         return
     ctx.clusters_told[key] = now
     body = await ctx.kube.read(MANAGED_CLUSTER, cluster.namespace, cluster.name)

@@ -14,7 +14,7 @@ from typing import Any
 from vauban import timefmt
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
 from vauban.conditions import DomainCondition, Reason, State, Verdict
-from vauban.handlers.context import Context
+from vauban.handlers.context import NEVER, Context
 from vauban.handlers.databases import provision, stored, suspension
 from vauban.handlers.databases.connection import tell_cluster
 from vauban.handlers.envelope import Envelope
@@ -176,5 +176,5 @@ def due(ctx: Context, body: Mapping[str, Any]) -> bool:
     if timers_due(status, body.get("spec") or {}, timefmt.now()):
         return True
     return resync_due(
-        key, time.monotonic() - ctx.reconciled.get(key, 0.0), ctx.settings.resync_interval_seconds
+        key, time.monotonic() - ctx.reconciled.get(key, NEVER), ctx.settings.resync_interval_seconds
     )

@@ -16,7 +16,7 @@ from vauban.conditions import Verdict
 from vauban.engines.postgres import catalog as pg
 from vauban.engines.postgres import registry
 from vauban.engines.postgres.plan import suspend_login
-from vauban.handlers.context import Context
+from vauban.handlers.context import NEVER, Context
 from vauban.handlers.databases import stored
 from vauban.handlers.databases.connection import connect
 from vauban.handlers.publish import post_event
@@ -46,7 +46,7 @@ async def refused(
 def _resync_due(ctx: Context, body: Mapping[str, Any]) -> bool:
     """Once per resync interval, a refused namespace's logins are looked for again: a status
     forged to say they were suspended costs at most that long, not the suspension."""
-    elapsed = time.monotonic() - ctx.suspensions_checked.get(stored.key(body), 0.0)
+    elapsed = time.monotonic() - ctx.suspensions_checked.get(stored.key(body), NEVER)
     return elapsed >= ctx.settings.resync_interval_seconds
 
 
