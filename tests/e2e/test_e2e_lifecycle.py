@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from support.kube import KubeCtl, condition, eventually
+from support.kube import KubeCtl, condition, eventually, managed_cluster
 
 NAME = "life"
 
@@ -21,25 +21,6 @@ def namespace(kube_e2e: KubeCtl) -> Iterator[str]:
     name = kube_e2e.unique_namespace("e2e-lifecycle")
     yield name
     kube_e2e.run("delete", "namespace", name, "--wait=false", check=False)
-
-
-def _cluster(instances: int, parameters: dict[str, str] | None = None) -> dict[str, Any]:
-    return {
-        "apiVersion": "vauban.dev/v1alpha1",
-        "kind": "ManagedCluster",
-        "metadata": {"name": NAME},
-        "spec": {
-            "version": "17",
-            "instances": instances,
-            "storage": {"size": "1Gi"},
-            "resources": {
-                "requests": {"cpu": "100m", "memory": "256Mi"},
-                "limits": {"memory": "512Mi"},
-            },
-            "postgresql": {"parameters": parameters or {}},
-            "deletionPolicy": "Delete",
-        },
-    }
 
 
 def _settle(kube: KubeCtl, namespace: str, instances: int, timeout: float) -> list[str]:
@@ -89,9 +70,12 @@ def test_create_scale_reconfigure_and_delete(
     manifest = "-n", namespace
 
     def apply(instances: int, parameters: dict[str, str] | None = None) -> None:
-        body = _cluster(instances, parameters)
-        body["metadata"]["namespace"] = namespace
-        kube.apply(body)
+        postgresql = {"parameters": parameters or {}}
+        kube.apply(
+            managed_cluster(
+                namespace, NAME, instances, postgresql=postgresql, deletionPolicy="Delete"
+            )
+        )
 
     started = time.monotonic()
     apply(1)

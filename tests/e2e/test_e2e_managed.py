@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from support.kube import KubeCtl, condition, eventually
+from support.kube import KubeCtl, condition, eventually, managed_cluster
 from vauban.devcluster.images import POSTGRES_IMAGE
 from vauban.devcluster.s3 import S3Server
 
@@ -46,30 +46,21 @@ def tenant(kube_e2e: KubeCtl, object_store: S3Server, timings: dict[str, float])
         }
     )
     kube.apply(
-        {
-            "apiVersion": "vauban.dev/v1alpha1",
-            "kind": "ManagedCluster",
-            "metadata": {"name": "main", "namespace": namespace},
-            "spec": {
-                "version": "17",
-                "instances": INSTANCES,
-                "storage": {"size": "1Gi"},
-                "resources": {
-                    "requests": {"cpu": "100m", "memory": "256Mi"},
-                    "limits": {"memory": "512Mi"},
-                },
-                "compliance": {"profile": "iso27001"},
-                "backup": {
-                    "objectStore": {
-                        "bucket": BUCKET,
-                        "endpoint": object_store.endpoint,
-                        "region": "us-east-1",
-                        "prefix": namespace,
-                        "credentialsSecretRef": {"name": "bucket"},
-                    }
-                },
+        managed_cluster(
+            namespace,
+            "main",
+            INSTANCES,
+            compliance={"profile": "iso27001"},
+            backup={
+                "objectStore": {
+                    "bucket": BUCKET,
+                    "endpoint": object_store.endpoint,
+                    "region": "us-east-1",
+                    "prefix": namespace,
+                    "credentialsSecretRef": {"name": "bucket"},
+                }
             },
-        }
+        )
     )
     started = time.monotonic()
     eventually(

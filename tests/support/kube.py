@@ -113,6 +113,25 @@ def external_cluster(namespace: str, name: str, port: int, **spec: Any) -> dict[
     }
 
 
+def managed_cluster(namespace: str, name: str, instances: int, **spec: Any) -> dict[str, Any]:
+    """A mode Managed ManagedCluster of PostgreSQL 17, sized for the real node's tests."""
+    return {
+        "apiVersion": "vauban.dev/v1alpha1",
+        "kind": "ManagedCluster",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "version": "17",
+            "instances": instances,
+            "storage": {"size": "1Gi"},
+            "resources": {
+                "requests": {"cpu": "100m", "memory": "256Mi"},
+                "limits": {"memory": "512Mi"},
+            },
+            **spec,
+        },
+    }
+
+
 def eventually(probe: Callable[[], T | None], *, timeout: float = 30.0, what: str = "") -> T:
     """Poll until `probe` returns something truthy; fail with the last value otherwise."""
     deadline = time.monotonic() + timeout

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from vauban import timefmt
 from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
 from vauban.builders import cnpg
-from vauban.conditions import ConditionType, Reason, State, Verdict, is_true
+from vauban.conditions import Reason, State, Verdict
 from vauban.engines.postgres.probe import ServerAddress, probe
 from vauban.handlers import posture as posture_
 from vauban.handlers.context import NEVER, Context, ObjectKey, fingerprint
@@ -39,7 +39,7 @@ from vauban.reconcile.cluster import (
 )
 from vauban.reconcile.compliance import ServerTls
 from vauban.reconcile.database import ABANDON_ANNOTATION, ClusterView
-from vauban.reconcile.status import previous_conditions
+from vauban.reconcile.status import is_ready
 
 
 def view_of(body: Mapping[str, Any]) -> ClusterView:
@@ -49,7 +49,7 @@ def view_of(body: Mapping[str, Any]) -> ClusterView:
         spec: ManagedClusterSpec | None = ManagedClusterSpec.model_validate(body.get("spec", {}))
     except ValidationError:
         spec = None
-    ready = is_true(previous_conditions(body.get("status")), ConditionType.READY)
+    ready = is_ready(body.get("status"))
     return ClusterView(
         namespace=meta["namespace"],
         name=meta["name"],
@@ -151,7 +151,7 @@ def due(ctx: Context, body: Mapping[str, Any]) -> bool:
     """Whether the periodic re-check should reconcile this cluster now: when not ready (after
     any backoff), and when ready once per probe interval."""
     key = (MANAGED_CLUSTER.kind, body["metadata"]["namespace"], body["metadata"]["name"])
-    if not is_true(previous_conditions(body.get("status")), ConditionType.READY):
+    if not is_ready(body.get("status")):
         return ctx.backoff.due(key)
     elapsed = time.monotonic() - ctx.reconciled.get(key, NEVER)
     return elapsed >= ctx.settings.probe_interval_seconds

@@ -20,7 +20,7 @@ from vauban.backup.manifest import Manifest
 from vauban.backup.storage import ObjectLocked, StorageError
 from vauban.builders import backup as build
 from vauban.builders.keys import data_key_secret_name
-from vauban.conditions import ConditionType, Reason, State, Verdict, is_true
+from vauban.conditions import Reason, State, Verdict
 from vauban.handlers.backups.agents import backup_run, job_ended, our_job
 from vauban.handlers.backups.ledger import Placement, database_store, place, write_ledger
 from vauban.handlers.backups.store import bucket, manifest_fields
@@ -41,7 +41,7 @@ from vauban.reconcile.backup import (
     job_state,
     verification,
 )
-from vauban.reconcile.status import previous_conditions
+from vauban.reconcile.status import is_ready
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def _not_startable(database: build.Database, live: Mapping[str, Any] | None) -> 
             Reason.DATABASE_NOT_FOUND,
             f"ManagedDatabase {database.name} does not exist.",
         )
-    if not is_true(previous_conditions(live.get("status")), ConditionType.READY):
+    if not is_ready(live.get("status")):
         return Verdict(
             State.WAITING,
             Reason.DATABASE_NOT_READY,
