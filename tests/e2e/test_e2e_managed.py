@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -289,6 +289,49 @@ until psql "$conn" -qAt -c "select 'all|' || string_agg(extract(epoch from at)::
 reconnects), printing each acknowledged write; then every row the table holds."""
 
 
+def _write_through(kube: KubeCtl, tenant: str, pod: str, fault: Callable[[], None]) -> float:
+    """A client writes through `fault`, done once it has had writes acknowledged for 10 s:
+    every write acknowledged before the fault is still there afterwards, and writes resume.
+    Returns the longest time writes were refused, as the client saw it."""
+    eventually(
+        lambda: _ready(kube, "manageddatabase", "orders", tenant),
+        timeout=180,
+        what="the ManagedDatabase Ready",
+    )
+    values = _secret(kube, tenant, "orders-credentials")
+    kube.apply(_pod(pod, tenant, "orders-credentials", values, WRITER, SECONDS_TO_WRITE="75"))
+    eventually(
+        lambda: kube.get("pod", pod, tenant)["status"].get("phase") == "Running",
+        timeout=60,
+        what=f"{pod} running",
+    )
+    time.sleep(10)  # writes acknowledged by the first primary
+    faulted_at = time.time()
+    fault()
+    writer = eventually(lambda: _finished_pod(kube, tenant, pod), timeout=240, what=pod)
+    log = kube.run("logs", pod, "-n", tenant).stdout
+    assert writer["status"]["phase"] == "Succeeded", log
+    acknowledged = [line[3:] for line in log.splitlines() if line.startswith("ok|")]
+    kept = next(line[4:] for line in log.splitlines() if line.startswith("all|")).split(",")
+    before = [at for at in acknowledged if float(at) < faulted_at - 1]
+    assert before, log
+    assert set(before) <= set(kept), "a write acknowledged before the fault was lost"
+    assert float(acknowledged[-1]) > faulted_at, "writes resumed after the fault"
+    times = sorted(float(at) for at in acknowledged)
+    refused = max(b - a for a, b in itertools.pairwise(times) if a >= faulted_at - 5)
+    eventually(
+        lambda: (
+            (_ready(kube, "managedcluster", "main", tenant) or {})
+            .get("status", {})
+            .get("readyInstances")
+            == INSTANCES
+        ),
+        timeout=300,
+        what="every instance ready again",
+    )
+    return refused
+
+
 @pytest.mark.timeout(900)
 def test_failover_moves_the_primary_and_the_tenant_keeps_its_writes(
     kube_e2e: KubeCtl, tenant: str, timings: dict[str, float]
@@ -298,57 +341,49 @@ def test_failover_moves_the_primary_and_the_tenant_keeps_its_writes(
     Secret finds every write acknowledged before the failover. The time writes were refused,
     as the client saw it, is measured."""
     kube = kube_e2e
-    eventually(
-        lambda: _ready(kube, "manageddatabase", "orders", tenant),
-        timeout=180,
-        what="the ManagedDatabase Ready",
-    )
-    values = _secret(kube, tenant, "orders-credentials")
-    kube.apply(_pod("writer", tenant, "orders-credentials", values, WRITER, SECONDS_TO_WRITE="75"))
-    eventually(
-        lambda: kube.get("pod", "writer", tenant)["status"].get("phase") == "Running",
-        timeout=60,
-        what="the writer running",
-    )
-    time.sleep(10)  # writes acknowledged by the first primary
     primary = kube.get("managedcluster", "main", tenant)["status"]["currentPrimary"]
-    deleted_at = time.time()
-    kube.run("delete", "pod", primary, "-n", tenant, "--wait=false")
 
     def moved() -> str | None:
         now = (kube.get("managedcluster", "main", tenant).get("status") or {}).get("currentPrimary")
         return now if now and now != primary else None
 
-    promoted = eventually(moved, timeout=180, what="a new primary in status")
-    timings["failover: new primary in status"] = time.time() - deleted_at
-    events = kube.run(
-        "get", "events", "-n", tenant, "-o", "json",
-        "--field-selector=involvedObject.name=main,reason=PrimaryChanged",
-    ).stdout  # fmt: skip
-    assert f"to {promoted}" in events, events
+    def delete_the_primary() -> None:
+        deleted_at = time.time()
+        kube.run("delete", "pod", primary, "-n", tenant, "--wait=false")
+        promoted = eventually(moved, timeout=180, what="a new primary in status")
+        timings["failover: new primary in status"] = time.time() - deleted_at
+        events = kube.run(
+            "get", "events", "-n", tenant, "-o", "json",
+            "--field-selector=involvedObject.name=main,reason=PrimaryChanged",
+        ).stdout  # fmt: skip
+        assert f"to {promoted}" in events, events
 
-    writer = eventually(lambda: _finished_pod(kube, tenant, "writer"), timeout=240, what="writer")
-    log = kube.run("logs", "writer", "-n", tenant).stdout
-    assert writer["status"]["phase"] == "Succeeded", log
-    acknowledged = [line[3:] for line in log.splitlines() if line.startswith("ok|")]
-    kept = next(line[4:] for line in log.splitlines() if line.startswith("all|")).split(",")
-    before = [at for at in acknowledged if float(at) < deleted_at - 1]
-    assert before, log
-    assert set(before) <= set(kept), "a write acknowledged before the failover was lost"
-    times = sorted(float(at) for at in acknowledged)
-    gaps = [b - a for a, b in itertools.pairwise(times) if a >= deleted_at - 5]
-    timings["failover: writes refused (client view)"] = max(gaps)
-    assert float(acknowledged[-1]) > deleted_at, "writes resumed on the new primary"
-    eventually(
-        lambda: (
-            (_ready(kube, "managedcluster", "main", tenant) or {})
-            .get("status", {})
-            .get("readyInstances")
-            == INSTANCES
-        ),
-        timeout=300,
-        what="the former primary back as a replica",
+    refused = _write_through(kube, tenant, "writer", delete_the_primary)
+    timings["failover: writes refused (client view)"] = refused
+
+
+@pytest.mark.timeout(900)
+def test_killed_postgresql_comes_back_and_the_tenant_keeps_its_writes(
+    kube_e2e: KubeCtl, tenant: str, timings: dict[str, float]
+) -> None:
+    """The primary's PostgreSQL killed (SIGKILL to the postmaster, its pod left alone):
+    CloudNativePG restarts it or promotes a replica; either way Vauban's status names the
+    primary CloudNativePG names, and the tenant's acknowledged writes are all there."""
+    kube = kube_e2e
+    primary = kube.get("managedcluster", "main", tenant)["status"]["currentPrimary"]
+    postmaster = (
+        'kill -9 "$(head -n 1 "${PGDATA:-/var/lib/postgresql/data/pgdata}/postmaster.pid")"'
     )
+
+    def kill_postgresql() -> None:
+        kube.run("exec", primary, "-n", tenant, "-c", "postgres", "--", "sh", "-c", postmaster)
+
+    refused = _write_through(kube, tenant, "writer-2", kill_postgresql)
+    timings["PostgreSQL killed: writes refused"] = refused
+    engine = kube.get("clusters.postgresql.cnpg.io", "main", tenant)["status"]["currentPrimary"]
+    shown = kube.get("managedcluster", "main", tenant)["status"]["currentPrimary"]
+    assert shown == engine, (shown, engine)
+    print(f"PostgreSQL of {primary} killed: primary now {shown}; writes refused {refused:.1f} s")
 
 
 @pytest.mark.timeout(600)
