@@ -30,6 +30,7 @@ VERSITYGW_VERSION = "v1.8.0"
 PROMETHEUS_VERSION = "v0.316.0"
 COREDNS_VERSION = "v1.15.0"
 CLOUDNATIVEPG_VERSION = "v1.30.1"
+BARMAN_CLOUD_PLUGIN_VERSION = "v0.15.0"
 PAUSE_VERSION = "v1"
 """Vauban's own sandbox program (tools/pause): bump it when main.go changes."""
 
@@ -135,14 +136,16 @@ TOOLS_COMPONENTS = (
 
 # -- the real node (`vauban dev up --node real`) ------------------------------------------------
 
-# CloudNativePG v1.30.1 needs these two at v0.6.0, which the Go module proxy refuses (403):
-# their v0.5.0 is built instead, with tools/cloudnative-pg/shims/ (see its README.md).
-CLOUDNATIVEPG_SHIMMED = {
+# CloudNativePG v1.30.1 and plugin-barman-cloud v0.15.0 need these two at v0.6.0, which the Go
+# module proxy refuses (403): their v0.5.0 is built instead, with the shims of
+# tools/cloudnative-pg/shims/ (see its README.md), and for the plugin also those of
+# tools/plugin-barman-cloud/shims/.
+SHIMMED = {
     "github.com/cloudnative-pg/machinery": ("v0.6.0", "v0.5.0"),
     "github.com/cloudnative-pg/barman-cloud": ("v0.6.0", "v0.5.0"),
 }
 # The one edit of v0.5.0 source: ConfigureLogging takes v0.6.0's (ignored) options.
-CLOUDNATIVEPG_EDITS = {
+SHIM_EDITS = {
     ("github.com/cloudnative-pg/machinery", "pkg/log/flags.go"): (
         "func (l *Flags) ConfigureLogging() {",
         "func (l *Flags) ConfigureLogging(_ ...ConfigureOption) {",
@@ -162,40 +165,45 @@ def _served(module: str, version: str) -> bool:
     return result.returncode == 0
 
 
-def _shim_cloudnativepg(module_dir: Path) -> None:
-    """Fill `.shimmed/` of a scratch copy of tools/cloudnative-pg: each refused dependency's
-    served version, plus the shims. Fails loudly when the shims are no longer needed."""
-    served = [
-        f"{m}@{wanted}" for m, (wanted, _) in CLOUDNATIVEPG_SHIMMED.items() if _served(m, wanted)
-    ]
-    if served:
-        raise BuildError(
-            f"the Go module proxy now serves {', '.join(served)}: CloudNativePG's compatibility "
-            "shims are no longer needed. Delete tools/cloudnative-pg/shims/ and the replace "
-            "directives of tools/cloudnative-pg/go.mod (and CLOUDNATIVEPG_SHIMMED here)."
-        )
-    for module, (_, version) in CLOUDNATIVEPG_SHIMMED.items():
-        short = module.rsplit("/", 1)[-1]
-        copy = module_dir / ".shimmed" / short
-        shutil.copytree(module_source(module, version), copy)
-        for path in [copy, *copy.rglob("*")]:
-            path.chmod(path.stat().st_mode | 0o200)  # the module cache is read-only
-        for shim in (module_dir / "shims" / short).rglob("*.go"):
-            destination = copy / shim.relative_to(module_dir / "shims" / short)
-            if destination.exists():
-                raise BuildError(f"{module}@{version} already has {destination.name}")
-            shutil.copyfile(shim, destination)
-        for (edited, name), (before, after) in CLOUDNATIVEPG_EDITS.items():
-            if edited != module:
-                continue
-            source = copy / name
-            text = source.read_text(encoding="utf-8")
-            if text.count(before) != 1:
-                raise BuildError(
-                    f"{module}@{version}/{name} no longer has {before!r}: revisit "
-                    "tools/cloudnative-pg/shims/README.md"
-                )
-            source.write_text(text.replace(before, after), encoding="utf-8")
+def _shimmed(*shim_modules: str) -> Callable[[Path], None]:
+    """A `prepare` that fills `.shimmed/` of a scratch copy of a wrapper module: each refused
+    dependency's served version, plus the shims of tools/<m>/shims for each of
+    `shim_modules`. Fails loudly when the shims are no longer needed."""
+
+    def prepare(module_dir: Path) -> None:
+        served = [f"{m}@{wanted}" for m, (wanted, _) in SHIMMED.items() if _served(m, wanted)]
+        if served:
+            raise BuildError(
+                f"the Go module proxy now serves {', '.join(served)}: the compatibility shims "
+                "are no longer needed. Delete tools/*/shims/ and the replace directives of "
+                "tools/cloudnative-pg/go.mod and tools/plugin-barman-cloud/go.mod (and SHIMMED "
+                "here)."
+            )
+        for module, (_, version) in SHIMMED.items():
+            short = module.rsplit("/", 1)[-1]
+            copy = module_dir / ".shimmed" / short
+            shutil.copytree(module_source(module, version), copy)
+            for path in [copy, *copy.rglob("*")]:
+                path.chmod(path.stat().st_mode | 0o200)  # the module cache is read-only
+            for shims in (TOOLS / name / "shims" / short for name in shim_modules):
+                for shim in shims.rglob("*.go"):
+                    destination = copy / shim.relative_to(shims)
+                    if destination.exists():
+                        raise BuildError(f"{module}@{version} already has {destination.name}")
+                    shutil.copyfile(shim, destination)
+            for (edited, name), (before, after) in SHIM_EDITS.items():
+                if edited != module:
+                    continue
+                source = copy / name
+                text = source.read_text(encoding="utf-8")
+                if text.count(before) != 1:
+                    raise BuildError(
+                        f"{module}@{version}/{name} no longer has {before!r}: revisit "
+                        "tools/cloudnative-pg/shims/README.md"
+                    )
+                source.write_text(text.replace(before, after), encoding="utf-8")
+
+    return prepare
 
 
 NODE_COMPONENTS = (
@@ -223,7 +231,19 @@ NODE_COMPONENTS = (
         module="cloudnative-pg",
         packages={"manager": "github.com/cloudnative-pg/cloudnative-pg/cmd/manager"},
         from_assets=False,
-        prepare=_shim_cloudnativepg,
+        prepare=_shimmed("cloudnative-pg"),
+    ),
+    # CloudNativePG's WAL archiving and recovery (CNPG-I), the path that outlives the
+    # deprecated in-tree barmanObjectStore: its operator, and the sidecar it injects.
+    Component(
+        name="plugin-barman-cloud",
+        version=BARMAN_CLOUD_PLUGIN_VERSION,
+        module="plugin-barman-cloud",
+        packages={
+            "plugin-barman-cloud": "github.com/cloudnative-pg/plugin-barman-cloud/cmd/manager"
+        },
+        from_assets=False,
+        prepare=_shimmed("cloudnative-pg", "plugin-barman-cloud"),
     ),
     Component(
         name="pause",
@@ -241,6 +261,7 @@ class NodeBinaries:
     kube_proxy: Path
     coredns: Path
     cloudnativepg_manager: Path
+    barman_cloud_plugin: Path
     pause: Path
 
 
@@ -252,6 +273,7 @@ def ensure_node_binaries() -> NodeBinaries:
         kube_proxy=found["kube-proxy"],
         coredns=found["coredns"],
         cloudnativepg_manager=found["manager"],
+        barman_cloud_plugin=found["plugin-barman-cloud"],
         pause=found["pause"],
     )
 

@@ -140,3 +140,21 @@ PYTHON_BASE = Recipe(
         'chroot "$1" python -m pip --version',
     ),
 )
+
+BARMAN_SIDECAR = Recipe(
+    name="barman-sidecar",
+    packages=(
+        # What plugin-barman-cloud's sidecar runs: barman-cloud-wal-archive, -wal-restore,
+        # -backup, -restore and friends, with boto3 for S3.
+        "barman-cli-cloud",
+        "python3-boto3",
+        "ca-certificates",
+    ),
+    essential_hooks=(
+        # The sidecar runs as CloudNativePG's postgres user (26), beside PostgreSQL.
+        f'echo "postgres:x:{POSTGRES_UID}:{POSTGRES_UID}:PostgreSQL administrator:'
+        f'/var/lib/postgresql:/bin/sh" >> "$1/etc/passwd"',
+        f'echo "postgres:x:{POSTGRES_UID}:" >> "$1/etc/group"',
+    ),
+    customize_hooks=('chroot "$1" barman-cloud-wal-archive --version',),
+)

@@ -5,6 +5,8 @@
   barman-cli-cloud (mmdebstrap);
 - `ghcr.io/cloudnative-pg/cloudnative-pg:1.30.1`: its Go module, laid out as its Dockerfile
   does;
+- `ghcr.io/cloudnative-pg/plugin-barman-cloud:v0.15.0` and `...-sidecar:v0.15.0`: the plugin's
+  Go module, its sidecar beside Debian's barman-cli-cloud;
 - `localhost/vauban-dev/vauban`, `.../vauban-agent`: the repository's Containerfile, on a
   Debian-made Python base.
 
@@ -31,6 +33,7 @@ from typing import IO
 from vauban import __version__
 from vauban.devcluster import debian, oci
 from vauban.devcluster.build import (
+    BARMAN_CLOUD_PLUGIN_VERSION,
     CLOUDNATIVEPG_VERSION,
     NodeBinaries,
     cache_dir,
@@ -49,6 +52,12 @@ version, so `spec.version: "17"` runs `localhost/vauban-dev/postgresql:17`."""
 POSTGRES_IMAGE = f"{POSTGRES_REPOSITORY}:{debian.POSTGRES_MAJOR}"
 CLOUDNATIVEPG_IMAGE = f"ghcr.io/cloudnative-pg/cloudnative-pg:{CLOUDNATIVEPG_VERSION[1:]}"
 """The name CloudNativePG's release manifest uses, so it runs unchanged."""
+BARMAN_CLOUD_PLUGIN_IMAGE = (
+    f"ghcr.io/cloudnative-pg/plugin-barman-cloud:{BARMAN_CLOUD_PLUGIN_VERSION}"
+)
+BARMAN_CLOUD_SIDECAR_IMAGE = (
+    f"ghcr.io/cloudnative-pg/plugin-barman-cloud-sidecar:{BARMAN_CLOUD_PLUGIN_VERSION}"
+)
 OPERATOR_REPOSITORY = f"{REPOSITORY}/vauban"
 AGENT_REPOSITORY = f"{REPOSITORY}/vauban-agent"
 PYTHON_BASE = f"{REPOSITORY}/python:3-{debian.SUITE}"
@@ -69,11 +78,21 @@ class Images:
     pause: Image
     postgres: Image
     cloudnativepg: Image
+    barman_cloud_plugin: Image
+    barman_cloud_sidecar: Image
     operator: Image
     agent: Image
 
     def all(self) -> list[Image]:
-        return [self.pause, self.postgres, self.cloudnativepg, self.operator, self.agent]
+        return [
+            self.pause,
+            self.postgres,
+            self.cloudnativepg,
+            self.barman_cloud_plugin,
+            self.barman_cloud_sidecar,
+            self.operator,
+            self.agent,
+        ]
 
     @property
     def operator_tag(self) -> str:
@@ -178,6 +197,47 @@ def cloudnativepg_image(binaries: NodeBinaries) -> Image:
     )
 
 
+def barman_cloud_plugin_image(binaries: NodeBinaries) -> Image:
+    """The plugin's operator: its manager alone, as upstream's image (Dockerfile.plugin)."""
+    source = module_source(
+        "github.com/cloudnative-pg/plugin-barman-cloud", BARMAN_CLOUD_PLUGIN_VERSION
+    )
+    return _binary_image(
+        "plugin-barman-cloud",
+        BARMAN_CLOUD_PLUGIN_IMAGE,
+        {"/manager": binaries.barman_cloud_plugin, "/licenses/LICENSE": source / "LICENSE"},
+        oci.ImageConfig(entrypoint=["/manager"], user="65532:65532", working_dir="/"),
+    )
+
+
+def barman_cloud_sidecar_image(binaries: NodeBinaries) -> Image:
+    """The sidecar the plugin injects into instance pods (and recovery jobs): the same manager
+    beside Debian's barman-cli-cloud, as upstream's Dockerfile.sidecar lays it out (upstream
+    installs barman from PyPI on a distroless Python)."""
+    key = hashlib.sha256(
+        f"{debian.BARMAN_SIDECAR.key()}-{_file_hash(binaries.barman_cloud_plugin)}".encode()
+    ).hexdigest()[:16]
+    archive = _cached("barman-sidecar", key)
+    if archive.is_file():
+        return Image(BARMAN_CLOUD_SIDECAR_IMAGE, archive)
+    images_dir().mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".barman-sidecar-", dir=images_dir()))
+    try:
+        rootfs = scratch / "rootfs"
+        # cp -a: owners, device nodes and links as mmdebstrap made them.
+        subprocess.run(["cp", "-a", str(_rootfs(debian.BARMAN_SIDECAR)), str(rootfs)], check=True)
+        shutil.copyfile(binaries.barman_cloud_plugin, rootfs / "manager")
+        (rootfs / "manager").chmod(0o755)
+        config = oci.ImageConfig(
+            entrypoint=["/manager"], user=f"{debian.POSTGRES_UID}:{debian.POSTGRES_UID}"
+        )
+        oci.archive_from_rootfs(rootfs, config, [BARMAN_CLOUD_SIDECAR_IMAGE], archive)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    _replace_older("barman-sidecar", archive)
+    return Image(BARMAN_CLOUD_SIDECAR_IMAGE, archive)
+
+
 def _rootfs(recipe: debian.Recipe) -> Path:
     """A recipe's root file system folder, built once (the Containerfile's base)."""
     folder = images_dir() / "rootfs" / f"{recipe.name}-{recipe.key()}"
@@ -267,6 +327,8 @@ def ensure_images(source: Path = ROOT) -> Images:
         pause=pause_image(binaries),
         postgres=postgres_image(),
         cloudnativepg=cloudnativepg_image(binaries),
+        barman_cloud_plugin=barman_cloud_plugin_image(binaries),
+        barman_cloud_sidecar=barman_cloud_sidecar_image(binaries),
         operator=operator,
         agent=agent,
     )

@@ -4,6 +4,7 @@ built on this machine (`vauban.devcluster.images`)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import subprocess
@@ -13,9 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vauban.devcluster.build import CLOUDNATIVEPG_VERSION, ensure_tool, module_source
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from vauban.devcluster import pki
+from vauban.devcluster.build import (
+    BARMAN_CLOUD_PLUGIN_VERSION,
+    CLOUDNATIVEPG_VERSION,
+    ensure_tool,
+    module_source,
+)
 from vauban.devcluster.images import (
     AGENT_REPOSITORY,
+    BARMAN_CLOUD_PLUGIN_IMAGE,
+    BARMAN_CLOUD_SIDECAR_IMAGE,
     OPERATOR_REPOSITORY,
     POSTGRES_REPOSITORY,
     Images,
@@ -85,6 +99,107 @@ def install_cloudnativepg(kubectl: Kubectl, *, timeout: float = 300) -> float:
     )
     elapsed = time.monotonic() - started
     logger.info("CloudNativePG %s available in %.1f s", CLOUDNATIVEPG_VERSION, elapsed)
+    return elapsed
+
+
+BARMAN_CLOUD_SERVICE = "barman-cloud"
+"""The plugin's Service in CloudNativePG's namespace, and the name its certificate is for."""
+
+
+def _tls_secret(
+    name: str,
+    cert: x509.Certificate,
+    key: Any,
+    ca: x509.Certificate,
+) -> dict[str, Any]:
+    """A kubernetes.io/tls Secret whose tls.crt also carries the CA: CloudNativePG and the
+    plugin each trust the other's tls.crt as a CA bundle (upstream, cert-manager's self-signed
+    certificates)."""
+    pem = cert.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(
+        serialization.Encoding.PEM
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": CLOUDNATIVEPG_NAMESPACE},
+        "data": {
+            "tls.crt": base64.b64encode(pem).decode(),
+            "tls.key": base64.b64encode(key_pem).decode(),
+            "ca.crt": base64.b64encode(ca.public_bytes(serialization.Encoding.PEM)).decode(),
+        },
+    }
+
+
+def barman_cloud_crd() -> Path:
+    """The plugin's ObjectStore CRD, for control planes that run no plugin (kwok's)."""
+    source = module_source(
+        "github.com/cloudnative-pg/plugin-barman-cloud", BARMAN_CLOUD_PLUGIN_VERSION
+    )
+    return source / "config" / "crd" / "bases" / "barmancloud.cnpg.io_objectstores.yaml"
+
+
+def barman_cloud_manifest() -> list[dict[str, Any]]:
+    """plugin-barman-cloud's manifest from its Go module, for the images built here: its
+    cert-manager Certificates and Issuer replaced by Secrets signed by a CA made here (no
+    cert-manager on the real node), the images named after ours."""
+    source = module_source(
+        "github.com/cloudnative-pg/plugin-barman-cloud", BARMAN_CLOUD_PLUGIN_VERSION
+    )
+    text = (source / "manifest.yaml").read_text(encoding="utf-8")
+    objects = [o for o in yaml.safe_load_all(text) if o]
+    kept = [o for o in objects if not o["apiVersion"].startswith("cert-manager.io/")]
+    deployments = [o for o in kept if o["kind"] == "Deployment"]
+    sidecar = [o for o in kept if o["kind"] == "Secret" and "SIDECAR_IMAGE" in o.get("data", {})]
+    if len(deployments) != 1 or len(sidecar) != 1 or len(objects) - len(kept) != 3:
+        raise InstallError(
+            "plugin-barman-cloud's manifest.yaml no longer has one Deployment, one "
+            "SIDECAR_IMAGE Secret and three cert-manager objects: revisit "
+            "vauban.devcluster.install.barman_cloud_manifest"
+        )
+    (container,) = deployments[0]["spec"]["template"]["spec"]["containers"]
+    container["image"] = BARMAN_CLOUD_PLUGIN_IMAGE
+    container["imagePullPolicy"] = "IfNotPresent"
+    sidecar[0]["data"] = {
+        "SIDECAR_IMAGE": base64.b64encode(BARMAN_CLOUD_SIDECAR_IMAGE.encode()).decode()
+    }
+    ca, ca_key = pki.certificate_authority("plugin-barman-cloud")
+    server, server_key = pki.leaf_certificate(
+        ca,
+        ca_key,
+        pki.name(BARMAN_CLOUD_SERVICE),
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        x509.SubjectAlternativeName([x509.DNSName(BARMAN_CLOUD_SERVICE)]),
+    )
+    client, client_key = pki.leaf_certificate(
+        ca, ca_key, pki.name("barman-cloud-client"), ExtendedKeyUsageOID.CLIENT_AUTH
+    )
+    return [
+        _tls_secret("barman-cloud-server-tls", server, server_key, ca),
+        _tls_secret("barman-cloud-client-tls", client, client_key, ca),
+        *kept,
+    ]
+
+
+def install_barman_cloud(kubectl: Kubectl, *, timeout: float = 300) -> float:
+    """plugin-barman-cloud (CNPG-I) beside CloudNativePG; returns the seconds it took."""
+    started = time.monotonic()
+    manifest = "\n---\n".join(json.dumps(o) for o in barman_cloud_manifest())
+    kubectl.run("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=manifest)
+    kubectl.run(
+        "rollout",
+        "status",
+        "-n",
+        CLOUDNATIVEPG_NAMESPACE,
+        f"deployment/{BARMAN_CLOUD_SERVICE}",
+        f"--timeout={int(timeout)}s",
+        timeout=timeout + 30,
+    )
+    elapsed = time.monotonic() - started
+    logger.info("plugin-barman-cloud %s available in %.1f s", BARMAN_CLOUD_PLUGIN_VERSION, elapsed)
     return elapsed
 
 

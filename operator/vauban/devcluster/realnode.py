@@ -69,7 +69,12 @@ from vauban.devcluster.controlplane import (
     write_kubeconfig,
 )
 from vauban.devcluster.images import Images, ensure_images, import_images
-from vauban.devcluster.install import Kubectl, install_cloudnativepg, install_vauban
+from vauban.devcluster.install import (
+    Kubectl,
+    install_barman_cloud,
+    install_cloudnativepg,
+    install_vauban,
+)
 from vauban.devcluster.process import stop_process_group
 
 logger = logging.getLogger(__name__)
@@ -432,10 +437,14 @@ class RealCluster(LocalControlPlane):
         object_storage_ports: Sequence[int] = (),
         values: dict[str, Any] | None = None,
     ) -> dict[str, float]:
-        """CloudNativePG from its release manifest, then (with `vauban`) Vauban by its chart,
-        as users install them, with `values` over the chart's; returns the seconds each took."""
+        """CloudNativePG from its release manifest and its barman-cloud plugin, then (with
+        `vauban`) Vauban by its chart, as users install them, with `values` over the chart's;
+        returns the seconds each took."""
         assert self.images is not None, "start() first"
-        took = {"cloudnative-pg": install_cloudnativepg(self.kubectl)}
+        took = {
+            "cloudnative-pg": install_cloudnativepg(self.kubectl),
+            "plugin-barman-cloud": install_barman_cloud(self.kubectl),
+        }
         if vauban:
             took["vauban"] = install_vauban(
                 self.kubectl,
