@@ -41,6 +41,8 @@ class Reason(StrEnum):
     SECRET_MISSING = "SecretMissing"  # noqa: S105 - a reason, not a password
     INSUFFICIENT_PRIVILEGES = "InsufficientPrivileges"
     ENGINE_NOT_INSTALLED = "EngineNotInstalled"
+    ARCHIVER_NOT_INSTALLED = "ArchiverNotInstalled"
+    RECOVERING = "Recovering"
     MAJOR_UPGRADE_UNSUPPORTED = "MajorUpgradeUnsupported"
     VERSION_MISMATCH = "VersionMismatch"
     DELETION_BLOCKED = "DeletionBlocked"

@@ -134,6 +134,47 @@ def test_immutable_cluster_fields_and_shrinking_storage(kube: KubeCtl, namespace
     kube.apply(cluster(namespace, storage={"size": "20Gi", "storageClassName": "fast"}))
 
 
+BACKUP = {
+    "objectStore": {"bucket": "backups", "region": "fr-par", "credentialsSecretRef": {"name": "s3"}}
+}
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"restore": {"fromCluster": "orders"}}, "spec.restore needs mode Managed and spec.backup"),
+        (
+            {"backup": BACKUP, "restore": {"fromCluster": "orders", "targetTime": "yesterday"}},
+            "spec.restore.targetTime",
+        ),
+        (
+            {"backup": BACKUP, "restore": {"fromCluster": "main"}},
+            "cannot be recovered from its own",
+        ),
+    ],
+)
+def test_invalid_restore_is_refused(
+    kube: KubeCtl, namespace: str, spec: dict[str, Any], expected: str
+) -> None:
+    assert expected in refused(kube, cluster(namespace, **spec))
+
+
+def test_restore_is_set_at_creation_only_and_never_changed(kube: KubeCtl, namespace: str) -> None:
+    kube.apply(cluster(namespace, backup=BACKUP))
+    assert "set when the cluster is created, never later" in refused(
+        kube, cluster(namespace, backup=BACKUP, restore={"fromCluster": "orders"})
+    )
+    restored = cluster(namespace, backup=BACKUP, restore={"fromCluster": "orders"})
+    restored["metadata"]["name"] = "copy"
+    kube.apply(restored)
+    moved = copy.deepcopy(restored)
+    moved["spec"]["restore"]["targetTime"] = "2026-12-06T07:00:00Z"
+    assert "spec.restore is immutable" in refused(kube, moved)
+    dropped = copy.deepcopy(restored)
+    del dropped["spec"]["restore"]
+    assert "set when the cluster is created, never later" in refused(kube, dropped)
+
+
 def test_long_cluster_name_is_refused(kube: KubeCtl, namespace: str) -> None:
     manifest = cluster(namespace)
     manifest["metadata"]["name"] = "c" * 51

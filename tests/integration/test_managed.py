@@ -38,12 +38,15 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KubeCtl, OperatorProcess]]:
     from vauban.devcluster.build import module_source
+    from vauban.devcluster.install import barman_cloud_crd
 
     root = tmp_path_factory.mktemp("managed")
     with own_control_plane(root) as kube:
         bases = module_source("github.com/cloudnative-pg/cloudnative-pg", CLOUDNATIVEPG_VERSION)
         kube.run("apply", "--server-side", "-f", str(bases / "config" / "crd" / "bases"))
+        kube.run("apply", "--server-side", "-f", str(barman_cloud_crd()))
         kube.run("wait", "--for=condition=Established", "crd/clusters.postgresql.cnpg.io")
+        kube.run("wait", "--for=condition=Established", "crd/objectstores.barmancloud.cnpg.io")
         with running_operator(kube.kubeconfig, root / "operator.log") as operator:
             yield kube, operator
 
@@ -334,8 +337,14 @@ def test_hds_profile_on_an_encrypting_class_with_archiving(kube: KubeCtl, ns: st
         )
     )
     rendered = eventually(lambda: engine(kube, ns), what="the CloudNativePG Cluster")
-    barman = rendered["spec"]["backup"]["barmanObjectStore"]
-    assert barman["destinationPath"] == f"s3://wal/{ns}/main/wal-archive"
+    (plugin,) = rendered["spec"]["plugins"]
+    assert plugin["parameters"] == {"barmanObjectName": "main-archive"}
+    store = json.loads(
+        kube.run(
+            "get", "objectstores.barmancloud.cnpg.io", "main-archive", "-n", ns, "-o", "json"
+        ).stdout
+    )
+    assert store["spec"]["configuration"]["destinationPath"] == f"s3://wal/{ns}/main/wal-archive"
     scheduled = kube.run(
         "get", "scheduledbackups.postgresql.cnpg.io", "main-base", "-n", ns, "-o", "json"
     ).stdout

@@ -28,7 +28,7 @@ import yaml
 
 from support.helm import CHART, Helm, find, token_kubeconfig
 from support.kube import OPERATOR_NAMESPACE, KubeCtl, eventually, own_control_plane
-from vauban.api.cluster import ManagedClusterSpec
+from vauban.api.cluster import ClusterRestore, ManagedClusterSpec
 from vauban.builders import backup as agent
 from vauban.builders import cnpg, credentials, keys
 
@@ -77,12 +77,14 @@ def helm() -> Helm:
 @pytest.fixture(scope="module")
 def plane(helm: Helm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
     from vauban.devcluster.build import module_source
+    from vauban.devcluster.install import barman_cloud_crd
 
     root = tmp_path_factory.mktemp("operator-rbac")
     with own_control_plane(root) as admin:
         bases = module_source("github.com/cloudnative-pg/cloudnative-pg", CLOUDNATIVEPG_VERSION)
         crd = bases / "config" / "crd" / "bases" / "postgresql.cnpg.io_clusters.yaml"
         admin.run("apply", "--server-side", "-f", str(crd))
+        admin.run("apply", "--server-side", "-f", str(barman_cloud_crd()))
         # Right after the apply the CRD may have no conditions yet, which `kubectl wait` takes
         # for an error rather than for "not yet".
         eventually(
@@ -91,6 +93,7 @@ def plane(helm: Helm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plan
                     "wait",
                     "--for=condition=Established",
                     "crd/clusters.postgresql.cnpg.io",
+                    "crd/objectstores.barmancloud.cnpg.io",
                     check=False,
                 ).returncode
                 == 0
@@ -598,15 +601,89 @@ def test_cloudnativepg_cluster_runs_only_allowed_images(plane: Plane, tenant: st
             },
         ),
     ]
+    origin = {"name": "origin", "plugin": {"name": cnpg.BARMAN_PLUGIN, "parameters": {}}}
+    variants += [
+        # A recovery by streaming from another server, or from another cluster's ObjectStore.
+        (
+            "stream",
+            {
+                "externalClusters": [
+                    {**origin, "connectionParameters": {"host": "bank-rw.bank"}},
+                ],
+                "bootstrap": {"recovery": {"source": "origin"}},
+            },
+        ),
+        (
+            "borrowed",
+            {
+                "externalClusters": [
+                    {
+                        **origin,
+                        "plugin": {
+                            "name": cnpg.BARMAN_PLUGIN,
+                            "parameters": {"barmanObjectName": "bank-archive"},
+                        },
+                    }
+                ],
+                "bootstrap": {"recovery": {"source": "origin"}},
+            },
+        ),
+        ("backup", {"bootstrap": {"recovery": {"backup": {"name": "bank-base"}}}}),
+        # The deprecated in-tree archiving (credentials the ObjectStore policy would not see).
+        (
+            "intree",
+            {
+                "backup": {
+                    "barmanObjectStore": {
+                        "destinationPath": "s3://x",
+                        "s3Credentials": {"inheritFromIAMRole": True},
+                    }
+                }
+            },
+        ),
+    ]
     for name, change in variants:
         refused_by_policy(server_side_apply(plane.operator, variant(name, change)), "cnpg-clusters")
         assert not exists(plane.admin, "clusters.postgresql.cnpg.io", name, tenant)
+    # What spec.restore renders passes: the cluster's own recovery ObjectStore, by the plugin.
+    restoring = cluster_spec().model_copy(
+        update={"restore": ClusterRestore(from_cluster="orders", target_time=None)}
+    )
+    copy_owner = cnpg.Owner(name="copy", namespace=tenant, uid=owner.uid)
+    recovery = unowned(
+        cnpg.cluster(copy_owner, restoring, image_repository=plane.postgres_repository)
+    )
+    allowed(server_side_apply(plane.operator, recovery))
     # The stored one cannot be switched to another image either (an update).
     switched = clone(good)
     switched["spec"]["imageName"] = "registry.attacker.example/postgresql:17"
     refused_by_policy(server_side_apply(plane.operator, switched), "cnpg-clusters")
     stored = plane.admin.get("clusters.postgresql.cnpg.io", "main", tenant)
     assert stored["spec"]["imageName"] == f"{plane.postgres_repository}:17"
+
+
+def test_object_stores_use_the_buckets_credentials_only(plane: Plane, tenant: str) -> None:
+    owner = cnpg.Owner(name="main", namespace=tenant, uid="00000000-0000-0000-0000-000000000006")
+    spec = cluster_spec()
+    assert spec.backup is not None
+    good = unowned(cnpg.archive_store(owner, spec.backup))
+    allowed(server_side_apply(plane.operator, good))
+    identity = clone(good)
+    identity["metadata"]["name"] = "identity"
+    identity["spec"]["configuration"]["s3Credentials"] = {"inheritFromIAMRole": True}
+    sidecar = clone(good)
+    sidecar["metadata"]["name"] = "sidecar"
+    sidecar["spec"]["instanceSidecarConfiguration"] = {
+        "env": [{"name": "AWS_ROLE_ARN", "value": "arn:aws:iam::1:role/admin"}]
+    }
+    foreign = clone(good)
+    foreign["metadata"]["name"] = "foreign"
+    foreign["metadata"]["labels"] = {}
+    for body in (identity, sidecar, foreign):
+        refused_by_policy(server_side_apply(plane.operator, body), "barman-objectstores")
+        assert not exists(
+            plane.admin, "objectstores.barmancloud.cnpg.io", body["metadata"]["name"], tenant
+        )
 
 
 def agent_run(plane: Plane, tenant: str, operation: agent.Operation) -> agent.AgentRun:
@@ -818,6 +895,7 @@ def test_policies_bind_the_operator_alone(helm: Helm) -> None:
         "networkpolicies",
         "cnpg-clusters",
         "cnpg-scheduledbackups",
+        "barman-objectstores",
         "volumeclaims",
         "agent-jobs",
         "agent-cronjobs",

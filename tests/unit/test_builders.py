@@ -92,35 +92,77 @@ STORE = {
 }
 
 
-def test_cluster_archives_wal_to_the_object_store() -> None:
+def test_cluster_archives_wal_through_the_barman_cloud_plugin() -> None:
     backup = {"objectStore": STORE, "retention": {"maxAge": "36h"}, "schedule": "0 2 * * *"}
     body = cnpg.cluster(OWNER, spec(backup=backup), image_repository="repo")
-    archiving = body["spec"]["backup"]
-    barman = archiving["barmanObjectStore"]
-    assert barman["destinationPath"] == "s3://backups/vauban/team/main/wal-archive"
-    assert barman["endpointURL"] == "https://s3.example"
-    assert barman["s3Credentials"]["accessKeyId"] == {"name": "bucket", "key": "accessKeyId"}
-    assert barman["wal"]["encryption"] == "AES256"
-    assert archiving["retentionPolicy"] == "2d"  # 36 h, rounded up to whole days
+    assert "backup" not in body["spec"]  # the deprecated in-tree barmanObjectStore
+    assert body["spec"]["plugins"] == [
+        {
+            "name": "barman-cloud.cloudnative-pg.io",
+            "isWALArchiver": True,
+            "parameters": {"barmanObjectName": "main-archive"},
+        }
+    ]
+    store = cnpg.archive_store(OWNER, spec(backup=backup).backup)  # type: ignore[arg-type]
+    assert store["kind"] == "ObjectStore" and store["metadata"]["name"] == "main-archive"
+    assert store["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    configuration = store["spec"]["configuration"]
+    assert configuration["destinationPath"] == "s3://backups/vauban/team/main/wal-archive"
+    assert configuration["endpointURL"] == "https://s3.example"
+    assert configuration["s3Credentials"]["accessKeyId"] == {"name": "bucket", "key": "accessKeyId"}
+    assert store["spec"]["retentionPolicy"] == "2d"  # 36 h, rounded up to whole days
+    assert "serverName" not in configuration  # the plugin's rule: a Cluster parameter
 
 
 def test_no_backup_policy_no_archiving() -> None:
-    assert "backup" not in cnpg.cluster(OWNER, spec(), image_repository="repo")["spec"]
+    body = cnpg.cluster(OWNER, spec(), image_repository="repo")["spec"]
+    assert "backup" not in body and "plugins" not in body
+
+
+def test_restore_recovers_the_other_clusters_archive_to_a_time() -> None:
+    backup = {"objectStore": STORE}
+    restore = {"fromCluster": "orders", "targetTime": "2026-12-06T07:00:00Z"}
+    wanted = spec(backup=backup, restore=restore)
+    body = cnpg.cluster(OWNER, wanted, image_repository="repo")["spec"]
+    assert body["bootstrap"] == {
+        "recovery": {"source": "origin", "recoveryTarget": {"targetTime": "2026-12-06T07:00:00Z"}}
+    }
+    (origin,) = body["externalClusters"]
+    assert origin["plugin"]["parameters"] == {
+        "barmanObjectName": "main-recovery",
+        "serverName": "orders",
+    }
+    # It archives to its own path, beside the one it recovers.
+    assert body["plugins"][0]["parameters"] == {"barmanObjectName": "main-archive"}
+    assert wanted.restore is not None and wanted.backup is not None
+    source = cnpg.recovery_store(OWNER, wanted.restore, wanted.backup)
+    assert source["metadata"]["name"] == "main-recovery"
+    assert (
+        source["spec"]["configuration"]["destinationPath"]
+        == "s3://backups/vauban/team/orders/wal-archive"
+    )
+    assert "retentionPolicy" not in source["spec"]  # never prunes another cluster's archive
+    to_the_end = cnpg.cluster(
+        OWNER, spec(backup=backup, restore={"fromCluster": "orders"}), image_repository="repo"
+    )["spec"]
+    assert to_the_end["bootstrap"] == {"recovery": {"source": "origin"}}
 
 
 def test_scheduled_base_backups_use_cloudnativepg_cron() -> None:
     scheduled = cnpg.scheduled_backup(OWNER, "0 2 * * *")
     assert scheduled["spec"]["schedule"] == "0 0 2 * * *"
     assert scheduled["spec"]["cluster"] == {"name": "main"}
+    assert scheduled["spec"]["method"] == "plugin"
+    assert scheduled["spec"]["pluginConfiguration"] == {"name": cnpg.BARMAN_PLUGIN}
     assert cnpg.scheduled_backup(OWNER, "@daily")["spec"]["schedule"] == "@daily"
 
 
-def test_continuous_archiving_is_read_from_cloudnativepg_status() -> None:
+def test_continuous_archiving_is_read_from_cloudnativepg_and_the_plugin() -> None:
     from vauban.reconcile.cluster import continuous_archiving
 
-    assert continuous_archiving({"spec": {}}) is None
+    assert continuous_archiving("main", {"spec": {}}, None) is None
     engine = {
-        "spec": {"backup": {"barmanObjectStore": {}}},
+        "spec": {"plugins": [{"name": cnpg.BARMAN_PLUGIN, "isWALArchiver": True}]},
         "status": {
             "conditions": [
                 {
@@ -129,11 +171,28 @@ def test_continuous_archiving_is_read_from_cloudnativepg_status() -> None:
                     "message": "unexpected failure invoking barman-cloud-wal-archive",
                 }
             ],
-            "firstRecoverabilityPoint": "2026-11-28T02:00:00Z",
+            # Deprecated, and not updated for plugins: not what is reported.
+            "firstRecoverabilityPoint": "2020-01-01T00:00:00Z",
         },
     }
-    assert continuous_archiving(engine) == {
+    store = {
+        "status": {
+            "serverRecoveryWindow": {
+                "main": {
+                    "firstRecoverabilityPoint": "2026-11-28T02:00:00Z",
+                    "lastSuccessfulBackupTime": "2026-12-05T02:00:00Z",
+                },
+                "other": {"firstRecoverabilityPoint": "2026-01-01T00:00:00Z"},
+            }
+        }
+    }
+    assert continuous_archiving("main", engine, store) == {
         "archiving": False,
         "message": "unexpected failure invoking barman-cloud-wal-archive",
         "firstRecoverabilityPoint": "2026-11-28T02:00:00Z",
+        "lastSuccessfulBackup": "2026-12-05T02:00:00Z",
+    }
+    assert continuous_archiving("main", engine, None) == {
+        "archiving": False,
+        "message": "unexpected failure invoking barman-cloud-wal-archive",
     }

@@ -288,3 +288,54 @@ def test_usage_is_written_when_it_moved(
     before: dict[str, int], measured: dict[str, int | None], moved: bool
 ) -> None:
     assert database_logic.usage_moved(before, measured) is moved
+
+
+BACKUP = {
+    "objectStore": {"bucket": "backups", "region": "fr-par", "credentialsSecretRef": {"name": "s3"}}
+}
+
+
+def test_archiving_without_the_barman_cloud_plugin_is_stalled_before_anything_is_created() -> None:
+    got = assess_managed(
+        managed(backup=BACKUP),
+        engine_installed=True,
+        engine_cluster=None,
+        archiver_installed=False,
+    )
+    assert (got.verdict.state, got.verdict.reason) == (
+        State.STALLED,
+        Reason.ARCHIVER_NOT_INSTALLED,
+    )
+    assert "objectstores.barmancloud.cnpg.io" in got.verdict.message
+    assert not got.apply
+
+
+def test_a_recovery_says_what_it_replays_then_that_it_is_over() -> None:
+    wanted = managed(
+        backup=BACKUP, restore={"fromCluster": "orders", "targetTime": "2026-12-06T07:00:00Z"}
+    )
+    replaying = assess_managed(
+        wanted,
+        engine_installed=True,
+        engine_cluster=engine(phase="Setting up primary", readyInstances=0, instances=0),
+    )
+    assert (replaying.verdict.state, replaying.verdict.reason) == (
+        State.PROGRESSING,
+        Reason.RECOVERING,
+    )
+    assert "cluster orders up to 2026-12-06T07:00:00Z" in replaying.verdict.message
+    assert replaying.fields["recovery"] == {
+        "fromCluster": "orders",
+        "archive": "s3://backups/team/orders/wal-archive",
+        "targetTime": "2026-12-06T07:00:00Z",
+        "recovered": False,
+    }
+    replicas_joining = assess_managed(
+        wanted,
+        engine_installed=True,
+        engine_cluster=engine(phase="Creating replica", readyInstances=1, instances=2),
+    )
+    assert replicas_joining.verdict.reason is Reason.PROVISIONING
+    assert replicas_joining.fields["recovery"]["recovered"] is True
+    plain = assess_managed(managed(), engine_installed=True, engine_cluster=engine())
+    assert plain.fields["recovery"] is None

@@ -77,6 +77,13 @@ the apply creates the object (the apiserver checks both).
 - apiGroups: [postgresql.cnpg.io]
   resources: [scheduledbackups]
   verbs: [create, patch, delete]
+# The barman-cloud plugin's ObjectStores of a managed cluster with spec.backup: its archive,
+# and for spec.restore the archive it recovers from. Server-side applied (create, patch),
+# read for the recovery window the plugin reports (get). Bounded by the operator policy:
+# labelled ones, the bucket's credentials Secret only.
+- apiGroups: [barmancloud.cnpg.io]
+  resources: [objectstores]
+  verbs: [get, create, patch]
 # The NetworkPolicy of each managed cluster: server-side applied, watched to repair hand edits.
 # Bounded by the operator policy: labelled ones, CloudNativePG pods' ingress only.
 - apiGroups: [networking.k8s.io]

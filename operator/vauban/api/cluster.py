@@ -221,6 +221,34 @@ class ClusterBackupPolicy(ApiModel):
     """Default retention of database backups."""
 
 
+# An instant, RFC 3339 with a time zone (e.g. 2026-12-06T07:30:00Z).
+Timestamp = Annotated[
+    str,
+    StringConstraints(
+        max_length=40,
+        pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+        r"(Z|[+-][0-9]{2}:[0-9]{2})$",
+    ),
+]
+
+
+class ClusterRestore(ApiModel):
+    """Where a new cluster's data comes from: another cluster's continuous archive (its base
+    backups and WAL), replayed up to a point in time."""
+
+    from_cluster: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=50, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+    ]
+    """The ManagedCluster of this namespace whose archive is recovered. Its archive is found
+    in this cluster's spec.backup.objectStore, where that cluster wrote it; the cluster itself
+    may be gone."""
+
+    target_time: Timestamp | None = None
+    """Recover up to this instant (RFC 3339): transactions committed after it are not
+    replayed. The end of the archive when unset."""
+
+
 class EncryptionSpec(ApiModel):
     """Keys of the cluster: backups are encrypted with a data key per database, wrapped by a
     key-encryption key held by the key provider."""
@@ -369,6 +397,16 @@ class ManagedClusterSpec(ApiModel):
                 "instances, storage, resources and postgresql apply to mode Managed only: "
                 "an external server's topology and configuration are its own",
             ),
+            cel(
+                "!has(self.restore) || (self.mode == 'Managed' && has(self.backup))",
+                "spec.restore needs mode Managed and spec.backup (the object store that holds "
+                "the archive, where this cluster archives too)",
+            ),
+            cel(
+                "has(self.restore) == has(oldSelf.restore)",
+                "spec.restore is set when the cluster is created, never later: a running "
+                "cluster cannot be replaced by a recovery",
+            ),
         )
     )
 
@@ -410,7 +448,15 @@ class ManagedClusterSpec(ApiModel):
     """Connection to the adopted server. Required for mode External, forbidden otherwise."""
 
     backup: ClusterBackupPolicy | None = None
-    """Where and how often databases on this cluster are backed up."""
+    """Where and how often databases on this cluster are backed up. Mode Managed: the
+    cluster's WAL and base backups are archived there too (point-in-time recovery)."""
+
+    restore: Annotated[
+        ClusterRestore | None,
+        Field(json_schema_extra=validations(cel("self == oldSelf", "spec.restore is immutable"))),
+    ] = None
+    """Create the cluster from another cluster's archive, to a point in time (mode
+    Managed). Immutable."""
 
     encryption: EncryptionSpec = Field(
         default_factory=EncryptionSpec, json_schema_extra={"default": {}}
@@ -512,6 +558,22 @@ class ContinuousArchivingStatus(StatusModel):
     """When the last base backup succeeded (RFC 3339)."""
 
 
+class RecoveryStatus(StatusModel):
+    """What a cluster made by spec.restore was recovered from, and to when."""
+
+    from_cluster: Annotated[str, StringConstraints(max_length=63)]
+    """The cluster whose archive was replayed."""
+
+    archive: Annotated[str, StringConstraints(max_length=1024)]
+    """Where that archive is (s3://bucket/prefix...)."""
+
+    target_time: str | None = None
+    """The instant recovery stopped at (RFC 3339); the end of the archive when unset."""
+
+    recovered: bool
+    """Whether the recovery is over (CloudNativePG runs the recovered primary)."""
+
+
 class EncryptionStatus(StatusModel):
     """The cluster's key-encryption key (KEK), which wraps the data key of each database."""
 
@@ -597,6 +659,9 @@ class ManagedClusterStatus(StatusModel):
     continuous_archiving: ContinuousArchivingStatus | None = None
     """CloudNativePG's WAL archiving and base backups (mode Managed with spec.backup)."""
 
+    recovery: RecoveryStatus | None = None
+    """What the cluster was recovered from (spec.restore)."""
+
     encryption: EncryptionStatus | None = None
     """The key-encryption key: its id and version, never its material."""
 
@@ -625,6 +690,11 @@ MANAGED_CLUSTER = KindInfo(
             "size(self.metadata.name) <= 50",
             "a ManagedCluster name must be at most 50 characters: "
             "it prefixes Service and pod names",
+        ),
+        cel(
+            "!has(self.spec.restore) || self.spec.restore.fromCluster != self.metadata.name",
+            "spec.restore.fromCluster names another cluster: a cluster cannot be recovered "
+            "from its own archive",
         ),
     ),
 )

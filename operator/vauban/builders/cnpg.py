@@ -1,5 +1,6 @@
 """Desired objects of a managed ManagedCluster: CloudNativePG's `Cluster`, the superuser
-Secret and the NetworkPolicy. Pure: spec in, manifests out."""
+Secret, the NetworkPolicy, and the barman-cloud plugin's `ObjectStore`s of its continuous
+archive. Pure: spec in, manifests out."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from vauban.api.cluster import ClusterBackupPolicy, ManagedClusterSpec, ObjectStore
+from vauban.api.cluster import (
+    ClusterBackupPolicy,
+    ClusterRestore,
+    ManagedClusterSpec,
+    ObjectStore,
+)
 from vauban.api.common import API_VERSION, duration_seconds
 
 CNPG_GROUP = "postgresql.cnpg.io"
@@ -17,6 +23,16 @@ CNPG_PLURAL = "clusters"
 CNPG_CLUSTER_LABEL = "cnpg.io/cluster"
 POSTGRES_PORT = 5432
 CNPG_STATUS_PORT = 8000
+
+# CloudNativePG's WAL archiving and base backups through its barman-cloud plugin (CNPG-I): the
+# in-tree `barmanObjectStore` is deprecated upstream and goes with CloudNativePG 1.30's
+# successors.
+BARMAN_PLUGIN = "barman-cloud.cloudnative-pg.io"
+BARMAN_GROUP = "barmancloud.cnpg.io"
+BARMAN_VERSION = "v1"
+BARMAN_PLURAL = "objectstores"
+RECOVERY_SOURCE = "origin"
+"""The externalClusters entry a recovery reads from."""
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "vauban"}
 CLUSTER_LABEL = "vauban.dev/cluster"
@@ -124,40 +140,113 @@ def cluster(owner: Owner, spec: ManagedClusterSpec, *, image_repository: str) ->
     if spec.resources is not None:
         body["spec"]["resources"] = spec.resources.to_wire()
     if spec.backup is not None:
-        body["spec"]["backup"] = continuous_archiving(owner, spec.backup)
+        body["spec"]["plugins"] = [
+            {
+                "name": BARMAN_PLUGIN,
+                "isWALArchiver": True,
+                "parameters": {"barmanObjectName": archive_store_name(owner.name)},
+            }
+        ]
+    if spec.restore is not None:
+        recovery: dict[str, Any] = {"source": RECOVERY_SOURCE}
+        if spec.restore.target_time is not None:
+            recovery["recoveryTarget"] = {"targetTime": spec.restore.target_time}
+        body["spec"]["bootstrap"] = {"recovery": recovery}
+        body["spec"]["externalClusters"] = [
+            {
+                "name": RECOVERY_SOURCE,
+                "plugin": {
+                    "name": BARMAN_PLUGIN,
+                    "parameters": {
+                        "barmanObjectName": recovery_store_name(owner.name),
+                        "serverName": spec.restore.from_cluster,
+                    },
+                },
+            }
+        ]
     return body
 
 
-def archive_path(owner: Owner, store: ObjectStore) -> str:
-    """Where CloudNativePG archives WAL and base backups: beside the logical backups, under
-    the cluster's own prefix."""
-    parts = [store.prefix.strip("/"), owner.namespace, owner.name, "wal-archive"]
+def archive_path(namespace: str, cluster: str, store: ObjectStore) -> str:
+    """Where a cluster's WAL and base backups are archived: beside the logical backups, under
+    the cluster's own prefix (barman-cloud adds a folder named after the server)."""
+    parts = [store.prefix.strip("/"), namespace, cluster, "wal-archive"]
     return f"s3://{store.bucket}/" + "/".join(p for p in parts if p)
 
 
-def continuous_archiving(owner: Owner, policy: ClusterBackupPolicy) -> dict[str, Any]:
-    """CloudNativePG's barman-cloud archiving (WAL and base backups: point-in-time recovery
-    of the whole cluster), to the cluster's object store. Encrypted at rest by the bucket
-    (SSE): barman-cloud has no client-side encryption, unlike Vauban's logical backups."""
-    store = policy.object_store
+def archive_store_name(cluster: str) -> str:
+    """The ObjectStore a cluster archives to."""
+    return f"{cluster}-archive"
+
+
+def recovery_store_name(cluster: str) -> str:
+    """The ObjectStore a cluster made by spec.restore reads the other cluster's archive from."""
+    return f"{cluster}-recovery"
+
+
+def _object_store(
+    owner: Owner, name: str, path: str, store: ObjectStore, retention: str | None
+) -> dict[str, Any]:
     credentials = store.credentials_secret_ref.name
-    barman: dict[str, Any] = {
-        "destinationPath": archive_path(owner, store),
+    configuration: dict[str, Any] = {
+        "destinationPath": path,
         "s3Credentials": {
             "accessKeyId": {"name": credentials, "key": "accessKeyId"},
             "secretAccessKey": {"name": credentials, "key": "secretAccessKey"},
         },
-        "wal": {"compression": "gzip", "encryption": "AES256"},
-        "data": {"compression": "gzip", "encryption": "AES256"},
+        "wal": {"compression": "gzip"},
+        "data": {"compression": "gzip"},
     }
     if store.endpoint:
-        barman["endpointURL"] = store.endpoint
-    archiving: dict[str, Any] = {"barmanObjectStore": barman, "target": "prefer-standby"}
+        configuration["endpointURL"] = store.endpoint
+    spec: dict[str, Any] = {"configuration": configuration}
+    if retention is not None:
+        spec["retentionPolicy"] = retention
+    return {
+        "apiVersion": f"{BARMAN_GROUP}/{BARMAN_VERSION}",
+        "kind": "ObjectStore",
+        "metadata": {
+            "name": name,
+            "namespace": owner.namespace,
+            "labels": owner.labels(),
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": spec,
+    }
+
+
+def archive_store(owner: Owner, policy: ClusterBackupPolicy) -> dict[str, Any]:
+    """The barman-cloud plugin's ObjectStore of the cluster's continuous archive (WAL and base
+    backups: point-in-time recovery of the whole cluster), in the cluster's object store.
+    Encrypted at rest by the bucket: barman-cloud has no client-side encryption, unlike
+    Vauban's logical backups."""
+    retention = None
     if policy.retention is not None and policy.retention.max_age is not None:
-        # CloudNativePG counts in days, weeks or months; ours may be in hours: round up.
+        # barman-cloud counts in days, weeks or months; ours may be in hours: round up.
         days = max(1, -(-duration_seconds(policy.retention.max_age) // 86400))
-        archiving["retentionPolicy"] = f"{days}d"
-    return archiving
+        retention = f"{days}d"
+    return _object_store(
+        owner,
+        archive_store_name(owner.name),
+        archive_path(owner.namespace, owner.name, policy.object_store),
+        policy.object_store,
+        retention,
+    )
+
+
+def recovery_store(
+    owner: Owner, restore: ClusterRestore, policy: ClusterBackupPolicy
+) -> dict[str, Any]:
+    """The ObjectStore holding the archive spec.restore recovers: the other cluster's, found
+    where that cluster of the same namespace archived in this cluster's object store (with
+    this cluster's credentials: a tenant recovers only what its own credentials read)."""
+    return _object_store(
+        owner,
+        recovery_store_name(owner.name),
+        archive_path(owner.namespace, restore.from_cluster, policy.object_store),
+        policy.object_store,
+        None,
+    )
 
 
 def scheduled_backup_name(owner: Owner) -> str:
@@ -179,7 +268,8 @@ def scheduled_backup(owner: Owner, schedule: str) -> dict[str, Any]:
             # CloudNativePG's cron has a leading seconds field.
             "schedule": schedule if schedule.startswith("@") else f"0 {schedule}",
             "cluster": {"name": owner.name},
-            "method": "barmanObjectStore",
+            "method": "plugin",
+            "pluginConfiguration": {"name": BARMAN_PLUGIN},
             "backupOwnerReference": "self",
             "immediate": True,
         },

@@ -27,6 +27,7 @@ from vauban.handlers.publish import (
 )
 from vauban.reconcile.cluster import (
     ADMIN_SECRET_KEYS,
+    BARMAN_CRD,
     CNPG_CRD,
     Assessment,
     assess_external,
@@ -170,6 +171,20 @@ async def _reconcile_managed(
         else None
     )
 
+    archiver = spec.backup is not None and installed and await ctx.kube.crd_exists(BARMAN_CRD)
+    # The plugin's recovery window of a running cluster's archive, read for its status.
+    archive_store = (
+        await ctx.kube.read_custom(
+            cnpg.BARMAN_GROUP,
+            cnpg.BARMAN_VERSION,
+            cnpg.BARMAN_PLURAL,
+            owner.namespace,
+            cnpg.archive_store_name(owner.name),
+        )
+        if archiver and existing is not None
+        else None
+    )
+
     def assess(engine_cluster: Mapping[str, Any] | None) -> Assessment:
         return assess_managed(
             name=owner.name,
@@ -177,6 +192,8 @@ async def _reconcile_managed(
             spec=spec,
             engine_installed=installed,
             engine_cluster=engine_cluster,
+            archiver_installed=archiver,
+            archive_store=archive_store,
         )
 
     assessment = assess(existing)
@@ -188,6 +205,7 @@ async def _reconcile_managed(
     superuser = cnpg.superuser_secret(owner)
     if await ctx.kube.read_secret(owner.namespace, superuser["metadata"]["name"]) is None:
         await ctx.kube.create_secret_if_absent(superuser)
+    await _archive_stores(ctx, owner, spec)
     desired = cnpg.cluster(owner, spec, image_repository=ctx.settings.postgres_image_repository)
     applied = existing
     if existing is None or _changed(ctx, desired):
@@ -237,6 +255,20 @@ def rendered_object_event(ctx: Context, event: str, body: Mapping[str, Any]) -> 
         event == "DELETED" or recorded[1] != body["metadata"].get("generation")
     ):
         del ctx.rendered[key]
+
+
+async def _archive_stores(ctx: Context, owner: cnpg.Owner, spec: ManagedClusterSpec) -> None:
+    """The plugin's ObjectStores the Cluster names, applied before it: the archive it writes
+    (spec.backup) and the one it recovers from (spec.restore)."""
+    if spec.backup is None:
+        return
+    stores = [cnpg.archive_store(owner, spec.backup)]
+    if spec.restore is not None:
+        stores.append(cnpg.recovery_store(owner, spec.restore, spec.backup))
+    for store in stores:
+        if _changed(ctx, store):
+            applied = await ctx.kube.apply_custom(cnpg.BARMAN_PLURAL, store)
+            _applied(ctx, store, None if applied is None else applied["metadata"].get("generation"))
 
 
 async def _scheduled_base_backups(

@@ -19,6 +19,7 @@ from vauban.reconcile.compliance import ServerTls
 from vauban.timefmt import parse_rfc3339
 
 CNPG_CRD = f"{cnpg.CNPG_PLURAL}.{cnpg.CNPG_GROUP}"
+BARMAN_CRD = f"{cnpg.BARMAN_PLURAL}.{cnpg.BARMAN_GROUP}"
 
 # Keys of a kubernetes.io/basic-auth Secret, which CloudNativePG and PGO use too.
 ADMIN_SECRET_KEYS = ("username", "password")
@@ -52,8 +53,11 @@ def assess_managed(
     spec: ManagedClusterSpec,
     engine_installed: bool,
     engine_cluster: Mapping[str, Any] | None,
+    archiver_installed: bool = True,
+    archive_store: Mapping[str, Any] | None = None,
 ) -> Assessment:
-    """`engine_cluster` is CloudNativePG's Cluster as stored (None before it is created)."""
+    """`engine_cluster` is CloudNativePG's Cluster as stored (None before it is created);
+    `archive_store` the barman-cloud plugin's ObjectStore of its archive (spec.backup)."""
     if not engine_installed:
         return Assessment(
             Verdict(
@@ -62,6 +66,16 @@ def assess_managed(
                 f"CloudNativePG is not installed: the CRD {CNPG_CRD} is missing. Install "
                 "CloudNativePG (its CRDs and operator) to run mode Managed clusters, or adopt "
                 "an existing server with mode External.",
+            )
+        )
+    if spec.backup is not None and not archiver_installed:
+        return Assessment(
+            Verdict(
+                State.STALLED,
+                Reason.ARCHIVER_NOT_INSTALLED,
+                f"spec.backup archives WAL through CloudNativePG's barman-cloud plugin, which "
+                f"is not installed: the CRD {BARMAN_CRD} is missing. Install "
+                "plugin-barman-cloud beside CloudNativePG (docs/install.md).",
             )
         )
     assert spec.version is not None  # the CRD's CEL rules guarantee it for mode Managed
@@ -89,10 +103,14 @@ def assess_managed(
             fields=_engine_fields(name, namespace, engine_cluster),
         )
 
-    fields = _engine_fields(name, namespace, engine_cluster)
     status = engine_cluster.get("status", {})
     ready = _engine_ready(engine_cluster)
     ready_instances = int(status.get("readyInstances") or 0)
+    fields = {
+        **_engine_fields(name, namespace, engine_cluster),
+        "continuousArchiving": continuous_archiving(name, engine_cluster, archive_store),
+        "recovery": recovery(namespace, spec, recovered=ready or ready_instances > 0),
+    }
     if ready and ready_instances >= spec.instances:
         return Assessment(
             Verdict.ready(
@@ -103,14 +121,21 @@ def assess_managed(
             apply=True,
         )
     phase = status.get("phase") or "starting"
+    progress = f"CloudNativePG: {phase} ({ready_instances}/{spec.instances} instance(s) ready)."
+    if spec.restore is not None and not ready_instances:
+        target = spec.restore.target_time or "the end of the archive"
+        return Assessment(
+            Verdict(
+                State.PROGRESSING,
+                Reason.RECOVERING,
+                f"Recovering the archive of cluster {spec.restore.from_cluster} up to {target}. "
+                + progress,
+            ),
+            fields=fields,
+            apply=True,
+        )
     return Assessment(
-        Verdict(
-            State.PROGRESSING,
-            Reason.PROVISIONING,
-            f"CloudNativePG: {phase} ({ready_instances}/{spec.instances} instance(s) ready).",
-        ),
-        fields=fields,
-        apply=True,
+        Verdict(State.PROGRESSING, Reason.PROVISIONING, progress), fields=fields, apply=True
     )
 
 
@@ -134,25 +159,48 @@ def _engine_fields(name: str, namespace: str, engine_cluster: Mapping[str, Any])
         "version": running.rsplit(":", 1)[-1] if running else None,
         "endpoints": endpoints(name, namespace),
         "health": managed_health(engine_cluster),
-        "continuousArchiving": continuous_archiving(engine_cluster),
     }
 
 
-def continuous_archiving(engine_cluster: Mapping[str, Any]) -> dict[str, Any] | None:
-    """CloudNativePG's WAL archiving and base backups as it reports them; None when the
-    cluster has none configured."""
-    if not (engine_cluster.get("spec") or {}).get("backup"):
+def continuous_archiving(
+    name: str, engine_cluster: Mapping[str, Any], archive_store: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """WAL archiving and base backups as they are reported: whether archiving works by
+    CloudNativePG's ContinuousArchiving condition, the recovery window by the barman-cloud
+    plugin's ObjectStore (CloudNativePG's own firstRecoverabilityPoint is deprecated and not
+    updated for plugins). None when the cluster archives nothing."""
+    plugins = (engine_cluster.get("spec") or {}).get("plugins") or []
+    if not any(p.get("name") == cnpg.BARMAN_PLUGIN and p.get("isWALArchiver") for p in plugins):
         return None
     status = engine_cluster.get("status") or {}
     condition = next(
         (c for c in status.get("conditions") or [] if c.get("type") == "ContinuousArchiving"),
         None,
     )
+    windows = ((archive_store or {}).get("status") or {}).get("serverRecoveryWindow") or {}
+    window = windows.get(name) or {}
     found = {
         "archiving": None if condition is None else condition.get("status") == "True",
         "message": (condition or {}).get("message", "")[:512] or None,
-        "firstRecoverabilityPoint": status.get("firstRecoverabilityPoint"),
-        "lastSuccessfulBackup": status.get("lastSuccessfulBackup"),
+        "firstRecoverabilityPoint": window.get("firstRecoverabilityPoint"),
+        "lastSuccessfulBackup": window.get("lastSuccessfulBackupTime"),
+    }
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def recovery(namespace: str, spec: ManagedClusterSpec, *, recovered: bool) -> dict[str, Any] | None:
+    """What spec.restore recovers, and whether it is over: once an instance of the cluster is
+    ready, CloudNativePG's recovery job has replayed the archive and the primary runs,
+    promoted."""
+    if spec.restore is None or spec.backup is None:
+        return None
+    found = {
+        "fromCluster": spec.restore.from_cluster,
+        "archive": cnpg.archive_path(
+            namespace, spec.restore.from_cluster, spec.backup.object_store
+        ),
+        "targetTime": spec.restore.target_time,
+        "recovered": recovered,
     }
     return {k: v for k, v in found.items() if v is not None}
 
