@@ -195,8 +195,7 @@ async def post_event(
     """An Event on the object: for transitions, and for actions a person audits (what was
     created, credentials rotated). Messages never carry secrets."""
     meta = body["metadata"]
-    await events.post(
-        ctx.kube.core,
+    await ctx.kube.post_event(
         kind=kind.kind,
         namespace=meta["namespace"],
         name=meta["name"],

@@ -23,7 +23,7 @@ from vauban.handlers import keys
 from vauban.handlers.backups.agents import delete_agent_object
 from vauban.handlers.backups.ledger import DEK_SECRET_PREFIX, database_of
 from vauban.handlers.backups.runs import reconcile
-from vauban.handlers.backups.store import backup_policy_of, bucket, store_of
+from vauban.handlers.backups.store import backup_policy_of, store_of
 from vauban.handlers.context import Context
 from vauban.handlers.publish import post_event
 from vauban.reconcile.backup import (
@@ -144,8 +144,9 @@ async def _purge(
             return
         prefix = store.database_prefix(database) + "/"
         try:
-            for location in await asyncio.to_thread(bucket(store).locations, prefix):
-                await asyncio.to_thread(bucket(store).delete_backup, location)
+            bucket = ctx.buckets(store)
+            for location in await asyncio.to_thread(bucket.locations, prefix):
+                await asyncio.to_thread(bucket.delete_backup, location)
         except ObjectLocked as e:
             logger.info("purge of %s waits: %s", purge.secret, e)
             return

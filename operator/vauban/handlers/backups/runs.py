@@ -23,7 +23,7 @@ from vauban.builders.keys import data_key_secret_name
 from vauban.conditions import Reason, State, Verdict
 from vauban.handlers.backups.agents import backup_run, job_ended, our_job
 from vauban.handlers.backups.ledger import Placement, database_store, place, write_ledger
-from vauban.handlers.backups.store import bucket, manifest_fields
+from vauban.handlers.backups.store import manifest_fields
 from vauban.handlers.context import Context, ObjectKey, fingerprint
 from vauban.handlers.envelope import Envelope
 from vauban.handlers.publish import awaiting_finalizer, parse_spec, post_event, publish
@@ -338,7 +338,7 @@ async def finalize(ctx: Context, body: Mapping[str, Any]) -> None:
         return
     if spec.get("deletionPolicy", "Delete") == "Delete":
         try:
-            await asyncio.to_thread(bucket(placed.store).delete_backup, placed.location)
+            await asyncio.to_thread(ctx.buckets(placed.store).delete_backup, placed.location)
         except ObjectLocked as e:
             # The lock is the point: the object outlives this record, and the bucket's
             # lifecycle rules remove it once the lock ends.

@@ -128,7 +128,7 @@ async def for_database(
         await delete_agent_object(ctx, "CronJob", namespace, cronjob)
 
     try:
-        stored = await asyncio.to_thread(list_authentic, store, database, key)
+        stored = await asyncio.to_thread(list_authentic, ctx, store, database, key)
     except StorageError as e:
         return _not_healthy(Reason.BACKUP_NOT_CONFIGURED, f"The bucket cannot be listed: {e}.")
     mine = [

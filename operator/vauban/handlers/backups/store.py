@@ -11,7 +11,6 @@ from vauban import timefmt
 from vauban.api.cluster import MANAGED_CLUSTER, ClusterBackupPolicy, ManagedClusterSpec, ObjectStore
 from vauban.backup.manifest import Manifest, ManifestNotAuthentic
 from vauban.backup.storage import InvalidManifest
-from vauban.backup.storage import ObjectStore as Bucket
 from vauban.builders import backup as build
 from vauban.handlers.context import Context
 
@@ -51,16 +50,6 @@ async def store_of(ctx: Context, cluster_namespace: str, spec: ObjectStore) -> b
     )
 
 
-def bucket(store: build.Store) -> Bucket:
-    return Bucket(
-        endpoint=store.endpoint,
-        region=store.region,
-        bucket=store.bucket,
-        access_key_id=store.access_key_id,
-        secret_access_key=store.secret_access_key,
-    )
-
-
 def _authentic(manifest: Manifest, key: build.DataKey) -> bool:
     if manifest.data_key_id != key.key_id:
         return False
@@ -72,10 +61,12 @@ def _authentic(manifest: Manifest, key: build.DataKey) -> bool:
     return True
 
 
-def read_authentic(store: build.Store, location: str, key: build.DataKey) -> Manifest | None:
+def read_authentic(
+    ctx: Context, store: build.Store, location: str, key: build.DataKey
+) -> Manifest | None:
     """The manifest at `location` if it exists and authenticates with `key` (blocking)."""
     try:
-        manifest = bucket(store).read_manifest(location)
+        manifest = ctx.buckets(store).read_manifest(location)
     except InvalidManifest as e:
         logger.warning("ignoring a backup: %s", e)
         return None
@@ -83,13 +74,13 @@ def read_authentic(store: build.Store, location: str, key: build.DataKey) -> Man
 
 
 def list_authentic(
-    store: build.Store, database: build.Database, key: build.DataKey
+    ctx: Context, store: build.Store, database: build.Database, key: build.DataKey
 ) -> dict[str, Manifest]:
     """The authenticated backups of one incarnation, by Job (blocking)."""
     prefix = store.database_prefix(database) + "/"
     return {
         m.location.rsplit("/", 1)[-1]: m
-        for m in bucket(store).list_manifests(prefix)
+        for m in ctx.buckets(store).list_manifests(prefix)
         if m.location.startswith(prefix) and _authentic(m, key)
     }
 

@@ -22,12 +22,12 @@ from vauban.conditions import DomainCondition, Reason, State, Verdict
 from vauban.engines.postgres import catalog as pg
 from vauban.engines.postgres import registry
 from vauban.engines.postgres.plan import Catalog, Desired, Login, Plan, extensions_plan, plan
-from vauban.engines.postgres.probe import check_login
 from vauban.engines.postgres.scram import new_password, verifier
 from vauban.handlers.backups import restore, schedules
 from vauban.handlers.context import Context
 from vauban.handlers.databases import stored
 from vauban.handlers.databases.connection import Connection, connect, database_error
+from vauban.handlers.ports import AdminSession
 from vauban.handlers.publish import post_event
 from vauban.reconcile import provision as decision
 from vauban.reconcile.cluster import ProbeOutcome
@@ -106,7 +106,7 @@ async def _on_server(
     usage; or the verdict that stopped it."""
     meta = body["metadata"]
     now = timefmt.now()
-    async with pg.session(connection.admin) as server:
+    async with ctx.servers.admin(connection.admin) as server:
         found = await ctx.kube.read_secret_and_owners(meta["namespace"], secret_name(meta["name"]))
         secret = (
             None if found is None else decision.SecretFound(meta.get("uid") in found[1], found[0])
@@ -120,7 +120,7 @@ async def _on_server(
         decided = decision.plan_provision(view)
         if decided.claim is not None:
             try:
-                await registry.claim(server.connection, decided.claim)
+                await server.claim(decided.claim)
             except registry.NamesTaken:
                 return decision.claim_lost(spec)
         if isinstance(decided, decision.Refused):
@@ -133,7 +133,7 @@ async def _on_server(
 
 
 async def _observe(
-    server: pg.Server,
+    server: AdminSession,
     body: Mapping[str, Any],
     spec: ManagedDatabaseSpec,
     cluster: ClusterView,
@@ -146,10 +146,10 @@ async def _observe(
     engines.postgres.plan computes the SQL."""
     meta = body["metadata"]
     uid = str(meta["uid"])
-    record = await registry.record_of(server.connection, uid)
+    record = await server.record_of(uid)
     held = None
     if record is None:
-        held = await registry.holder_of(server.connection, spec.database_name, spec.owner)
+        held = await server.holder_of(spec.database_name, spec.owner)
     catalog = await server.catalog(spec.database_name, decision.roles_to_read(spec.owner, record))
     view = decision.ProvisionView(
         namespace=meta["namespace"],
@@ -174,17 +174,16 @@ async def _observe(
 
 async def _carry_out(
     ctx: Context,
-    server: pg.Server,
+    server: AdminSession,
     connection: Connection,
     view: decision.ProvisionView,
     steps: decision.Provision,
     catalog: Catalog,
 ) -> Plan | Verdict:
     """The plan's steps, once its names are claimed: the SQL that ran, or why it stopped."""
-    conn = server.connection
     credentials, state = steps.credentials, steps.server
     if credentials.new_login:
-        await registry.add_login(conn, view.uid, credentials.login, credentials.generation)
+        await server.add_login(view.uid, credentials.login, credentials.generation)
     desired = Desired(
         database=state.database,
         owner=state.owner,
@@ -195,26 +194,26 @@ async def _carry_out(
     sql_plan = plan(desired, catalog)
     await server.run(sql_plan.server)
     await server.run(sql_plan.retire)
-    await registry.forget_logins(conn, view.uid, credentials.retire_now)
+    await server.forget_logins(view.uid, credentials.retire_now)
     # The login role exists before the Secret names it: an application never reads
     # credentials the server does not accept yet.
     if steps.secret is not None:
         await ctx.kube.apply_secret(steps.secret)
-    await registry.published(conn, view.uid, credentials.login, credentials.retiring)
+    await server.published(view.uid, credentials.login, credentials.retiring)
     if steps.rotated_at is not None:
-        await registry.rotated(conn, view.uid, steps.rotation_token, steps.rotated_at)
+        await server.rotated(view.uid, steps.rotation_token, steps.rotated_at)
     if steps.extensions is not None:
-        ran = await _extensions(connection, view, steps)
+        ran = await _extensions(ctx, connection, view, steps)
         if isinstance(ran, Verdict):
             return ran
         sql_plan.database.extend(ran)
         if steps.extensions.changed:
-            await registry.set_extensions(conn, view.uid, steps.extensions.wanted)
+            await server.set_extensions(view.uid, steps.extensions.wanted)
     return sql_plan
 
 
 async def _extensions(
-    connection: Connection, view: decision.ProvisionView, steps: decision.Provision
+    ctx: Context, connection: Connection, view: decision.ProvisionView, steps: decision.Provision
 ) -> list[sql.Composed] | Verdict:
     """Create and drop extensions in a session of the tenant's own login: whatever the tenant
     planted in its database runs with its privileges, never the admin's. The statements run,
@@ -222,7 +221,7 @@ async def _extensions(
     assert steps.extensions is not None
     wanted, managed = steps.extensions.wanted, steps.extensions.managed
     try:
-        async with pg.tenant_session(
+        async with ctx.servers.tenant(
             connection.admin.address, steps.server.login, steps.password, steps.server.database
         ) as tenant:
             present = await tenant.extensions()
@@ -253,7 +252,7 @@ async def _login_accepted(
     """Log in as the tenant, as an application would. A refusal leaves the database Ready
     (the operator may come through another pg_hba path than the applications) but is said,
     once, with what to do. None when the server could not be asked."""
-    outcome = await check_login(connection.admin.address, username, password, dbname)
+    outcome = await ctx.servers.check_login(connection.admin.address, username, password, dbname)
     if outcome.outcome is ProbeOutcome.UNREACHABLE:
         return None
     accepted = outcome.outcome is ProbeOutcome.OK

@@ -12,7 +12,6 @@ import psycopg
 
 from vauban.api.database import MANAGED_DATABASE
 from vauban.conditions import Verdict
-from vauban.engines.postgres import catalog as pg
 from vauban.handlers.context import Context
 from vauban.handlers.databases import stored
 from vauban.handlers.databases.connection import connect, tell_cluster
@@ -53,7 +52,7 @@ async def probe(ctx: Context, cluster: ClusterView, bodies: Iterable[Mapping[str
     try:
         async with ctx.server_slots[(cluster.namespace, cluster.name)]:
             async with asyncio.timeout(USAGE_DEADLINE_SECONDS):
-                async with pg.session(connection.admin) as server:
+                async with ctx.servers.admin(connection.admin) as server:
                     found = await server.usage(
                         {db for _, db, _ in watched}, {r for _, _, r in watched}
                     )
