@@ -15,7 +15,7 @@ from vauban import timefmt
 from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
 from vauban.builders import cnpg
 from vauban.conditions import Reason, State, Verdict
-from vauban.engines.postgres.probe import ServerAddress, probe
+from vauban.engines.postgres.probe import ServerAddress
 from vauban.handlers import posture as posture_
 from vauban.handlers.context import NEVER, Context, ObjectKey, fingerprint
 from vauban.handlers.envelope import Envelope
@@ -281,7 +281,7 @@ async def _assess_external(
                     f"does not exist or lacks the key {external.ca_secret_ref.key}.",
                 )
                 return Assessment(missing), ServerTls.not_observed("no CA to verify it with")
-        server_probe = await probe(
+        server_probe = await ctx.servers.probe(
             ServerAddress(external.host, external.port, external.ssl_mode, ca_pem),
             credentials["username"],
             credentials["password"],

@@ -158,6 +158,18 @@ class DatabaseServers(Protocol):
     async def check_login(
         self, address: ServerAddress, username: str, password: str, dbname: str
     ) -> ServerProbe: ...
+    async def probe(
+        self,
+        address: ServerAddress,
+        username: str,
+        password: str,
+        *,
+        health: bool = False,
+        tls: bool = False,
+        parameters: Sequence[str] = (),
+    ) -> ServerProbe:
+        """The admin's role, and as asked the server's load, TLS and running parameters."""
+        ...
 
 
 class Bucket(Protocol):

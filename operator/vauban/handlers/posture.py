@@ -22,7 +22,7 @@ from vauban.api.common import duration_seconds
 from vauban.builders import cnpg
 from vauban.builders.keys import KekOwner
 from vauban.conditions import ConditionType, DomainCondition, Reason, State, Verdict
-from vauban.engines.postgres.probe import ServerAddress, probe
+from vauban.engines.postgres.probe import ServerAddress
 from vauban.handlers import keys
 from vauban.handlers.context import Bodies, Context
 from vauban.handlers.publish import post_event
@@ -92,7 +92,7 @@ async def managed_probe(
     address = ServerAddress(
         cnpg.primary_host(name, namespace), cnpg.POSTGRES_PORT, "verify-full", ca.get("ca.crt")
     )
-    return await probe(
+    return await ctx.servers.probe(
         address, login["username"], login["password"], tls=tls, parameters=parameters
     )
 

@@ -3,6 +3,7 @@ the admin's session with the registry, a tenant's session, a tenant's login chec
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 
 from vauban.engines.postgres import catalog, probe
@@ -24,3 +25,17 @@ class PostgresServers:
         self, address: probe.ServerAddress, username: str, password: str, dbname: str
     ) -> ServerProbe:
         return await probe.check_login(address, username, password, dbname)
+
+    async def probe(
+        self,
+        address: probe.ServerAddress,
+        username: str,
+        password: str,
+        *,
+        health: bool = False,
+        tls: bool = False,
+        parameters: Sequence[str] = (),
+    ) -> ServerProbe:
+        return await probe.probe(
+            address, username, password, health=health, tls=tls, parameters=parameters
+        )
