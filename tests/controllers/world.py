@@ -12,7 +12,7 @@ import asyncio
 import base64
 import secrets
 from collections.abc import Coroutine, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from controllers.fakes import FakeBuckets, FakeKeyProvider, FakeKube, FakeServer, FakeServers
@@ -59,6 +59,7 @@ class World:
             key_providers={"kubernetes-secret": self.keys},
         )
         self.loop = asyncio.new_event_loop()
+        self._manifests = 0
 
     def close(self) -> None:
         self.loop.close()
@@ -182,12 +183,27 @@ class World:
             if job["metadata"]["labels"].get(build.OPERATION_LABEL) == operation
         )
 
-    def finish_job(self, job: str, *, succeed: bool = True, message: str = "") -> None:
-        """The Job ends as the agent would end it: on success its manifest, sealed with the
-        data key of its Secret, is in the bucket first."""
+    def cron_run(self, cronjob: str, job: str) -> None:
+        """The CronJob controller starts a Job from the CronJob's template."""
+        template = self.kube.cronjobs[(self.settings.namespace, cronjob)]["spec"]["jobTemplate"]
+        body = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {**template["metadata"], "name": job, "namespace": self.settings.namespace},
+            "spec": template["spec"],
+        }
+        self.run(self.kube.create_job(body))
+
+    def finish_job(
+        self, job: str, *, succeed: bool = True, message: str = "", manifest: bool = True
+    ) -> None:
+        """The Job ends as the agent would end it: on success of a backup, its manifest,
+        sealed with the data key of its Secret, is in the bucket first (unless `manifest`
+        is False: an agent that claims a success it did not write)."""
         key = (self.settings.namespace, job)
         body = self.kube.jobs[key]
-        if succeed and body["metadata"]["labels"].get(build.OPERATION_LABEL) == "backup":
+        operation = body["metadata"]["labels"].get(build.OPERATION_LABEL)
+        if succeed and manifest and operation == "backup":
             self._write_manifest(body, job)
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         condition = {"type": "Complete" if succeed else "Failed", "status": "True"}
@@ -205,7 +221,9 @@ class World:
         env = self.kube.secrets[(self.settings.namespace, secret)].values
         location = next(e["value"] for e in container["env"] if e["name"] == "VAUBAN_LOCATION")
         location = location.replace("$(VAUBAN_JOB_NAME)", name)
-        now = datetime.now(UTC)
+        # A minute apart, in the order they are written: retention orders by finish time.
+        self._manifests += 1
+        now = datetime.now(UTC) - timedelta(minutes=60 - self._manifests)
         manifest = Manifest(
             backup_id=secrets.token_hex(16),
             location=location,
