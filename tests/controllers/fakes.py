@@ -42,6 +42,7 @@ from vauban.kms import KekNotFound, WrongKey
 from vauban.kube.events import EventType
 from vauban.reconcile.cluster import ProbeOutcome, ServerProbe
 from vauban.reconcile.records import DatabaseRecord, LoginRecord
+from vauban.settings import FINALIZER
 
 Key = tuple[str, str, str]
 """(plural or kind, namespace, name)."""
@@ -112,7 +113,7 @@ class FakeKube:
             new_meta.setdefault("uid", str(uuid.uuid4()))
             new_meta.setdefault("generation", 1)
             new_meta.setdefault("creationTimestamp", timefmt.now_rfc3339())
-            new_meta.setdefault("finalizers", ["vauban.dev/finalizer"])
+            new_meta.setdefault("finalizers", [FINALIZER])
         else:
             old = stored["metadata"]
             new_meta["uid"] = old["uid"]
@@ -184,6 +185,8 @@ class FakeKube:
         obj["metadata"].setdefault("uid", str(uuid.uuid4()))
         obj["metadata"].setdefault("generation", 1)
         obj["metadata"].setdefault("creationTimestamp", timefmt.now_rfc3339())
+        # kopf puts Vauban's finalizer on at the first event, which this fake does not send.
+        obj["metadata"].setdefault("finalizers", [FINALIZER])
         self.objects[key] = obj
         return True
 

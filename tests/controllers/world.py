@@ -22,7 +22,7 @@ from vauban.api.database import MANAGED_DATABASE
 from vauban.backup.manifest import Manifest
 from vauban.builders import backup as build
 from vauban.handlers import cluster
-from vauban.handlers.backups import runs
+from vauban.handlers.backups import purge, runs
 from vauban.handlers.context import Context
 from vauban.handlers.databases import deletion, lifecycle
 from vauban.handlers.publish import snapshot
@@ -165,6 +165,9 @@ class World:
         body["metadata"]["deletionTimestamp"] = datetime.now(UTC).isoformat()
         self.run(deletion.finalize(self.ctx, body, self.clusters()))
         self.kube.remove(MANAGED_DATABASE, NAMESPACE, name)
+
+    def purge_expired(self, now: datetime) -> None:
+        self.run(purge.purge_expired(self.ctx, self.backups_by_database(), now))
 
     def reconcile_backup(self, name: str) -> dict[str, Any]:
         self.run(runs.reconcile(self.ctx, self.kube.get(MANAGED_BACKUP, NAMESPACE, name)))
