@@ -12,7 +12,7 @@ import kopf
 from pydantic import ValidationError
 
 from vauban import timefmt
-from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
+from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec, ManagedClusterStatus
 from vauban.builders import cnpg
 from vauban.conditions import Reason, State, Verdict
 from vauban.engines.postgres.probe import ServerAddress
@@ -95,7 +95,7 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
         MANAGED_CLUSTER,
         body,
         assessment.verdict,
-        fields={**assessment.fields, **posture.fields},
+        fields=ManagedClusterStatus.model_validate({**assessment.fields, **posture.fields}),
         domain=posture.conditions,
     )
     for event in (

@@ -5,9 +5,9 @@ complete."""
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from vauban import timefmt
+from vauban.api.backup import ManagedBackupStatus
 from vauban.api.cluster import MANAGED_CLUSTER, ClusterBackupPolicy, ManagedClusterSpec, ObjectStore
 from vauban.backup.manifest import Manifest, ManifestNotAuthentic
 from vauban.backup.storage import InvalidManifest
@@ -85,17 +85,18 @@ def list_authentic(
     }
 
 
-def manifest_fields(manifest: Manifest) -> dict[str, Any]:
-    return {
-        "startedAt": timefmt.rfc3339(manifest.started_at),
-        "finishedAt": timefmt.rfc3339(manifest.finished_at),
-        "sizeBytes": manifest.stored_bytes,
-        "dumpBytes": manifest.dump_bytes,
-        "sha256": manifest.sha256,
-        "dataKeyId": manifest.data_key_id,
-        "serverVersion": manifest.server_version,
-        "tables": len(manifest.tables),
-        "retainUntil": (
+def manifest_status(manifest: Manifest) -> ManagedBackupStatus:
+    """What a ManagedBackup's status shows of its authenticated manifest."""
+    return ManagedBackupStatus(
+        started_at=timefmt.rfc3339(manifest.started_at),
+        finished_at=timefmt.rfc3339(manifest.finished_at),
+        size_bytes=manifest.stored_bytes,
+        dump_bytes=manifest.dump_bytes,
+        sha256=manifest.sha256,
+        data_key_id=manifest.data_key_id,
+        server_version=manifest.server_version,
+        tables=len(manifest.tables),
+        retain_until=(
             timefmt.rfc3339(manifest.object_lock.retain_until) if manifest.object_lock else None
         ),
-    }
+    )

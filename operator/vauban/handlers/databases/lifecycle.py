@@ -12,7 +12,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from vauban import timefmt
-from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
+from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec, ManagedDatabaseStatus
 from vauban.conditions import DomainCondition, Reason, State, Verdict
 from vauban.handlers.context import NEVER, Context
 from vauban.handlers.databases import provision, stored, suspension
@@ -85,7 +85,9 @@ async def _reconcile(
     verdict = await _assess(ctx, namespace, spec, cluster)
     # What the server's record said last stays displayed while it cannot be read (a cluster
     # not ready): display only, every decision reads the record itself.
-    fields: dict[str, Any] = {**stored.kept(body.get("status") or {}), "cluster": "/".join(key)}
+    fields = stored.kept(body.get("status") or {}).merged(
+        ManagedDatabaseStatus(cluster="/".join(key))
+    )
     domain: list[DomainCondition] = []
     if cluster is not None and cluster.spec is not None:
         placement = compliance.placement(cluster.spec.compliance.profile, spec.data_classification)
@@ -105,7 +107,7 @@ async def _reconcile(
             verdict, provisioned, backup_conditions = await provision.provision(
                 ctx, body, spec, cluster, cluster.spec, limit, backups
             )
-            fields.update(provisioned)
+            fields = fields.merged(provisioned)
             domain += backup_conditions
     elif verdict.reason is Reason.NAMESPACE_NOT_ALLOWED and cluster and cluster.spec:
         verdict = await suspension.refused(ctx, body, spec, cluster, cluster.spec, verdict)
@@ -158,11 +160,11 @@ def settled(ctx: Context, body: Mapping[str, Any]) -> bool:
     rotation request, and was reconciled by this process within the probe interval. The
     events of Vauban's own status writes are such events; reconciling them again would
     re-read the server and, with a session count that moved, write status again."""
-    credentials = (body.get("status") or {}).get("credentials") or {}
+    credentials = stored.status(body).credentials
     token = (body["metadata"].get("annotations") or {}).get(ROTATE_ANNOTATION)
     return (
         ready_for_generation(body)
-        and token == credentials.get("rotationToken")
+        and token == (credentials.rotation_token if credentials else None)
         and not due(ctx, body)
     )
 

@@ -15,7 +15,7 @@ from psycopg import sql
 
 from vauban import timefmt
 from vauban.api.cluster import ManagedClusterSpec
-from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
+from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec, ManagedDatabaseStatus
 from vauban.builders.backup import AgentLogin
 from vauban.builders.credentials import Endpoint, secret_name
 from vauban.conditions import DomainCondition, Reason, State, Verdict
@@ -45,21 +45,22 @@ async def provision(
     cluster_spec: ManagedClusterSpec,
     connection_limit: int,
     backups: Index,
-) -> tuple[Verdict, dict[str, Any], list[DomainCondition]]:
-    """The verdict, the status fields to write (none on a failure: what status showed stays,
+) -> tuple[Verdict, ManagedDatabaseStatus, list[DomainCondition]]:
+    """The verdict, the status observed (nothing on a failure: what status showed stays,
     the caller keeps it) and the backup conditions."""
+    nothing = ManagedDatabaseStatus()
     connection = await connect(ctx, cluster, cluster_spec, spec.database_name)
     if isinstance(connection, Verdict):
-        return connection, {}, []
+        return connection, nothing, []
     try:
         done = await _on_server(ctx, connection, body, spec, cluster, connection_limit)
     except psycopg.Error as e:
-        return database_error(e), {}, []
+        return database_error(e), nothing, []
     except registry.RegistryUnusable as e:
         verdict = Verdict(State.STALLED, Reason.REGISTRY_UNAVAILABLE, f"Vauban's registry: {e}")
-        return verdict, {}, []
+        return verdict, nothing, []
     if isinstance(done, Verdict):
-        return done, {}, []
+        return done, nothing, []
     steps, applied, usage = done
     # A change to a provisioned database is an Event of its own; a first provisioning is
     # told by the Event of the transition to Ready (one write per object less at scale).
@@ -68,29 +69,31 @@ async def provision(
         await post_event(ctx, MANAGED_DATABASE, body, "Normal", "Provisioned", summary)
     for event in steps.events:
         await post_event(ctx, MANAGED_DATABASE, body, event.type, event.reason, event.message)
-    credentials = dict(steps.fields["credentials"])
-    if cluster_spec.external is not None:
+    credentials = steps.status.credentials
+    if cluster_spec.external is not None and credentials is not None:
         accepted = await _login_accepted(
             ctx, body, connection, steps.server.login, steps.password, spec.database_name
         )
         if accepted is not None:
-            credentials["accepted"] = accepted
-    fields: dict[str, Any] = {
-        **steps.fields,
-        "credentials": credentials,
-        "sizeBytes": usage.size_bytes if usage else None,
-        "connections": usage.connections if usage else None,
-    }
+            credentials = credentials.model_copy(update={"accepted": accepted})
     logins = _agent_logins(connection, steps.server.login, steps.password, spec.database_name)
-    restoring, fields["restore"] = await restore.advance(
+    restoring, restored = await restore.advance(
         ctx, body, spec, cluster, cluster_spec, logins.tenant, backups
     )
+    status = steps.status.merged(
+        ManagedDatabaseStatus(
+            credentials=credentials,
+            size_bytes=usage.size_bytes if usage else None,
+            connections=usage.connections if usage else None,
+            restore=restored,
+        )
+    )
     if restoring is not None:
-        return restoring, fields, []
+        return restoring, status, []
     mine = list(backups.get((body["metadata"]["namespace"], body["metadata"]["name"]), ()))
     outcome = await schedules.for_database(ctx, body, spec, cluster, cluster_spec, logins, mine)
-    fields["backup"] = outcome.fields if outcome else None
-    return steps.ready, fields, outcome.conditions if outcome else []
+    status = status.merged(ManagedDatabaseStatus(backup=outcome.status if outcome else None))
+    return steps.ready, status, outcome.conditions if outcome else []
 
 
 async def _on_server(
@@ -256,7 +259,8 @@ async def _login_accepted(
     if outcome.outcome is ProbeOutcome.UNREACHABLE:
         return None
     accepted = outcome.outcome is ProbeOutcome.OK
-    before = ((body.get("status") or {}).get("credentials") or {}).get("accepted")
+    shown = stored.status(body).credentials
+    before = shown.accepted if shown else None
     if not accepted and before is not False:
         await post_event(
             ctx,

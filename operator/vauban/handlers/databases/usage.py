@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from vauban.api.database import MANAGED_DATABASE
+from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseStatus
 from vauban.conditions import Verdict
 from vauban.handlers.context import Context
 from vauban.handlers.databases import stored
@@ -70,4 +70,11 @@ async def probe(ctx: Context, cluster: ClusterView, bodies: Iterable[Mapping[str
         status = body.get("status") or {}
         ctx.metrics.observe(MANAGED_DATABASE.kind, *stored.key(body)[1:], {**status, **fields})
         if usage_moved(status, fields):
-            await refresh(ctx, MANAGED_DATABASE, body, fields)
+            await refresh(
+                ctx,
+                MANAGED_DATABASE,
+                body,
+                ManagedDatabaseStatus(
+                    size_bytes=measured.size_bytes, connections=measured.connections
+                ),
+            )
