@@ -25,6 +25,7 @@ from vauban.conditions import ConditionType, DomainCondition, Reason, State, Ver
 from vauban.engines.postgres.probe import ServerAddress
 from vauban.handlers import keys
 from vauban.handlers.context import Bodies, Context
+from vauban.handlers.databases import stored
 from vauban.handlers.publish import post_event
 from vauban.reconcile import compliance
 from vauban.reconcile.cluster import ProbeOutcome, ServerProbe
@@ -122,12 +123,6 @@ async def _network_policy(
     )
 
 
-def _provisioned(database: Mapping[str, Any]) -> bool:
-    """Whether the database was created on the server (its credentials exist): one refused
-    by the cluster has no backups to judge."""
-    return bool(((database.get("status") or {}).get("credentials") or {}).get("username"))
-
-
 def database_backups(
     spec: ManagedClusterSpec, databases: Iterable[Mapping[str, Any]], backups: Bodies
 ) -> list[compliance.DatabaseBackups]:
@@ -138,7 +133,8 @@ def database_backups(
             db, backups.get((db["metadata"]["namespace"], db["metadata"]["name"]), ()), schedule
         )
         for db in databases
-        if _provisioned(db) and not db["metadata"].get("deletionTimestamp")
+        # One refused by the cluster was never created: it has no backups to judge.
+        if stored.provisioned(db) and not db["metadata"].get("deletionTimestamp")
     ]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from vauban.api.cluster import ManagedClusterSpec
 from vauban.api.common import duration_seconds
-from vauban.api.database import ManagedDatabaseSpec
+from vauban.api.database import CredentialsStatus, ManagedDatabaseSpec
 from vauban.conditions import Reason, State, Verdict
 from vauban.reconcile.records import DatabaseRecord, LoginRecord
 from vauban.reconcile.tenancy import namespace_allowed
@@ -263,15 +263,19 @@ def plan_credentials(
     return CredentialsPlan(login, generation, new, retiring, tuple(sorted(retire_now)))
 
 
-def timers_due(status: Mapping[str, Any], spec: Mapping[str, Any], now: datetime) -> bool:
+def timers_due(
+    credentials: CredentialsStatus | None, rotation_period: str | None, now: datetime
+) -> bool:
     """Whether time alone calls for a reconcile: retiring logins past their grace period, or
-    a rotation period elapsed."""
-    credentials = status.get("credentials") or {}
-    retire_after = parse_rfc3339(credentials.get("retireAfter"))
-    if credentials.get("retiring") and retire_after is not None and now >= retire_after:
+    a rotation period elapsed. `credentials` as status shows them: a timer read from a
+    forged status costs a reconcile, never a decision (the record decides)."""
+    if credentials is None:
+        return False
+    retire_after = parse_rfc3339(credentials.retire_after)
+    if credentials.retiring and retire_after is not None and now >= retire_after:
         return True
-    period = (spec.get("credentials") or {}).get("rotationPeriod")
-    last = parse_rfc3339(credentials.get("lastRotation"))
+    period = rotation_period
+    last = parse_rfc3339(credentials.last_rotation)
     return bool(
         period and last is not None and now >= last + timedelta(seconds=duration_seconds(period))
     )

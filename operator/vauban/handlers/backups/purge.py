@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 
 from vauban import timefmt
-from vauban.api.backup import MANAGED_BACKUP
+from vauban.api.backup import MANAGED_BACKUP, ManagedBackupStatus
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
 from vauban.backup.storage import ObjectLocked, StorageError
 from vauban.builders import backup as build
@@ -58,8 +58,10 @@ async def final_backup(ctx: Context, body: Mapping[str, Any]) -> None:
             f"Taking the final backup {name} before the database goes.",
         )
     found = await ctx.kube.read(MANAGED_BACKUP, meta["namespace"], name)
-    phase = ((found or {}).get("status") or {}).get("phase")
-    if found is not None and phase not in (SUCCEEDED, FAILED):
+    if found is not None and ManagedBackupStatus.parse(found.get("status")).phase not in (
+        SUCCEEDED,
+        FAILED,
+    ):
         await reconcile(ctx, found)
         raise kopf.TemporaryError(f"waiting for the final backup {name}", delay=5)
 

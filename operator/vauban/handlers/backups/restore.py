@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from vauban import timefmt
-from vauban.api.backup import MANAGED_BACKUP
+from vauban.api.backup import MANAGED_BACKUP, ManagedBackupStatus
 from vauban.api.cluster import ManagedClusterSpec
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec, RestoreStatus
 from vauban.builders import backup as build
@@ -68,7 +68,7 @@ async def _restore_source(
                 Reason.RESTORE_FAILED if placed.reason == Reason.KEY_MISSING else placed.reason,
                 f"Cannot restore {name}: {placed.message}",
             )
-        return name, placed, (found.get("status") or {}).get("phase")
+        return name, placed, ManagedBackupStatus.parse(found.get("status")).phase
     assert spec.restore.database_ref is not None
     source = spec.restore.database_ref.name
     candidates: list[tuple[datetime, str, Placement]] = []

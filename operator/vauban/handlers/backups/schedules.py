@@ -29,6 +29,7 @@ from vauban.handlers.backups.agents import (
 from vauban.handlers.backups.ledger import database_of, location_of
 from vauban.handlers.backups.store import list_authentic, manifest_status, store_of
 from vauban.handlers.context import Context
+from vauban.handlers.databases.stored import status as stored_status
 from vauban.handlers.publish import post_event
 from vauban.reconcile.backup import (
     BackupRecord,
@@ -89,9 +90,9 @@ async def for_database(
     policy = cluster_spec.backup
     database = database_of(body)
     namespace = ctx.settings.namespace
-    previous = (body.get("status") or {}).get("backup") or {}
+    previous = stored_status(body).backup
     if policy is None:
-        if previous:
+        if previous is not None:
             for kind, name in (
                 ("CronJob", build.cronjob_name(database, "backup")),
                 ("CronJob", build.cronjob_name(database, "verify")),
@@ -124,7 +125,7 @@ async def for_database(
             "CronJob",
             build.cronjob(run, name=cronjob, namespace=namespace, schedule=schedule),
         )
-    elif previous.get("schedule"):
+    elif previous is not None and previous.schedule:
         await delete_agent_object(ctx, "CronJob", namespace, cronjob)
 
     try:

@@ -11,9 +11,18 @@ from collections.abc import Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from pydantic import ValidationError
+
 from vauban import timefmt
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec, ManagedDatabaseStatus
-from vauban.conditions import DomainCondition, Reason, State, Verdict
+from vauban.conditions import (
+    ConditionType,
+    DomainCondition,
+    Reason,
+    State,
+    Verdict,
+    is_true,
+)
 from vauban.handlers.context import NEVER, Context
 from vauban.handlers.databases import provision, stored, suspension
 from vauban.handlers.databases.connection import tell_cluster
@@ -30,7 +39,7 @@ from vauban.reconcile.database import (
     resync_due,
     timers_due,
 )
-from vauban.reconcile.status import is_ready, ready_for_generation
+from vauban.reconcile.status import ready_for_generation
 from vauban.reconcile.tenancy import needs_namespace_labels
 
 
@@ -169,13 +178,21 @@ def settled(ctx: Context, body: Mapping[str, Any]) -> bool:
     )
 
 
+def _rotation_period(body: Mapping[str, Any]) -> str | None:
+    try:
+        spec = ManagedDatabaseSpec.model_validate(body.get("spec") or {})
+    except ValidationError:
+        return None  # its reconcile says InvalidSpec
+    return spec.credentials.rotation_period
+
+
 def due(ctx: Context, body: Mapping[str, Any]) -> bool:
     """Whether the periodic re-check should reconcile this database now."""
     key = stored.key(body)
-    status = body.get("status") or {}
-    if not is_ready(status):
+    status = stored.status(body)
+    if not is_true(status.conditions, ConditionType.READY):
         return ctx.backoff.due(key)
-    if timers_due(status, body.get("spec") or {}, timefmt.now()):
+    if timers_due(status.credentials, _rotation_period(body), timefmt.now()):
         return True
     return resync_due(
         key, time.monotonic() - ctx.reconciled.get(key, NEVER), ctx.settings.resync_interval_seconds
