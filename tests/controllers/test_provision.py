@@ -8,11 +8,6 @@ from vauban.api.cluster import MANAGED_CLUSTER
 from vauban.api.database import MANAGED_DATABASE
 
 
-def test_an_external_cluster_is_ready_once_its_server_answers(world: World) -> None:
-    world.external_cluster()
-    assert world.ready(MANAGED_CLUSTER, "legacy")["status"] == "True"
-
-
 def test_a_database_is_provisioned_in_one_reconcile(world: World) -> None:
     world.external_cluster()
     body = world.database(extensions=["citext"], connectionLimit=20)
