@@ -105,15 +105,20 @@ class World:
         return self.kube.get(MANAGED_CLUSTER, NAMESPACE, name)
 
     def database(
-        self, name: str = "inventory", *, annotations: Mapping[str, str] | None = None, **spec: Any
+        self,
+        name: str = "inventory",
+        *,
+        namespace: str = NAMESPACE,
+        annotations: Mapping[str, str] | None = None,
+        **spec: Any,
     ) -> dict[str, Any]:
         body = {
-            "clusterRef": {"name": "legacy"},
+            "clusterRef": {"name": "legacy", "namespace": NAMESPACE},
             "databaseName": name,
             "owner": f"{name}_owner",
             **spec,
         }
-        meta = {"name": name, "namespace": NAMESPACE, "annotations": dict(annotations or {})}
+        meta = {"name": name, "namespace": namespace, "annotations": dict(annotations or {})}
         return self.kube.put(MANAGED_DATABASE, {"metadata": meta, "spec": body})
 
     def backup(self, name: str, database: str = "inventory") -> dict[str, Any]:
@@ -125,11 +130,11 @@ class World:
             },
         )
 
-    def status(self, kind: Any, name: str) -> dict[str, Any]:
-        return dict(self.kube.get(kind, NAMESPACE, name).get("status") or {})
+    def status(self, kind: Any, name: str, namespace: str = NAMESPACE) -> dict[str, Any]:
+        return dict(self.kube.get(kind, namespace, name).get("status") or {})
 
-    def ready(self, kind: Any, name: str) -> dict[str, Any]:
-        return ready_condition(self.status(kind, name))
+    def ready(self, kind: Any, name: str, namespace: str = NAMESPACE) -> dict[str, Any]:
+        return ready_condition(self.status(kind, name, namespace))
 
     # -- the indices kopf would keep -----------------------------------------------------
 
@@ -154,10 +159,12 @@ class World:
         self.run(cluster.reconcile(self.ctx, self.kube.get(MANAGED_CLUSTER, NAMESPACE, name)))
         return self.status(MANAGED_CLUSTER, name)
 
-    def reconcile_database(self, name: str = "inventory") -> dict[str, Any]:
-        body = self.kube.get(MANAGED_DATABASE, NAMESPACE, name)
+    def reconcile_database(
+        self, name: str = "inventory", namespace: str = NAMESPACE
+    ) -> dict[str, Any]:
+        body = self.kube.get(MANAGED_DATABASE, namespace, name)
         self.run(lifecycle.reconcile(self.ctx, body, self.clusters(), self.backups_by_database()))
-        return self.status(MANAGED_DATABASE, name)
+        return self.status(MANAGED_DATABASE, name, namespace)
 
     def delete_database(self, name: str = "inventory") -> None:
         """kopf's deletion handler, then the object gone."""
