@@ -422,6 +422,9 @@ class FakeServer:
         self.refused_logins: set[str] = set()
         """Logins whose password does not work any more (changed by hand)."""
 
+        self.sizes: dict[str, int] = {}
+        """Database sizes, when a test sets them (8 MiB otherwise)."""
+
     # -- SQL, as engines.postgres.plan writes it -----------------------------------------
 
     def execute(self, statement: sql.Composed, database: str | None = None) -> None:
@@ -509,7 +512,7 @@ class FakeServer:
     def usage(self, databases: Collection[str], logins: Collection[str]) -> Usage:
         return Usage(
             databases={
-                d: DatabaseUsage(size_bytes=8 << 20, connections=0)
+                d: DatabaseUsage(size_bytes=self.sizes.get(d, 8 << 20), connections=0)
                 for d in databases
                 if d in self.databases
             },

@@ -116,3 +116,35 @@ def test_a_server_that_does_not_answer_is_waited_for(world: World) -> None:
     world.reconcile_cluster()
     world.reconcile_database()
     assert world.ready(MANAGED_DATABASE, "inventory")["status"] == "True"
+
+
+def test_the_usage_probe_writes_a_size_that_moved_and_nothing_else(world: World) -> None:
+    world.external_cluster()
+    world.database()
+    world.reconcile_database()
+    events = list(world.kube.events)
+
+    world.server.sizes["inventory"] = 64 << 20
+    world.probe_usage()
+
+    assert world.status(MANAGED_DATABASE, "inventory")["sizeBytes"] == 64 << 20
+    assert world.kube.events == events
+    writes = world.kube.status_writes
+    world.server.sizes["inventory"] = (64 << 20) + 1000  # less than 1 MiB: not worth a write
+    world.probe_usage()
+    assert world.kube.status_writes == writes
+
+
+def test_a_login_dropped_by_hand_makes_the_database_due_at_once(world: World) -> None:
+    world.external_cluster()
+    world.database()
+    login = world.reconcile_database()["credentials"]["username"]
+    key = ("ManagedDatabase", NAMESPACE, "inventory")
+    assert key in world.ctx.reconciled
+    del world.server.roles[login]
+
+    world.probe_usage()
+
+    assert key not in world.ctx.reconciled
+    world.reconcile_database()
+    assert world.server.roles[login].login

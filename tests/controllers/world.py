@@ -24,7 +24,7 @@ from vauban.builders import backup as build
 from vauban.handlers import cluster
 from vauban.handlers.backups import purge, runs
 from vauban.handlers.context import Context
-from vauban.handlers.databases import deletion, lifecycle
+from vauban.handlers.databases import deletion, lifecycle, usage
 from vauban.handlers.publish import snapshot
 from vauban.metrics import Metrics
 from vauban.reconcile.database import ClusterView
@@ -165,6 +165,16 @@ class World:
         body = self.kube.get(MANAGED_DATABASE, namespace, name)
         self.run(lifecycle.reconcile(self.ctx, body, self.clusters(), self.backups_by_database()))
         return self.status(MANAGED_DATABASE, name, namespace)
+
+    def probe_usage(self, cluster_name: str = "legacy") -> None:
+        """The periodic read of a cluster's databases' sizes and sessions."""
+        bodies = [
+            snapshot(body)
+            for (plural, _, _), body in self.kube.objects.items()
+            if plural == MANAGED_DATABASE.plural
+        ]
+        view = self.clusters()[(NAMESPACE, cluster_name)][0]
+        self.run(usage.probe(self.ctx, view, bodies))
 
     def delete_database(self, name: str = "inventory") -> None:
         """kopf's deletion handler, then the object gone."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from vauban.api.cluster import ManagedClusterSpec
 from vauban.api.common import duration_seconds
-from vauban.api.database import CredentialsStatus, ManagedDatabaseSpec
+from vauban.api.database import CredentialsStatus, ManagedDatabaseSpec, ManagedDatabaseStatus
 from vauban.conditions import Reason, State, Verdict
 from vauban.reconcile.records import DatabaseRecord, LoginRecord
 from vauban.reconcile.tenancy import namespace_allowed
@@ -301,11 +301,11 @@ probe, and a new one a write at its first probe (its free space maps appear afte
 first vacuum). The metric always has the figure just read."""
 
 
-def usage_moved(status: Mapping[str, Any], measured: Mapping[str, int | None]) -> bool:
+def usage_moved(status: ManagedDatabaseStatus, measured: ManagedDatabaseStatus) -> bool:
     """Whether measured size and sessions differ enough from status to be written."""
-    if status.get("connections") != measured["connections"]:
+    if status.connections != measured.connections:
         return True
-    before, now = status.get("sizeBytes"), measured["sizeBytes"]
+    before, now = status.size_bytes, measured.size_bytes
     if before is None or now is None:
         return before != now
     return bool(abs(now - before) > max(SIZE_TOLERANCE * before, SIZE_TOLERANCE_BYTES))

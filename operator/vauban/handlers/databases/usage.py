@@ -34,8 +34,8 @@ async def probe(ctx: Context, cluster: ClusterView, bodies: Iterable[Mapping[str
         return
     watched: list[tuple[Mapping[str, Any], str, str]] = []
     for body in bodies:
-        status = body.get("status") or {}
-        login = (status.get("credentials") or {}).get("username")
+        credentials = stored.status(body).credentials
+        login = credentials.username if credentials else None
         database = (body.get("spec") or {}).get("databaseName")
         if (
             login
@@ -66,15 +66,12 @@ async def probe(ctx: Context, cluster: ClusterView, bodies: Iterable[Mapping[str
         if measured is None or login not in found.logins:
             ctx.reconciled.pop(stored.key(body), None)
             continue
-        fields = {"sizeBytes": measured.size_bytes, "connections": measured.connections}
-        status = body.get("status") or {}
-        ctx.metrics.observe(MANAGED_DATABASE.kind, *stored.key(body)[1:], {**status, **fields})
+        fields = ManagedDatabaseStatus(
+            size_bytes=measured.size_bytes, connections=measured.connections
+        )
+        status = stored.status(body)
+        ctx.metrics.observe(
+            MANAGED_DATABASE.kind, *stored.key(body)[1:], status.merged(fields).to_wire()
+        )
         if usage_moved(status, fields):
-            await refresh(
-                ctx,
-                MANAGED_DATABASE,
-                body,
-                ManagedDatabaseStatus(
-                    size_bytes=measured.size_bytes, connections=measured.connections
-                ),
-            )
+            await refresh(ctx, MANAGED_DATABASE, body, fields)
