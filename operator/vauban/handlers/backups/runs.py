@@ -96,9 +96,9 @@ async def reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
 
 
 async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
-    status = body.get("status") or {}
-    terminal = status.get("phase") in (SUCCEEDED, FAILED)
-    if terminal and ctx.applied.get(_memo(body)) == _shown(status):
+    status = ManagedBackupStatus.parse(body.get("status"))
+    terminal = status.phase in (SUCCEEDED, FAILED)
+    if terminal and ctx.applied.get(_memo(body)) == _shown(status.to_wire()):
         return  # what this process recorded, unchanged since: nothing to read again
     spec = await parse_spec(ctx, MANAGED_BACKUP, ManagedBackupSpec, body)
     if spec is None:
