@@ -130,3 +130,33 @@ def test_retention_deletes_the_oldest_backups_beyond_keep_last(world: World) -> 
 
     kept = sorted(k[2] for k in world.kube.objects if k[0] == MANAGED_BACKUP.plural)
     assert kept == ["b2", "b3"]
+
+
+def test_a_restore_test_of_the_latest_backup_is_recorded_on_it(world: World) -> None:
+    world.external_cluster(backup=True)
+    uid = world.database(backup={"schedule": "0 2 * * *", "verify": {"schedule": "0 4 * * 0"}})[
+        "metadata"
+    ]["uid"]
+    world.reconcile_database()
+    world.backup("nightly")
+    world.reconcile_backup("nightly")
+    [job] = world.agent_jobs("backup")
+    world.finish_job(job)
+    world.job_event(job)
+    world.reconcile_database()  # points the restore test at the latest backup
+    verify = f"verify-{uid[:8]}-29000000"
+    world.cron_run(f"verify-{uid}", verify)
+    result = {"result": "Succeeded", "message": "3 tables, row counts match"}
+
+    world.finish_job(verify, message=json.dumps(result))
+    owner = world.job_event(verify)
+
+    assert owner == (NAMESPACE, "inventory")
+    verification = world.status(MANAGED_BACKUP, "nightly")["verification"]
+    assert (verification["result"], verification["message"]) == (
+        "Passed",
+        "3 tables, row counts match",
+    )
+    assert world.agent_jobs("verify") == []
+    status = world.reconcile_database()
+    assert status["backup"]["lastVerifiedBackup"] == "nightly"
