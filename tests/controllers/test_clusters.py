@@ -11,8 +11,10 @@ import pytest
 
 from controllers.world import NAMESPACE, World
 from vauban.api.cluster import MANAGED_CLUSTER
+from vauban.api.database import MANAGED_DATABASE
 from vauban.builders import cnpg
 from vauban.handlers import cluster
+from vauban.reconcile.keys import ROTATE_KEY_ANNOTATION
 
 
 def _managed(world: World, **spec: Any) -> None:
@@ -88,3 +90,37 @@ def test_deletion_waits_for_the_clusters_databases(world: World) -> None:
         world.run(cluster.finalize(world.ctx, body, [database]))
 
     assert world.ready(MANAGED_CLUSTER, "legacy")["reason"] == "DeletionBlocked"
+
+
+def test_backups_get_a_key_encryption_key_from_the_provider(world: World) -> None:
+    status = world.external_cluster(backup=True, compliance={"profile": "iso27001"})["status"]
+
+    encryption = status["encryption"]
+    assert (encryption["provider"], encryption["keyVersion"]) == ("kubernetes-secret", 1)
+    assert len(world.keys.keks) == 1  # the KEK stays in the provider: only its id is kept
+    rules = {r["rule"]: r["met"] for r in status["compliance"]["rules"]}
+    assert rules["backups-configured"] is True
+
+
+def test_a_key_rotation_rewraps_the_data_keys_and_keeps_the_old_version(world: World) -> None:
+    world.external_cluster(backup=True)
+    world.database(backup={})
+    world.reconcile_database()
+    uid = world.kube.get(MANAGED_DATABASE, NAMESPACE, "inventory")["metadata"]["uid"]
+    dek = (world.settings.namespace, f"vauban-dek-{uid}")
+    wrapped = dict(world.kube.secrets[dek].values)
+    body = world.kube.get(MANAGED_CLUSTER, NAMESPACE, "legacy")
+    body["metadata"]["annotations"] = {ROTATE_KEY_ANNOTATION: "2026-12"}
+    world.kube.put(MANAGED_CLUSTER, body)
+
+    status = world.reconcile_cluster()
+
+    assert (status["encryption"]["keyVersion"], status["encryption"]["rotationToken"]) == (
+        2,
+        "2026-12",
+    )
+    assert len(world.keys.keks) == 2 and not world.keys.destroyed
+    assert world.kube.secrets[dek].values != wrapped
+    assert "KeyRotated" in world.kube.events_of("legacy")
+    world.reconcile_cluster()  # the same token rotates once
+    assert world.status(MANAGED_CLUSTER, "legacy")["encryption"]["keyVersion"] == 2

@@ -95,7 +95,7 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
         MANAGED_CLUSTER,
         body,
         assessment.verdict,
-        fields=ManagedClusterStatus.model_validate({**assessment.fields, **posture.fields}),
+        fields=ManagedClusterStatus.model_validate(assessment.fields).merged(posture.status),
         domain=posture.conditions,
     )
     for event in (

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from vauban import timefmt
-from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
+from vauban.api.cluster import (
+    MANAGED_CLUSTER,
+    ComplianceStatus,
+    EncryptionStatus,
+    ManagedClusterSpec,
+    ManagedClusterStatus,
+    RuleStatus,
+)
 from vauban.api.common import duration_seconds
 from vauban.builders import cnpg
 from vauban.builders.keys import KekOwner
@@ -36,7 +43,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Posture:
-    fields: dict[str, Any]
+    status: ManagedClusterStatus
+    """What the cluster's status says of it: compliance, and its key-encryption key."""
+
     conditions: list[DomainCondition]
 
 
@@ -174,20 +183,15 @@ async def assess(
     )
     judged = compliance.assess(spec, facts)
     conditions = [compliance.encrypted_condition(spec, storage), judged.condition()]
-    fields: dict[str, Any] = {
-        "compliance": {
-            "profile": spec.compliance.profile,
-            "rules": [
-                {"rule": r.rule, "met": r.met, "evidence": r.evidence[:512]} for r in judged.results
-            ],
-            "storageClass": storage.storage_class if storage else None,
-            "storageEvidence": storage.evidence[:512] if storage else None,
-        }
-    }
-    fields["compliance"] = {k: v for k, v in fields["compliance"].items() if v is not None}
+    judgement = ComplianceStatus(
+        profile=spec.compliance.profile,
+        rules=[
+            RuleStatus(rule=r.rule, met=r.met, evidence=r.evidence[:512]) for r in judged.results
+        ],
+        storage_class=storage.storage_class if storage else None,
+        storage_evidence=storage.evidence[:512] if storage else None,
+    )
     encryption, key_error = await _key(ctx, body, spec)
-    if encryption is not None:
-        fields["encryption"] = encryption
     if key_error is not None:
         # Keys are half of encryption at rest (backups): a KEK that cannot be used is said
         # here, without making the database server itself not Ready.
@@ -197,30 +201,30 @@ async def assess(
     ctx.metrics.key(
         namespace,
         name,
-        created=timefmt.parse_rfc3339((encryption or {}).get("keyCreated")),
+        created=timefmt.parse_rfc3339(encryption.key_created if encryption else None),
         period_seconds=duration_seconds(spec.encryption.rotation_period)
         if spec.encryption.rotation_period
         else None,
     )
-    return Posture(fields, conditions)
+    return Posture(ManagedClusterStatus(compliance=judgement, encryption=encryption), conditions)
 
 
 async def _key(
     ctx: Context, body: Mapping[str, Any], spec: ManagedClusterSpec
-) -> tuple[dict[str, Any] | None, Verdict | None]:
+) -> tuple[EncryptionStatus | None, Verdict | None]:
     """The cluster's KEK, once it has backups to protect: created on first need, rotated
     when due, reported."""
     if spec.backup is None:
         return None, None
     meta = body["metadata"]
     owner = KekOwner(meta["namespace"], meta["name"], meta.get("uid", ""))
-    previous = (body.get("status") or {}).get("encryption") or {}
+    previous = ManagedClusterStatus.parse(body.get("status")).encryption
     kek = await keys.ensure_kek(ctx, owner, spec.encryption.provider)
     if isinstance(kek, Verdict):
-        return previous or None, kek
+        return previous, kek
     token = (meta.get("annotations") or {}).get(ROTATE_KEY_ANNOTATION)
-    acted = previous.get("rotationToken")
-    last_rotation = previous.get("lastRotation")
+    acted = previous.rotation_token if previous else None
+    last_rotation = previous.last_rotation if previous else None
     if rotation_due(
         created=kek.created.get(kek.current),
         period=spec.encryption.rotation_period,
@@ -230,7 +234,7 @@ async def _key(
     ):
         rotated = await keys.rotate(ctx, owner, kek)
         if isinstance(rotated, Verdict):
-            return previous or None, rotated
+            return previous, rotated
         kek, acted, last_rotation = rotated, token or acted, timefmt.now_rfc3339()
         await post_event(
             ctx,
@@ -242,12 +246,14 @@ async def _key(
             "re-wrapped, backups untouched and still restorable.",
         )
     created = kek.created.get(kek.current)
-    status = {
-        "provider": kek.provider,
-        "keyId": kek.secret,
-        "keyVersion": kek.current,
-        "keyCreated": timefmt.rfc3339(created) if created else None,
-        "lastRotation": last_rotation,
-        "rotationToken": acted,
-    }
-    return {k: v for k, v in status.items() if v is not None}, None
+    status = EncryptionStatus.model_validate(
+        {
+            "provider": kek.provider,
+            "keyId": kek.secret,
+            "keyVersion": kek.current,
+            "keyCreated": timefmt.rfc3339(created) if created else None,
+            "lastRotation": last_rotation,
+            "rotationToken": acted,
+        }
+    )
+    return status, None
