@@ -15,7 +15,7 @@ import kopf
 
 from vauban import timefmt
 from vauban.api.backup import MANAGED_BACKUP, ManagedBackupStatus
-from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
+from vauban.api.database import MANAGED_DATABASE, DatabaseBackup, ManagedDatabaseSpec
 from vauban.backup.storage import ObjectLocked, StorageError
 from vauban.builders import backup as build
 from vauban.builders.keys import data_key_secret_name
@@ -88,7 +88,7 @@ async def database_deleted(
     ):
         await delete_agent_object(ctx, kind, namespace, name)
     await ctx.kube.delete_job(namespace, build.restore_job_name(database))
-    days = spec.backup.retain_after_deletion_days if spec.backup else 30
+    days = (spec.backup or DatabaseBackup()).retain_after_deletion_days
     dek = data_key_secret_name(database.uid)
     if days == 0 and spec.deletion_policy == "Delete":
         await keys.destroy_data_key(ctx, database.uid)
