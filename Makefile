@@ -41,8 +41,8 @@ lint: venv ## ruff, mypy, import layers, CRD drift
 	$(BIN)/vauban crds --check
 
 .PHONY: unit
-unit: venv ## fast tests of the pure logic
-	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+unit: venv ## fast tests: the pure logic, and whole reconciles on fakes (tests/controllers)
+	$(BIN)/pytest tests/unit tests/controllers $(PYTEST_ARGS)
 
 .PHONY: test
 test: lint binaries ## the whole suite: lint, unit, integration, and end to end on the real node

@@ -29,7 +29,7 @@ SOFTHSM_TOKENS = ("vauban", "vauban-other", "vauban-operator")
 operator (a process of its own) the last, so no two processes share a token."""
 
 
-TIER_ORDER = ("unit", "dataplane", "integration", "security", "faults", "e2e")
+TIER_ORDER = ("unit", "controllers", "dataplane", "integration", "security", "faults", "e2e")
 """Fast feedback first; the real node last, so that its cluster (session-scoped, about
 2 GB with its pods) is not up while the other tiers run."""
 

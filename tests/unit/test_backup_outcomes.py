@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from vauban.api.database import RestoreStatus
 from vauban.conditions import Reason, State
 from vauban.reconcile.backup import (
     FAILED,
@@ -121,13 +122,13 @@ def test_the_ledger_settles_a_restore_once() -> None:
     failed = recorded_restore({"source": "b", "phase": FAILED, "message": "x"})
     assert failed is not None and failed.verdict is not None
     assert failed.verdict.reason is Reason.RESTORE_FAILED
-    assert failed.status == {"source": "b", "phase": FAILED, "message": "x"}
+    assert failed.status == RestoreStatus(source="b", phase=FAILED)
 
 
 def test_restore_steps_follow_the_job() -> None:
     start = restore_step("b", None, NO_JOB, NOW)
     assert start.action is RestoreAction.START_JOB
-    assert start.status == {"source": "b", "phase": RUNNING}
+    assert start.status == RestoreStatus(source="b", phase=RUNNING)
     assert restore_step("b", None, RUNNING_JOB, NOW).action is RestoreAction.WAIT
     done = restore_step("b", None, DONE_JOB, NOW)
     assert done.action is RestoreAction.RECORD_OUTCOME and done.verdict is None
@@ -135,7 +136,7 @@ def test_restore_steps_follow_the_job() -> None:
     result = json.dumps({"reason": "IntegrityError", "message": "chunk 3"})
     failed = restore_step("b", None, replace(FAILED_JOB, message=result), NOW)
     assert failed.record == {"source": "b", "phase": FAILED, "message": "IntegrityError: chunk 3"}
-    assert failed.status == {"source": "b", "phase": FAILED}
+    assert failed.status == RestoreStatus(source="b", phase=FAILED)
     assert failed.verdict is not None and failed.verdict.reason is Reason.RESTORE_FAILED
     unexplained = restore_step("b", None, FAILED_JOB, NOW)
     assert unexplained.record is not None and unexplained.record["message"] == "JobFailed: "
@@ -184,7 +185,9 @@ def test_a_source_is_refused_or_waited_for(
     step = restore_step("b", refusal, NO_JOB, NOW)
     # Pending while the source may still complete; Failed when it never can.
     phase = FAILED if state is State.STALLED else "Pending"
-    assert step.verdict == refusal and step.status == {"source": "b", "phase": phase}
+    assert step.verdict == refusal and step.status == RestoreStatus.model_validate(
+        {"source": "b", "phase": phase}
+    )
     wanted = RestoreAction.STALLED if state is State.STALLED else RestoreAction.WAIT
     assert step.action is wanted
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from vauban.api.common import Condition
+from vauban.api.database import ManagedDatabaseStatus
 from vauban.conditions import (
     ConditionType,
     Phase,
@@ -54,12 +55,16 @@ def test_transition_time_changes_only_when_status_flips() -> None:
 
 def test_status_is_unchanged_when_the_verdict_is() -> None:
     verdict = Verdict(State.WAITING, Reason.CLUSTER_NOT_FOUND, "missing")
-    first = compute(None, verdict, generation=3, now=T0, fields={"cluster": "ns/c"})
+    first = compute(
+        None, verdict, generation=3, now=T0, fields=ManagedDatabaseStatus(cluster="ns/c")
+    )
     assert first.changed and first.transition
     assert first.status["observedGeneration"] == 3
     assert first.status["phase"] == "Pending"
 
-    second = compute(first.status, verdict, generation=3, now=T1, fields={"cluster": "ns/c"})
+    second = compute(
+        first.status, verdict, generation=3, now=T1, fields=ManagedDatabaseStatus(cluster="ns/c")
+    )
     assert not second.changed and not second.transition
 
 
@@ -79,8 +84,11 @@ def test_other_writers_fields_do_not_count_as_change() -> None:
 
 def test_cleared_field_is_a_change() -> None:
     verdict = Verdict.ready("fine")
-    first = compute(None, verdict, generation=1, now=T0, fields={"cluster": "a/b"})
-    assert compute(first.status, verdict, generation=1, now=T1, fields={"cluster": None}).changed
+    first = compute(
+        None, verdict, generation=1, now=T0, fields=ManagedDatabaseStatus(cluster="a/b")
+    )
+    cleared = ManagedDatabaseStatus(cluster=None)
+    assert compute(first.status, verdict, generation=1, now=T1, fields=cleared).changed
 
 
 def test_unreadable_stored_conditions_are_replaced() -> None:

@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from vauban.api.common import duration_seconds
+from vauban.api.database import CredentialsStatus
 from vauban.builders.credentials import Endpoint, credentials_secret
 from vauban.reconcile.database import (
     Holder,
@@ -102,14 +103,14 @@ def test_login_names_fit_postgres_and_never_collide() -> None:
 
 
 def test_timers() -> None:
-    status = {"credentials": {"retiring": ["a"], "retireAfter": "2026-11-29T11:00:00Z"}}
-    assert timers_due(status, {}, NOW)
-    assert not timers_due(
-        {"credentials": {"retiring": ["a"], "retireAfter": "2026-11-29T13:00:00Z"}}, {}, NOW
-    )
-    rotating = {"credentials": {"lastRotation": "2026-10-01T00:00:00Z"}}
-    assert timers_due(rotating, {"credentials": {"rotationPeriod": "30d"}}, NOW)
-    assert not timers_due(rotating, {}, NOW)
+    retiring = CredentialsStatus(retiring=["a"], retire_after="2026-11-29T11:00:00Z")
+    assert timers_due(retiring, None, NOW)
+    later = CredentialsStatus(retiring=["a"], retire_after="2026-11-29T13:00:00Z")
+    assert not timers_due(later, None, NOW)
+    rotating = CredentialsStatus(last_rotation="2026-10-01T00:00:00Z")
+    assert timers_due(rotating, "30d", NOW)
+    assert not timers_due(rotating, None, NOW)
+    assert not timers_due(None, "30d", NOW)
 
 
 def owns(**overrides: Any) -> str | None:

@@ -19,14 +19,6 @@ from vauban.metrics import Metrics
 from vauban.settings import Settings
 
 
-class FakeCore:
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-
-    async def create_namespaced_event(self, namespace: str, event: Any) -> None:
-        self.events.append(event)
-
-
 class FakeKube:
     """The stored objects, by name; status writes are recorded."""
 
@@ -34,7 +26,7 @@ class FakeKube:
         self.stored = stored
         self.reads = 0
         self.statuses: list[dict[str, Any]] = []
-        self.core = FakeCore()
+        self.events: list[dict[str, Any]] = []
 
     async def read(self, kind: KindInfo, namespace: str, name: str) -> Mapping[str, Any] | None:
         self.reads += 1
@@ -44,6 +36,9 @@ class FakeKube:
         self, kind: KindInfo, namespace: str, name: str, status: dict[str, Any]
     ) -> None:
         self.statuses.append(status)
+
+    async def post_event(self, **event: Any) -> None:
+        self.events.append(event)
 
 
 def body(**status: Any) -> dict[str, Any]:

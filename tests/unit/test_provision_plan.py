@@ -121,7 +121,7 @@ def test_fresh_database_claims_its_names_and_creates_the_first_login() -> None:
     assert plan.extensions is None
     # A first provisioning is told by the transition to Ready, not by Events of its own.
     assert plan.events == () and not plan.announce
-    assert plan.fields == {
+    assert plan.status.to_wire() == {
         "credentials": {
             "secretName": "app-credentials",
             "username": LOGIN1,
@@ -188,7 +188,7 @@ def test_rotation_by_annotation_token() -> None:
     assert plan.secret is not None
     assert plan.rotated_at == NOW and plan.rotation_token == "2026-05-01"
     assert [(e.type, e.reason) for e in plan.events] == [("Normal", "CredentialsRotated")]
-    assert plan.fields["credentials"] == {
+    assert plan.status.to_wire()["credentials"] == {
         "secretName": "app-credentials",
         "username": LOGIN2,
         "lastRotation": "2026-05-01T12:00:00Z",
@@ -232,7 +232,7 @@ def test_a_retiring_login_is_revoked_once_its_grace_period_is_over() -> None:
     assert plan.credentials.retire_now == (LOGIN1,)
     assert plan.credentials.retiring == {LOGIN3: NOW + timedelta(minutes=5)}
     assert plan.secret is None and plan.rotated_at is None and plan.events == ()
-    assert plan.fields["credentials"]["retiring"] == [LOGIN3]
+    assert plan.status.to_wire()["credentials"]["retiring"] == [LOGIN3]
 
 
 def test_nothing_to_do_when_everything_matches() -> None:
@@ -244,7 +244,7 @@ def test_nothing_to_do_when_everything_matches() -> None:
     assert plan.secret is None and plan.rotated_at is None and plan.extensions is None
     assert plan.events == ()
     assert plan.announce  # provisioned before: whatever SQL still runs is an Event
-    assert plan.fields["credentials"]["lastRotation"] == "2026-04-30T12:00:00Z"
+    assert plan.status.to_wire()["credentials"]["lastRotation"] == "2026-04-30T12:00:00Z"
 
 
 def test_a_secret_that_says_something_else_is_rewritten_with_the_same_password() -> None:
@@ -280,7 +280,7 @@ def test_extensions_are_managed_when_listed_or_created_before() -> None:
     listed = steps(provisioned_view(spec=spec(extensions=["pg_trgm"])))
     assert listed.extensions is not None
     assert listed.extensions.wanted == frozenset({"pg_trgm"}) and listed.extensions.changed
-    assert listed.fields["extensions"] == ["pg_trgm"]
+    assert listed.status.to_wire()["extensions"] == ["pg_trgm"]
     unlisted = steps(
         provisioned_view(record=replace(record_of_login1(), extensions=frozenset({"pg_trgm"})))
     )

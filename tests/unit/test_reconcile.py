@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vauban.api.cluster import AllowedNamespaces, LabelSelector, ManagedClusterSpec
-from vauban.api.database import ManagedDatabaseSpec
+from vauban.api.database import ManagedDatabaseSpec, ManagedDatabaseStatus
 from vauban.conditions import Reason, State
 from vauban.reconcile import cluster as cluster_logic
 from vauban.reconcile import database as database_logic
@@ -287,7 +287,13 @@ GB = 10**9
 def test_usage_is_written_when_it_moved(
     before: dict[str, int], measured: dict[str, int | None], moved: bool
 ) -> None:
-    assert database_logic.usage_moved(before, measured) is moved
+    assert (
+        database_logic.usage_moved(
+            ManagedDatabaseStatus.model_validate(before),
+            ManagedDatabaseStatus.model_validate(measured),
+        )
+        is moved
+    )
 
 
 BACKUP = {

@@ -6,10 +6,11 @@ OpenAPI schema, so `kubectl explain` shows them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from pydantic.alias_generators import to_camel
 
 GROUP = "vauban.dev"
@@ -48,9 +49,30 @@ class ApiModel(BaseModel):
 
 class StatusModel(ApiModel):
     """Status is written by the operator and read back from the apiserver; it tolerates fields
-    a newer operator version may have added, so a rollback never fails to parse it."""
+    a newer operator version may have added, so a rollback never fails to parse it.
+
+    The kinds' status models are what the reconciles return and what the one status writer
+    (vauban.reconcile.status) serializes; a status read back is parsed once (`parse`)."""
 
     model_config = ConfigDict(extra="ignore")
+
+    @classmethod
+    def parse(cls, status: Mapping[str, Any] | None) -> Self:
+        """A status as stored; one that does not parse (edited by hand) reads as empty:
+        status is shown, never trusted, so losing it costs a display until the next write."""
+        try:
+            return cls.model_validate(status or {})
+        except ValidationError:
+            return cls()
+
+    def to_wire(self) -> dict[str, Any]:
+        """Only what a reconcile set: a field nobody observed is absent, not its default."""
+        return self.model_dump(by_alias=True, exclude_none=True, exclude_unset=True, mode="json")
+
+    def merged(self, other: Self) -> Self:
+        """This status with every field `other` set replacing its own (a field set to None
+        clears it)."""
+        return self.model_copy(update={k: getattr(other, k) for k in other.model_fields_set})
 
 
 # A Kubernetes object name (DNS-1123 subdomain, as for Secrets and most kinds).

@@ -12,10 +12,10 @@ import kopf
 from pydantic import ValidationError
 
 from vauban import timefmt
-from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
+from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec, ManagedClusterStatus
 from vauban.builders import cnpg
 from vauban.conditions import Reason, State, Verdict
-from vauban.engines.postgres.probe import ServerAddress, probe
+from vauban.engines.postgres.probe import ServerAddress
 from vauban.handlers import posture as posture_
 from vauban.handlers.context import NEVER, Context, ObjectKey, fingerprint
 from vauban.handlers.envelope import Envelope
@@ -96,7 +96,7 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
         MANAGED_CLUSTER,
         body,
         assessment.verdict,
-        fields={**assessment.fields, **posture.fields},
+        fields=ManagedClusterStatus.model_validate(assessment.fields).merged(posture.status),
         domain=posture.conditions,
     )
     for event in (
@@ -313,7 +313,7 @@ async def _assess_external(
                     f"does not exist or lacks the key {external.ca_secret_ref.key}.",
                 )
                 return Assessment(missing), ServerTls.not_observed("no CA to verify it with")
-        server_probe = await probe(
+        server_probe = await ctx.servers.probe(
             ServerAddress(external.host, external.port, external.ssl_mode, ca_pem),
             credentials["username"],
             credentials["password"],

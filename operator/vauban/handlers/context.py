@@ -12,9 +12,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vauban.kms import KeyProvider
+from vauban.backup.storage import ObjectStore
+from vauban.builders.backup import Store
+from vauban.engines.postgres.servers import PostgresServers
+from vauban.handlers.ports import Bucket, BucketOpener, DatabaseServers, KeyProvider, KubeApi
 from vauban.kms.local import SecretKeyProvider
-from vauban.kube.resources import Kube
 from vauban.memory import MemoryReleaser
 from vauban.metrics import Metrics
 from vauban.settings import Settings
@@ -67,11 +69,30 @@ class Backoff:
         self._next.pop(key, None)
 
 
+def open_bucket(store: Store) -> Bucket:
+    return ObjectStore(
+        endpoint=store.endpoint,
+        region=store.region,
+        bucket=store.bucket,
+        access_key_id=store.access_key_id,
+        secret_access_key=store.secret_access_key,
+    )
+
+
 @dataclass(frozen=True)
 class Context:
-    kube: Kube
+    """Every port (handlers/ports.py) is a field: `vauban run` leaves the real adapters,
+    tests/controllers passes in-memory fakes."""
+
+    kube: KubeApi
     settings: Settings
     metrics: Metrics
+    servers: DatabaseServers = field(default_factory=PostgresServers)
+    """The PostgreSQL servers: admin and tenant sessions, a tenant's login checked."""
+
+    buckets: BucketOpener = open_bucket
+    """A cluster's object store, opened with its credentials."""
+
     locks: defaultdict[ObjectKey, asyncio.Lock] = field(
         default_factory=lambda: defaultdict(asyncio.Lock)
     )

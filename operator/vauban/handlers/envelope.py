@@ -16,7 +16,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from vauban.api.common import KindInfo
+from vauban.api.common import KindInfo, StatusModel
 from vauban.handlers.context import Context, ObjectKey
 from vauban.handlers.publish import publish, unexpected
 
@@ -25,8 +25,8 @@ logger = logging.getLogger(__name__)
 Body = Mapping[str, Any]
 
 
-def _nothing_kept(status: Body) -> Mapping[str, Any]:
-    return {}
+def _nothing_kept(status: Body) -> StatusModel | None:
+    return None
 
 
 def _free(body: Body) -> AbstractAsyncContextManager[object]:
@@ -43,7 +43,7 @@ class Envelope:
     """How the reconciles of one kind are run."""
 
     kind: KindInfo
-    kept: Callable[[Body], Mapping[str, Any]] = _nothing_kept
+    kept: Callable[[Body], StatusModel | None] = _nothing_kept
     """The status fields a failed reconcile leaves displayed, from the stored status: a
     failed step loses no information."""
 

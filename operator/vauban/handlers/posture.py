@@ -17,14 +17,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from vauban import timefmt
-from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
+from vauban.api.cluster import (
+    MANAGED_CLUSTER,
+    ComplianceStatus,
+    EncryptionStatus,
+    ManagedClusterSpec,
+    ManagedClusterStatus,
+    RuleStatus,
+)
 from vauban.api.common import duration_seconds
 from vauban.builders import cnpg
 from vauban.builders.keys import KekOwner
 from vauban.conditions import ConditionType, DomainCondition, Reason, State, Verdict
-from vauban.engines.postgres.probe import ServerAddress, probe
+from vauban.engines.postgres.probe import ServerAddress
 from vauban.handlers import keys
 from vauban.handlers.context import Bodies, Context
+from vauban.handlers.databases import stored
 from vauban.handlers.publish import post_event
 from vauban.reconcile import compliance
 from vauban.reconcile.cluster import ProbeOutcome, ServerProbe
@@ -35,7 +43,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Posture:
-    fields: dict[str, Any]
+    status: ManagedClusterStatus
+    """What the cluster's status says of it: compliance, and its key-encryption key."""
+
     conditions: list[DomainCondition]
 
 
@@ -92,7 +102,7 @@ async def managed_probe(
     address = ServerAddress(
         cnpg.primary_host(name, namespace), cnpg.POSTGRES_PORT, "verify-full", ca.get("ca.crt")
     )
-    return await probe(
+    return await ctx.servers.probe(
         address, login["username"], login["password"], tls=tls, parameters=parameters
     )
 
@@ -122,12 +132,6 @@ async def _network_policy(
     )
 
 
-def _provisioned(database: Mapping[str, Any]) -> bool:
-    """Whether the database was created on the server (its credentials exist): one refused
-    by the cluster has no backups to judge."""
-    return bool(((database.get("status") or {}).get("credentials") or {}).get("username"))
-
-
 def database_backups(
     spec: ManagedClusterSpec, databases: Iterable[Mapping[str, Any]], backups: Bodies
 ) -> list[compliance.DatabaseBackups]:
@@ -138,7 +142,8 @@ def database_backups(
             db, backups.get((db["metadata"]["namespace"], db["metadata"]["name"]), ()), schedule
         )
         for db in databases
-        if _provisioned(db) and not db["metadata"].get("deletionTimestamp")
+        # One refused by the cluster was never created: it has no backups to judge.
+        if stored.provisioned(db) and not db["metadata"].get("deletionTimestamp")
     ]
 
 
@@ -178,20 +183,15 @@ async def assess(
     )
     judged = compliance.assess(spec, facts)
     conditions = [compliance.encrypted_condition(spec, storage), judged.condition()]
-    fields: dict[str, Any] = {
-        "compliance": {
-            "profile": spec.compliance.profile,
-            "rules": [
-                {"rule": r.rule, "met": r.met, "evidence": r.evidence[:512]} for r in judged.results
-            ],
-            "storageClass": storage.storage_class if storage else None,
-            "storageEvidence": storage.evidence[:512] if storage else None,
-        }
-    }
-    fields["compliance"] = {k: v for k, v in fields["compliance"].items() if v is not None}
+    judgement = ComplianceStatus(
+        profile=spec.compliance.profile,
+        rules=[
+            RuleStatus(rule=r.rule, met=r.met, evidence=r.evidence[:512]) for r in judged.results
+        ],
+        storage_class=storage.storage_class if storage else None,
+        storage_evidence=storage.evidence[:512] if storage else None,
+    )
     encryption, key_error = await _key(ctx, body, spec)
-    if encryption is not None:
-        fields["encryption"] = encryption
     if key_error is not None:
         # Keys are half of encryption at rest (backups): a KEK that cannot be used is said
         # here, without making the database server itself not Ready.
@@ -201,30 +201,30 @@ async def assess(
     ctx.metrics.key(
         namespace,
         name,
-        created=timefmt.parse_rfc3339((encryption or {}).get("keyCreated")),
+        created=timefmt.parse_rfc3339(encryption.key_created if encryption else None),
         period_seconds=duration_seconds(spec.encryption.rotation_period)
         if spec.encryption.rotation_period
         else None,
     )
-    return Posture(fields, conditions)
+    return Posture(ManagedClusterStatus(compliance=judgement, encryption=encryption), conditions)
 
 
 async def _key(
     ctx: Context, body: Mapping[str, Any], spec: ManagedClusterSpec
-) -> tuple[dict[str, Any] | None, Verdict | None]:
+) -> tuple[EncryptionStatus | None, Verdict | None]:
     """The cluster's KEK, once it has backups to protect: created on first need, rotated
     when due, reported."""
     if spec.backup is None:
         return None, None
     meta = body["metadata"]
     owner = KekOwner(meta["namespace"], meta["name"], meta.get("uid", ""))
-    previous = (body.get("status") or {}).get("encryption") or {}
+    previous = ManagedClusterStatus.parse(body.get("status")).encryption
     kek = await keys.ensure_kek(ctx, owner, spec.encryption.provider)
     if isinstance(kek, Verdict):
-        return previous or None, kek
+        return previous, kek
     token = (meta.get("annotations") or {}).get(ROTATE_KEY_ANNOTATION)
-    acted = previous.get("rotationToken")
-    last_rotation = previous.get("lastRotation")
+    acted = previous.rotation_token if previous else None
+    last_rotation = previous.last_rotation if previous else None
     if rotation_due(
         created=kek.created.get(kek.current),
         period=spec.encryption.rotation_period,
@@ -234,7 +234,7 @@ async def _key(
     ):
         rotated = await keys.rotate(ctx, owner, kek)
         if isinstance(rotated, Verdict):
-            return previous or None, rotated
+            return previous, rotated
         kek, acted, last_rotation = rotated, token or acted, timefmt.now_rfc3339()
         await post_event(
             ctx,
@@ -246,12 +246,14 @@ async def _key(
             "re-wrapped, backups untouched and still restorable.",
         )
     created = kek.created.get(kek.current)
-    status = {
-        "provider": kek.provider,
-        "keyId": kek.secret,
-        "keyVersion": kek.current,
-        "keyCreated": timefmt.rfc3339(created) if created else None,
-        "lastRotation": last_rotation,
-        "rotationToken": acted,
-    }
-    return {k: v for k, v in status.items() if v is not None}, None
+    status = EncryptionStatus.model_validate(
+        {
+            "provider": kek.provider,
+            "keyId": kek.secret,
+            "keyVersion": kek.current,
+            "keyCreated": timefmt.rfc3339(created) if created else None,
+            "lastRotation": last_rotation,
+            "rotationToken": acted,
+        }
+    )
+    return status, None

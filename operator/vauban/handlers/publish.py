@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from vauban import timefmt
-from vauban.api.common import ApiModel, KindInfo
+from vauban.api.common import ApiModel, KindInfo, StatusModel
 from vauban.conditions import DomainCondition, Reason, State, Verdict
 from vauban.handlers.context import Context
 from vauban.kube import events
@@ -102,11 +102,11 @@ async def publish(
     body: Mapping[str, Any],
     verdict: Verdict,
     *,
-    fields: Mapping[str, Any] | None = None,
+    fields: StatusModel | None = None,
     domain: Sequence[DomainCondition] = (),
 ) -> None:
-    """Write the status `verdict` implies, and an Event on a transition, only if the stored
-    status differs.
+    """Write the status `verdict` implies, with what the reconcile observed (`fields`, the
+    kind's status model), and an Event on a transition, only if the stored status differs.
 
     The body a handler got may be stale (a re-check's, or a dependent's copy from an index),
     so a change seen against it is confirmed against the object as stored now — a read,
@@ -160,7 +160,7 @@ async def publish(
 
 
 async def refresh(
-    ctx: Context, kind: KindInfo, body: Mapping[str, Any], fields: Mapping[str, Any]
+    ctx: Context, kind: KindInfo, body: Mapping[str, Any], fields: StatusModel
 ) -> None:
     """Write figures a probe measured (a database's size and sessions) into the status of an
     object that is otherwise unchanged: no condition moves, no Event. The status is taken
@@ -175,13 +175,11 @@ async def refresh(
             or stored["metadata"].get("generation") != meta.get("generation")
         ):
             return  # gone, going, or changed: its own reconcile writes its status
-        status = dict(stored.get("status") or {})
-        if all(status.get(k) == v for k, v in fields.items()):
+        status = kind.status.parse(stored.get("status"))
+        updated = status.merged(fields)
+        if updated.to_wire() == status.to_wire():
             return
-        status.update(fields)
-        await ctx.kube.apply_status(
-            kind, namespace, name, {k: v for k, v in status.items() if v is not None}
-        )
+        await ctx.kube.apply_status(kind, namespace, name, updated.to_wire())
 
 
 async def post_event(
@@ -195,8 +193,7 @@ async def post_event(
     """An Event on the object: for transitions, and for actions a person audits (what was
     created, credentials rotated). Messages never carry secrets."""
     meta = body["metadata"]
-    await events.post(
-        ctx.kube.core,
+    await ctx.kube.post_event(
         kind=kind.kind,
         namespace=meta["namespace"],
         name=meta["name"],

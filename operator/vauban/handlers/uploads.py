@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from vauban import timefmt
-from vauban.handlers.backups.store import bucket, store_of
+from vauban.handlers.backups.store import store_of
 from vauban.handlers.context import Context
 from vauban.reconcile.database import ClusterView
 
@@ -31,7 +31,7 @@ async def sweep(ctx: Context, clusters: Iterable[ClusterView]) -> None:
             continue
         seen.add(where)
         aborted = await asyncio.to_thread(
-            bucket(store).abort_stale_uploads, store.prefix, started_before
+            ctx.buckets(store).abort_stale_uploads, store.prefix, started_before
         )
         for key in aborted:
             logger.warning(

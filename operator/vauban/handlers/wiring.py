@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from vauban.api.backup import MANAGED_BACKUP
+from vauban.api.backup import MANAGED_BACKUP, ManagedBackupStatus
 from vauban.api.cluster import MANAGED_CLUSTER
 from vauban.api.common import GROUP, VERSION
 from vauban.api.database import MANAGED_DATABASE
@@ -365,7 +365,7 @@ async def _recheck_forever(
         # Backups waiting for their database (or for a Job event missed while down).
         for store in list(backups.values()):
             for body in list(store):
-                phase = (body.get("status") or {}).get("phase")
+                phase = ManagedBackupStatus.parse(body.get("status")).phase
                 if not _being_deleted(body) and phase not in ("Succeeded", "Failed"):
                     await _guarded(runs.reconcile(ctx, body), body)
 

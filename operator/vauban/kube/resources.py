@@ -10,6 +10,7 @@ from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
 from vauban.api.common import API_VERSION, GROUP, VERSION, KindInfo
+from vauban.kube import events
 from vauban.kube.client import Credentials, credentials_of
 from vauban.kube.lease import LeaderElection
 from vauban.settings import FIELD_MANAGER
@@ -363,6 +364,28 @@ class Kube:
 
     async def crd_exists(self, name: str) -> bool:
         return await _unless_missing(self._crds.read_custom_resource_definition(name)) is not None
+
+    async def post_event(
+        self,
+        *,
+        kind: str,
+        namespace: str,
+        name: str,
+        uid: str,
+        type_: events.EventType,
+        reason: str,
+        message: str,
+    ) -> None:
+        await events.post(
+            self._core,
+            kind=kind,
+            namespace=namespace,
+            name=name,
+            uid=uid,
+            type_=type_,
+            reason=reason,
+            message=message,
+        )
 
     async def heartbeat(self) -> None:
         """The cheapest authenticated request: whether the API answers this client."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from cronsim import CronSim, CronSimError
 
+from vauban.api.backup import Verification
 from vauban.api.common import duration_seconds
 from vauban.conditions import ConditionType, DomainCondition, Reason, State, Verdict
 from vauban.timefmt import parse_rfc3339, rfc3339
@@ -120,8 +121,10 @@ class VerificationEntry:
         value = {"result": self.result, "time": self.time, "message": self.message}
         return VERIFICATION_PREFIX + backup_uid, json.dumps(value, separators=(",", ":"))
 
-    def status(self) -> dict[str, str]:
-        return {"result": self.result, "time": self.time, "message": self.message}
+    def status(self) -> Verification:
+        return Verification.model_validate(
+            {"result": self.result, "time": self.time, "message": self.message}
+        )
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from vauban.api.backup import ManagedBackupStatus
 from vauban.api.cluster import ComplianceProfile, ManagedClusterSpec
 from vauban.conditions import ConditionType, DomainCondition, Reason
 from vauban.reconcile.backup import (
@@ -377,15 +378,18 @@ def database_backups(
         schedule=own or cluster_schedule,
         created=parse_rfc3339(meta.get("creationTimestamp")),
         backups=tuple(
-            BackupRecord(
-                name=str(b["metadata"]["name"]),
-                phase=(b.get("status") or {}).get("phase"),
-                finished=parse_rfc3339((b.get("status") or {}).get("finishedAt")),
-                created=parse_rfc3339(b["metadata"].get("creationTimestamp")),
-            )
-            for b in backups
-            if not b["metadata"].get("deletionTimestamp")
+            _backup_record(b) for b in backups if not b["metadata"].get("deletionTimestamp")
         ),
+    )
+
+
+def _backup_record(backup: Mapping[str, Any]) -> BackupRecord:
+    status = ManagedBackupStatus.parse(backup.get("status"))
+    return BackupRecord(
+        name=str(backup["metadata"]["name"]),
+        phase=status.phase,
+        finished=parse_rfc3339(status.finished_at),
+        created=parse_rfc3339(backup["metadata"].get("creationTimestamp")),
     )
 
 

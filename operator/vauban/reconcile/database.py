@@ -11,7 +11,7 @@ from typing import Any
 
 from vauban.api.cluster import ManagedClusterSpec
 from vauban.api.common import duration_seconds
-from vauban.api.database import ManagedDatabaseSpec
+from vauban.api.database import CredentialsStatus, ManagedDatabaseSpec, ManagedDatabaseStatus
 from vauban.conditions import Reason, State, Verdict
 from vauban.reconcile.records import DatabaseRecord, LoginRecord
 from vauban.reconcile.tenancy import namespace_allowed
@@ -263,15 +263,19 @@ def plan_credentials(
     return CredentialsPlan(login, generation, new, retiring, tuple(sorted(retire_now)))
 
 
-def timers_due(status: Mapping[str, Any], spec: Mapping[str, Any], now: datetime) -> bool:
+def timers_due(
+    credentials: CredentialsStatus | None, rotation_period: str | None, now: datetime
+) -> bool:
     """Whether time alone calls for a reconcile: retiring logins past their grace period, or
-    a rotation period elapsed."""
-    credentials = status.get("credentials") or {}
-    retire_after = parse_rfc3339(credentials.get("retireAfter"))
-    if credentials.get("retiring") and retire_after is not None and now >= retire_after:
+    a rotation period elapsed. `credentials` as status shows them: a timer read from a
+    forged status costs a reconcile, never a decision (the record decides)."""
+    if credentials is None:
+        return False
+    retire_after = parse_rfc3339(credentials.retire_after)
+    if credentials.retiring and retire_after is not None and now >= retire_after:
         return True
-    period = (spec.get("credentials") or {}).get("rotationPeriod")
-    last = parse_rfc3339(credentials.get("lastRotation"))
+    period = rotation_period
+    last = parse_rfc3339(credentials.last_rotation)
     return bool(
         period and last is not None and now >= last + timedelta(seconds=duration_seconds(period))
     )
@@ -297,11 +301,11 @@ probe, and a new one a write at its first probe (its free space maps appear afte
 first vacuum). The metric always has the figure just read."""
 
 
-def usage_moved(status: Mapping[str, Any], measured: Mapping[str, int | None]) -> bool:
+def usage_moved(status: ManagedDatabaseStatus, measured: ManagedDatabaseStatus) -> bool:
     """Whether measured size and sessions differ enough from status to be written."""
-    if status.get("connections") != measured["connections"]:
+    if status.connections != measured.connections:
         return True
-    before, now = status.get("sizeBytes"), measured["sizeBytes"]
+    before, now = status.size_bytes, measured.size_bytes
     if before is None or now is None:
         return before != now
     return bool(abs(now - before) > max(SIZE_TOLERANCE * before, SIZE_TOLERANCE_BYTES))

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from vauban import timefmt
-from vauban.api.database import ManagedDatabaseSpec
+from vauban.api.database import CredentialsStatus, ManagedDatabaseSpec, ManagedDatabaseStatus
 from vauban.builders.credentials import Endpoint, credentials_secret, secret_name
 from vauban.conditions import Event, Reason, State, Verdict
 from vauban.reconcile.database import (
@@ -189,9 +189,9 @@ class Provision:
     events: tuple[Event, ...]
     """Posted once every step passed."""
 
-    fields: Mapping[str, Any]
-    """Status fields: `credentials` (without `accepted`, which a login attempt tells) and
-    `extensions`."""
+    status: ManagedDatabaseStatus
+    """What status says of it: `credentials` (without `accepted`, which a login attempt
+    tells) and `extensions`."""
 
     ready: Verdict
     """The verdict once the restore and the backups, if any, say nothing else."""
@@ -314,10 +314,10 @@ def _steps(
         extensions=Extensions(wanted, record.extensions) if wanted or record.extensions else None,
         announce=view.provisioned,
         events=tuple(events),
-        fields={
-            "credentials": _credentials_status(view, record, credentials),
-            "extensions": sorted(spec.extensions),
-        },
+        status=ManagedDatabaseStatus(
+            credentials=_credentials_status(view, record, credentials),
+            extensions=sorted(spec.extensions),
+        ),
         ready=Verdict.ready(
             f"Database {spec.database_name} (owner {spec.owner}) is ready on ManagedCluster "
             f"{view.cluster_ref}; credentials in Secret {secret_name(view.name)}."
@@ -342,18 +342,17 @@ def _differs(current: SecretFound | None, desired: Mapping[str, Any]) -> bool:
 
 def _credentials_status(
     view: ProvisionView, record: DatabaseRecord, credentials: CredentialsPlan
-) -> dict[str, Any]:
+) -> CredentialsStatus:
     last_rotation = view.now if credentials.rotated else record.last_rotation
     retire_after = credentials.retire_after
-    status = {
-        "secretName": secret_name(view.name),
-        "username": credentials.login,
-        "lastRotation": timefmt.rfc3339(last_rotation) if last_rotation else None,
-        "rotationToken": view.rotate_token if credentials.rotated else record.rotation_token,
-        "retiring": sorted(credentials.retiring),
-        "retireAfter": timefmt.rfc3339(retire_after) if retire_after else None,
-    }
-    return {k: v for k, v in status.items() if v is not None}
+    return CredentialsStatus(
+        secret_name=secret_name(view.name),
+        username=credentials.login,
+        last_rotation=timefmt.rfc3339(last_rotation) if last_rotation else None,
+        rotation_token=view.rotate_token if credentials.rotated else record.rotation_token,
+        retiring=sorted(credentials.retiring),
+        retire_after=timefmt.rfc3339(retire_after) if retire_after else None,
+    )
 
 
 def _recreated(view: ProvisionView, credentials: CredentialsPlan) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from vauban.api.database import RestoreStatus
 from vauban.conditions import Reason, State, Verdict
 from vauban.reconcile.backup import (
     FAILED,
@@ -122,7 +123,7 @@ class RestoreStep:
     action: RestoreAction
     verdict: Verdict | None
     """What the database's status says meanwhile; None once the restore is done."""
-    status: Mapping[str, str] | None
+    status: RestoreStatus | None
     """status.restore; None while no restore started."""
     record: Mapping[str, str] | None = None
     """For RECORD_OUTCOME: the ledger's restore record to write."""
@@ -133,18 +134,22 @@ def recorded_restore(recorded: Mapping[str, str] | None) -> RestoreStep | None:
     run again. None when it settles nothing yet."""
     if recorded is None:
         return None
+    source = recorded.get("source", "")
     if recorded.get("phase") == SUCCEEDED:
-        return RestoreStep(RestoreAction.DONE, None, recorded)
+        done = RestoreStatus(
+            source=source, phase=SUCCEEDED, completed_at=recorded.get("completedAt")
+        )
+        return RestoreStep(RestoreAction.DONE, None, done)
     if recorded.get("phase") == FAILED:
         return RestoreStep(
             RestoreAction.STALLED,
             Verdict(
                 State.STALLED,
                 Reason.RESTORE_FAILED,
-                f"The restore of {recorded.get('source')} failed ({recorded.get('message', '')}); "
+                f"The restore of {source} failed ({recorded.get('message', '')}); "
                 "delete and re-create this ManagedDatabase to try again.",
             ),
-            recorded,
+            RestoreStatus(source=source, phase=FAILED),
         )
     return None
 
@@ -152,24 +157,27 @@ def recorded_restore(recorded: Mapping[str, str] | None) -> RestoreStep | None:
 def restore_step(source: str, refusal: Verdict | None, job: JobState, now: datetime) -> RestoreStep:
     """The next step of the restore of backup `source` (its refusal from `source_refusal`),
     given its Job (`job`; its termination message read once it ended)."""
-    running = {"source": source, "phase": RUNNING}
+    running = RestoreStatus(source=source, phase=RUNNING)
     if refusal is not None:
         # Nothing started: Pending while the source may still complete, Failed when it
         # never can; the conditions say why.
         if refusal.state is State.STALLED:
-            return RestoreStep(RestoreAction.STALLED, refusal, {**running, "phase": FAILED})
-        return RestoreStep(RestoreAction.WAIT, refusal, {**running, "phase": "Pending"})
+            failed = RestoreStatus(source=source, phase=FAILED)
+            return RestoreStep(RestoreAction.STALLED, refusal, failed)
+        pending = RestoreStatus(source=source, phase="Pending")
+        return RestoreStep(RestoreAction.WAIT, refusal, pending)
     restoring = Verdict(State.PROGRESSING, Reason.RESTORING, f"Restoring {source}.")
     if not job.exists:
         return RestoreStep(RestoreAction.START_JOB, restoring, running)
     if not (job.succeeded or job.failed):
         return RestoreStep(RestoreAction.WAIT, restoring, running)
     if job.succeeded:
-        outcome = {**running, "phase": SUCCEEDED, "completedAt": rfc3339(now)}
-        return RestoreStep(RestoreAction.RECORD_OUTCOME, None, outcome, outcome)
+        done = RestoreStatus(source=source, phase=SUCCEEDED, completed_at=rfc3339(now))
+        # The ledger's record has the status's shape, in the same words.
+        return RestoreStep(RestoreAction.RECORD_OUTCOME, None, done, done.to_wire())
     result = agent_result(job.message) or {}
     detail = f"{result.get('reason', 'JobFailed')}: {str(result.get('message', ''))[:600]}"
-    outcome = {**running, "phase": FAILED, "message": detail}
+    outcome = {"source": source, "phase": FAILED, "message": detail}
     return RestoreStep(
         RestoreAction.RECORD_OUTCOME,
         Verdict(
@@ -179,6 +187,6 @@ def restore_step(source: str, refusal: Verdict | None, job: JobState, now: datet
             "failed its integrity checks; delete and re-create this ManagedDatabase to try "
             "again.",
         ),
-        {**running, "phase": FAILED},
+        RestoreStatus(source=source, phase=FAILED),
         outcome,
     )

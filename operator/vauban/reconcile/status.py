@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from vauban.api.common import Condition
+from vauban.api.common import Condition, StatusModel
 from vauban.conditions import (
     ConditionType,
     DomainCondition,
@@ -70,20 +70,22 @@ def compute(
     *,
     generation: int,
     now: str,
-    fields: Mapping[str, Any] | None = None,
+    fields: StatusModel | None = None,
     domain: Sequence[DomainCondition] = (),
 ) -> StatusUpdate:
-    """The status for `verdict`; `fields` are kind-specific status fields (camelCase),
-    `domain` the conditions beyond kstatus's (BackupHealthy...)."""
+    """The status for `verdict`; `fields` the kind's status model with what the reconcile
+    observed (its conditions and observedGeneration are computed here; a phase it sets
+    replaces the verdict's), `domain` the conditions beyond kstatus's (BackupHealthy...)."""
     before = previous_conditions(previous)
     conditions = merge(
         before, [*kstatus_conditions(verdict), *domain], generation=generation, now=now
     )
+    observed = fields.to_wire() if fields is not None else {}
     status: dict[str, Any] = {
+        **observed,
         "observedGeneration": generation,
         "conditions": [c.model_dump(by_alias=True, exclude_none=True) for c in conditions],
-        "phase": verdict.phase.value,
-        **{k: v for k, v in (fields or {}).items() if v is not None},
+        "phase": observed.get("phase") or verdict.phase.value,
     }
     new_ready, old_ready = (
         conditions[0],
@@ -94,9 +96,12 @@ def compute(
         new_ready.reason,
     )
     old = previous or {}
-    # Only our own keys count: another writer's status fields are theirs to keep.
-    cleared = [k for k, v in (fields or {}).items() if v is None and k in old]
-    changed = bool(cleared) or any(old.get(k) != v for k, v in status.items())
+    # Every field of the kind's model counts, so a field no longer observed is a change;
+    # fields the model does not know (another writer's) are theirs to keep.
+    keys = set(status) | (
+        {f.alias or k for k, f in type(fields).model_fields.items()} if fields else set()
+    )
+    changed = any(old.get(k) != status.get(k) for k in keys)
     # A domain condition's change is an Event; its first value only when it says something
     # is wrong (a new database is not announced Compliant, nor BackupHealthy Unknown).
     previous_by_type = {c.type: (c.status, c.reason) for c in before}

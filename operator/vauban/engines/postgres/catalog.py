@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -15,6 +16,7 @@ from psycopg import sql
 from vauban.engines.postgres import registry
 from vauban.engines.postgres.plan import Catalog, RoleState
 from vauban.engines.postgres.probe import PINNED_SEARCH_PATH, ServerAddress, ssl_root_cert
+from vauban.reconcile.records import DatabaseRecord
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +153,38 @@ class Server:
             },
             logins=found,
         )
+
+    # The registry, on this same session: a reconcile reads and writes both at once.
+
+    async def record_of(self, uid: str) -> DatabaseRecord | None:
+        return await registry.record_of(self.connection, uid)
+
+    async def holder_of(self, database: str, owner: str) -> tuple[str, str, str] | None:
+        return await registry.holder_of(self.connection, database, owner)
+
+    async def claim(self, record: DatabaseRecord) -> None:
+        await registry.claim(self.connection, record)
+
+    async def add_login(self, uid: str, role: str, generation: int) -> None:
+        await registry.add_login(self.connection, uid, role, generation)
+
+    async def published(self, uid: str, login: str, retiring: Mapping[str, datetime]) -> None:
+        await registry.published(self.connection, uid, login, retiring)
+
+    async def rotated(self, uid: str, token: str | None, at: datetime) -> None:
+        await registry.rotated(self.connection, uid, token, at)
+
+    async def forget_logins(self, uid: str, roles: Collection[str]) -> None:
+        await registry.forget_logins(self.connection, uid, roles)
+
+    async def set_extensions(self, uid: str, extensions: Collection[str]) -> None:
+        await registry.set_extensions(self.connection, uid, extensions)
+
+    async def retain(self, uid: str) -> None:
+        await registry.retain(self.connection, uid)
+
+    async def forget(self, uid: str) -> None:
+        await registry.forget(self.connection, uid)
 
 
 @contextlib.asynccontextmanager

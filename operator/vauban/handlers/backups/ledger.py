@@ -229,7 +229,9 @@ async def place(
             if entry.state != FAILED:
                 location = location_of(store, current.database, entry.job)
                 try:
-                    manifest = await asyncio.to_thread(read_authentic, store, location, current.key)
+                    manifest = await asyncio.to_thread(
+                        read_authentic, ctx, store, location, current.key
+                    )
                 except StorageError as e:
                     return Placement(current, store, entry.job, entry, None, str(e))
             return Placement(current, store, entry.job, entry, manifest)
@@ -237,7 +239,7 @@ async def place(
     for current in found:
         location = location_of(store, current.database, job)
         try:
-            manifest = await asyncio.to_thread(read_authentic, store, location, current.key)
+            manifest = await asyncio.to_thread(read_authentic, ctx, store, location, current.key)
         except StorageError as e:
             # Only looking for a backup made before the ledger: one not started yet goes
             # ahead, and its Job reports what the bucket says.

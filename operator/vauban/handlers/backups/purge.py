@@ -14,8 +14,8 @@ from typing import Any
 import kopf
 
 from vauban import timefmt
-from vauban.api.backup import MANAGED_BACKUP
-from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
+from vauban.api.backup import MANAGED_BACKUP, ManagedBackupStatus
+from vauban.api.database import MANAGED_DATABASE, DatabaseBackup, ManagedDatabaseSpec
 from vauban.backup.storage import ObjectLocked, StorageError
 from vauban.builders import backup as build
 from vauban.builders.keys import data_key_secret_name
@@ -23,7 +23,7 @@ from vauban.handlers import keys
 from vauban.handlers.backups.agents import delete_agent_object
 from vauban.handlers.backups.ledger import DEK_SECRET_PREFIX, database_of
 from vauban.handlers.backups.runs import reconcile
-from vauban.handlers.backups.store import backup_policy_of, bucket, store_of
+from vauban.handlers.backups.store import backup_policy_of, store_of
 from vauban.handlers.context import Context
 from vauban.handlers.publish import post_event
 from vauban.reconcile.backup import (
@@ -58,8 +58,10 @@ async def final_backup(ctx: Context, body: Mapping[str, Any]) -> None:
             f"Taking the final backup {name} before the database goes.",
         )
     found = await ctx.kube.read(MANAGED_BACKUP, meta["namespace"], name)
-    phase = ((found or {}).get("status") or {}).get("phase")
-    if found is not None and phase not in (SUCCEEDED, FAILED):
+    if found is not None and ManagedBackupStatus.parse(found.get("status")).phase not in (
+        SUCCEEDED,
+        FAILED,
+    ):
         await reconcile(ctx, found)
         raise kopf.TemporaryError(f"waiting for the final backup {name}", delay=5)
 
@@ -86,7 +88,7 @@ async def database_deleted(
     ):
         await delete_agent_object(ctx, kind, namespace, name)
     await ctx.kube.delete_job(namespace, build.restore_job_name(database))
-    days = spec.backup.retain_after_deletion_days if spec.backup else 30
+    days = (spec.backup or DatabaseBackup()).retain_after_deletion_days
     dek = data_key_secret_name(database.uid)
     if days == 0 and spec.deletion_policy == "Delete":
         await keys.destroy_data_key(ctx, database.uid)
@@ -144,8 +146,9 @@ async def _purge(
             return
         prefix = store.database_prefix(database) + "/"
         try:
-            for location in await asyncio.to_thread(bucket(store).locations, prefix):
-                await asyncio.to_thread(bucket(store).delete_backup, location)
+            bucket = ctx.buckets(store)
+            for location in await asyncio.to_thread(bucket.locations, prefix):
+                await asyncio.to_thread(bucket.delete_backup, location)
         except ObjectLocked as e:
             logger.info("purge of %s waits: %s", purge.secret, e)
             return

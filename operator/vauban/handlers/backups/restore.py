@@ -10,9 +10,9 @@ from datetime import datetime
 from typing import Any
 
 from vauban import timefmt
-from vauban.api.backup import MANAGED_BACKUP
+from vauban.api.backup import MANAGED_BACKUP, ManagedBackupStatus
 from vauban.api.cluster import ManagedClusterSpec
-from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
+from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec, RestoreStatus
 from vauban.builders import backup as build
 from vauban.conditions import Reason, State, Verdict
 from vauban.handlers import keys
@@ -68,7 +68,7 @@ async def _restore_source(
                 Reason.RESTORE_FAILED if placed.reason == Reason.KEY_MISSING else placed.reason,
                 f"Cannot restore {name}: {placed.message}",
             )
-        return name, placed, (found.get("status") or {}).get("phase")
+        return name, placed, ManagedBackupStatus.parse(found.get("status")).phase
     assert spec.restore.database_ref is not None
     source = spec.restore.database_ref.name
     candidates: list[tuple[datetime, str, Placement]] = []
@@ -119,7 +119,7 @@ async def advance(
     cluster_spec: ManagedClusterSpec,
     tenant: build.AgentLogin,
     backups: Mapping[tuple[str, str], Iterable[Mapping[str, Any]]],
-) -> tuple[Verdict | None, dict[str, Any] | None]:
+) -> tuple[Verdict | None, RestoreStatus | None]:
     """Take the next step of the restore that fills a new database from a backup, once,
     before it is reported Ready. Returns the verdict while the restore is not done (None once
     it is) and status.restore. Whether it was done is in this database's ledger; what to
@@ -142,7 +142,7 @@ async def advance(
         return target, None
     settled = recorded_restore(target.ledger.restore)
     if settled is not None:
-        return settled.verdict, _status(settled)
+        return settled.verdict, settled.status
     store = await store_of(ctx, cluster.namespace, cluster_spec.backup.object_store)
     if isinstance(store, str):
         return Verdict(State.STALLED, Reason.RESTORE_FAILED, f"Cannot restore: {store}."), None
@@ -163,11 +163,7 @@ async def advance(
         await _start_job(ctx, body, database, tenant, store, placed, name)
     elif step.action is RestoreAction.RECORD_OUTCOME:
         await _record_outcome(ctx, body, database, step, name)
-    return step.verdict, _status(step)
-
-
-def _status(step: RestoreStep) -> dict[str, Any] | None:
-    return None if step.status is None else dict(step.status)
+    return step.verdict, step.status
 
 
 async def _start_job(

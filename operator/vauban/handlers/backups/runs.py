@@ -14,7 +14,13 @@ from typing import Any
 import kopf
 
 from vauban import timefmt
-from vauban.api.backup import MANAGED_BACKUP, ManagedBackupSpec
+from vauban.api.backup import (
+    MANAGED_BACKUP,
+    BackupLocation,
+    BackupTrigger,
+    ManagedBackupSpec,
+    ManagedBackupStatus,
+)
 from vauban.api.database import MANAGED_DATABASE
 from vauban.backup.manifest import Manifest
 from vauban.backup.storage import ObjectLocked, StorageError
@@ -23,7 +29,7 @@ from vauban.builders.keys import data_key_secret_name
 from vauban.conditions import Reason, State, Verdict
 from vauban.handlers.backups.agents import backup_run, job_ended, our_job
 from vauban.handlers.backups.ledger import Placement, database_store, place, write_ledger
-from vauban.handlers.backups.store import bucket, manifest_fields
+from vauban.handlers.backups.store import manifest_status
 from vauban.handlers.context import Context, ObjectKey, fingerprint
 from vauban.handlers.envelope import Envelope
 from vauban.handlers.publish import awaiting_finalizer, parse_spec, post_event, publish
@@ -48,10 +54,13 @@ logger = logging.getLogger(__name__)
 TRIGGER_ANNOTATION = "vauban.dev/trigger"
 
 
-def _trigger(body: Mapping[str, Any]) -> str:
+_TRIGGERS: dict[str, BackupTrigger] = {t: t for t in ("OnDemand", "Scheduled", "Final")}
+
+
+def _trigger(body: Mapping[str, Any]) -> BackupTrigger:
     """Shown, not trusted: Scheduled and Final records are annotated by the operator."""
     trigger = (body["metadata"].get("annotations") or {}).get(TRIGGER_ANNOTATION)
-    return trigger if trigger in ("OnDemand", "Scheduled", "Final") else "OnDemand"
+    return _TRIGGERS.get(trigger or "", "OnDemand")
 
 
 def _memo(body: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -66,9 +75,11 @@ def _shown(status: Mapping[str, Any]) -> str:
     return fingerprint({k: status.get(k) for k in _SHOWN})
 
 
-def _shown_fields(status: Mapping[str, Any]) -> dict[str, Any]:
+def _shown_fields(status: Mapping[str, Any]) -> ManagedBackupStatus:
     """Everything a ManagedBackup's status shows besides its conditions."""
-    return {k: v for k, v in status.items() if k not in ("conditions", "observedGeneration")}
+    return ManagedBackupStatus.parse(
+        {k: v for k, v in status.items() if k not in ("conditions", "observedGeneration")}
+    )
 
 
 def _read_again(ctx: Context, key: ObjectKey, body: Mapping[str, Any]) -> None:
@@ -85,9 +96,9 @@ async def reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
 
 
 async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
-    status = body.get("status") or {}
-    terminal = status.get("phase") in (SUCCEEDED, FAILED)
-    if terminal and ctx.applied.get(_memo(body)) == _shown(status):
+    status = ManagedBackupStatus.parse(body.get("status"))
+    terminal = status.phase in (SUCCEEDED, FAILED)
+    if terminal and ctx.applied.get(_memo(body)) == _shown(status.to_wire()):
         return  # what this process recorded, unchanged since: nothing to read again
     spec = await parse_spec(ctx, MANAGED_BACKUP, ManagedBackupSpec, body)
     if spec is None:
@@ -95,14 +106,19 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
     namespace = body["metadata"]["namespace"]
     name = spec.database_ref.name
     live = await ctx.kube.read(MANAGED_DATABASE, namespace, name)
-    shown: dict[str, Any] = {"trigger": _trigger(body)}
+    shown = ManagedBackupStatus(trigger=_trigger(body))
     placed = await _placed(ctx, body, name, live)
     if isinstance(placed, Verdict):
         if terminal:
             return  # the records cannot be read now: what is shown stays shown
         await _pending(ctx, body, shown, placed)
         return
-    shown.update(job=placed.job, location={"bucket": placed.store.bucket, "key": placed.location})
+    shown = shown.merged(
+        ManagedBackupStatus(
+            job=placed.job,
+            location=BackupLocation(bucket=placed.store.bucket, key=placed.location),
+        )
+    )
     database = placed.incarnation.database
     job = our_job(await ctx.kube.read_job(ctx.settings.namespace, placed.job), database, "backup")
     state = job_state(job, None)
@@ -139,16 +155,21 @@ async def _placed(
 
 
 async def _pending(
-    ctx: Context, body: Mapping[str, Any], shown: dict[str, Any], verdict: Verdict
+    ctx: Context, body: Mapping[str, Any], shown: ManagedBackupStatus, verdict: Verdict
 ) -> None:
-    await publish(ctx, MANAGED_BACKUP, body, verdict, fields={**shown, "phase": "Pending"})
+    fields = shown.merged(ManagedBackupStatus(phase="Pending"))
+    await publish(ctx, MANAGED_BACKUP, body, verdict, fields=fields)
 
 
 async def _running(
-    ctx: Context, body: Mapping[str, Any], shown: dict[str, Any], message: str, started: str | None
+    ctx: Context,
+    body: Mapping[str, Any],
+    shown: ManagedBackupStatus,
+    message: str,
+    started: str | None,
 ) -> None:
     verdict = Verdict(State.PROGRESSING, Reason.BACKUP_RUNNING, message)
-    fields = {**shown, "phase": "Running", "startedAt": started}
+    fields = shown.merged(ManagedBackupStatus(phase="Running", started_at=started))
     await publish(ctx, MANAGED_BACKUP, body, verdict, fields=fields)
 
 
@@ -157,7 +178,7 @@ async def _conclude(
     body: Mapping[str, Any],
     placed: Placement,
     live: Mapping[str, Any] | None,
-    shown: dict[str, Any],
+    shown: ManagedBackupStatus,
     outcome: BackupOutcome,
     job: Mapping[str, Any] | None,
 ) -> None:
@@ -175,7 +196,9 @@ async def _conclude(
         await _failed(ctx, body, placed, outcome.verdict, shown, outcome.finished)
     elif outcome.action is BackupAction.UNRECORDED:
         assert outcome.verdict is not None
-        await _publish_terminal(ctx, body, outcome.verdict, {**shown, "phase": FAILED})
+        await _publish_terminal(
+            ctx, body, outcome.verdict, shown.merged(ManagedBackupStatus(phase=FAILED))
+        )
     else:
         await _start(ctx, body, placed, live, shown)
 
@@ -185,7 +208,7 @@ async def _start(
     body: Mapping[str, Any],
     placed: Placement,
     live: Mapping[str, Any] | None,
-    shown: dict[str, Any],
+    shown: ManagedBackupStatus,
 ) -> None:
     database = placed.incarnation.database
     waiting = _not_startable(database, live)
@@ -253,7 +276,7 @@ async def _succeeded(
     body: Mapping[str, Any],
     placed: Placement,
     manifest: Manifest,
-    shown: dict[str, Any],
+    shown: ManagedBackupStatus,
 ) -> None:
     if placed.entry is None or placed.entry.state != SUCCEEDED:
         await _record_entry(ctx, body, placed, SUCCEEDED, manifest.finished_at)
@@ -264,12 +287,11 @@ async def _succeeded(
         f"Backup complete: {manifest.stored_bytes} bytes stored, {len(manifest.tables)} "
         "tables, manifest written.",
     )
-    fields = {
-        **shown,
-        **manifest_fields(manifest),
-        "phase": SUCCEEDED,
-        "verification": verification.status() if verification else None,
-    }
+    fields = shown.merged(manifest_status(manifest)).merged(
+        ManagedBackupStatus(
+            phase=SUCCEEDED, verification=verification.status() if verification else None
+        )
+    )
     await _publish_terminal(ctx, body, verdict, fields)
 
 
@@ -278,7 +300,7 @@ async def _failed(
     body: Mapping[str, Any],
     placed: Placement,
     verdict: Verdict,
-    shown: dict[str, Any],
+    shown: ManagedBackupStatus,
     finished: datetime | None,
 ) -> None:
     at = finished or timefmt.now()
@@ -287,15 +309,15 @@ async def _failed(
         ctx.metrics.backup_failed(
             body["metadata"]["namespace"], body["spec"]["databaseRef"]["name"]
         )
-    fields = {**shown, "phase": FAILED, "finishedAt": timefmt.rfc3339(at)}
+    fields = shown.merged(ManagedBackupStatus(phase=FAILED, finished_at=timefmt.rfc3339(at)))
     await _publish_terminal(ctx, body, verdict, fields)
 
 
 async def _publish_terminal(
-    ctx: Context, body: Mapping[str, Any], verdict: Verdict, fields: dict[str, Any]
+    ctx: Context, body: Mapping[str, Any], verdict: Verdict, fields: ManagedBackupStatus
 ) -> None:
     await publish(ctx, MANAGED_BACKUP, body, verdict, fields=fields)
-    ctx.applied[_memo(body)] = _shown({k: v for k, v in fields.items() if v is not None})
+    ctx.applied[_memo(body)] = _shown(fields.to_wire())
 
 
 async def finalize(ctx: Context, body: Mapping[str, Any]) -> None:
@@ -338,7 +360,7 @@ async def finalize(ctx: Context, body: Mapping[str, Any]) -> None:
         return
     if spec.get("deletionPolicy", "Delete") == "Delete":
         try:
-            await asyncio.to_thread(bucket(placed.store).delete_backup, placed.location)
+            await asyncio.to_thread(ctx.buckets(placed.store).delete_backup, placed.location)
         except ObjectLocked as e:
             # The lock is the point: the object outlives this record, and the bucket's
             # lifecycle rules remove it once the lock ends.

@@ -14,7 +14,7 @@ from typing import Any
 from vauban import timefmt
 from vauban.api.backup import MANAGED_BACKUP
 from vauban.api.cluster import ManagedClusterSpec
-from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
+from vauban.api.database import MANAGED_DATABASE, BackupStatus, ManagedDatabaseSpec
 from vauban.backup.storage import StorageError
 from vauban.builders import backup as build
 from vauban.builders.keys import data_key_secret_name
@@ -27,8 +27,9 @@ from vauban.handlers.backups.agents import (
     delete_agent_object,
 )
 from vauban.handlers.backups.ledger import database_of, location_of
-from vauban.handlers.backups.store import list_authentic, manifest_fields, store_of
+from vauban.handlers.backups.store import list_authentic, manifest_status, store_of
 from vauban.handlers.context import Context
+from vauban.handlers.databases.stored import status as stored_status
 from vauban.handlers.publish import post_event
 from vauban.reconcile.backup import (
     BackupRecord,
@@ -59,13 +60,13 @@ class Logins:
 class DatabaseBackups:
     """What the database's status says about its backups."""
 
-    fields: dict[str, Any]
+    status: BackupStatus | None
     conditions: list[DomainCondition]
 
 
 def _not_healthy(reason: Reason, message: str) -> DatabaseBackups:
     return DatabaseBackups(
-        {}, [DomainCondition(ConditionType.BACKUP_HEALTHY, "False", reason, message)]
+        None, [DomainCondition(ConditionType.BACKUP_HEALTHY, "False", reason, message)]
     )
 
 
@@ -89,9 +90,9 @@ async def for_database(
     policy = cluster_spec.backup
     database = database_of(body)
     namespace = ctx.settings.namespace
-    previous = (body.get("status") or {}).get("backup") or {}
+    previous = stored_status(body).backup
     if policy is None:
-        if previous:
+        if previous is not None:
             for kind, name in (
                 ("CronJob", build.cronjob_name(database, "backup")),
                 ("CronJob", build.cronjob_name(database, "verify")),
@@ -124,11 +125,11 @@ async def for_database(
             "CronJob",
             build.cronjob(run, name=cronjob, namespace=namespace, schedule=schedule),
         )
-    elif previous.get("schedule"):
+    elif previous is not None and previous.schedule:
         await delete_agent_object(ctx, "CronJob", namespace, cronjob)
 
     try:
-        stored = await asyncio.to_thread(list_authentic, store, database, key)
+        stored = await asyncio.to_thread(list_authentic, ctx, store, database, key)
     except StorageError as e:
         return _not_healthy(Reason.BACKUP_NOT_CONFIGURED, f"The bucket cannot be listed: {e}.")
     mine = [
@@ -167,17 +168,17 @@ async def for_database(
         last_success=latest.finished if latest else None,
         last_verified=timefmt.parse_rfc3339(verified[1]) if verified else None,
         schedule_seconds=interval(schedule, now).total_seconds() if schedule else None,
-        last={"status": manifest_fields(manifest)} if manifest else None,
+        last={"status": manifest_status(manifest).to_wire()} if manifest else None,
     )
-    fields = {
-        "schedule": schedule,
-        "lastBackup": latest.name if latest else None,
-        "lastBackupTime": timefmt.rfc3339(latest.finished) if latest and latest.finished else None,
-        "lastVerifiedBackup": verified[0] if verified else None,
-        "lastVerifiedTime": verified[1] if verified else None,
-        "dataKeyId": key.key_id,
-    }
-    return DatabaseBackups({k: v for k, v in fields.items() if v is not None}, [condition])
+    status = BackupStatus(
+        schedule=schedule,
+        last_backup=latest.name if latest else None,
+        last_backup_time=timefmt.rfc3339(latest.finished) if latest and latest.finished else None,
+        last_verified_backup=verified[0] if verified else None,
+        last_verified_time=verified[1] if verified else None,
+        data_key_id=key.key_id,
+    )
+    return DatabaseBackups(status, [condition])
 
 
 def _last_verified(

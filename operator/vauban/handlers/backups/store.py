@@ -5,13 +5,12 @@ complete."""
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from vauban import timefmt
+from vauban.api.backup import ManagedBackupStatus
 from vauban.api.cluster import MANAGED_CLUSTER, ClusterBackupPolicy, ManagedClusterSpec, ObjectStore
 from vauban.backup.manifest import Manifest, ManifestNotAuthentic
 from vauban.backup.storage import InvalidManifest
-from vauban.backup.storage import ObjectStore as Bucket
 from vauban.builders import backup as build
 from vauban.handlers.context import Context
 
@@ -51,16 +50,6 @@ async def store_of(ctx: Context, cluster_namespace: str, spec: ObjectStore) -> b
     )
 
 
-def bucket(store: build.Store) -> Bucket:
-    return Bucket(
-        endpoint=store.endpoint,
-        region=store.region,
-        bucket=store.bucket,
-        access_key_id=store.access_key_id,
-        secret_access_key=store.secret_access_key,
-    )
-
-
 def _authentic(manifest: Manifest, key: build.DataKey) -> bool:
     if manifest.data_key_id != key.key_id:
         return False
@@ -72,10 +61,12 @@ def _authentic(manifest: Manifest, key: build.DataKey) -> bool:
     return True
 
 
-def read_authentic(store: build.Store, location: str, key: build.DataKey) -> Manifest | None:
+def read_authentic(
+    ctx: Context, store: build.Store, location: str, key: build.DataKey
+) -> Manifest | None:
     """The manifest at `location` if it exists and authenticates with `key` (blocking)."""
     try:
-        manifest = bucket(store).read_manifest(location)
+        manifest = ctx.buckets(store).read_manifest(location)
     except InvalidManifest as e:
         logger.warning("ignoring a backup: %s", e)
         return None
@@ -83,28 +74,29 @@ def read_authentic(store: build.Store, location: str, key: build.DataKey) -> Man
 
 
 def list_authentic(
-    store: build.Store, database: build.Database, key: build.DataKey
+    ctx: Context, store: build.Store, database: build.Database, key: build.DataKey
 ) -> dict[str, Manifest]:
     """The authenticated backups of one incarnation, by Job (blocking)."""
     prefix = store.database_prefix(database) + "/"
     return {
         m.location.rsplit("/", 1)[-1]: m
-        for m in bucket(store).list_manifests(prefix)
+        for m in ctx.buckets(store).list_manifests(prefix)
         if m.location.startswith(prefix) and _authentic(m, key)
     }
 
 
-def manifest_fields(manifest: Manifest) -> dict[str, Any]:
-    return {
-        "startedAt": timefmt.rfc3339(manifest.started_at),
-        "finishedAt": timefmt.rfc3339(manifest.finished_at),
-        "sizeBytes": manifest.stored_bytes,
-        "dumpBytes": manifest.dump_bytes,
-        "sha256": manifest.sha256,
-        "dataKeyId": manifest.data_key_id,
-        "serverVersion": manifest.server_version,
-        "tables": len(manifest.tables),
-        "retainUntil": (
+def manifest_status(manifest: Manifest) -> ManagedBackupStatus:
+    """What a ManagedBackup's status shows of its authenticated manifest."""
+    return ManagedBackupStatus(
+        started_at=timefmt.rfc3339(manifest.started_at),
+        finished_at=timefmt.rfc3339(manifest.finished_at),
+        size_bytes=manifest.stored_bytes,
+        dump_bytes=manifest.dump_bytes,
+        sha256=manifest.sha256,
+        data_key_id=manifest.data_key_id,
+        server_version=manifest.server_version,
+        tables=len(manifest.tables),
+        retain_until=(
             timefmt.rfc3339(manifest.object_lock.retain_until) if manifest.object_lock else None
         ),
-    }
+    )

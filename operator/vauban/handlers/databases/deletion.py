@@ -13,7 +13,6 @@ import psycopg
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
 from vauban.builders.credentials import secret_name
 from vauban.conditions import Reason, State, Verdict
-from vauban.engines.postgres import catalog as pg
 from vauban.engines.postgres import registry
 from vauban.engines.postgres.plan import drop_database, retire_login
 from vauban.handlers.backups import purge
@@ -54,8 +53,8 @@ async def finalize(
     try:
         if isinstance(connection, Verdict):
             raise _Unreachable(connection.message)
-        async with ctx.server_slots[key], pg.session(connection.admin) as server:
-            record = await registry.record_of(server.connection, uid)
+        async with ctx.server_slots[key], ctx.servers.admin(connection.admin) as server:
+            record = await server.record_of(uid)
     except (psycopg.Error, registry.RegistryUnusable, _Unreachable) as e:
         why = database_error(e).message if isinstance(e, psycopg.Error) else str(e)
         await _cannot_clean_up(ctx, body, spec, cluster, why)
@@ -67,14 +66,14 @@ async def finalize(
     if record is None or record.retained:
         return
     try:
-        async with ctx.server_slots[key], pg.session(connection.admin) as server:
+        async with ctx.server_slots[key], ctx.servers.admin(connection.admin) as server:
             logins = [login.role for login in record.logins]
             if spec.deletion_policy == "Delete":
                 await server.run(drop_database(record.database, [*logins, record.owner]))
-                await registry.forget(server.connection, uid)
+                await server.forget(uid)
             else:
                 await server.run([s for role in logins for s in retire_login(role)])
-                await registry.retain(server.connection, uid)
+                await server.retain(uid)
     except psycopg.Error as e:
         raise kopf.TemporaryError(database_error(e).message, delay=30) from e
     logger.info(

@@ -11,9 +11,18 @@ from collections.abc import Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from pydantic import ValidationError
+
 from vauban import timefmt
-from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
-from vauban.conditions import DomainCondition, Reason, State, Verdict
+from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec, ManagedDatabaseStatus
+from vauban.conditions import (
+    ConditionType,
+    DomainCondition,
+    Reason,
+    State,
+    Verdict,
+    is_true,
+)
 from vauban.handlers.context import NEVER, Context
 from vauban.handlers.databases import provision, stored, suspension
 from vauban.handlers.databases.connection import tell_cluster
@@ -30,7 +39,7 @@ from vauban.reconcile.database import (
     resync_due,
     timers_due,
 )
-from vauban.reconcile.status import is_ready, ready_for_generation
+from vauban.reconcile.status import ready_for_generation
 from vauban.reconcile.tenancy import needs_namespace_labels
 
 
@@ -85,7 +94,9 @@ async def _reconcile(
     verdict = await _assess(ctx, namespace, spec, cluster)
     # What the server's record said last stays displayed while it cannot be read (a cluster
     # not ready): display only, every decision reads the record itself.
-    fields: dict[str, Any] = {**stored.kept(body.get("status") or {}), "cluster": "/".join(key)}
+    fields = stored.kept(body.get("status") or {}).merged(
+        ManagedDatabaseStatus(cluster="/".join(key))
+    )
     domain: list[DomainCondition] = []
     if cluster is not None and cluster.spec is not None:
         placement = compliance.placement(cluster.spec.compliance.profile, spec.data_classification)
@@ -105,7 +116,7 @@ async def _reconcile(
             verdict, provisioned, backup_conditions = await provision.provision(
                 ctx, body, spec, cluster, cluster.spec, limit, backups
             )
-            fields.update(provisioned)
+            fields = fields.merged(provisioned)
             domain += backup_conditions
     elif verdict.reason is Reason.NAMESPACE_NOT_ALLOWED and cluster and cluster.spec:
         verdict = await suspension.refused(ctx, body, spec, cluster, cluster.spec, verdict)
@@ -158,22 +169,30 @@ def settled(ctx: Context, body: Mapping[str, Any]) -> bool:
     rotation request, and was reconciled by this process within the probe interval. The
     events of Vauban's own status writes are such events; reconciling them again would
     re-read the server and, with a session count that moved, write status again."""
-    credentials = (body.get("status") or {}).get("credentials") or {}
+    credentials = stored.status(body).credentials
     token = (body["metadata"].get("annotations") or {}).get(ROTATE_ANNOTATION)
     return (
         ready_for_generation(body)
-        and token == credentials.get("rotationToken")
+        and token == (credentials.rotation_token if credentials else None)
         and not due(ctx, body)
     )
+
+
+def _rotation_period(body: Mapping[str, Any]) -> str | None:
+    try:
+        spec = ManagedDatabaseSpec.model_validate(body.get("spec") or {})
+    except ValidationError:
+        return None  # its reconcile says InvalidSpec
+    return spec.credentials.rotation_period
 
 
 def due(ctx: Context, body: Mapping[str, Any]) -> bool:
     """Whether the periodic re-check should reconcile this database now."""
     key = stored.key(body)
-    status = body.get("status") or {}
-    if not is_ready(status):
+    status = stored.status(body)
+    if not is_true(status.conditions, ConditionType.READY):
         return ctx.backoff.due(key)
-    if timers_due(status, body.get("spec") or {}, timefmt.now()):
+    if timers_due(status.credentials, _rotation_period(body), timefmt.now()):
         return True
     return resync_due(
         key, time.monotonic() - ctx.reconciled.get(key, NEVER), ctx.settings.resync_interval_seconds

@@ -15,19 +15,19 @@ from psycopg import sql
 
 from vauban import timefmt
 from vauban.api.cluster import ManagedClusterSpec
-from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
+from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec, ManagedDatabaseStatus
 from vauban.builders.backup import AgentLogin
 from vauban.builders.credentials import Endpoint, secret_name
 from vauban.conditions import DomainCondition, Reason, State, Verdict
 from vauban.engines.postgres import catalog as pg
 from vauban.engines.postgres import registry
 from vauban.engines.postgres.plan import Catalog, Desired, Login, Plan, extensions_plan, plan
-from vauban.engines.postgres.probe import check_login
 from vauban.engines.postgres.scram import new_password, verifier
 from vauban.handlers.backups import restore, schedules
 from vauban.handlers.context import Context
 from vauban.handlers.databases import stored
 from vauban.handlers.databases.connection import Connection, connect, database_error
+from vauban.handlers.ports import AdminSession
 from vauban.handlers.publish import post_event
 from vauban.reconcile import provision as decision
 from vauban.reconcile.cluster import ProbeOutcome
@@ -45,21 +45,22 @@ async def provision(
     cluster_spec: ManagedClusterSpec,
     connection_limit: int,
     backups: Index,
-) -> tuple[Verdict, dict[str, Any], list[DomainCondition]]:
-    """The verdict, the status fields to write (none on a failure: what status showed stays,
+) -> tuple[Verdict, ManagedDatabaseStatus, list[DomainCondition]]:
+    """The verdict, the status observed (nothing on a failure: what status showed stays,
     the caller keeps it) and the backup conditions."""
+    nothing = ManagedDatabaseStatus()
     connection = await connect(ctx, cluster, cluster_spec, spec.database_name)
     if isinstance(connection, Verdict):
-        return connection, {}, []
+        return connection, nothing, []
     try:
         done = await _on_server(ctx, connection, body, spec, cluster, connection_limit)
     except psycopg.Error as e:
-        return database_error(e), {}, []
+        return database_error(e), nothing, []
     except registry.RegistryUnusable as e:
         verdict = Verdict(State.STALLED, Reason.REGISTRY_UNAVAILABLE, f"Vauban's registry: {e}")
-        return verdict, {}, []
+        return verdict, nothing, []
     if isinstance(done, Verdict):
-        return done, {}, []
+        return done, nothing, []
     steps, applied, usage = done
     # A change to a provisioned database is an Event of its own; a first provisioning is
     # told by the Event of the transition to Ready (one write per object less at scale).
@@ -68,29 +69,31 @@ async def provision(
         await post_event(ctx, MANAGED_DATABASE, body, "Normal", "Provisioned", summary)
     for event in steps.events:
         await post_event(ctx, MANAGED_DATABASE, body, event.type, event.reason, event.message)
-    credentials = dict(steps.fields["credentials"])
-    if cluster_spec.external is not None:
+    credentials = steps.status.credentials
+    if cluster_spec.external is not None and credentials is not None:
         accepted = await _login_accepted(
             ctx, body, connection, steps.server.login, steps.password, spec.database_name
         )
         if accepted is not None:
-            credentials["accepted"] = accepted
-    fields: dict[str, Any] = {
-        **steps.fields,
-        "credentials": credentials,
-        "sizeBytes": usage.size_bytes if usage else None,
-        "connections": usage.connections if usage else None,
-    }
+            credentials = credentials.model_copy(update={"accepted": accepted})
     logins = _agent_logins(connection, steps.server.login, steps.password, spec.database_name)
-    restoring, fields["restore"] = await restore.advance(
+    restoring, restored = await restore.advance(
         ctx, body, spec, cluster, cluster_spec, logins.tenant, backups
     )
+    status = steps.status.merged(
+        ManagedDatabaseStatus(
+            credentials=credentials,
+            size_bytes=usage.size_bytes if usage else None,
+            connections=usage.connections if usage else None,
+            restore=restored,
+        )
+    )
     if restoring is not None:
-        return restoring, fields, []
+        return restoring, status, []
     mine = list(backups.get((body["metadata"]["namespace"], body["metadata"]["name"]), ()))
     outcome = await schedules.for_database(ctx, body, spec, cluster, cluster_spec, logins, mine)
-    fields["backup"] = outcome.fields if outcome else None
-    return steps.ready, fields, outcome.conditions if outcome else []
+    status = status.merged(ManagedDatabaseStatus(backup=outcome.status if outcome else None))
+    return steps.ready, status, outcome.conditions if outcome else []
 
 
 async def _on_server(
@@ -106,7 +109,7 @@ async def _on_server(
     usage; or the verdict that stopped it."""
     meta = body["metadata"]
     now = timefmt.now()
-    async with pg.session(connection.admin) as server:
+    async with ctx.servers.admin(connection.admin) as server:
         found = await ctx.kube.read_secret_and_owners(meta["namespace"], secret_name(meta["name"]))
         secret = (
             None if found is None else decision.SecretFound(meta.get("uid") in found[1], found[0])
@@ -120,7 +123,7 @@ async def _on_server(
         decided = decision.plan_provision(view)
         if decided.claim is not None:
             try:
-                await registry.claim(server.connection, decided.claim)
+                await server.claim(decided.claim)
             except registry.NamesTaken:
                 return decision.claim_lost(spec)
         if isinstance(decided, decision.Refused):
@@ -133,7 +136,7 @@ async def _on_server(
 
 
 async def _observe(
-    server: pg.Server,
+    server: AdminSession,
     body: Mapping[str, Any],
     spec: ManagedDatabaseSpec,
     cluster: ClusterView,
@@ -146,10 +149,10 @@ async def _observe(
     engines.postgres.plan computes the SQL."""
     meta = body["metadata"]
     uid = str(meta["uid"])
-    record = await registry.record_of(server.connection, uid)
+    record = await server.record_of(uid)
     held = None
     if record is None:
-        held = await registry.holder_of(server.connection, spec.database_name, spec.owner)
+        held = await server.holder_of(spec.database_name, spec.owner)
     catalog = await server.catalog(spec.database_name, decision.roles_to_read(spec.owner, record))
     view = decision.ProvisionView(
         namespace=meta["namespace"],
@@ -174,17 +177,16 @@ async def _observe(
 
 async def _carry_out(
     ctx: Context,
-    server: pg.Server,
+    server: AdminSession,
     connection: Connection,
     view: decision.ProvisionView,
     steps: decision.Provision,
     catalog: Catalog,
 ) -> Plan | Verdict:
     """The plan's steps, once its names are claimed: the SQL that ran, or why it stopped."""
-    conn = server.connection
     credentials, state = steps.credentials, steps.server
     if credentials.new_login:
-        await registry.add_login(conn, view.uid, credentials.login, credentials.generation)
+        await server.add_login(view.uid, credentials.login, credentials.generation)
     desired = Desired(
         database=state.database,
         owner=state.owner,
@@ -195,26 +197,26 @@ async def _carry_out(
     sql_plan = plan(desired, catalog)
     await server.run(sql_plan.server)
     await server.run(sql_plan.retire)
-    await registry.forget_logins(conn, view.uid, credentials.retire_now)
+    await server.forget_logins(view.uid, credentials.retire_now)
     # The login role exists before the Secret names it: an application never reads
     # credentials the server does not accept yet.
     if steps.secret is not None:
         await ctx.kube.apply_secret(steps.secret)
-    await registry.published(conn, view.uid, credentials.login, credentials.retiring)
+    await server.published(view.uid, credentials.login, credentials.retiring)
     if steps.rotated_at is not None:
-        await registry.rotated(conn, view.uid, steps.rotation_token, steps.rotated_at)
+        await server.rotated(view.uid, steps.rotation_token, steps.rotated_at)
     if steps.extensions is not None:
-        ran = await _extensions(connection, view, steps)
+        ran = await _extensions(ctx, connection, view, steps)
         if isinstance(ran, Verdict):
             return ran
         sql_plan.database.extend(ran)
         if steps.extensions.changed:
-            await registry.set_extensions(conn, view.uid, steps.extensions.wanted)
+            await server.set_extensions(view.uid, steps.extensions.wanted)
     return sql_plan
 
 
 async def _extensions(
-    connection: Connection, view: decision.ProvisionView, steps: decision.Provision
+    ctx: Context, connection: Connection, view: decision.ProvisionView, steps: decision.Provision
 ) -> list[sql.Composed] | Verdict:
     """Create and drop extensions in a session of the tenant's own login: whatever the tenant
     planted in its database runs with its privileges, never the admin's. The statements run,
@@ -222,7 +224,7 @@ async def _extensions(
     assert steps.extensions is not None
     wanted, managed = steps.extensions.wanted, steps.extensions.managed
     try:
-        async with pg.tenant_session(
+        async with ctx.servers.tenant(
             connection.admin.address, steps.server.login, steps.password, steps.server.database
         ) as tenant:
             present = await tenant.extensions()
@@ -253,11 +255,12 @@ async def _login_accepted(
     """Log in as the tenant, as an application would. A refusal leaves the database Ready
     (the operator may come through another pg_hba path than the applications) but is said,
     once, with what to do. None when the server could not be asked."""
-    outcome = await check_login(connection.admin.address, username, password, dbname)
+    outcome = await ctx.servers.check_login(connection.admin.address, username, password, dbname)
     if outcome.outcome is ProbeOutcome.UNREACHABLE:
         return None
     accepted = outcome.outcome is ProbeOutcome.OK
-    before = ((body.get("status") or {}).get("credentials") or {}).get("accepted")
+    shown = stored.status(body).credentials
+    before = shown.accepted if shown else None
     if not accepted and before is not False:
         await post_event(
             ctx,

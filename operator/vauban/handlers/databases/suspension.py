@@ -13,7 +13,6 @@ import psycopg
 from vauban.api.cluster import ManagedClusterSpec
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
 from vauban.conditions import Verdict
-from vauban.engines.postgres import catalog as pg
 from vauban.engines.postgres import registry
 from vauban.engines.postgres.plan import suspend_login
 from vauban.handlers.context import NEVER, Context
@@ -67,9 +66,9 @@ async def _suspend(
     try:
         async with (
             ctx.server_slots[(cluster.namespace, cluster.name)],
-            pg.session(connection.admin) as server,
+            ctx.servers.admin(connection.admin) as server,
         ):
-            record = await registry.record_of(server.connection, str(body["metadata"]["uid"]))
+            record = await server.record_of(str(body["metadata"]["uid"]))
             if record is None or not record.logins:
                 return refused
             roles = [login.role for login in record.logins]

@@ -10,9 +10,8 @@ from typing import Any
 
 import psycopg
 
-from vauban.api.database import MANAGED_DATABASE
+from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseStatus
 from vauban.conditions import Verdict
-from vauban.engines.postgres import catalog as pg
 from vauban.handlers.context import Context
 from vauban.handlers.databases import stored
 from vauban.handlers.databases.connection import connect, tell_cluster
@@ -35,8 +34,8 @@ async def probe(ctx: Context, cluster: ClusterView, bodies: Iterable[Mapping[str
         return
     watched: list[tuple[Mapping[str, Any], str, str]] = []
     for body in bodies:
-        status = body.get("status") or {}
-        login = (status.get("credentials") or {}).get("username")
+        credentials = stored.status(body).credentials
+        login = credentials.username if credentials else None
         database = (body.get("spec") or {}).get("databaseName")
         if (
             login
@@ -53,7 +52,7 @@ async def probe(ctx: Context, cluster: ClusterView, bodies: Iterable[Mapping[str
     try:
         async with ctx.server_slots[(cluster.namespace, cluster.name)]:
             async with asyncio.timeout(USAGE_DEADLINE_SECONDS):
-                async with pg.session(connection.admin) as server:
+                async with ctx.servers.admin(connection.admin) as server:
                     found = await server.usage(
                         {db for _, db, _ in watched}, {r for _, _, r in watched}
                     )
@@ -67,8 +66,12 @@ async def probe(ctx: Context, cluster: ClusterView, bodies: Iterable[Mapping[str
         if measured is None or login not in found.logins:
             ctx.reconciled.pop(stored.key(body), None)
             continue
-        fields = {"sizeBytes": measured.size_bytes, "connections": measured.connections}
-        status = body.get("status") or {}
-        ctx.metrics.observe(MANAGED_DATABASE.kind, *stored.key(body)[1:], {**status, **fields})
+        fields = ManagedDatabaseStatus(
+            size_bytes=measured.size_bytes, connections=measured.connections
+        )
+        status = stored.status(body)
+        ctx.metrics.observe(
+            MANAGED_DATABASE.kind, *stored.key(body)[1:], status.merged(fields).to_wire()
+        )
         if usage_moved(status, fields):
             await refresh(ctx, MANAGED_DATABASE, body, fields)
