@@ -20,6 +20,7 @@ from vauban.backup.storage import ObjectLocked, StorageError
 from vauban.builders import backup as build
 from vauban.builders.keys import data_key_secret_name
 from vauban.handlers import keys
+from vauban.handlers.backups import recovery
 from vauban.handlers.backups.agents import delete_agent_object
 from vauban.handlers.backups.ledger import DEK_SECRET_PREFIX, database_of
 from vauban.handlers.backups.runs import reconcile
@@ -89,6 +90,7 @@ async def database_deleted(
     days = spec.backup.retain_after_deletion_days if spec.backup else 30
     dek = data_key_secret_name(database.uid)
     if days == 0 and spec.deletion_policy == "Delete":
+        await _forget_key_record(ctx, database, cluster)
         await keys.destroy_data_key(ctx, database.uid)
         await post_event(
             ctx,
@@ -104,6 +106,27 @@ async def database_deleted(
     if cluster is not None:
         annotations[STORE_ANNOTATION] = cluster.ref
     await ctx.kube.annotate_secret(namespace, dek, annotations)
+
+
+async def _forget_key_record(
+    ctx: Context, database: build.Database, cluster: ClusterView | None
+) -> None:
+    """The key record in the bucket goes before the data key: with it, the KEK (in an HSM,
+    or escrowed) would still open the backups."""
+    policy = await backup_policy_of(ctx, cluster.namespace, cluster.name) if cluster else None
+    store = (
+        await store_of(ctx, cluster.namespace, policy.object_store) if cluster and policy else None
+    )
+    if store is None or isinstance(store, str):
+        return
+    try:
+        await recovery.forget(ctx, store, database)
+    except StorageError as e:
+        # The backups themselves stay until purged; said loudly, since the record still
+        # opens them with the KEK.
+        logger.error(
+            "the key record of %s/%s could not be deleted: %s", database.namespace, database.name, e
+        )
 
 
 async def purge_expired(
@@ -146,6 +169,7 @@ async def _purge(
         try:
             for location in await asyncio.to_thread(bucket(store).locations, prefix):
                 await asyncio.to_thread(bucket(store).delete_backup, location)
+            await recovery.forget(ctx, store, database)
         except ObjectLocked as e:
             logger.info("purge of %s waits: %s", purge.secret, e)
             return

@@ -20,6 +20,7 @@ from vauban.builders import backup as build
 from vauban.builders.keys import data_key_secret_name
 from vauban.conditions import ConditionType, DomainCondition, Reason, Verdict
 from vauban.handlers import keys
+from vauban.handlers.backups import recovery
 from vauban.handlers.backups.agents import (
     agent_secret,
     apply_once,
@@ -73,6 +74,24 @@ def _created(body: Mapping[str, Any]) -> datetime | None:
     return timefmt.parse_rfc3339(body["metadata"].get("creationTimestamp"))
 
 
+async def _recoverable_key(
+    ctx: Context,
+    cluster: ClusterView,
+    cluster_spec: ManagedClusterSpec,
+    database: build.Database,
+    store: build.Store,
+) -> build.DataKey | DatabaseBackups:
+    """The database's data key, once the bucket holds what restores its backups elsewhere
+    (before the agent can make one)."""
+    key = await keys.database_key(ctx, cluster, cluster_spec, database)
+    if isinstance(key, Verdict):
+        return _not_healthy(key.reason, key.message)
+    unrecoverable = await recovery.publish(ctx, cluster, database, store, key)
+    if unrecoverable is not None:
+        return _not_healthy(Reason.BACKUP_NOT_CONFIGURED, f"Backups cannot run: {unrecoverable}.")
+    return key
+
+
 async def for_database(
     ctx: Context,
     body: Mapping[str, Any],
@@ -107,9 +126,9 @@ async def for_database(
     store = await store_of(ctx, cluster.namespace, policy.object_store)
     if isinstance(store, str):
         return _not_healthy(Reason.BACKUP_NOT_CONFIGURED, f"Backups cannot run: {store}.")
-    key = await keys.database_key(ctx, cluster, cluster_spec, database)
-    if isinstance(key, Verdict):
-        return _not_healthy(key.reason, key.message)
+    key = await _recoverable_key(ctx, cluster, cluster_spec, database, store)
+    if isinstance(key, DatabaseBackups):
+        return key
     record = await ctx.kube.read_secret_and_annotations(
         namespace, data_key_secret_name(database.uid)
     )
