@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from vauban.crypto import recovery
 
 FIELD_MANAGER = "vauban"
 FINALIZER = "vauban.dev/finalizer"
@@ -64,6 +66,13 @@ class Settings(BaseSettings):
     """File holding the token user's PIN (a mounted Secret; one trailing newline is ignored).
     Read at each login, never logged."""
 
+    recovery_public_key: str | None = None
+    """The platform's recovery public key (`vauban-recovery-public:...`, made by `vauban
+    recovery-key generate`; the private half stays offline with the platform's security
+    officers). Each key-encryption key of the `kubernetes-secret` provider is sealed to it
+    and stored in the cluster's bucket, so backups survive the loss of this Kubernetes
+    cluster. Unset: they do not, and the clusters' status says so."""
+
     allowed_backup_regions: list[str] = Field(default_factory=list)
     """Regions the hds and secnumcloud profiles allow for backup buckets (the platform's
     sovereign regions); any region when empty."""
@@ -113,3 +122,11 @@ class Settings(BaseSettings):
 
     metrics_port: int = Field(default=8080, ge=0, le=65535)
     """Port of /metrics (Prometheus) and /readyz; 0 disables them."""
+
+    @field_validator("recovery_public_key")
+    @classmethod
+    def _valid_recovery_key(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            recovery.public_key(value)  # InvalidRecoveryKey is a ValueError
+            return value.strip()
+        return None

@@ -533,6 +533,15 @@ class EncryptionStatus(StatusModel):
     rotation_token: Annotated[str, StringConstraints(max_length=253)] | None = None
     """The vauban.dev/rotate-key token last acted on."""
 
+    survives_cluster_loss: bool | None = None
+    """Whether the backups can be restored once this Kubernetes cluster is lost: the KEK is
+    held by an HSM (kmip, pkcs11), or escrowed to the platform's recovery key (see
+    docs/security.md)."""
+
+    recovery: Annotated[str, StringConstraints(max_length=512)] | None = None
+    """How the KEK is recovered after the loss of this Kubernetes cluster, or why it cannot
+    be."""
+
 
 class RuleStatus(StatusModel):
     """One rule of the compliance profile."""

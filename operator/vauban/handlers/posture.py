@@ -22,6 +22,7 @@ from vauban.api.common import duration_seconds
 from vauban.builders import cnpg
 from vauban.builders.keys import KekOwner
 from vauban.conditions import ConditionType, DomainCondition, Reason, State, Verdict
+from vauban.crypto import recovery
 from vauban.engines.postgres.probe import ServerAddress, probe
 from vauban.handlers import keys
 from vauban.handlers.context import Bodies, Context
@@ -174,6 +175,7 @@ async def assess(
         server=server,
         network_policy=await _network_policy(ctx, body, spec),
         databases=_databases(ctx, namespace, name, spec),
+        recovery_key=recovery_key(ctx),
         now=timefmt.now(),
     )
     judged = compliance.assess(spec, facts)
@@ -246,6 +248,7 @@ async def _key(
             "re-wrapped, backups untouched and still restorable.",
         )
     created = kek.created.get(kek.current)
+    survives, how = compliance.recovery(spec, recovery_key(ctx))
     status = {
         "provider": kek.provider,
         "keyId": kek.secret,
@@ -253,5 +256,13 @@ async def _key(
         "keyCreated": timefmt.rfc3339(created) if created else None,
         "lastRotation": last_rotation,
         "rotationToken": acted,
+        "survivesClusterLoss": survives,
+        "recovery": how,
     }
     return {k: v for k, v in status.items() if v is not None}, None
+
+
+def recovery_key(ctx: Context) -> str | None:
+    """Fingerprint of the operator's recovery public key, if it has one."""
+    text = ctx.settings.recovery_public_key
+    return recovery.fingerprint(recovery.public_key(text)) if text else None
