@@ -3,16 +3,16 @@ environment variables. Nothing reads the environment anywhere else."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from vauban.crypto import recovery
-
 FIELD_MANAGER = "vauban"
 FINALIZER = "vauban.dev/finalizer"
+RECOVERY_PUBLIC_KEY = re.compile(r"vauban-recovery-public:[A-Za-z0-9+/]{43}=")
 
 
 class Settings(BaseSettings):
@@ -126,7 +126,13 @@ class Settings(BaseSettings):
     @field_validator("recovery_public_key")
     @classmethod
     def _valid_recovery_key(cls, value: str | None) -> str | None:
-        if value is not None and value.strip():
-            recovery.public_key(value)  # InvalidRecoveryKey is a ValueError
-            return value.strip()
-        return None
+        # Any 32 bytes are an X25519 public key: the shape is the whole check. The message
+        # says what is expected, never what was given (a private key pasted by mistake).
+        if value is None or not value.strip():
+            return None
+        if not RECOVERY_PUBLIC_KEY.fullmatch(value.strip()):
+            raise ValueError(
+                "the recovery public key is 'vauban-recovery-public:' and the base64 of 32 "
+                "bytes, as `vauban recovery-key generate` prints it"
+            )
+        return value.strip()
