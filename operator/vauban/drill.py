@@ -240,6 +240,15 @@ def drill_one(
     )
     try:
         data_key = open_data_key(store, record, custody)
+        own = f"/{database.namespace}/{database.name}/{database.uid}/{KEY_RECORD}"
+        if not f"/{record_key}".endswith(own):
+            # Authentic, but another database's record copied here: what is under this
+            # prefix is not its to open.
+            raise Refused(
+                "KeyRecordMisplaced",
+                f"{record_key} is the key record of {database.namespace}/{database.name} "
+                f"(uid {database.uid}), which lives elsewhere",
+            )
         manifest = latest_backup(store, record_key, record, data_key)
         result.found = True
         result.location = manifest.location

@@ -25,12 +25,13 @@ import json
 from typing import Literal
 
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from vauban.backup.manifest import Base64Bytes
-from vauban.crypto import envelope
+from vauban.crypto import envelope, recovery
 
 KEY_RECORD = "key.json"
 RECOVERY_FOLDER = "_recovery"
@@ -130,6 +131,19 @@ def escrow_context(cluster_uid: str, kek_id: str, version: int) -> bytes:
     """Associated data of a sealed KEK: it opens only as this cluster's KEK, this version."""
     fields = [cluster_uid, kek_id, version]
     return b"vauban/kek-escrow/1:" + json.dumps(fields, separators=(",", ":")).encode("utf-8")
+
+
+def escrow_kek(
+    recipient: X25519PublicKey, cluster: Identity, kek_id: str, version: int, material: bytes
+) -> KekEscrow:
+    """KEK `version` of `cluster`, sealed to the recovery key `recipient`."""
+    return KekEscrow(
+        cluster=cluster,
+        kek_id=kek_id,
+        version=version,
+        recipient=recovery.fingerprint(recipient),
+        sealed=recovery.seal(recipient, material, escrow_context(cluster.uid, kek_id, version)),
+    )
 
 
 def key_record_key(database_prefix: str) -> str:

@@ -101,15 +101,7 @@ async def _escrow(
             ctx.applied[memo] = fingerprint
             return None
         material = key_secrets.decode(versions[version])
-        escrow = documents.KekEscrow(
-            cluster=cluster,
-            kek_id=kek_id,
-            version=version,
-            recipient=fingerprint,
-            sealed=recovery.seal(
-                recipient, material, documents.escrow_context(cluster.uid, kek_id, version)
-            ),
-        )
+        escrow = documents.escrow_kek(recipient, cluster, kek_id, version, material)
         await asyncio.to_thread(bucket(store).put_bytes, where, escrow.to_json(), None)
     except StorageError as e:
         return f"the key-encryption key cannot be escrowed in the bucket: {e}"
