@@ -108,7 +108,7 @@ def _drill(args: argparse.Namespace) -> int:
     import json
     import logging
 
-    from vauban import drill
+    from vauban import custody, drill
     from vauban.backup.settings import AgentSettings, ConfigurationError
     from vauban.backup.storage import ObjectStore, StorageError
     from vauban.crypto import recovery
@@ -137,7 +137,7 @@ def _drill(args: argparse.Namespace) -> int:
     )
     try:
         built = drill.run(
-            store, args.prefix, drill.Custody(private, providers), settings.pg_bin_dir
+            store, args.prefix, custody.Custody(private, providers), settings.pg_bin_dir
         )
     except StorageError as e:
         print(f"vauban drill: the bucket: {e}", file=sys.stderr)

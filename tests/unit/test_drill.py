@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from vauban import drill
+from vauban import custody, drill
 from vauban.backup import recovery as documents
 from vauban.backup.manifest import Manifest, key_context
 from vauban.builders.keys import data_key_context, data_key_id
@@ -105,26 +105,26 @@ class World:
             ).to_json()
         return f"{prefix}/key.json"
 
-    def custody(self, **changes: object) -> drill.Custody:
+    def keys(self, **changes: object) -> custody.Custody:
         fields: dict[str, object] = {"recovery_key": recovery.private_key(self.private)}
-        return drill.Custody(**{**fields, **changes})  # type: ignore[arg-type]
+        return custody.Custody(**{**fields, **changes})  # type: ignore[arg-type]
 
     def record(self, key: str) -> documents.KeyRecord:
-        return drill.read_record(self.bucket, key)  # type: ignore[arg-type]
+        return custody.read_record(self.bucket, key)  # type: ignore[arg-type]
 
 
-def refusal(world: World, key: str, custody: drill.Custody) -> str:
-    with pytest.raises(drill.Refused) as refused:
-        drill.open_data_key(world.bucket, world.record(key), custody)  # type: ignore[arg-type]
+def refusal(world: World, key: str, held: custody.Custody) -> str:
+    with pytest.raises(custody.Refused) as refused:
+        custody.open_data_key(world.bucket, world.record(key), held)  # type: ignore[arg-type]
     return refused.value.reason
 
 
 def test_the_recovery_key_opens_the_escrowed_kek_and_the_data_key() -> None:
     world = World()
     key = world.database("team-a", "shop", "u1")
-    opened = drill.open_data_key(world.bucket, world.record(key), world.custody())  # type: ignore[arg-type]
+    opened = custody.open_data_key(world.bucket, world.record(key), world.keys())  # type: ignore[arg-type]
     assert opened == world.deks["u1"]
-    latest = drill.latest_backup(world.bucket, key, world.record(key), opened)  # type: ignore[arg-type]
+    latest = custody.latest_backup(world.bucket, key, world.record(key), opened)  # type: ignore[arg-type]
     assert latest.location == "p/team-a/shop/u1/job-1"
 
 
@@ -132,20 +132,20 @@ def test_refusals_say_why() -> None:
     world = World()
     key = world.database("team-a", "shop", "u1")
     other, _ = recovery.generate()
-    assert refusal(world, key, world.custody(recovery_key=recovery.private_key(other))) == (
+    assert refusal(world, key, world.keys(recovery_key=recovery.private_key(other))) == (
         "WrongRecoveryKey"
     )
-    assert refusal(world, key, world.custody(recovery_key=None)) == "NoRecoveryKey"
+    assert refusal(world, key, world.keys(recovery_key=None)) == "NoRecoveryKey"
     # A record re-pointed at another cluster's escrow context does not open.
     record = world.record(key)
     moved = record.model_copy(
         update={"cluster": documents.Identity(namespace="x", name="y", uid="other")}
     )
     world.bucket.objects[key] = moved.to_json()
-    assert refusal(world, key, world.custody()) == "WrongRecoveryKey"
+    assert refusal(world, key, world.keys()) == "WrongRecoveryKey"
     del world.bucket.objects[world.escrow]
     world.bucket.objects[key] = record.to_json()
-    assert refusal(world, key, world.custody()) == "NotEscrowed"
+    assert refusal(world, key, world.keys()) == "NotEscrowed"
 
 
 def test_an_altered_record_is_refused_after_its_key_opens() -> None:
@@ -156,16 +156,16 @@ def test_an_altered_record_is_refused_after_its_key_opens() -> None:
         update={"database": record.database.model_copy(update={"namespace": "team-b"})}
     ).to_json()
     # The wrap binds the uid, not the namespace: the record's MAC does.
-    assert refusal(world, key, world.custody()) == "KeyRecordNotAuthentic"
+    assert refusal(world, key, world.keys()) == "KeyRecordNotAuthentic"
 
 
 def test_an_hsm_held_kek_is_opened_by_the_provider() -> None:
     world = World(provider="pkcs11")
     key = world.database("team-a", "shop", "u1")
-    custody = drill.Custody(providers={"pkcs11": SecretKeyProvider()})
-    opened = drill.open_data_key(world.bucket, world.record(key), custody)  # type: ignore[arg-type]
+    held = custody.Custody(providers={"pkcs11": SecretKeyProvider()})
+    opened = custody.open_data_key(world.bucket, world.record(key), held)  # type: ignore[arg-type]
     assert opened == world.deks["u1"]
-    assert refusal(world, key, drill.Custody()) == "KeyProviderNotConfigured"
+    assert refusal(world, key, custody.Custody()) == "KeyProviderNotConfigured"
 
 
 def test_only_this_databases_authenticated_backups_count() -> None:
@@ -180,8 +180,8 @@ def test_only_this_databases_authenticated_backups_count() -> None:
     world.bucket.objects["p/team-a/shop/u1/job-8/manifest.json"] = manifest(
         "p/team-a/shop/u1/job-8", "u1", "team-a", "shop", world.deks["u2"], 8
     ).to_json()
-    opened = drill.open_data_key(world.bucket, world.record(a), world.custody())  # type: ignore[arg-type]
-    found = drill.authentic_backups(
+    opened = custody.open_data_key(world.bucket, world.record(a), world.keys())  # type: ignore[arg-type]
+    found = custody.authentic_backups(
         world.bucket.list_manifests("p/team-a/shop/u1/"), world.record(a), opened
     )
     assert [m.location for m in found] == ["p/team-a/shop/u1/job-0"]
@@ -192,6 +192,6 @@ def test_a_record_copied_under_another_prefix_is_misplaced() -> None:
     a = world.database("team-a", "shop", "u1")
     world.database("team-b", "shop", "u2")
     world.bucket.objects["p/team-b/shop/u2/key.json"] = world.bucket.objects[a]
-    result = drill.drill_one(world.bucket, "p/team-b/shop/u2/key.json", world.custody(), None)  # type: ignore[arg-type]
+    result = drill.drill_one(world.bucket, "p/team-b/shop/u2/key.json", world.keys(), None)  # type: ignore[arg-type]
     assert result.reason == "KeyRecordMisplaced"
     assert not (result.found or result.decrypted or result.restored)
