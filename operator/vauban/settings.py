@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     and stored in the cluster's bucket, so backups survive the loss of this Kubernetes
     cluster. Unset: they do not, and the clusters' status says so."""
 
+    recovery_key_secret: str = "vauban-recovery-key"  # noqa: S105 - a name, not a key
+    """Secret of `namespace` (key `privateKey`) the security officers create only during a
+    recovery: with it, a ManagedCluster's backup.import opens KEKs of the
+    `kubernetes-secret` provider escrowed by the lost cluster. Delete it once imported."""
+
     allowed_backup_regions: list[str] = Field(default_factory=list)
     """Regions the hds and secnumcloud profiles allow for backup buckets (the platform's
     sovereign regions); any region when empty."""
