@@ -96,20 +96,20 @@ async def reconcile(
         records = await asyncio.to_thread(custody.key_records, bucket(store), search)
     except StorageError as e:
         return {"refused": [_refused(search, e.reason, f"the bucket cannot be listed: {e}")]}
-    adoption = Adoption(ctx, body, owner, store, kek, provider, held)
+    adoption = Adoption(ctx, owner, store, kek, provider, held)
     databases = backups = 0
     refused: list[dict[str, Any]] = []
     for record_key in records:
         try:
-            made = await adoption.adopt(record_key)
+            adopted = await adoption.adopt(record_key)
         except custody.Refused as e:
             refused.append(_refused(record_key, e.reason, e.message))
             continue
         except StorageError as e:
             refused.append(_refused(record_key, e.reason, str(e)))
             continue
-        if made is not None:
-            databases, backups = databases + 1, backups + made
+        if adopted is not None:
+            databases, backups = databases + 1, backups + adopted
     return {"databases": databases, "backups": backups, "refused": refused[:MAX_REFUSALS]}
 
 
@@ -121,25 +121,26 @@ def imported_backup_name(database: str, job: str) -> str:
 
 
 class Adoption:
+    """One import's means: the cluster, its bucket, its KEK and provider, the custody."""
+
     def __init__(
         self,
         ctx: Context,
-        body: Mapping[str, Any],
         owner: key_secrets.KekOwner,
         store: build.Store,
         kek: keys.Kek,
         provider: KeyProvider,
         held: custody.Custody,
     ) -> None:
-        self.ctx, self.body, self.owner, self.store = ctx, body, owner, store
+        self.ctx, self.owner, self.store = ctx, owner, store
         self.kek, self.provider, self.held = kek, provider, held
 
     async def adopt(self, record_key: str) -> int | None:
-        """How many backups of the record's database were adopted now; None for a record
-        of this cluster's own. Refused when it cannot be proven or placed."""
+        """How many backups of the record's database are adopted; None for a record of this
+        cluster's own. Refused when it cannot be proven or placed."""
         memo = ("BackupImport", self.owner.uid, record_key)
-        if self.ctx.applied.get(memo) == "done":
-            return 0
+        if (done := self.ctx.applied.get(memo)) is not None:
+            return int(done)
         objects = bucket(self.store)
         record = await asyncio.to_thread(custody.read_record, objects, record_key)
         if record.cluster.uid == self.owner.uid:
@@ -179,12 +180,12 @@ class Adoption:
         ledger = await self._data_key_secret(record_key, database, data_key)
         if ledger is None:
             return None
-        made = 0
+        adopted = 0
         for manifest in manifests:
-            made += await self._backup(database, manifest, ledger)
-        self.ctx.applied[memo] = "done"
-        logger.info("adopted %d backups of %s from %s", made, database, record_key)
-        return made
+            adopted += await self._backup(database, manifest, ledger)
+        self.ctx.applied[memo] = str(adopted)
+        logger.info("%d backups of %s adopted from %s", adopted, database, record_key)
+        return adopted
 
     async def _data_key_secret(
         self, record_key: str, database: build.Database, data_key: bytes
@@ -234,9 +235,10 @@ class Adoption:
         return {entry.job for entry in ledger_of(annotations).entries.values()}
 
     async def _backup(self, database: build.Database, manifest: Manifest, done: set[str]) -> int:
+        """1 once the backup has its ManagedBackup and ledger entry, 0 if it cannot."""
         job = manifest.location.rsplit("/", 1)[-1]
         if job in done:
-            return 0
+            return 1
         name = imported_backup_name(database.name, job)
         await self.ctx.kube.create_custom(
             MANAGED_BACKUP.plural,
