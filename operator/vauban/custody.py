@@ -30,7 +30,7 @@ from vauban.backup.recovery import (
 from vauban.backup.storage import ObjectStore
 from vauban.builders.keys import data_key_context
 from vauban.crypto import envelope, recovery
-from vauban.kms import KeyProvider, KeyProviderError, WrongKey
+from vauban.kms import KekNotFound, KeyProvider, KeyProviderError, WrongKey
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,12 @@ def open_data_key(store: ObjectStore, record: KeyRecord, custody: Custody) -> by
             "WrongKey",
             f"{kek.id} v{kek.version} does not open the data key of "
             f"{record.database.namespace}/{record.database.name}",
+        ) from None
+    except KekNotFound:
+        raise Refused(
+            "KekDestroyed",
+            f"the {kek.provider} HSM has no key {kek.id} v{kek.version}: destroyed "
+            "(crypto-shredded), or this is another HSM",
         ) from None
     except KeyProviderError as e:
         raise Refused("KeyProviderUnavailable", f"the {kek.provider} HSM: {e}") from None

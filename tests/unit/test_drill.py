@@ -14,7 +14,9 @@ from vauban.backup import recovery as documents
 from vauban.backup.manifest import Manifest, key_context
 from vauban.builders.keys import data_key_context, data_key_id
 from vauban.crypto import envelope, recovery
+from vauban.devcluster.softhsm import SoftHsm
 from vauban.kms.local import SecretKeyProvider
+from vauban.kms.pkcs11 import Pkcs11Provider
 
 CLUSTER = documents.Identity(namespace="platform", name="main", uid="c-uid")
 KEK_ID = "vauban-kek-c-uid"
@@ -195,3 +197,21 @@ def test_a_record_copied_under_another_prefix_is_misplaced() -> None:
     result = drill.drill_one(world.bucket, "p/team-b/shop/u2/key.json", world.keys(), None)  # type: ignore[arg-type]
     assert result.reason == "KeyRecordMisplaced"
     assert not (result.found or result.decrypted or result.restored)
+
+
+def test_a_kek_on_a_pkcs11_token_opens_until_it_is_destroyed(softhsm: SoftHsm) -> None:
+    """The drill's custody is the HSM itself (SoftHSM2 here): the KEK never leaves it, and
+    once destroyed (crypto-shredding) nothing opens, with a reason that says so."""
+    token = Pkcs11Provider(softhsm.module, "vauban-other", softhsm.pin_file("vauban-other"))
+    ref = token.create_kek("vauban-kek-drill-v1")
+    world = World(provider="pkcs11")
+    world.kek_ref = ref
+    key = world.database("team-a", "shop", "u1")
+    record = world.record(key)
+    wrapped = token.wrap(ref, world.deks["u1"], data_key_context("u1"))
+    record = record.model_copy(update={"wrapped_data_key": wrapped}).sealed(world.deks["u1"])
+    world.bucket.objects[key] = record.to_json()
+    held = custody.Custody(providers={"pkcs11": token})
+    assert custody.open_data_key(world.bucket, world.record(key), held) == world.deks["u1"]  # type: ignore[arg-type]
+    token.destroy_kek(ref)
+    assert refusal(world, key, held) == "KekDestroyed"
