@@ -25,6 +25,8 @@ from vauban.conditions import ConditionType, DomainCondition, Reason, State, Ver
 from vauban.crypto import recovery
 from vauban.engines.postgres.probe import ServerAddress, probe
 from vauban.handlers import keys
+from vauban.handlers.backups.recovery import escrow_current
+from vauban.handlers.backups.store import store_of
 from vauban.handlers.context import Bodies, Context
 from vauban.handlers.publish import post_event
 from vauban.reconcile import compliance
@@ -247,6 +249,11 @@ async def _key(
             f"Key-encryption key {kek.secret} is now at version {kek.current}; data keys are "
             "re-wrapped, backups untouched and still restorable.",
         )
+    store = await store_of(ctx, owner.namespace, spec.backup.object_store)
+    unescrowed = None if isinstance(store, str) else await escrow_current(ctx, owner, kek, store)
+    if unescrowed is not None:
+        # Said again, and in status, by each database whose key record waits for it.
+        logger.warning("%s/%s: %s", owner.namespace, owner.name, unescrowed)
     created = kek.created.get(kek.current)
     survives, how = compliance.recovery(spec, recovery_key(ctx))
     status = {

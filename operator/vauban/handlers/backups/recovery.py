@@ -77,6 +77,19 @@ async def publish(
     return None
 
 
+async def escrow_current(
+    ctx: Context, owner: key_secrets.KekOwner, kek: keys.Kek, store: build.Store
+) -> str | None:
+    """Escrow the cluster's current KEK version, when it is held in a Secret and the operator
+    has a recovery key: at its creation and after each rotation, before any data key is
+    recorded in the bucket under it. None, or why it could not."""
+    if kek.provider != "kubernetes-secret" or not ctx.settings.recovery_public_key:
+        return None
+    identity = documents.Identity(namespace=owner.namespace, name=owner.name, uid=owner.uid)
+    where = documents.escrow_key(store.prefix, owner.uid, kek.current)
+    return await _escrow(ctx, store, identity, kek.secret, kek.current, kek.versions, where)
+
+
 async def _escrow(
     ctx: Context,
     store: build.Store,
