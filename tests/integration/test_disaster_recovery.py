@@ -47,6 +47,7 @@ def kubernetes_cluster(
 ) -> Iterator[tuple[KubeCtl, AgentRunner]]:
     """A whole Kubernetes cluster of our own: control plane (etcd included), CRDs, the
     operator and the agent's pod runner. Everything of it is gone on exit, etcd's data too."""
+    folder.mkdir(parents=True, exist_ok=True)
     with LocalControlPlane() as plane:
         kube = KubeCtl(kubectl, plane.kubeconfig)
         install_crds(kube)
@@ -162,7 +163,6 @@ def test_restore_on_a_new_cluster_from_the_bucket_and_the_recovery_key(
     private, public = recovery.generate()
     wrong, _ = recovery.generate()
     rows = _lost_cluster(tmp_path / "lost", kubectl_binary, postgres, s3, bucket, public)
-    (tmp_path / "new").mkdir()
 
     with kubernetes_cluster(tmp_path / "new", kubectl_binary) as (kube, _):
         for namespace, _count in TENANTS.values():
