@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from vauban import custody, timefmt
 from vauban.api.backup import MANAGED_BACKUP
-from vauban.api.cluster import ManagedClusterSpec
+from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
 from vauban.api.database import MANAGED_DATABASE
 from vauban.backup.manifest import Manifest
 from vauban.backup.storage import StorageError
@@ -35,6 +35,7 @@ from vauban.handlers import keys
 from vauban.handlers.backups.ledger import write_ledger
 from vauban.handlers.backups.store import bucket, store_of
 from vauban.handlers.context import Context
+from vauban.handlers.publish import post_event
 from vauban.kms import KeyProvider, KeyProviderError
 from vauban.reconcile.backup import (
     DATABASE_ANNOTATION,
@@ -82,11 +83,11 @@ async def reconcile(
     if isinstance(store, str):
         return {"refused": [_refused("", "BackupNotConfigured", store)]}
     kek = await keys.ensure_kek(ctx, owner, spec.encryption.provider)
-    provider = kek if isinstance(kek, Verdict) else keys.provider_of(ctx, kek.provider)
-    if isinstance(kek, Verdict) or isinstance(provider, Verdict):
-        problem = kek if isinstance(kek, Verdict) else provider
-        assert isinstance(problem, Verdict)
-        return {"refused": [_refused("", problem.reason, problem.message)]}
+    if isinstance(kek, Verdict):
+        return {"refused": [_refused("", kek.reason, kek.message)]}
+    provider = keys.provider_of(ctx, kek.provider)
+    if isinstance(provider, Verdict):
+        return {"refused": [_refused("", provider.reason, provider.message)]}
     held = custody.Custody(
         await _recovery_key(ctx),
         {name: p for name, p in ctx.key_providers.items() if name != "kubernetes-secret"},
@@ -110,7 +111,34 @@ async def reconcile(
             continue
         if adopted is not None:
             databases, backups = databases + 1, backups + adopted
-    return {"databases": databases, "backups": backups, "refused": refused[:MAX_REFUSALS]}
+    found = {"databases": databases, "backups": backups, "refused": refused[:MAX_REFUSALS]}
+    await _tell(ctx, body, found)
+    return found
+
+
+async def _tell(ctx: Context, body: Mapping[str, Any], found: Mapping[str, Any]) -> None:
+    """Events for what changed since the status last said: more adopted, other refusals."""
+    before = (body.get("status") or {}).get("backupImport") or {}
+    if found["databases"] > before.get("databases", 0):
+        await post_event(
+            ctx,
+            MANAGED_CLUSTER,
+            body,
+            "Normal",
+            "BackupsImported",
+            f"Backups of {found['databases']} databases adopted from the bucket "
+            f"({found['backups']} ManagedBackups); restore them with restore.databaseRef.",
+        )
+    if found["refused"] and found["refused"] != before.get("refused"):
+        shown = "; ".join(f"{r['record']}: {r['reason']}" for r in found["refused"][:5])
+        await post_event(
+            ctx,
+            MANAGED_CLUSTER,
+            body,
+            "Warning",
+            "ImportRefused",
+            f"{len(found['refused'])} databases' backups not adopted: {shown}",
+        )
 
 
 def imported_backup_name(database: str, job: str) -> str:
