@@ -90,8 +90,10 @@ async def database_deleted(
     days = spec.backup.retain_after_deletion_days if spec.backup else 30
     dek = data_key_secret_name(database.uid)
     if days == 0 and spec.deletion_policy == "Delete":
-        await _forget_key_record(ctx, database, cluster)
+        remains = await _forget_key_record(ctx, database, cluster)
         await keys.destroy_data_key(ctx, database.uid)
+        if remains is not None:
+            await post_event(ctx, MANAGED_DATABASE, body, "Warning", "KeyRecordRemains", remains)
         await post_event(
             ctx,
             MANAGED_DATABASE,
@@ -110,23 +112,24 @@ async def database_deleted(
 
 async def _forget_key_record(
     ctx: Context, database: build.Database, cluster: ClusterView | None
-) -> None:
+) -> str | None:
     """The key record in the bucket goes before the data key: with it, the KEK (in an HSM,
-    or escrowed) would still open the backups."""
+    or escrowed) would still open the backups. None once gone; else what to do."""
     policy = await backup_policy_of(ctx, cluster.namespace, cluster.name) if cluster else None
-    store = (
-        await store_of(ctx, cluster.namespace, policy.object_store) if cluster and policy else None
-    )
-    if store is None or isinstance(store, str):
-        return
+    if cluster is None or policy is None:
+        return None  # backups were never configured: no record was written
+    store = await store_of(ctx, cluster.namespace, policy.object_store)
     try:
+        if isinstance(store, str):
+            raise StorageError(store)
         await recovery.forget(ctx, store, database)
     except StorageError as e:
-        # The backups themselves stay until purged; said loudly, since the record still
-        # opens them with the KEK.
-        logger.error(
-            "the key record of %s/%s could not be deleted: %s", database.namespace, database.name, e
+        return (
+            f"The key record of this database in the bucket could not be deleted ({e}): with "
+            "the cluster's key-encryption key it still opens the backups. Delete "
+            f"<prefix>/{database.namespace}/{database.name}/{database.uid}/key.json."
         )
+    return None
 
 
 async def purge_expired(
