@@ -9,12 +9,12 @@ import functools
 import logging
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 import kopf
 
 from vauban import timefmt
-from vauban.api.backup import MANAGED_BACKUP, ManagedBackupSpec
+from vauban.api.backup import MANAGED_BACKUP, BackupTrigger, ManagedBackupSpec
 from vauban.api.database import MANAGED_DATABASE
 from vauban.backup.manifest import Manifest
 from vauban.backup.storage import ObjectLocked, StorageError
@@ -49,9 +49,10 @@ TRIGGER_ANNOTATION = "vauban.dev/trigger"
 
 
 def _trigger(body: Mapping[str, Any]) -> str:
-    """Shown, not trusted: Scheduled and Final records are annotated by the operator."""
+    """Shown, not trusted: Scheduled, Final and Imported records are annotated by the
+    operator."""
     trigger = (body["metadata"].get("annotations") or {}).get(TRIGGER_ANNOTATION)
-    return trigger if trigger in ("OnDemand", "Scheduled", "Final") else "OnDemand"
+    return trigger if trigger in get_args(BackupTrigger) else "OnDemand"
 
 
 def _memo(body: Mapping[str, Any]) -> tuple[str, str, str]:
