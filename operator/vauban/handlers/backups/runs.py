@@ -51,7 +51,7 @@ TRIGGER_ANNOTATION = "vauban.dev/trigger"
 def _trigger(body: Mapping[str, Any]) -> str:
     """Shown, not trusted: Scheduled, Final and Imported records are annotated by the
     operator."""
-    trigger = (body["metadata"].get("annotations") or {}).get(TRIGGER_ANNOTATION)
+    trigger = str((body["metadata"].get("annotations") or {}).get(TRIGGER_ANNOTATION))
     return trigger if trigger in get_args(BackupTrigger) else "OnDemand"
 
 
