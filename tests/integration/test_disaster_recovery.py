@@ -36,6 +36,7 @@ from vauban.devcluster import LocalControlPlane
 from vauban.devcluster.agentrunner import AgentRunner
 from vauban.devcluster.postgres import PostgresServer
 from vauban.devcluster.s3 import S3Server
+from vauban.devcluster.softhsm import SoftHsm
 
 TENANTS = {"shop": ("team-a", 1200), "crm": ("team-b", 345)}
 """Database name: (its namespace, its rows)."""
@@ -66,8 +67,16 @@ def kubernetes_cluster(
 
 
 def _cluster(
-    kube: KubeCtl, postgres: PostgresServer, s3: S3Server, bucket: str, **backup: Any
+    kube: KubeCtl,
+    postgres: PostgresServer,
+    s3: S3Server,
+    bucket: str,
+    provider: str = "kubernetes-secret",
+    *,
+    adopt: bool = False,
 ) -> None:
+    """The ManagedCluster `platform/pg`; with `adopt`, importing what the bucket holds."""
+    backup: dict[str, Any] = {"import": {"prefix": ""}} if adopt else {}
     kube.run("create", "namespace", "platform")
     admin, password = f"admin_{secrets.token_hex(4)}", secrets.token_urlsafe(16)
     postgres.create_role(admin, password, "CREATEROLE", "CREATEDB")
@@ -83,6 +92,7 @@ def _cluster(
             "pg",
             postgres.port,
             allowedNamespaces={"names": [namespace for namespace, _ in TENANTS.values()]},
+            encryption={"provider": provider},
             backup={"objectStore": object_store(s3, bucket), **backup},
         )
     )
@@ -109,14 +119,20 @@ def _rows(kube: KubeCtl, namespace: str, database: str) -> list[tuple[Any, ...]]
 
 
 def _lost_cluster(
-    folder: Path, kubectl: str, postgres: PostgresServer, s3: S3Server, bucket: str, public: str
+    folder: Path,
+    kubectl: str,
+    postgres: PostgresServer,
+    s3: S3Server,
+    bucket: str,
+    provider: str,
+    **custody: str,
 ) -> dict[str, list[tuple[Any, ...]]]:
     """Databases of two tenants with rows and a backup each, on a cluster then destroyed with
     its etcd; their databases dropped from the server. Returns each one's rows."""
     suffix = secrets.token_hex(3)
     rows = {}
-    with kubernetes_cluster(folder, kubectl, VAUBAN_RECOVERY_PUBLIC_KEY=public) as (kube, _):
-        _cluster(kube, postgres, s3, bucket)
+    with kubernetes_cluster(folder, kubectl, **custody) as (kube, _):
+        _cluster(kube, postgres, s3, bucket, provider)
         cluster = kube.get("managedcluster", "pg", "platform")
         assert cluster["status"]["encryption"]["survivesClusterLoss"] is True
         for name, (namespace, count) in TENANTS.items():
@@ -139,7 +155,8 @@ def _lost_cluster(
             assert done["status"]["phase"] == "Succeeded", done["status"]
     names = {o.object_name for o in s3.client().list_objects(bucket, recursive=True)}
     assert sum(str(n).endswith("/key.json") for n in names) == len(TENANTS)
-    assert any("/_recovery/" in str(n) for n in names)
+    # Escrow only where the KEK was in a Secret: an HSM's key never leaves it.
+    assert any("/_recovery/" in str(n) for n in names) == (provider == "kubernetes-secret")
     with postgres.superuser() as conn:
         for name in TENANTS:
             conn.execute(
@@ -162,21 +179,23 @@ def test_restore_on_a_new_cluster_from_the_bucket_and_the_recovery_key(
 ) -> None:
     private, public = recovery.generate()
     wrong, _ = recovery.generate()
-    rows = _lost_cluster(tmp_path / "lost", kubectl_binary, postgres, s3, bucket, public)
+    rows = _lost_cluster(
+        tmp_path / "lost",
+        kubectl_binary,
+        postgres,
+        s3,
+        bucket,
+        "kubernetes-secret",
+        VAUBAN_RECOVERY_PUBLIC_KEY=public,
+    )
 
     with kubernetes_cluster(tmp_path / "new", kubectl_binary) as (kube, _):
         for namespace, _count in TENANTS.values():
             kube.run("create", "namespace", namespace)
         # The officers bring the wrong key first: every database refused, nothing adopted.
         kube.apply(string_secret(OPERATOR_NAMESPACE, "vauban-recovery-key", privateKey=wrong))
-        _cluster(kube, postgres, s3, bucket, **{"import": {"prefix": ""}})
-
-        def imported() -> dict[str, Any] | None:
-            status = kube.get("managedcluster", "pg", "platform").get("status") or {}
-            found = status.get("backupImport")
-            return found if found and (found["databases"] or found["refused"]) else None
-
-        refused = eventually(imported, timeout=60, what="import refused")
+        _cluster(kube, postgres, s3, bucket, adopt=True)
+        refused = eventually(partial(_imported, kube), timeout=60, what="import refused")
         assert refused["databases"] == 0 and refused["backups"] == 0
         assert {r["reason"] for r in refused["refused"]} == {"WrongRecoveryKey"}
         assert all("sealed to recovery key" in r["message"] for r in refused["refused"])
@@ -187,27 +206,15 @@ def test_restore_on_a_new_cluster_from_the_bucket_and_the_recovery_key(
         # The right key: both databases' backups adopted, each in its own namespace.
         kube.apply(string_secret(OPERATOR_NAMESPACE, "vauban-recovery-key", privateKey=private))
         adopted = eventually(
-            lambda: (found := imported()) and found["databases"] == len(TENANTS) and found,
+            lambda: (found := _imported(kube)) and found["databases"] == len(TENANTS) and found,
             timeout=60,
             what="import adopted",
         )
         assert adopted["backups"] == len(TENANTS) and adopted["refused"] == []
-        suffix = secrets.token_hex(3)
-        for name, (namespace, _count) in TENANTS.items():
-            (backup,) = kube.get_list("managedbackup", namespace)
-            assert backup["spec"] == {"databaseRef": {"name": name}, "deletionPolicy": "Retain"}
-            restored = f"{name}-restored"
-            kube.apply(
-                _database(namespace, restored, suffix, restore={"databaseRef": {"name": name}})
-            )
-            eventually(
-                partial(ready, kube, "manageddatabase", restored, namespace),
-                timeout=120,
-                what=f"{restored} restored",
-            )
-            assert _rows(kube, namespace, restored) == rows[name]
+        _restore_each(kube, rows)
+
         # The tenant boundary holds across the recovery: team-b cannot restore team-a's shop.
-        kube.apply(_database("team-b", "stolen", suffix, restore={"databaseRef": {"name": "shop"}}))
+        kube.apply(_database("team-b", "stolen", "x", restore={"databaseRef": {"name": "shop"}}))
 
         def waiting() -> dict[str, Any] | None:
             found = condition(kube.get("manageddatabase", "stolen", "team-b"), "Ready")
@@ -216,3 +223,51 @@ def test_restore_on_a_new_cluster_from_the_bucket_and_the_recovery_key(
         said = eventually(waiting, timeout=60, what="stolen waits")
         assert "Waiting for a successful backup of ManagedDatabase shop" in said["message"]
         assert kube.get_list("managedbackup", "team-b", "-l", "vauban.dev/database=shop") == []
+
+
+def test_restore_on_a_new_cluster_with_the_same_pkcs11_token(
+    tmp_path: Path, kubectl_binary: str, postgres: PostgresServer, s3: S3Server, bucket: str
+) -> None:
+    """The KEK on an HSM token is outside Kubernetes already: the new cluster's operator,
+    given the same token, adopts and restores with no recovery key at all."""
+    with SoftHsm(("vauban-dr",)) as hsm:
+        token = {
+            **hsm.environ,
+            "VAUBAN_PKCS11_MODULE": str(hsm.module),
+            "VAUBAN_PKCS11_TOKEN_LABEL": "vauban-dr",
+            "VAUBAN_PKCS11_PIN_FILE": str(hsm.pin_file("vauban-dr")),
+        }
+        rows = _lost_cluster(
+            tmp_path / "lost", kubectl_binary, postgres, s3, bucket, "pkcs11", **token
+        )
+        with kubernetes_cluster(tmp_path / "new", kubectl_binary, **token) as (kube, _):
+            for namespace, _count in TENANTS.values():
+                kube.run("create", "namespace", namespace)
+            _cluster(kube, postgres, s3, bucket, "pkcs11", adopt=True)
+            adopted = eventually(partial(_imported, kube), timeout=60, what="import")
+            assert adopted == {"databases": len(TENANTS), "backups": len(TENANTS), "refused": []}
+            _restore_each(kube, rows)
+
+
+def _imported(kube: KubeCtl) -> dict[str, Any] | None:
+    status = kube.get("managedcluster", "pg", "platform").get("status") or {}
+    found: dict[str, Any] | None = status.get("backupImport")
+    return found if found and (found["databases"] or found["refused"]) else None
+
+
+def _restore_each(kube: KubeCtl, rows: dict[str, list[tuple[Any, ...]]]) -> None:
+    """Each adopted database restored with restore.databaseRef into a new one of its own
+    namespace, and its rows compared with the lost one's."""
+    suffix = secrets.token_hex(3)
+    for name, (namespace, _count) in TENANTS.items():
+        (backup,) = kube.get_list("managedbackup", namespace)
+        assert backup["spec"] == {"databaseRef": {"name": name}, "deletionPolicy": "Retain"}
+        assert backup["status"]["trigger"] == "Imported"
+        restored = f"{name}-restored"
+        kube.apply(_database(namespace, restored, suffix, restore={"databaseRef": {"name": name}}))
+        eventually(
+            partial(ready, kube, "manageddatabase", restored, namespace),
+            timeout=120,
+            what=f"{restored} restored",
+        )
+        assert _rows(kube, namespace, restored) == rows[name]
