@@ -104,6 +104,74 @@ def _compliance_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drill(args: argparse.Namespace) -> int:
+    import json
+    import logging
+
+    from vauban import custody, drill
+    from vauban.backup.settings import AgentSettings, ConfigurationError
+    from vauban.backup.storage import ObjectStore, StorageError
+    from vauban.crypto import recovery
+    from vauban.main import key_providers
+    from vauban.settings import Settings
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    try:
+        settings = AgentSettings.load()
+        private = (
+            recovery.private_key(Path(args.recovery_key_file).read_text(encoding="utf-8"))
+            if args.recovery_key_file
+            else None
+        )
+    except (ConfigurationError, recovery.InvalidRecoveryKey, OSError) as e:
+        print(f"vauban drill: {e}", file=sys.stderr)
+        return 2
+    providers = {k: v for k, v in key_providers(Settings()).items() if k != "kubernetes-secret"}
+    store = ObjectStore(
+        endpoint=settings.s3_endpoint,
+        region=settings.s3_region,
+        bucket=settings.s3_bucket,
+        access_key_id=settings.access_key_id.get_secret_value(),
+        secret_access_key=settings.secret_access_key.get_secret_value(),
+        ca_file=settings.ca_bundle,
+    )
+    try:
+        built = drill.run(
+            store, args.prefix, custody.Custody(private, providers), settings.pg_bin_dir
+        )
+    except StorageError as e:
+        print(f"vauban drill: the bucket: {e}", file=sys.stderr)
+        return 3
+    text = (
+        drill.markdown(built)
+        if args.format == "markdown"
+        else json.dumps(built, indent=2, ensure_ascii=False) + "\n"
+    )
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    summary = built["summary"]
+    # Nothing found is a failed drill too: an auditor must not read "0 failed" as success.
+    return 0 if summary["databases"] and not summary["failed"] else 1
+
+
+def _recovery_key(args: argparse.Namespace) -> int:
+    from vauban.crypto import recovery
+
+    private, public = recovery.generate()
+    path = Path(args.private_key_file)
+    try:
+        # Created, never overwritten, readable by its owner only.
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(private + "\n")
+    except OSError as e:
+        print(f"vauban recovery-key generate: {e}", file=sys.stderr)
+        return 2
+    print(public)
+    return 0
+
+
 def _dev_run(args: argparse.Namespace) -> int:
     from vauban.devcluster.cli import real_node_wanted
     from vauban.devrun import dev_run, dev_run_real
@@ -143,6 +211,32 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("json", "markdown"), default="json")
     report.add_argument("--output", help="write to this file instead of standard output")
     report.set_defaults(func=_compliance_report)
+
+    drill = commands.add_parser(
+        "drill",
+        help="recovery drill: restore each database's latest backup from the bucket, with the "
+        "key custody alone, into scratch databases, and report (bucket from VAUBAN_S3_* and "
+        "AWS_*, scratch server from libpq's PG*, HSM from the operator's VAUBAN_KMIP_*/"
+        "VAUBAN_PKCS11_*)",
+    )
+    drill.add_argument("--prefix", default="", help="only the backups under this key prefix")
+    drill.add_argument(
+        "--recovery-key-file",
+        help="the platform's recovery private key (for KEKs of the kubernetes-secret provider)",
+    )
+    drill.add_argument("--format", choices=("json", "markdown"), default="json")
+    drill.add_argument("--output", help="write to this file instead of standard output")
+    drill.set_defaults(func=_drill)
+
+    recovery_key = commands.add_parser("recovery-key", help="the platform's recovery key")
+    recovery_commands = recovery_key.add_subparsers(dest="recovery_command", required=True)
+    generate = recovery_commands.add_parser(
+        "generate",
+        help="make a recovery key pair: the private half to a new file (keep it offline), "
+        "the public half on standard output (VAUBAN_RECOVERY_PUBLIC_KEY)",
+    )
+    generate.add_argument("--private-key-file", required=True)
+    generate.set_defaults(func=_recovery_key)
 
     from vauban.devcluster.cli import register as register_dev
 

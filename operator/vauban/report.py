@@ -55,6 +55,8 @@ def cluster_entry(body: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         "keyVersion": encryption.get("keyVersion"),
         "keyAgeDays": _age_days(encryption.get("keyCreated"), now),
         "lastRotation": encryption.get("lastRotation"),
+        "survivesClusterLoss": encryption.get("survivesClusterLoss"),
+        "recovery": encryption.get("recovery"),
     }
 
 
@@ -106,6 +108,14 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _survives(cluster: Mapping[str, Any]) -> str | None:
+    """Said plainly: an auditor reads this column first."""
+    survives = cluster.get("survivesClusterLoss")
+    if survives is None:
+        return None
+    return f"{'yes' if survives else '**NO**'}: {cluster.get('recovery') or ''}"
+
+
 def markdown(report: Mapping[str, Any]) -> str:
     """A page a person reads: one table per kind, then each cluster's rules."""
     summary = report["summary"]
@@ -121,8 +131,8 @@ def markdown(report: Mapping[str, Any]) -> str:
         "## Clusters",
         "",
         "| Cluster | Profile | Compliant | Encrypted | Storage class | Key | Key age (days) "
-        "| Last rotation |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Last rotation | Backups survive cluster loss |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in report["clusters"]:
         key = f"{c['keyProvider']}: {c['keyId']} v{c['keyVersion']}" if c["keyId"] else None
@@ -139,6 +149,7 @@ def markdown(report: Mapping[str, Any]) -> str:
                     key,
                     c["keyAgeDays"],
                     c["lastRotation"],
+                    _survives(c),
                 )
             )
             + " |"

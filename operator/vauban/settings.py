@@ -3,14 +3,16 @@ environment variables. Nothing reads the environment anywhere else."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 FIELD_MANAGER = "vauban"
 FINALIZER = "vauban.dev/finalizer"
+RECOVERY_PUBLIC_KEY = re.compile(r"vauban-recovery-public:[A-Za-z0-9+/]{43}=")
 
 
 class Settings(BaseSettings):
@@ -64,6 +66,18 @@ class Settings(BaseSettings):
     """File holding the token user's PIN (a mounted Secret; one trailing newline is ignored).
     Read at each login, never logged."""
 
+    recovery_public_key: str | None = None
+    """The platform's recovery public key (`vauban-recovery-public:...`, made by `vauban
+    recovery-key generate`; the private half stays offline with the platform's security
+    officers). Each key-encryption key of the `kubernetes-secret` provider is sealed to it
+    and stored in the cluster's bucket, so backups survive the loss of this Kubernetes
+    cluster. Unset: they do not, and the clusters' status says so."""
+
+    recovery_key_secret: str = "vauban-recovery-key"  # noqa: S105 - a name, not a key
+    """Secret of `namespace` (key `privateKey`) the security officers create only during a
+    recovery: with it, a ManagedCluster's backup.import opens KEKs of the
+    `kubernetes-secret` provider escrowed by the lost cluster. Delete it once imported."""
+
     allowed_backup_regions: list[str] = Field(default_factory=list)
     """Regions the hds and secnumcloud profiles allow for backup buckets (the platform's
     sovereign regions); any region when empty."""
@@ -113,3 +127,17 @@ class Settings(BaseSettings):
 
     metrics_port: int = Field(default=8080, ge=0, le=65535)
     """Port of /metrics (Prometheus) and /readyz; 0 disables them."""
+
+    @field_validator("recovery_public_key")
+    @classmethod
+    def _valid_recovery_key(cls, value: str | None) -> str | None:
+        # Any 32 bytes are an X25519 public key: the shape is the whole check. The message
+        # says what is expected, never what was given (a private key pasted by mistake).
+        if value is None or not value.strip():
+            return None
+        if not RECOVERY_PUBLIC_KEY.fullmatch(value.strip()):
+            raise ValueError(
+                "the recovery public key is 'vauban-recovery-public:' and the base64 of 32 "
+                "bytes, as `vauban recovery-key generate` prints it"
+            )
+        return value.strip()

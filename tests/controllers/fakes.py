@@ -30,7 +30,7 @@ from psycopg import sql
 
 from vauban import timefmt
 from vauban.api.common import KindInfo
-from vauban.backup.manifest import Manifest
+from vauban.backup.manifest import Manifest, ObjectLock
 from vauban.backup.storage import ObjectNotFound
 from vauban.builders.backup import Store
 from vauban.crypto import envelope
@@ -334,6 +334,9 @@ class FakeKube:
 
     async def namespace_labels(self, name: str) -> dict[str, str]:
         return dict(self.namespaces.get(name, {}))
+
+    async def namespace_exists(self, name: str) -> bool:
+        return name in self.namespaces
 
     async def credentials(self) -> Any:
         raise NotImplementedError("kopf's login is not part of a controller test")
@@ -700,6 +703,7 @@ class FakeBucket:
         self.manifests: dict[str, Manifest] = {}
         self.stale_uploads: list[str] = []
         self.locked: set[str] = set()
+        self.documents: dict[str, bytes] = {}
 
     def read_manifest(self, location: str) -> Manifest | None:
         return self.manifests.get(location)
@@ -718,6 +722,18 @@ class FakeBucket:
     def abort_stale_uploads(self, prefix: str, started_before: datetime) -> list[str]:
         aborted, self.stale_uploads = self.stale_uploads, []
         return aborted
+
+    def read_small(self, key: str) -> bytes | None:
+        return self.documents.get(key)
+
+    def put_bytes(self, key: str, data: bytes, lock: ObjectLock | None) -> None:
+        self.documents[key] = data
+
+    def delete_object(self, key: str) -> None:
+        self.documents.pop(key, None)
+
+    def keys_ending(self, prefix: str, suffix: str) -> list[str]:
+        return sorted(k for k in self.documents if k.startswith(prefix) and k.endswith(suffix))
 
 
 class FakeBuckets:

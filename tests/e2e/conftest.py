@@ -77,6 +77,7 @@ def stack(real_cluster: RealCluster, object_store: S3Server) -> RealCluster:
         object_storage_ports=[S3_PORT], values={"operator": {"probeIntervalSeconds": 60}}
     )
     TIMINGS["CloudNativePG available"] = took["cloudnative-pg"]
+    TIMINGS["plugin-barman-cloud available"] = took["plugin-barman-cloud"]
     TIMINGS["helm install of Vauban, 2 replicas ready"] = took["vauban"]
     return real_cluster
 

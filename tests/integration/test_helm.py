@@ -81,6 +81,7 @@ def test_chart_lints(helm: Helm, values: dict[str, Any], tmp_path: Path) -> None
         ({"replicas": 3}, "additional properties 'replicas' not allowed"),
         ({"operator": {"pkcs11": {"module": "/hsm.so"}}}, "/operator/pkcs11/pinSecret"),
         ({"operator": {"pkcs11": {"module": "libhsm.so"}}}, "/operator/pkcs11/module"),
+        ({"operator": {"recoveryPublicKey": "AAAA"}}, "/operator/recoveryPublicKey"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
@@ -106,11 +107,14 @@ def test_environment_is_what_the_operator_reads(
 ) -> None:
     """Settings ignore unknown variables: a misspelt name in the chart would go unnoticed.
     Every VAUBAN_* variable the chart sets is a setting, and parses to what was meant."""
+    from vauban.crypto import recovery
     from vauban.settings import Settings
 
+    _, public = recovery.generate()
     values = {
         **NAMESPACED,
         "operator": {
+            "recoveryPublicKey": public,
             "allowedBackupRegions": ["fr-par"],
             "kmip": {"host": "hsm.example", "clientSecret": "kmip-client"},
             "pkcs11": {
@@ -147,6 +151,7 @@ def test_environment_is_what_the_operator_reads(
     settings = Settings()
     assert settings.watch_namespaces == ["tenant-a", "tenant-b"]
     assert settings.allowed_backup_regions == ["fr-par"]
+    assert settings.recovery_public_key == public
     assert settings.leader_election and settings.lease_duration_seconds == 15
     assert (settings.metrics_port, settings.liveness_port) == (8080, 0)
     assert settings.agent_image == "ghcr.io/vauban-dev/vauban-agent:0.1.0"

@@ -91,6 +91,7 @@ def observed(**facts: Any) -> Facts:
             "server": SERVER_OK,
             "network_policy": rendered_policy(),
             "databases": (),
+            "recovery_key": "0f" * 16,
             "now": NOW,
             **facts,
         }
@@ -141,6 +142,7 @@ def test_hds_on_plain_storage_without_backups() -> None:
         "backups-succeeding",
         "encrypted-storage",
         "backup-region",
+        "backups-survive-cluster-loss",
     ]
     condition = compliance.assess(spec, facts).condition()
     assert condition.status == "False" and condition.reason == "RulesUnmet"
@@ -167,6 +169,21 @@ def test_backup_region_and_load_balancers() -> None:
 def test_secnumcloud_requires_a_key_manager() -> None:
     spec = managed("secnumcloud", backup={"objectStore": STORE})
     assert unmet(spec, observed()) == ["external-key-manager"]
+
+
+@pytest.mark.parametrize("profile", ["hds", "secnumcloud"])
+def test_backups_must_survive_the_loss_of_the_cluster(profile: str) -> None:
+    """With the KEK in a Secret of this cluster, only an escrow to a recovery key makes the
+    backups restorable elsewhere; an HSM-held KEK is outside the cluster already."""
+    in_secret = managed(profile, backup={"objectStore": STORE})
+    met, said = evidence(in_secret, observed(recovery_key=None), "backups-survive-cluster-loss")
+    assert not met and "do not survive the loss of the cluster" in said
+    met, said = evidence(in_secret, observed(), "backups-survive-cluster-loss")
+    assert met and "0f0f" in said
+    in_hsm = managed(profile, backup={"objectStore": STORE}, encryption={"provider": "pkcs11"})
+    met, said = evidence(in_hsm, observed(recovery_key=None), "backups-survive-cluster-loss")
+    assert met and "pkcs11 HSM" in said
+    assert "backups-survive-cluster-loss" not in compliance.rules_of("iso27001")
 
 
 def external(mode: str) -> ManagedClusterSpec:

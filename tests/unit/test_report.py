@@ -69,3 +69,25 @@ def test_markdown_lists_unmet_rules() -> None:
     assert "| platform/hds-1 | hds | False | True | luks | kmip: vauban-kek-1 v2 | 10.0 |" in page
     assert "`backup-region` — **unmet**: region us-east-1" in page
     assert "| care/records | platform/hds-1 | health | True |" in page
+
+
+def test_the_report_says_plainly_when_backups_die_with_the_cluster() -> None:
+    lost = {
+        **CLUSTER,
+        "status": {
+            **CLUSTER["status"],  # type: ignore[dict-item]
+            "encryption": {
+                "provider": "kubernetes-secret",
+                "keyId": "vauban-kek-2",
+                "keyVersion": 1,
+                "survivesClusterLoss": False,
+                "recovery": "no recovery key is configured",
+            },
+        },
+    }
+    built = report.build([lost], [], NOW)
+    assert built["clusters"][0]["survivesClusterLoss"] is False
+    page = report.markdown(built)
+    assert "| **NO**: no recovery key is configured |" in page
+    safe = report.markdown(report.build([CLUSTER], [], NOW))
+    assert "**NO**" not in safe

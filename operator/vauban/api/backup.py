@@ -18,7 +18,7 @@ from vauban.api.common import (
     validations,
 )
 
-BackupTrigger = Literal["OnDemand", "Scheduled", "Final"]
+BackupTrigger = Literal["OnDemand", "Scheduled", "Final", "Imported"]
 VerificationResult = Literal["Passed", "Failed"]
 
 Timestamp = Annotated[str, StringConstraints(max_length=64)]
@@ -78,8 +78,9 @@ class ManagedBackupStatus(StatusModel):
     """Pending, Running, Succeeded or Failed; tools read conditions, people read this."""
 
     trigger: BackupTrigger | None = None
-    """OnDemand (created by a person or a tool), Scheduled (by the database's schedule) or
-    Final (taken when the database was deleted)."""
+    """OnDemand (created by a person or a tool), Scheduled (by the database's schedule),
+    Final (taken when the database was deleted) or Imported (adopted from the bucket by a
+    cluster's backup.import)."""
 
     job: Annotated[str, StringConstraints(max_length=63)] | None = None
     """The Job, in the operator's namespace, that runs the backup agent."""

@@ -220,6 +220,23 @@ class ClusterBackupPolicy(ApiModel):
     retention: RetentionPolicy | None = None
     """Default retention of database backups."""
 
+    import_: Annotated[BackupImport | None, Field(alias="import")] = None
+    """Adopt the backups another Vauban left in this object store (disaster recovery): each
+    database's backups found there become ManagedBackups of its namespace, restorable with
+    restore.databaseRef as usual. See docs/security.md."""
+
+
+class BackupImport(ApiModel):
+    """Backups to adopt from the object store, as a new cluster's after the loss of the one
+    that made them."""
+
+    prefix: Annotated[
+        str, StringConstraints(max_length=256, pattern=r"^[A-Za-z0-9!_.*'()/-]*$")
+    ] = ""
+    """Only the databases under this key prefix, within objectStore.prefix (e.g. a
+    namespace's name); every one when empty. The objectStore (bucket and prefix) must be the
+    lost cluster's."""
+
 
 # An instant, RFC 3339 with a time zone (e.g. 2026-12-06T07:30:00Z).
 Timestamp = Annotated[
@@ -595,6 +612,15 @@ class EncryptionStatus(StatusModel):
     rotation_token: Annotated[str, StringConstraints(max_length=253)] | None = None
     """The vauban.dev/rotate-key token last acted on."""
 
+    survives_cluster_loss: bool | None = None
+    """Whether the backups can be restored once this Kubernetes cluster is lost: the KEK is
+    held by an HSM (kmip, pkcs11), or escrowed to the platform's recovery key (see
+    docs/security.md)."""
+
+    recovery: Annotated[str, StringConstraints(max_length=512)] | None = None
+    """How the KEK is recovered after the loss of this Kubernetes cluster, or why it cannot
+    be."""
+
 
 class RuleStatus(StatusModel):
     """One rule of the compliance profile."""
@@ -623,6 +649,28 @@ class ComplianceStatus(StatusModel):
 
     storage_evidence: Annotated[str, StringConstraints(max_length=512)] | None = None
     """Why the StorageClass is, or is not, considered encrypting."""
+
+
+class ImportRefusal(StatusModel):
+    """A database whose backups were not adopted, and why."""
+
+    record: Annotated[str, StringConstraints(max_length=1024)]
+    """The key record's object key in the bucket."""
+
+    reason: Annotated[str, StringConstraints(max_length=64)]
+    message: Annotated[str, StringConstraints(max_length=512)]
+
+
+class BackupImportStatus(StatusModel):
+    """Backups adopted from the object store (disaster recovery)."""
+
+    databases: Annotated[int, Field(ge=0)] = 0
+    """Databases whose backups were adopted."""
+
+    backups: Annotated[int, Field(ge=0)] = 0
+    """ManagedBackups made for them, in their own namespaces."""
+
+    refused: Annotated[list[ImportRefusal], Field(max_length=32)] = Field(default_factory=list)
 
 
 class ManagedClusterStatus(StatusModel):
@@ -667,6 +715,9 @@ class ManagedClusterStatus(StatusModel):
 
     compliance: ComplianceStatus | None = None
     """Each rule of the compliance profile, met or not, with its evidence."""
+
+    backup_import: BackupImportStatus | None = None
+    """What spec.backup.import adopted from the object store, and what it refused."""
 
 
 # Cluster names become Service names (`<name>-rw`, `<name>-ro`) and pod names, which must stay

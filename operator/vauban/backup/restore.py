@@ -291,14 +291,22 @@ def run_verify(
     if not 0 < len(scratch_database.encode()) <= 63:
         raise DatabaseFailure("InvalidScratchDatabase", "a database name has 1 to 63 bytes")
     manifest = load_manifest(store, location)
+    with _fetched(settings, store, manifest, agent_key, "verify") as backup:
+        counts = restore_and_count(backup, scratch_database, settings.pg_bin_dir)
+    check_counts(manifest, counts)
+    return manifest, counts
+
+
+def restore_and_count(
+    backup: VerifiedBackup, scratch_database: str, pg_bin_dir: str | None
+) -> dict[str, int]:
+    """Restore a verified backup into a new scratch database owned by a throw-away role,
+    count each table's rows, drop both. The admin is the environment's libpq login."""
     # The admin's only session (opened once the backup is proven whole): in the maintenance
     # database (PGDATABASE), never in the scratch one, whose content is the tenant's.
-    with (
-        _fetched(settings, store, manifest, agent_key, "verify") as backup,
-        postgres.connect(autocommit=True) as admin,
-    ):
+    with postgres.connect(autocommit=True) as admin:
         _, major = postgres.server_version(admin)
-        pg_restore = postgres.find_client("pg_restore", major, settings.pg_bin_dir)
+        pg_restore = postgres.find_client("pg_restore", major, pg_bin_dir)
         login = _create_scratch(admin, scratch_database)
         try:
             apply(backup, scratch_database, pg_restore, login)
@@ -307,6 +315,11 @@ def run_verify(
             _check_still_powerless(admin, scratch_database)
         finally:
             _drop_scratch(admin, scratch_database)
+    return counts
+
+
+def check_counts(manifest: Manifest, counts: dict[str, int]) -> None:
+    """VerificationMismatch unless the restored row counts are the manifest's."""
     differences = {
         table: (manifest.tables.get(table), counts.get(table))
         for table in sorted(manifest.tables.keys() | counts.keys())
@@ -321,7 +334,6 @@ def run_verify(
             f"{len(differences)} of {len(manifest.tables)} tables differ after restore: {shown}",
             differences,
         )
-    return manifest, counts
 
 
 def _marked(admin: postgres.Connection, query: str, name: str, mark: str) -> bool | None:

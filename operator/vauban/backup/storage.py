@@ -183,7 +183,7 @@ class ObjectStore:
     def read_manifest(self, location: str) -> Manifest | None:
         """The backup's manifest; None when it has none (it does not exist). InvalidManifest
         when it is not one this code reads, or names another location."""
-        data = self._get_small(manifest_key(location))
+        data = self.read_small(manifest_key(location))
         if data is None:
             return None
         try:
@@ -345,6 +345,20 @@ class ObjectStore:
                 retention=_retention(lock),
             )
 
+    def keys_ending(self, prefix: str, suffix: str) -> list[str]:
+        """Every object key under `prefix` that ends with `suffix`, sorted."""
+        with self._translate():
+            return sorted(
+                o.object_name
+                for o in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+                if o.object_name is not None and o.object_name.endswith(suffix)
+            )
+
+    def delete_object(self, key: str) -> None:
+        """Delete every version of one object (a key record, an escrowed key); what is
+        already gone succeeds."""
+        self._delete_versions(key, key)
+
     def iter_object(self, key: str, block: int = 1 << 20) -> Iterator[bytes]:
         """An object's bytes, block by block; ObjectNotFound when there is no such object."""
         with self._translate():
@@ -355,9 +369,8 @@ class ObjectStore:
                 response.close()
                 response.release_conn()
 
-    # -- internals --------------------------------------------------------------------------
-
-    def _get_small(self, key: str) -> bytes | None:
+    def read_small(self, key: str) -> bytes | None:
+        """A small object's bytes (a manifest, a key record); None when it does not exist."""
         try:
             with self._translate():
                 response = self._client.get_object(self.bucket, key)
@@ -368,6 +381,8 @@ class ObjectStore:
                     response.release_conn()
         except ObjectNotFound:
             return None
+
+    # -- internals --------------------------------------------------------------------------
 
     def _retention(self, key: str) -> datetime | None:
         try:

@@ -322,9 +322,16 @@ def scheduled_backup_name(database: str, job: str) -> str:
 
 
 def managed_backup(
-    *, name: str, namespace: str, database: str, trigger: str, job: str | None = None
+    *,
+    name: str,
+    namespace: str,
+    database: str,
+    trigger: str,
+    job: str | None = None,
+    retain: bool = False,
 ) -> dict[str, Any]:
-    """A ManagedBackup the operator creates: for a scheduled run, or the final backup."""
+    """A ManagedBackup the operator creates: for a scheduled run, the final backup, or a
+    backup imported from the bucket (`retain`: deleting it leaves the stored backup)."""
     annotations = {"vauban.dev/trigger": trigger}
     if job is not None:
         annotations["vauban.dev/job"] = job
@@ -337,5 +344,8 @@ def managed_backup(
             "labels": {**MANAGED_BY, "vauban.dev/database": database[:63].rstrip("-.")},
             "annotations": annotations,
         },
-        "spec": {"databaseRef": {"name": database}},
+        "spec": {
+            "databaseRef": {"name": database},
+            **({"deletionPolicy": "Retain"} if retain else {}),
+        },
     }

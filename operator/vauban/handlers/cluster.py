@@ -17,6 +17,7 @@ from vauban.builders import cnpg
 from vauban.conditions import Reason, State, Verdict
 from vauban.engines.postgres.probe import ServerAddress
 from vauban.handlers import posture as posture_
+from vauban.handlers.backups import imports
 from vauban.handlers.context import NEVER, Context, ObjectKey, fingerprint
 from vauban.handlers.envelope import Envelope
 from vauban.handlers.publish import (
@@ -91,12 +92,18 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
     else:
         assessment, server = await _assess_external(ctx, owner.namespace, spec, body.get("status"))
     posture = await posture_.assess(ctx, body, spec, storage, server)
+    imported = await imports.reconcile(ctx, body, spec)
     await publish(
         ctx,
         MANAGED_CLUSTER,
         body,
         assessment.verdict,
-        fields=ManagedClusterStatus.model_validate(assessment.fields).merged(posture.status),
+        fields=ManagedClusterStatus.model_validate(
+            {
+                **assessment.fields,
+                **({"backupImport": imported} if imported is not None else {}),
+            }
+        ).merged(posture.status),
         domain=posture.conditions,
     )
     for event in (

@@ -29,8 +29,11 @@ from vauban.api.common import duration_seconds
 from vauban.builders import cnpg
 from vauban.builders.keys import KekOwner
 from vauban.conditions import ConditionType, DomainCondition, Reason, State, Verdict
+from vauban.crypto import recovery
 from vauban.engines.postgres.probe import ServerAddress
 from vauban.handlers import keys
+from vauban.handlers.backups.recovery import escrow_current
+from vauban.handlers.backups.store import store_of
 from vauban.handlers.context import Bodies, Context
 from vauban.handlers.databases import stored
 from vauban.handlers.publish import post_event
@@ -179,6 +182,7 @@ async def assess(
         server=server,
         network_policy=await _network_policy(ctx, body, spec),
         databases=_databases(ctx, namespace, name, spec),
+        recovery_key=recovery_key(ctx),
         now=timefmt.now(),
     )
     judged = compliance.assess(spec, facts)
@@ -245,7 +249,13 @@ async def _key(
             f"Key-encryption key {kek.secret} is now at version {kek.current}; data keys are "
             "re-wrapped, backups untouched and still restorable.",
         )
+    store = await store_of(ctx, owner.namespace, spec.backup.object_store)
+    unescrowed = None if isinstance(store, str) else await escrow_current(ctx, owner, kek, store)
+    if unescrowed is not None:
+        # Said again, and in status, by each database whose key record waits for it.
+        logger.warning("%s/%s: %s", owner.namespace, owner.name, unescrowed)
     created = kek.created.get(kek.current)
+    survives, how = compliance.recovery(spec, recovery_key(ctx))
     status = EncryptionStatus.model_validate(
         {
             "provider": kek.provider,
@@ -254,6 +264,14 @@ async def _key(
             "keyCreated": timefmt.rfc3339(created) if created else None,
             "lastRotation": last_rotation,
             "rotationToken": acted,
+            "survivesClusterLoss": survives,
+            "recovery": how,
         }
     )
     return status, None
+
+
+def recovery_key(ctx: Context) -> str | None:
+    """Fingerprint of the operator's recovery public key, if it has one."""
+    text = ctx.settings.recovery_public_key
+    return recovery.fingerprint(recovery.public_key(text)) if text else None

@@ -391,6 +391,9 @@ class Kube:
         """The cheapest authenticated request: whether the API answers this client."""
         await client.VersionApi(self._api).get_code()
 
+    async def namespace_exists(self, name: str) -> bool:
+        return await _unless_missing(self._core.read_namespace(name)) is not None
+
     async def namespace_labels(self, name: str) -> dict[str, str]:
         namespace = await self._core.read_namespace(name)
         return dict(namespace.metadata.labels or {}) if namespace.metadata else {}

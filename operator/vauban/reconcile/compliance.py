@@ -51,6 +51,7 @@ RuleId = Literal[
     "backup-region",
     "no-load-balancer",
     "external-key-manager",
+    "backups-survive-cluster-loss",
 ]
 
 _DESCRIPTIONS: dict[RuleId, str] = {
@@ -62,6 +63,8 @@ _DESCRIPTIONS: dict[RuleId, str] = {
     "backup-region": "the backup bucket is in a region the platform allows",
     "no-load-balancer": "no Service of type LoadBalancer exposes the cluster",
     "external-key-manager": "keys are held by a key manager (KMIP, a PKCS#11 HSM), not in Secrets",
+    "backups-survive-cluster-loss": "backups can be restored elsewhere once this Kubernetes "
+    "cluster is lost: the key-encryption key is in an HSM or escrowed to a recovery key",
 }
 
 _ISO27001: tuple[RuleId, ...] = (
@@ -70,7 +73,13 @@ _ISO27001: tuple[RuleId, ...] = (
     "backups-succeeding",
     "network-policy",
 )
-_HDS: tuple[RuleId, ...] = (*_ISO27001, "encrypted-storage", "backup-region", "no-load-balancer")
+_HDS: tuple[RuleId, ...] = (
+    *_ISO27001,
+    "encrypted-storage",
+    "backup-region",
+    "no-load-balancer",
+    "backups-survive-cluster-loss",
+)
 _PROFILE_RULES: dict[str, tuple[RuleId, ...]] = {
     "none": (),
     "iso27001": _ISO27001,
@@ -466,6 +475,9 @@ class Facts:
     databases: Sequence[DatabaseBackups] | None = None
     """The cluster's databases and their backups; None when they were not read."""
 
+    recovery_key: str | None = None
+    """Fingerprint of the platform's recovery public key, when the operator has one."""
+
     now: datetime | None = None
 
 
@@ -553,8 +565,28 @@ def _check(rule: RuleId, spec: ManagedClusterSpec, facts: Facts) -> RuleResult:
             not facts.load_balancers,
             "none" if not facts.load_balancers else ", ".join(facts.load_balancers),
         )
+    if rule == "backups-survive-cluster-loss":
+        return RuleResult(rule, *recovery(spec, facts.recovery_key))
     provider = spec.encryption.provider
     return RuleResult(rule, provider in ("kmip", "pkcs11"), f"key provider is {provider}")
+
+
+def recovery(spec: ManagedClusterSpec, recovery_key: str | None) -> tuple[bool, str]:
+    """Whether the cluster's backups survive the loss of this Kubernetes cluster, and how."""
+    provider = spec.encryption.provider
+    if spec.backup is None:
+        return False, "no backups"
+    if provider in ("kmip", "pkcs11"):
+        return True, f"the key-encryption key is held by the {provider} HSM, outside Kubernetes"
+    if recovery_key is not None:
+        return True, (
+            f"the key-encryption key is escrowed in the bucket, sealed to recovery key "
+            f"{recovery_key}"
+        )
+    return False, (
+        "the key-encryption key is only in a Secret of this Kubernetes cluster and no "
+        "recovery key is configured: the backups do not survive the loss of the cluster"
+    )
 
 
 def assess(spec: ManagedClusterSpec, facts: Facts) -> Assessment:

@@ -20,6 +20,7 @@ from vauban.backup.storage import ObjectLocked, StorageError
 from vauban.builders import backup as build
 from vauban.builders.keys import data_key_secret_name
 from vauban.handlers import keys
+from vauban.handlers.backups import recovery
 from vauban.handlers.backups.agents import delete_agent_object
 from vauban.handlers.backups.ledger import DEK_SECRET_PREFIX, database_of
 from vauban.handlers.backups.runs import reconcile
@@ -91,7 +92,10 @@ async def database_deleted(
     days = (spec.backup or DatabaseBackup()).retain_after_deletion_days
     dek = data_key_secret_name(database.uid)
     if days == 0 and spec.deletion_policy == "Delete":
+        remains = await _forget_key_record(ctx, database, cluster)
         await keys.destroy_data_key(ctx, database.uid)
+        if remains is not None:
+            await post_event(ctx, MANAGED_DATABASE, body, "Warning", "KeyRecordRemains", remains)
         await post_event(
             ctx,
             MANAGED_DATABASE,
@@ -106,6 +110,28 @@ async def database_deleted(
     if cluster is not None:
         annotations[STORE_ANNOTATION] = cluster.ref
     await ctx.kube.annotate_secret(namespace, dek, annotations)
+
+
+async def _forget_key_record(
+    ctx: Context, database: build.Database, cluster: ClusterView | None
+) -> str | None:
+    """The key record in the bucket goes before the data key: with it, the KEK (in an HSM,
+    or escrowed) would still open the backups. None once gone; else what to do."""
+    policy = await backup_policy_of(ctx, cluster.namespace, cluster.name) if cluster else None
+    if cluster is None or policy is None:
+        return None  # backups were never configured: no record was written
+    store = await store_of(ctx, cluster.namespace, policy.object_store)
+    try:
+        if isinstance(store, str):
+            raise StorageError(store)
+        await recovery.forget(ctx, store, database)
+    except StorageError as e:
+        return (
+            f"The key record of this database in the bucket could not be deleted ({e}): with "
+            "the cluster's key-encryption key it still opens the backups. Delete "
+            f"<prefix>/{database.namespace}/{database.name}/{database.uid}/key.json."
+        )
+    return None
 
 
 async def purge_expired(
@@ -149,6 +175,7 @@ async def _purge(
             bucket = ctx.buckets(store)
             for location in await asyncio.to_thread(bucket.locations, prefix):
                 await asyncio.to_thread(bucket.delete_backup, location)
+            await recovery.forget(ctx, store, database)
         except ObjectLocked as e:
             logger.info("purge of %s waits: %s", purge.secret, e)
             return

@@ -9,7 +9,7 @@ import functools
 import logging
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 import kopf
 
@@ -54,11 +54,12 @@ logger = logging.getLogger(__name__)
 TRIGGER_ANNOTATION = "vauban.dev/trigger"
 
 
-_TRIGGERS: dict[str, BackupTrigger] = {t: t for t in ("OnDemand", "Scheduled", "Final")}
+_TRIGGERS: dict[str, BackupTrigger] = {t: t for t in get_args(BackupTrigger)}
 
 
 def _trigger(body: Mapping[str, Any]) -> BackupTrigger:
-    """Shown, not trusted: Scheduled and Final records are annotated by the operator."""
+    """Shown, not trusted: Scheduled, Final and Imported records are annotated by the
+    operator."""
     trigger = (body["metadata"].get("annotations") or {}).get(TRIGGER_ANNOTATION)
     return _TRIGGERS.get(trigger or "", "OnDemand")
 

@@ -20,6 +20,7 @@ from vauban.builders import backup as build
 from vauban.builders.keys import data_key_secret_name
 from vauban.conditions import ConditionType, DomainCondition, Reason, Verdict
 from vauban.handlers import keys
+from vauban.handlers.backups import recovery
 from vauban.handlers.backups.agents import (
     agent_secret,
     apply_once,
@@ -74,6 +75,31 @@ def _created(body: Mapping[str, Any]) -> datetime | None:
     return timefmt.parse_rfc3339(body["metadata"].get("creationTimestamp"))
 
 
+async def _agent_and_key_record(
+    ctx: Context,
+    cluster: ClusterView,
+    cluster_spec: ManagedClusterSpec,
+    database: build.Database,
+    store: build.Store,
+    logins: Logins,
+) -> build.DataKey | DatabaseBackups:
+    """The database's data key, with the backup agent's Secret and, in the bucket, what
+    restores its backups elsewhere (the key record): a failure to write it says that backups
+    would not survive the loss of this cluster. The agent's Secret comes first, so that a
+    bucket refusing the operator's writes is reported by the backups too, in their words."""
+    key = await keys.database_key(ctx, cluster, cluster_spec, database)
+    if isinstance(key, Verdict):
+        return _not_healthy(key.reason, key.message)
+    await agent_secret(ctx, database, "backup", logins.tenant, store, key)
+    unrecoverable = await recovery.publish(ctx, cluster, database, store, key)
+    if unrecoverable is not None:
+        return _not_healthy(
+            Reason.BACKUP_NOT_CONFIGURED,
+            f"Backups could not be restored after the loss of this cluster: {unrecoverable}.",
+        )
+    return key
+
+
 async def for_database(
     ctx: Context,
     body: Mapping[str, Any],
@@ -108,15 +134,14 @@ async def for_database(
     store = await store_of(ctx, cluster.namespace, policy.object_store)
     if isinstance(store, str):
         return _not_healthy(Reason.BACKUP_NOT_CONFIGURED, f"Backups cannot run: {store}.")
-    key = await keys.database_key(ctx, cluster, cluster_spec, database)
-    if isinstance(key, Verdict):
-        return _not_healthy(key.reason, key.message)
+    key = await _agent_and_key_record(ctx, cluster, cluster_spec, database, store, logins)
+    if isinstance(key, DatabaseBackups):
+        return key
     record = await ctx.kube.read_secret_and_annotations(
         namespace, data_key_secret_name(database.uid)
     )
     ledger = ledger_of(record[1] if record else {})
 
-    await agent_secret(ctx, database, "backup", logins.tenant, store, key)
     run = backup_run(ctx, database, store)
     cronjob = build.cronjob_name(database, "backup")
     if schedule is not None:
