@@ -297,11 +297,12 @@ probe, and a new one a write at its first probe (its free space maps appear afte
 first vacuum). The metric always has the figure just read."""
 
 
-def usage_moved(status: Mapping[str, Any], measured: Mapping[str, int | None]) -> bool:
+def usage_moved(status: Mapping[str, Any], measured: Mapping[str, Any]) -> bool:
     """Whether measured size and sessions differ enough from status to be written."""
     if status.get("connections") != measured["connections"]:
         return True
-    before, now = status.get("sizeBytes"), measured["sizeBytes"]
+    before: int | None = status.get("sizeBytes")
+    now: int | None = measured["sizeBytes"]
     if before is None or now is None:
         return before != now
     return bool(abs(now - before) > max(SIZE_TOLERANCE * before, SIZE_TOLERANCE_BYTES))

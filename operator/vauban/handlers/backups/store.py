@@ -9,6 +9,7 @@ from typing import Any
 
 from vauban import timefmt
 from vauban.api.cluster import MANAGED_CLUSTER, ClusterBackupPolicy, ManagedClusterSpec, ObjectStore
+from vauban.api.common import human_size
 from vauban.backup.manifest import Manifest, ManifestNotAuthentic
 from vauban.backup.storage import InvalidManifest
 from vauban.backup.storage import ObjectStore as Bucket
@@ -99,6 +100,7 @@ def manifest_fields(manifest: Manifest) -> dict[str, Any]:
         "startedAt": timefmt.rfc3339(manifest.started_at),
         "finishedAt": timefmt.rfc3339(manifest.finished_at),
         "sizeBytes": manifest.stored_bytes,
+        "size": human_size(manifest.stored_bytes),
         "dumpBytes": manifest.dump_bytes,
         "sha256": manifest.sha256,
         "dataKeyId": manifest.data_key_id,

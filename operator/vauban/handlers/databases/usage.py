@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 
+from vauban.api.common import human_size
 from vauban.api.database import MANAGED_DATABASE
 from vauban.conditions import Verdict
 from vauban.engines.postgres import catalog as pg
@@ -67,7 +68,11 @@ async def probe(ctx: Context, cluster: ClusterView, bodies: Iterable[Mapping[str
         if measured is None or login not in found.logins:
             ctx.reconciled.pop(stored.key(body), None)
             continue
-        fields = {"sizeBytes": measured.size_bytes, "connections": measured.connections}
+        fields = {
+            "sizeBytes": measured.size_bytes,
+            "size": human_size(measured.size_bytes),
+            "connections": measured.connections,
+        }
         status = body.get("status") or {}
         ctx.metrics.observe(MANAGED_DATABASE.kind, *stored.key(body)[1:], {**status, **fields})
         if usage_moved(status, fields):
