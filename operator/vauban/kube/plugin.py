@@ -46,12 +46,15 @@ async def connect(kubeconfig: Path | None, context: str | None) -> PluginKube:
     """A client from the kubeconfig (flag, $KUBECONFIG or ~/.kube/config) and context, as
     kubectl would use them."""
     configuration = client.Configuration()
-    await config.load_kube_config(
-        config_file=str(kubeconfig) if kubeconfig is not None else None,
-        context=context,
-        client_configuration=configuration,
-        persist_config=False,
-    )
+    try:
+        await config.load_kube_config(
+            config_file=str(kubeconfig) if kubeconfig is not None else None,
+            context=context,
+            client_configuration=configuration,
+            persist_config=False,
+        )
+    except config.ConfigException as e:
+        raise KubeError(0, f"kubeconfig: {e}") from None
     api = client.ApiClient(configuration)
     api.user_agent = f"{USER_AGENT} kubectl-vauban"
     return PluginKube(api)

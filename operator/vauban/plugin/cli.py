@@ -388,6 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
     except Failed as e:
         print(f"error: {e}", file=sys.stderr)
+    except OSError as e:  # the apiserver unreachable, a file not writable
+        print(f"error: {e}", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
