@@ -7,18 +7,21 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes.aio import client, config
 from kubernetes.aio.client.exceptions import ApiException
 
 from vauban.api.common import GROUP, VERSION, KindInfo
+from vauban.api.database import MANAGED_DATABASE
 from vauban.kube.client import USER_AGENT
 from vauban.kube.resources import Kube
 
 PLUGIN_FIELD_MANAGER = "kubectl-vauban"
+
+T = TypeVar("T")
 
 
 class KubeError(Exception):
@@ -63,6 +66,22 @@ async def connect(kubeconfig: Path | None, context: str | None) -> PluginKube:
 class PluginKube(Kube):
     """Kube, plus the calls a person makes: list a namespace, create and annotate objects,
     read events and the operator's logs."""
+
+    async def guarded(self, call: Awaitable[T]) -> T:
+        """`call`, with any refusal of the apiserver (in the operator's calls this class
+        inherits too) raised as a KubeError."""
+        result: T = await _checked(call)
+        return result
+
+    async def databases_visible(self, namespace: str) -> list[dict[str, Any]]:
+        """Every ManagedDatabase the caller may list: all namespaces' for an SRE, the given
+        namespace's for a tenant who may not list the others."""
+        try:
+            return await self.list_all(MANAGED_DATABASE)
+        except ApiException as e:
+            if e.status != 403:
+                raise
+        return await self.list_namespaced(MANAGED_DATABASE, namespace)
 
     async def list_namespaced(self, kind: KindInfo, namespace: str) -> list[dict[str, Any]]:
         listed = await _checked(

@@ -94,7 +94,7 @@ async def _status(kube: PluginKube, args: argparse.Namespace, namespace: str) ->
     obj = await kube.get(kind, namespace, args.name)
     now = timefmt.now()
     if kind is MANAGED_CLUSTER:
-        databases = await kube.list_all(MANAGED_DATABASE)
+        databases = await kube.databases_visible(namespace)
         _emit(args, views.cluster_view(obj, databases, now), views.render_cluster)
     else:
         backups = await kube.list_namespaced(MANAGED_BACKUP, namespace)
@@ -287,7 +287,7 @@ async def _run(command: Command, args: argparse.Namespace) -> int | Deferred:
     namespace = getattr(args, "namespace", None) or context_namespace(kubeconfig, context)
     kube = await connect(kubeconfig, context)
     try:
-        return await command(kube, args, namespace)
+        return await kube.guarded(command(kube, args, namespace))
     finally:
         await kube.close()
 
