@@ -43,7 +43,18 @@ MIN_KNOWN_LENGTH = 6
 # Keys of a Secret whose values are not secret and that a bundle needs to be read (where the
 # database is, who logs in). Every other key's value is scrubbed: deny by default.
 PUBLIC_SECRET_KEYS = frozenset(
-    {"username", "user", "host", "port", "dbname", "database", "type", "provider", "ca.crt"}
+    (
+        "username",
+        "user",
+        "host",
+        "port",
+        "dbname",
+        "database",
+        "sslmode",
+        "type",
+        "provider",
+        "ca.crt",
+    )
 )
 
 
