@@ -201,6 +201,15 @@ def test_known_values_leave_out_what_only_locates_the_database() -> None:
     assert SECRET_VALUES["password"] in known and "AKIA-very-secret" in known
     assert base64.b64encode(b"AKIA-very-secret").decode() in known
     assert "orders_owner" not in known and "5432" not in known
+    agent = {
+        "VAUBAN_DATABASE_NAME": "orders",
+        "VAUBAN_S3_BUCKET": "backups-1",
+        "VAUBAN_DATA_KEY": "k3y-material",
+    }
+    assert redact.known_values([agent]) == [
+        "k3y-material",
+        base64.b64encode(b"k3y-material").decode(),
+    ]
 
 
 @pytest.mark.parametrize(

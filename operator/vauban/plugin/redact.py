@@ -40,27 +40,40 @@ _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE
 MIN_KNOWN_LENGTH = 6
 
 
-# Keys of a Secret whose values are not secret and that a bundle needs to be read (where the
-# database is, who logs in). Every other key's value is scrubbed: deny by default.
-PUBLIC_SECRET_KEYS = frozenset(
-    (
-        "username",
-        "user",
-        "host",
-        "port",
-        "dbname",
-        "database",
-        "sslmode",
-        "type",
-        "provider",
-        "ca.crt",
-    )
+# Keys of a Secret whose values are not secret and that a bundle needs to be read: where
+# the database is, who logs in, which object a Secret serves (the backup agent's Secret names
+# its database, namespace and bucket). Every other key's value is scrubbed: deny by default.
+_PUBLIC_SUFFIXES = (
+    "username",
+    "user",
+    "host",
+    "port",
+    "dbname",
+    "database",
+    "name",
+    "namespace",
+    "uid",
+    "bucket",
+    "region",
+    "endpoint",
+    "prefix",
+    "sslmode",
+    "type",
+    "provider",
+    "datakeyid",
 )
+
+
+def public_key(key: str) -> bool:
+    """Whether a Secret's key holds a value that is no credential (`VAUBAN_DATABASE_NAME`,
+    `dbname`, `host`...)."""
+    folded = key.lower().replace("_", "").replace("-", "").replace(".", "")
+    return key == "ca.crt" or folded.endswith(_PUBLIC_SUFFIXES)
 
 
 def known_values(secrets: Iterable[Mapping[str, str]]) -> list[str]:
     """The values to scrub from a bundle, decoded and as the apiserver encodes them."""
-    values = [v for data in secrets for k, v in data.items() if k not in PUBLIC_SECRET_KEYS]
+    values = [v for data in secrets for k, v in data.items() if not public_key(k)]
     return values + [base64.b64encode(v.encode()).decode() for v in values]
 
 
