@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 
 from support.backups import (
+    backed_up_cluster,
     connect_tenant,
     finished,
     managed_backup,
-    object_store,
     purged_after_retention,
+    tenant_database,
 )
 from support.kube import (
     OPERATOR_NAMESPACE,
@@ -29,9 +30,7 @@ from support.kube import (
     OperatorProcess,
     condition,
     eventually,
-    external_cluster,
     ready,
-    string_secret,
 )
 from vauban.devcluster.agentrunner import AgentRunner
 from vauban.devcluster.postgres import PostgresServer
@@ -47,56 +46,13 @@ def bucket(s3: S3Server) -> str:
     return name
 
 
-def _cluster(
-    kube: KubeCtl,
-    namespace: str,
-    postgres: PostgresServer,
-    s3: S3Server,
-    bucket: str,
-    *,
-    secret_key: str | None = None,
-    encryption: dict[str, Any] | None = None,
-    **store_spec: Any,
-) -> None:
-    admin, password = f"admin_{secrets.token_hex(4)}", secrets.token_urlsafe(16)
-    postgres.create_role(admin, password, "CREATEROLE", "CREATEDB")
-    kube.apply(string_secret(namespace, "admin", username=admin, password=password))
-    kube.apply(
-        string_secret(
-            namespace,
-            "bucket",
-            accessKeyId=s3.access_key,
-            secretAccessKey=secret_key or s3.secret_key,
-        )
-    )
-    store = object_store(s3, bucket, **store_spec)
-    extra = {"encryption": encryption} if encryption else {}
-    kube.apply(
-        external_cluster(namespace, "pg", postgres.port, backup={"objectStore": store}, **extra)
-    )
-
-
 @pytest.fixture
 def cluster(
     kube: KubeCtl, namespace: str, postgres: PostgresServer, s3: S3Server, bucket: str
 ) -> Iterator[str]:
-    _cluster(kube, namespace, postgres, s3, bucket)
+    backed_up_cluster(kube, namespace, postgres, s3, bucket)
     eventually(lambda: ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
     yield "pg"
-
-
-def _database(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "vauban.dev/v1alpha1",
-        "kind": "ManagedDatabase",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "clusterRef": {"name": "pg"},
-            "databaseName": f"{name}_{namespace[-6:]}".replace("-", "_"),
-            "owner": f"own_{name}_{namespace[-6:]}".replace("-", "_"),
-            **spec,
-        },
-    }
 
 
 def _keys(s3: S3Server, bucket: str) -> set[str]:
@@ -112,7 +68,7 @@ def test_on_demand_backup_retention_and_restore(
     operator: OperatorProcess,
     agent_runner: AgentRunner,
 ) -> None:
-    kube.apply(_database(namespace, "orders", backup={"retention": {"keepLast": 1}}))
+    kube.apply(tenant_database(namespace, "orders", backup={"retention": {"keepLast": 1}}))
     db = eventually(lambda: ready(kube, "manageddatabase", "orders", namespace), what="Ready")
     assert condition(db, "BackupHealthy")["reason"] == "NoBackupYet"  # type: ignore[index]
     with connect_tenant(kube, namespace, "orders") as conn:
@@ -165,7 +121,7 @@ def test_on_demand_backup_retention_and_restore(
 
     # Restore into a new database, then compare from the database itself.
     # The latest backup of `orders` (second) is what a databaseRef restores.
-    kube.apply(_database(namespace, "copy", restore={"databaseRef": {"name": "orders"}}))
+    kube.apply(tenant_database(namespace, "copy", restore={"databaseRef": {"name": "orders"}}))
     copy = eventually(
         lambda: ready(kube, "manageddatabase", "copy", namespace), timeout=90, what="restored"
     )
@@ -183,7 +139,7 @@ def test_scheduled_backup_and_restore_test(
     kube: KubeCtl, namespace: str, cluster: str, s3: S3Server, bucket: str
 ) -> None:
     kube.apply(
-        _database(
+        tenant_database(
             namespace,
             "ledger",
             backup={"schedule": "0 3 * * *", "verify": {"schedule": "0 4 * * 0"}},
@@ -265,9 +221,9 @@ def test_wrong_bucket_credentials_fail_the_backup_clearly(
     bucket: str,
     operator: OperatorProcess,
 ) -> None:
-    _cluster(kube, namespace, postgres, s3, bucket, secret_key="not-the-key")
+    backed_up_cluster(kube, namespace, postgres, s3, bucket, secret_key="not-the-key")
     eventually(lambda: ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
-    kube.apply(_database(namespace, "notes"))
+    kube.apply(tenant_database(namespace, "notes"))
     eventually(lambda: ready(kube, "manageddatabase", "notes", namespace), what="Ready")
     kube.apply(managed_backup(namespace, "doomed", "notes"))
     failed = eventually(lambda: finished(kube, namespace, "doomed"), timeout=90, what="failed")
@@ -284,7 +240,7 @@ def test_wrong_bucket_credentials_fail_the_backup_clearly(
         what="failure counted",
     )
     assert failures == 1
-    kube.apply(_database(namespace, "from-doomed", restore={"backupRef": {"name": "doomed"}}))
+    kube.apply(tenant_database(namespace, "from-doomed", restore={"backupRef": {"name": "doomed"}}))
 
     def stalled_on_source() -> dict[str, Any] | None:
         stalled = condition(kube.get("manageddatabase", "from-doomed", namespace), "Stalled")
@@ -296,7 +252,7 @@ def test_wrong_bucket_credentials_fail_the_backup_clearly(
 
 def _backed_up(kube: KubeCtl, namespace: str, database: str, name: str, **spec: Any) -> None:
     """A Ready database with a table, and one successful backup of it."""
-    kube.apply(_database(namespace, database, **spec))
+    kube.apply(tenant_database(namespace, database, **spec))
     eventually(lambda: ready(kube, "manageddatabase", database, namespace), what="Ready")
     with connect_tenant(kube, namespace, database) as conn:
         conn.execute("CREATE TABLE fact (id int)")
@@ -327,7 +283,7 @@ def test_key_rotation_keeps_old_backups_restorable(
     kek = kube.get("secret", encryption["keyId"], OPERATOR_NAMESPACE)
     assert {"v1", "v2"} <= kek["data"].keys()  # the old version stays
     # The backup taken under version 1 restores: only its data key was re-wrapped.
-    kube.apply(_database(namespace, "after", restore={"backupRef": {"name": "old"}}))
+    kube.apply(tenant_database(namespace, "after", restore={"backupRef": {"name": "old"}}))
     eventually(
         lambda: ready(kube, "manageddatabase", "after", namespace), timeout=90, what="restored"
     )
@@ -350,7 +306,7 @@ def test_deleting_a_database_shreds_its_key(kube: KubeCtl, namespace: str, clust
     assert kube.run("get", "secret", secret, "-n", OPERATOR_NAMESPACE, check=False).returncode
     # The ManagedBackup is kept (its object too), but nothing can read it any more.
     assert kube.get("managedbackup", "last", namespace)["status"]["phase"] == "Succeeded"
-    kube.apply(_database(namespace, "revived", restore={"backupRef": {"name": "last"}}))
+    kube.apply(tenant_database(namespace, "revived", restore={"backupRef": {"name": "last"}}))
 
     def refused() -> dict[str, Any] | None:
         obj = kube.get("manageddatabase", "revived", namespace)
@@ -363,7 +319,7 @@ def test_deleting_a_database_shreds_its_key(kube: KubeCtl, namespace: str, clust
 
 
 def test_final_backup_before_deletion(kube: KubeCtl, namespace: str, cluster: str) -> None:
-    kube.apply(_database(namespace, "closing", backup={"finalBackup": True}))
+    kube.apply(tenant_database(namespace, "closing", backup={"finalBackup": True}))
     eventually(lambda: ready(kube, "manageddatabase", "closing", namespace), what="Ready")
     kube.run(
         "delete", "manageddatabase", "closing", "-n", namespace, "--wait=true", "--timeout=90s"
@@ -378,7 +334,7 @@ def test_object_lock_keeps_backups_undeletable(
 ) -> None:
     locked = f"l-{secrets.token_hex(4)}"
     s3.create_bucket(locked, object_lock=True)
-    _cluster(kube, namespace, postgres, s3, locked, objectLockDays=1)
+    backed_up_cluster(kube, namespace, postgres, s3, locked, objectLockDays=1)
     eventually(lambda: ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
     _backed_up(kube, namespace, "vault", "sealed")
     status = kube.get("managedbackup", "sealed", namespace)["status"]
@@ -405,7 +361,7 @@ def test_hsm_key_provider(
     """The cluster's key-encryption key lives in a real key manager (PyKMIP's server) or HSM
     token (SoftHSM2): Vauban records only its id; backups, rotation and restore work
     through it."""
-    _cluster(kube, namespace, postgres, s3, bucket, encryption={"provider": provider})
+    backed_up_cluster(kube, namespace, postgres, s3, bucket, encryption={"provider": provider})
     eventually(lambda: ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
     _backed_up(kube, namespace, "hsm", "first")
 
@@ -419,7 +375,7 @@ def test_hsm_key_provider(
     assert len(reference) < 64 and not reference.endswith("=")  # an id, not key material
     kube.run("annotate", "managedcluster", "pg", "-n", namespace, "vauban.dev/rotate-key=k2")
     eventually(lambda: (recorded() or {}).get("keyVersion") == 2, what=f"{provider} key rotated")
-    kube.apply(_database(namespace, "hsm2", restore={"backupRef": {"name": "first"}}))
+    kube.apply(tenant_database(namespace, "hsm2", restore={"backupRef": {"name": "first"}}))
     eventually(
         lambda: ready(kube, "manageddatabase", "hsm2", namespace), timeout=90, what="restored"
     )
@@ -451,7 +407,7 @@ def test_compliance_report(
 def test_health_data_needs_a_certified_cluster(
     kube: KubeCtl, namespace: str, cluster: str, postgres: PostgresServer
 ) -> None:
-    kube.apply(_database(namespace, "records", dataClassification="health"))
+    kube.apply(tenant_database(namespace, "records", dataClassification="health"))
 
     def refused() -> dict[str, Any] | None:
         obj = kube.get("manageddatabase", "records", namespace)

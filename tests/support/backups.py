@@ -1,15 +1,18 @@
-"""What the backup tests share: the bucket a cluster backs up to, a ManagedBackup as a
-tenant applies it and waits for it, the tenant's own connection to fill a database, and the
+"""What the backup tests share: the bucket a cluster backs up to, a cluster of the suite's
+PostgreSQL backing up there and a database on it, a ManagedBackup as a tenant applies it and
+waits for it, the tenant's own connection to fill a database, and the
 end of a deleted database's retention."""
 
 from __future__ import annotations
 
 import base64
+import secrets
 from typing import Any
 
 import psycopg
 
-from support.kube import OPERATOR_NAMESPACE, KubeCtl, eventually
+from support.kube import OPERATOR_NAMESPACE, KubeCtl, eventually, external_cluster, string_secret
+from vauban.devcluster.postgres import PostgresServer
 from vauban.devcluster.s3 import S3Server
 
 
@@ -23,6 +26,53 @@ def object_store(s3: S3Server, bucket: str, **spec: Any) -> dict[str, Any]:
         "prefix": "vauban",
         "credentialsSecretRef": {"name": "bucket"},
         **spec,
+    }
+
+
+def backed_up_cluster(
+    kube: KubeCtl,
+    namespace: str,
+    postgres: PostgresServer,
+    s3: S3Server,
+    bucket: str,
+    *,
+    secret_key: str | None = None,
+    encryption: dict[str, Any] | None = None,
+    **store_spec: Any,
+) -> None:
+    """ManagedCluster `pg` on the suite's PostgreSQL (an admin role of its own, Secret
+    `admin`), backing up to `bucket` (Secret `bucket`)."""
+    admin, password = f"admin_{secrets.token_hex(4)}", secrets.token_urlsafe(16)
+    postgres.create_role(admin, password, "CREATEROLE", "CREATEDB")
+    kube.apply(string_secret(namespace, "admin", username=admin, password=password))
+    kube.apply(
+        string_secret(
+            namespace,
+            "bucket",
+            accessKeyId=s3.access_key,
+            secretAccessKey=secret_key or s3.secret_key,
+        )
+    )
+    store = object_store(s3, bucket, **store_spec)
+    extra = {"encryption": encryption} if encryption else {}
+    kube.apply(
+        external_cluster(namespace, "pg", postgres.port, backup={"objectStore": store}, **extra)
+    )
+
+
+def tenant_database(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    """ManagedDatabase `name` on cluster `pg`, with database and owner names unique to the
+    namespace (the suite's server is shared)."""
+    return {
+        "apiVersion": "vauban.dev/v1alpha1",
+        "kind": "ManagedDatabase",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "clusterRef": {"name": "pg"},
+            "databaseName": f"{name}_{namespace[-6:]}".replace("-", "_"),
+            "owner": f"own_{name}_{namespace[-6:]}".replace("-", "_"),
+            **spec,
+        },
     }
 
 

@@ -10,7 +10,7 @@ import yaml
 
 from vauban.api import crdgen, docgen
 from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
-from vauban.api.common import KindInfo
+from vauban.api.common import KindInfo, human_size
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,3 +145,44 @@ def test_generated_yaml_parses_back() -> None:
     for kind in crdgen.KINDS:
         text = crdgen.render(kind)
         assert yaml.safe_load(text) == crdgen.crd_for(kind)
+
+
+@pytest.mark.parametrize("kind", crdgen.KINDS, ids=lambda k: k.kind)
+def test_kubectl_explain_says_what_the_kind_is(kind: KindInfo) -> None:
+    root = crdgen.crd_for(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    # The root's description is what `kubectl explain <kind>` prints first.
+    assert len(root["description"]) > 100
+    assert root["description"] != root["properties"]["spec"]["description"]
+
+
+@pytest.mark.parametrize("kind", crdgen.KINDS, ids=lambda k: k.kind)
+def test_columns_show_why_not_ready_a_readable_size_and_wide_extras(kind: KindInfo) -> None:
+    columns = {
+        c["name"]: c
+        for c in crdgen.crd_for(kind)["spec"]["versions"][0]["additionalPrinterColumns"]
+    }
+    assert columns["Reason"]["jsonPath"] == ".status.conditions[?(@.type=='Ready')].reason"
+    assert columns["Size"]["type"] == "string"
+    assert "priority" not in columns["Size"]
+    wide = {name for name, c in columns.items() if c.get("priority") == 1}
+    assert "Last Backup" in wide or "Finished" in wide
+    if kind is MANAGED_CLUSTER:
+        assert {"Primary", "Endpoint", "Last Backup"} <= wide
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [
+        (None, None),
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (1536 * 1024 * 1024, "1.5 GiB"),
+        (5 * 1024**5, "5.0 PiB"),
+        (3 * 1024**6, "3072.0 PiB"),
+    ],
+)
+def test_human_size(size: int | None, shown: str | None) -> None:
+    assert human_size(size) == shown
+    # The status field's schema bounds what it may hold.
+    assert shown is None or len(shown) <= 16

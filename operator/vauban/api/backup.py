@@ -97,6 +97,9 @@ class ManagedBackupStatus(StatusModel):
     size_bytes: Annotated[int, Field(ge=0)] | None = None
     """Stored (compressed and encrypted) size."""
 
+    size: Annotated[str, StringConstraints(max_length=16)] | None = None
+    """sizeBytes as a person reads it (e.g. 1.5 GiB), for `kubectl get`."""
+
     dump_bytes: Annotated[int, Field(ge=0)] | None = None
     """Size of the dump before compression."""
 
@@ -123,14 +126,32 @@ MANAGED_BACKUP = KindInfo(
     kind="ManagedBackup",
     plural="managedbackups",
     short_names=("mbk",),
+    description=(
+        "One backup of one ManagedDatabase: a logical dump, compressed and encrypted with the "
+        "database's data key, stored in its cluster's object store. Create one to back up on "
+        "demand; the database's schedule creates them too. Its status says where it is stored, "
+        "its size and checksum, and the result of its last restore test. Restore it by "
+        "creating a ManagedDatabase with spec.restore.backupRef."
+    ),
     spec=ManagedBackupSpec,
     status=ManagedBackupStatus,
     printer_columns=(
         PrinterColumn("Database", "string", ".spec.databaseRef.name"),
         PrinterColumn("Trigger", "string", ".status.trigger"),
         PrinterColumn.phase(),
-        PrinterColumn("Size", "integer", ".status.sizeBytes"),
+        PrinterColumn.reason(),
+        PrinterColumn("Size", "string", ".status.size", "Stored (compressed, encrypted) size."),
         PrinterColumn("Verified", "string", ".status.verification.result"),
+        PrinterColumn(
+            "Finished",
+            "date",
+            ".status.finishedAt",
+            "When the backup was complete in the bucket.",
+            priority=1,
+        ),
+        PrinterColumn(
+            "Location", "string", ".status.location.key", "Key prefix in the bucket.", priority=1
+        ),
         PrinterColumn.age(),
     ),
     object_rules=(

@@ -726,14 +726,41 @@ MANAGED_CLUSTER = KindInfo(
     kind="ManagedCluster",
     plural="managedclusters",
     short_names=("mdbc",),
+    description=(
+        "A PostgreSQL server Vauban runs databases on: mode Managed renders a CloudNativePG "
+        "Cluster (instances, storage, resources, parameters), mode External adopts an existing "
+        "server through an admin Secret. It holds what its databases share: the object store "
+        "backups go to, the key-encryption key that wraps their data keys, the compliance "
+        "profile judged against it, and which namespaces may place databases on it. Tenants "
+        "create ManagedDatabases that reference it."
+    ),
     spec=ManagedClusterSpec,
     status=ManagedClusterStatus,
     printer_columns=(
         PrinterColumn("Engine", "string", ".spec.engine"),
         PrinterColumn("Version", "string", ".spec.version"),
         PrinterColumn("Instances", "integer", ".spec.instances"),
+        PrinterColumn("Size", "string", ".spec.storage.size", "Volume size of each instance."),
         PrinterColumn.ready(),
+        PrinterColumn.reason(),
         PrinterColumn.phase(),
+        PrinterColumn(
+            "Primary", "string", ".status.currentPrimary", "The primary instance.", priority=1
+        ),
+        PrinterColumn(
+            "Endpoint",
+            "string",
+            ".status.endpoints.readWrite",
+            "Where clients connect to write.",
+            priority=1,
+        ),
+        PrinterColumn(
+            "Last Backup",
+            "date",
+            ".status.continuousArchiving.lastSuccessfulBackup",
+            "CloudNativePG's last successful base backup.",
+            priority=1,
+        ),
         PrinterColumn.age(),
     ),
     object_rules=(

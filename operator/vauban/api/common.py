@@ -235,17 +235,47 @@ class ResourceRequirements(ApiModel):
     """Most resources each instance may use. Memory above the limit gets the instance killed."""
 
 
+_IEC_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def human_size(size_bytes: int | None) -> str | None:
+    """A byte count as a person reads it (1.5 GiB), for status fields that `kubectl get`
+    shows: a printer column can only print the raw integer."""
+    if size_bytes is None:
+        return None
+    value, step = float(size_bytes), 0
+    while value >= 1024 and step < len(_IEC_UNITS) - 1:
+        value, step = value / 1024, step + 1
+    return f"{size_bytes} B" if step == 0 else f"{value:.1f} {_IEC_UNITS[step]}"
+
+
 @dataclass(frozen=True)
 class PrinterColumn:
-    """A column of `kubectl get`."""
+    """A column of `kubectl get`; priority 1 columns show only with `-o wide`."""
 
     name: str
     type: str
     json_path: str
+    description: str = ""
+    priority: int = 0
 
     @classmethod
     def ready(cls) -> PrinterColumn:
-        return cls("Ready", "string", ".status.conditions[?(@.type=='Ready')].status")
+        return cls(
+            "Ready",
+            "string",
+            ".status.conditions[?(@.type=='Ready')].status",
+            "Whether the object is ready (kstatus Ready condition).",
+        )
+
+    @classmethod
+    def reason(cls) -> PrinterColumn:
+        return cls(
+            "Reason",
+            "string",
+            ".status.conditions[?(@.type=='Ready')].reason",
+            "Why it is, or is not, ready: the Ready condition's reason.",
+        )
 
     @classmethod
     def phase(cls) -> PrinterColumn:
@@ -263,6 +293,8 @@ class KindInfo:
     kind: str
     plural: str
     short_names: tuple[str, ...]
+    description: str
+    """What the kind is, for `kubectl explain <kind>` (the schema's root description)."""
     spec: type[ApiModel]
     status: type[StatusModel]
     printer_columns: tuple[PrinterColumn, ...]

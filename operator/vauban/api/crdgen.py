@@ -19,7 +19,7 @@ import yaml
 
 from vauban.api.backup import MANAGED_BACKUP
 from vauban.api.cluster import MANAGED_CLUSTER
-from vauban.api.common import GROUP, VERSION, KindInfo
+from vauban.api.common import GROUP, VERSION, KindInfo, PrinterColumn
 from vauban.api.database import MANAGED_DATABASE
 
 KINDS: tuple[KindInfo, ...] = (MANAGED_CLUSTER, MANAGED_DATABASE, MANAGED_BACKUP)
@@ -110,6 +110,7 @@ def crd_for(kind: KindInfo) -> dict[str, Any]:
     """The CustomResourceDefinition of one kind."""
     status_schema = _model_schema(kind.status)
     root: dict[str, Any] = {
+        "description": _flow(kind.description),
         "type": "object",
         "required": ["spec"],
         "properties": {
@@ -146,15 +147,21 @@ def crd_for(kind: KindInfo) -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": c.name, "type": c.type, "jsonPath": c.json_path}
-                        for c in kind.printer_columns
-                    ],
+                    "additionalPrinterColumns": [_column(c) for c in kind.printer_columns],
                     "schema": {"openAPIV3Schema": root},
                 }
             ],
         },
     }
+
+
+def _column(column: PrinterColumn) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": column.name, "type": column.type, "jsonPath": column.json_path}
+    if column.description:
+        out["description"] = column.description
+    if column.priority:
+        out["priority"] = column.priority
+    return out
 
 
 DELETION_PROTECTION = f"{GROUP}-deletion-protection"

@@ -338,6 +338,9 @@ class ManagedDatabaseStatus(StatusModel):
     """Size of the database, from the last probe; rewritten when it moved by more than 1 %
     and more than 1 MiB (the metric has every probe's figure)."""
 
+    size: Annotated[str, StringConstraints(max_length=16)] | None = None
+    """sizeBytes as a person reads it (e.g. 1.5 GiB), for `kubectl get`."""
+
     connections: Annotated[int, Field(ge=0)] | None = None
     """Open connections to the database, from the last probe."""
 
@@ -352,13 +355,43 @@ MANAGED_DATABASE = KindInfo(
     kind="ManagedDatabase",
     plural="manageddatabases",
     short_names=("mdb",),
+    description=(
+        "A tenant's PostgreSQL database on a ManagedCluster: the database, its owner role, "
+        "the extensions it asks for, and the Secret `<name>-credentials` an application mounts "
+        "to reach it (rotated on a period or on request). It carries its own backup schedule, "
+        "retention and restore tests (each backup a ManagedBackup, encrypted with a data key "
+        "of its own), and can be created from a backup."
+    ),
     spec=ManagedDatabaseSpec,
     status=ManagedDatabaseStatus,
     printer_columns=(
         PrinterColumn("Cluster", "string", ".spec.clusterRef.name"),
         PrinterColumn("Database", "string", ".spec.databaseName"),
+        PrinterColumn("Size", "string", ".status.size", "Size of the database, last probed."),
         PrinterColumn.ready(),
+        PrinterColumn.reason(),
         PrinterColumn.phase(),
+        PrinterColumn(
+            "Connections",
+            "integer",
+            ".status.connections",
+            "Open connections, last probed.",
+            priority=1,
+        ),
+        PrinterColumn(
+            "Last Backup",
+            "date",
+            ".status.backup.lastBackupTime",
+            "When the last successful backup finished.",
+            priority=1,
+        ),
+        PrinterColumn(
+            "Verified",
+            "date",
+            ".status.backup.lastVerifiedTime",
+            "When a backup last passed its restore test.",
+            priority=1,
+        ),
         PrinterColumn.age(),
     ),
     object_rules=(

@@ -92,11 +92,18 @@ def _kind_section(kind: KindInfo) -> list[str]:
     crd = crd_for(kind)
     root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     names = crd["spec"]["names"]
+    columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
     out = [
         f"## {kind.kind}",
         "",
+        root["description"],
+        "",
         f"`kubectl get {kind.plural}` (short name `{', '.join(names['shortNames'])}`, "
-        f"category `{', '.join(names['categories'])}`), namespaced.",
+        f"category `{', '.join(names['categories'])}`), namespaced. Columns: "
+        + ", ".join(c["name"] for c in columns if not c.get("priority"))
+        + "; `-o wide` adds "
+        + ", ".join(c["name"] for c in columns if c.get("priority"))
+        + ".",
         "",
     ]
     out += [f"- *CEL*: {rule['message']}" for rule in root.get("x-kubernetes-validations", [])]

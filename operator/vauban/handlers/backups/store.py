@@ -9,6 +9,7 @@ import logging
 from vauban import timefmt
 from vauban.api.backup import ManagedBackupStatus
 from vauban.api.cluster import MANAGED_CLUSTER, ClusterBackupPolicy, ManagedClusterSpec, ObjectStore
+from vauban.api.common import human_size
 from vauban.backup.manifest import Manifest, ManifestNotAuthentic
 from vauban.backup.storage import InvalidManifest
 from vauban.builders import backup as build
@@ -91,6 +92,7 @@ def manifest_status(manifest: Manifest) -> ManagedBackupStatus:
         started_at=timefmt.rfc3339(manifest.started_at),
         finished_at=timefmt.rfc3339(manifest.finished_at),
         size_bytes=manifest.stored_bytes,
+        size=human_size(manifest.stored_bytes),
         dump_bytes=manifest.dump_bytes,
         sha256=manifest.sha256,
         data_key_id=manifest.data_key_id,

@@ -15,6 +15,7 @@ from psycopg import sql
 
 from vauban import timefmt
 from vauban.api.cluster import ManagedClusterSpec
+from vauban.api.common import human_size
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec, ManagedDatabaseStatus
 from vauban.builders.backup import AgentLogin
 from vauban.builders.credentials import Endpoint, secret_name
@@ -84,6 +85,7 @@ async def provision(
         ManagedDatabaseStatus(
             credentials=credentials,
             size_bytes=usage.size_bytes if usage else None,
+            size=human_size(usage.size_bytes) if usage else None,
             connections=usage.connections if usage else None,
             restore=restored,
         )

@@ -11,7 +11,16 @@ from typing import Any
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseStatus
 from vauban.handlers.context import ObjectKey
 
-_KEPT = ("cluster", "credentials", "extensions", "sizeBytes", "connections", "backup", "restore")
+_KEPT = (
+    "cluster",
+    "credentials",
+    "extensions",
+    "sizeBytes",
+    "size",
+    "connections",
+    "backup",
+    "restore",
+)
 
 
 def status(body: Mapping[str, Any]) -> ManagedDatabaseStatus:

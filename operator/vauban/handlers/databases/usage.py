@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 
+from vauban.api.common import human_size
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseStatus
 from vauban.conditions import Verdict
 from vauban.handlers.context import Context
@@ -67,7 +68,9 @@ async def probe(ctx: Context, cluster: ClusterView, bodies: Iterable[Mapping[str
             ctx.reconciled.pop(stored.key(body), None)
             continue
         fields = ManagedDatabaseStatus(
-            size_bytes=measured.size_bytes, connections=measured.connections
+            size_bytes=measured.size_bytes,
+            size=human_size(measured.size_bytes),
+            connections=measured.connections,
         )
         status = stored.status(body)
         ctx.metrics.observe(

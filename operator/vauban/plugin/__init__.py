@@ -1,0 +1,1 @@
+"""`kubectl vauban`, the kubectl plugin installed with the package (`kubectl-vauban`)."""
