@@ -26,13 +26,13 @@ def object_store(s3: S3Server, bucket: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def managed_backup(namespace: str, name: str, database: str) -> dict[str, Any]:
+def managed_backup(namespace: str, name: str, database: str, **spec: Any) -> dict[str, Any]:
     """An on-demand ManagedBackup of `database`."""
     return {
         "apiVersion": "vauban.dev/v1alpha1",
         "kind": "ManagedBackup",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {"databaseRef": {"name": database}},
+        "spec": {"databaseRef": {"name": database}, **spec},
     }
 
 

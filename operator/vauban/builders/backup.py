@@ -337,5 +337,6 @@ def managed_backup(
             "labels": {**MANAGED_BY, "vauban.dev/database": database[:63].rstrip("-.")},
             "annotations": annotations,
         },
-        "spec": {"databaseRef": {"name": database}},
+        # Retention owns these: a person deleting one means it.
+        "spec": {"databaseRef": {"name": database}, "deletionPolicy": "Delete"},
     }
