@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     cloudnativepg_namespace: str = "cnpg-system"
     """Namespace of the CloudNativePG operator, admitted by each cluster's NetworkPolicy."""
 
+    cluster_domain: str = Field(
+        default="cluster.local", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    )
+    """The Kubernetes cluster's DNS domain, which completes a managed cluster's Service name
+    in the credentials Secret's `fqdn-uri` and `fqdn-jdbc-uri`."""
+
     probe_interval_seconds: float = Field(default=300.0, gt=0)
     """How often each ready cluster is probed: its server's health, and with one query for
     all its databases, their sizes and sessions and whether their roles are still there."""

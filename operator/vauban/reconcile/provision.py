@@ -316,6 +316,7 @@ def _steps(
         events=tuple(events),
         fields={
             "credentials": _credentials_status(view, record, credentials),
+            "binding": {"name": secret_name(view.name)},
             "extensions": sorted(spec.extensions),
         },
         ready=Verdict.ready(

@@ -10,7 +10,16 @@ from typing import Any
 from vauban.api.database import MANAGED_DATABASE
 from vauban.handlers.context import ObjectKey
 
-_KEPT = ("cluster", "credentials", "extensions", "sizeBytes", "connections", "backup", "restore")
+_KEPT = (
+    "cluster",
+    "credentials",
+    "binding",
+    "extensions",
+    "sizeBytes",
+    "connections",
+    "backup",
+    "restore",
+)
 
 
 def kept(status: Mapping[str, Any]) -> dict[str, Any]:
