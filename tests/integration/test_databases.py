@@ -236,6 +236,13 @@ def test_database_role_secret_and_tenant_access(
         ).fetchall()
         roles = {row[0]: row[1] for row in rows}
         assert roles == {owner: False, values["username"]: True}
+        # libpq's verifier, at the server's iteration count (scram_iterations, PostgreSQL 16+).
+        stored = conn.execute(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (values["username"],)
+        ).fetchone()
+        iterations = conn.execute("SELECT current_setting('scram_iterations', true)").fetchone()
+        assert stored and iterations
+        assert str(stored[0]).startswith(f"SCRAM-SHA-256${iterations[0] or 4096}:")
         limit = conn.execute(
             "SELECT rolconnlimit FROM pg_roles WHERE rolname = %s", (values["username"],)
         ).fetchone()

@@ -27,6 +27,7 @@ from vauban.handlers.backups.store import bucket, manifest_fields
 from vauban.handlers.context import Context, ObjectKey, fingerprint
 from vauban.handlers.envelope import Envelope
 from vauban.handlers.publish import awaiting_finalizer, parse_spec, post_event, publish
+from vauban.kube.retry import jittered
 from vauban.reconcile.backup import (
     EXPIRED_PREFIX,
     FAILED,
@@ -350,7 +351,9 @@ async def finalize(ctx: Context, body: Mapping[str, Any]) -> None:
             # lifecycle rules remove it once the lock ends.
             await post_event(ctx, MANAGED_BACKUP, body, "Warning", "BackupLocked", str(e))
         except StorageError as e:
-            raise kopf.TemporaryError(f"cannot delete the stored backup: {e}", delay=60) from e
+            raise kopf.TemporaryError(
+                f"cannot delete the stored backup: {e}", delay=jittered(60)
+            ) from e
     await write_ledger(ctx, database, erased)
 
 

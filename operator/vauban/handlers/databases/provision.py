@@ -6,6 +6,7 @@ session — and the database's restore and backups follow."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -185,10 +186,17 @@ async def _carry_out(
     credentials, state = steps.credentials, steps.server
     if credentials.new_login:
         await registry.add_login(conn, view.uid, credentials.login, credentials.generation)
+    # PBKDF2 at the server's iteration count is CPU work: off the event loop. Nothing else
+    # uses the session meanwhile, and libpq sends nothing to compute it.
+    password_verifier = (
+        await asyncio.to_thread(verifier, conn.pgconn, state.login, steps.password)
+        if state.create_login
+        else ""
+    )
     desired = Desired(
         database=state.database,
         owner=state.owner,
-        login=Login(state.login, verifier(steps.password) if state.create_login else ""),
+        login=Login(state.login, password_verifier),
         connection_limit=state.connection_limit,
         retire=state.retire,
     )
