@@ -78,6 +78,7 @@ def test_valid_objects_are_accepted_and_defaulted(kube: KubeCtl, namespace: str)
         ({"version": "12"}, "spec.version"),
         ({"mode": "External"}, "mode External needs spec.external"),
         ({"postgresql": {"parameters": {"archive_command": "curl evil"}}}, "only these parameters"),
+        ({"postgresql": {"sharedPreloadLibraries": ["evil"]}}, 'Unsupported value: "evil"'),
         (
             {"resources": {"requests": {"memory": "4Gi"}, "limits": {"memory": "1Gi"}}},
             "limits.memory must be at least",

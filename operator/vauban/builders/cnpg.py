@@ -125,6 +125,12 @@ def cluster(owner: Owner, spec: ManagedClusterSpec, *, image_repository: str) ->
         body["spec"]["resources"] = spec.resources.to_wire()
     if spec.backup is not None:
         body["spec"]["backup"] = continuous_archiving(owner, spec.backup)
+    if spec.postgresql and spec.postgresql.shared_preload_libraries:
+        # The API's allow-list: libraries the instance image ships (pgaudit), nothing a
+        # tenant could load code from.
+        body["spec"]["postgresql"]["shared_preload_libraries"] = sorted(
+            spec.postgresql.shared_preload_libraries
+        )
     return body
 
 

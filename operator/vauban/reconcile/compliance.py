@@ -50,6 +50,7 @@ RuleId = Literal[
     "backup-region",
     "no-load-balancer",
     "external-key-manager",
+    "audit-logging",
 ]
 
 _DESCRIPTIONS: dict[RuleId, str] = {
@@ -61,6 +62,7 @@ _DESCRIPTIONS: dict[RuleId, str] = {
     "backup-region": "the backup bucket is in a region the platform allows",
     "no-load-balancer": "no Service of type LoadBalancer exposes the cluster",
     "external-key-manager": "keys are held by a key manager (KMIP, a PKCS#11 HSM), not in Secrets",
+    "audit-logging": "pgaudit is loaded and logs statement classes (pgaudit.log is not none)",
 }
 
 _ISO27001: tuple[RuleId, ...] = (
@@ -69,7 +71,13 @@ _ISO27001: tuple[RuleId, ...] = (
     "backups-succeeding",
     "network-policy",
 )
-_HDS: tuple[RuleId, ...] = (*_ISO27001, "encrypted-storage", "backup-region", "no-load-balancer")
+_HDS: tuple[RuleId, ...] = (
+    *_ISO27001,
+    "encrypted-storage",
+    "backup-region",
+    "no-load-balancer",
+    "audit-logging",
+)
 _PROFILE_RULES: dict[str, tuple[RuleId, ...]] = {
     "none": (),
     "iso27001": _ISO27001,
@@ -244,6 +252,53 @@ def _tls(spec: ManagedClusterSpec, server: ServerTls | None) -> tuple[bool, list
         return False, [*seen, f"pg_hba accepts connections without TLS at {_listed(accepting)}"]
     note = f" ({shadow} comes first)" if shadow is not None else ""
     return met, [*seen, f"pg_hba: no rule accepts a connection without TLS{note}"]
+
+
+_AUDIT_SPEC_MISSING = (
+    "spec.postgresql needs sharedPreloadLibraries [pgaudit] and parameters pgaudit.log "
+    "(e.g. 'ddl,role')"
+)
+
+
+@dataclass(frozen=True)
+class ServerAudit:
+    """Whether the server runs pgaudit, read through the operator's admin session: the
+    library defines its settings (pgaudit.log, superuser context) only once loaded, so a
+    defined pgaudit.log is the proof, readable without a superuser's privileges."""
+
+    loaded: bool | None = None
+    log: str | None = None
+    """pgaudit.log: the statement classes logged (`none`: nothing)."""
+    unobservable: str = ""
+
+    @classmethod
+    def not_observed(cls, why: str) -> ServerAudit:
+        return cls(unobservable=why)
+
+
+def _audit(spec: ManagedClusterSpec, audit: ServerAudit | None) -> tuple[bool, str]:
+    audit = audit or ServerAudit.not_observed("not read")
+    if audit.loaded is None:
+        if spec.external is not None:
+            return True, f"pgaudit not observable: {audit.unobservable}"
+        # Judged on the spec, which the server runs once it is up.
+        postgresql = spec.postgresql
+        log = postgresql.parameters.get("pgaudit.log", "none") if postgresql else "none"
+        preloaded = postgresql is not None and "pgaudit" in postgresql.shared_preload_libraries
+        met = preloaded and log.strip().lower() not in ("", "none")
+        return met, (
+            f"pgaudit not observable ({audit.unobservable}); spec: "
+            + (f"pgaudit preloaded, pgaudit.log = {log}" if met else _AUDIT_SPEC_MISSING)
+        )
+    if not audit.loaded:
+        return False, "pgaudit is not loaded: " + (
+            "add pgaudit to shared_preload_libraries"
+            if spec.external is not None
+            else _AUDIT_SPEC_MISSING
+        )
+    if audit.log is None or audit.log.strip().lower() in ("", "none"):
+        return False, "pgaudit is loaded but pgaudit.log is none: nothing is logged"
+    return True, f"pgaudit is loaded; pgaudit.log = {audit.log}"
 
 
 # --- the NetworkPolicy, read back ------------------------------------------------------------
@@ -462,6 +517,9 @@ class Facts:
     databases: Sequence[DatabaseBackups] | None = None
     """The cluster's databases and their backups; None when they were not read."""
 
+    audit: ServerAudit | None = None
+    """Whether the server runs pgaudit; None when it was not asked."""
+
     now: datetime | None = None
 
 
@@ -549,6 +607,8 @@ def _check(rule: RuleId, spec: ManagedClusterSpec, facts: Facts) -> RuleResult:
             not facts.load_balancers,
             "none" if not facts.load_balancers else ", ".join(facts.load_balancers),
         )
+    if rule == "audit-logging":
+        return RuleResult(rule, *_audit(spec, facts.audit))
     provider = spec.encryption.provider
     return RuleResult(rule, provider in ("kmip", "pkcs11"), f"key provider is {provider}")
 
