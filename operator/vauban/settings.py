@@ -4,7 +4,7 @@ environment variables. Nothing reads the environment anywhere else."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -70,6 +70,10 @@ class Settings(BaseSettings):
 
     cloudnativepg_namespace: str = "cnpg-system"
     """Namespace of the CloudNativePG operator, admitted by each cluster's NetworkPolicy."""
+
+    instance_metrics_from: list[dict[str, Any]] = Field(default_factory=list)
+    """NetworkPolicyPeers (JSON) admitted to the managed instances' exporter (:9187) by each
+    cluster's NetworkPolicy: the platform's Prometheus. Nobody when empty."""
 
     cluster_domain: str = Field(
         default="cluster.local", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"

@@ -26,7 +26,10 @@ from vauban.devcluster.postgres import PostgresServer
 
 NAMESPACED = {"watchNamespaces": ["tenant-a", "tenant-b"]}
 MONITORING = {
-    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "metrics": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "instances": {"podMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    },
     "prometheusRule": {"enabled": True, "runbookBaseURL": "https://docs.example.org/alerts"},
     "dashboard": {"enabled": True},
 }
@@ -403,6 +406,34 @@ def test_operator_pod_meets_the_restricted_profile(
         assert "violates PodSecurity" in result.stderr, result.stderr
 
 
+def test_instances_are_scraped_by_the_monitoring_peers_only(helm: Helm) -> None:
+    """The PodMonitor selects managed instances; the operator is told whom each cluster's
+    NetworkPolicy admits to their exporter: the peers who scrape the operator itself."""
+    objects = helm.render("vauban", "vauban-system", MONITORING)
+    monitor = find(objects, "PodMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/managed-by": "vauban",
+        "cnpg.io/podRole": "instance",
+    }
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    assert (endpoint["port"], endpoint["scheme"]) == ("metrics", "https")
+    env = {
+        e["name"]: e.get("value")
+        for e in find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert json.loads(env["VAUBAN_INSTANCE_METRICS_FROM"]) == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        }
+    ]
+    namespaced = helm.render("vauban", "vauban-system", {**NAMESPACED, **MONITORING})
+    assert find(namespaced, "PodMonitor")["spec"]["namespaceSelector"] == {
+        "matchNames": ["tenant-a", "tenant-b"]
+    }
+
+
 # -- promtool --------------------------------------------------------------------------------
 
 
@@ -463,6 +494,8 @@ def test_alerts_fire_on_synthetic_series(helm: Helm, promtool: str, tmp_path: Pa
     orders = {**shop, "database": "orders"}
     fresh = {**shop, "database": "fresh"}
     cluster = {**shop, "cluster": "main"}
+    primary = {**cluster, "pod": "main-1"}
+    replica = {**cluster, "pod": "main-2"}
     tests = {
         "rule_files": ["rules.yaml"],
         "evaluation_interval": "1m",
@@ -500,6 +533,16 @@ def test_alerts_fire_on_synthetic_series(helm: Helm, promtool: str, tmp_path: Pa
                         result="error",
                     ),
                     _series("vauban_build_info", "1x5", version="0.1.0"),
+                    # CloudNativePG's exporter, as the PodMonitor labels it: a replica that
+                    # falls 2 min behind from minute 6, its primary whose archiving fails
+                    # from minute 20 (last success at 600 s), and restarts at minute 40.
+                    _series("cnpg_pg_replication_lag", "0x5 120x20", **replica),
+                    _series("cnpg_pg_replication_in_recovery", "1x60", **replica),
+                    _series("cnpg_pg_replication_lag", "0x60", **primary),
+                    _series("cnpg_pg_replication_in_recovery", "0x60", **primary),
+                    _series("cnpg_pg_stat_archiver_last_archived_time", "600x60", **primary),
+                    _series("cnpg_pg_stat_archiver_last_failed_time", "-1x20 1200x40", **primary),
+                    _series("cnpg_pg_postmaster_start_time", "100x40 2500x40", **primary),
                 ],
                 "alert_rule_test": [
                     _alert("VaubanClusterNotReady", "10m"),
@@ -523,6 +566,17 @@ def test_alerts_fire_on_synthetic_series(helm: Helm, promtool: str, tmp_path: Pa
                         "25m",
                         {"kind": "ManagedDatabase", "severity": "warning"},
                     ),
+                    _alert("VaubanInstanceReplicationLagHigh", "8m"),
+                    _alert(
+                        "VaubanInstanceReplicationLagHigh",
+                        "12m",
+                        {**replica, "severity": "warning"},
+                    ),
+                    _alert("VaubanWALArchivingFailing", "25m"),
+                    _alert("VaubanWALArchivingFailing", "32m", {**primary, "severity": "critical"}),
+                    _alert("VaubanInstanceRestarted", "39m"),
+                    _alert("VaubanInstanceRestarted", "45m", {**primary, "severity": "warning"}),
+                    _alert("VaubanInstanceRestarted", "60m"),
                     _alert("VaubanOperatorAbsent", "5m"),
                     # Gone after minute 5, absent once out of the 5 min look-back, then 10 min.
                     _alert("VaubanOperatorAbsent", "30m", {"severity": "critical"}),

@@ -4,6 +4,7 @@ Secret and the NetworkPolicy. Pure: spec in, manifests out."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,9 @@ CNPG_PLURAL = "clusters"
 CNPG_CLUSTER_LABEL = "cnpg.io/cluster"
 POSTGRES_PORT = 5432
 CNPG_STATUS_PORT = 8000
+CNPG_METRICS_PORT = 9187
+"""CloudNativePG's instance exporter (its `metrics` port), over TLS with the instance's
+certificate: monitoring.tls.enabled in the Cluster."""
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "vauban"}
 CLUSTER_LABEL = "vauban.dev/cluster"
@@ -219,11 +223,16 @@ def instance_labels(owner: Owner) -> dict[str, str]:
 
 
 def network_policy(
-    owner: Owner, spec: ManagedClusterSpec, *, operator_namespaces: tuple[str, ...]
+    owner: Owner,
+    spec: ManagedClusterSpec,
+    *,
+    operator_namespaces: tuple[str, ...],
+    metrics_from: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """Ingress to the instances: from each other (replication), from the namespaces allowed to
-    use the cluster (PostgreSQL only), and from the operators (PostgreSQL and CloudNativePG's
-    instance manager)."""
+    use the cluster (PostgreSQL only), from the operators (PostgreSQL and CloudNativePG's
+    instance manager), and from `metrics_from` (NetworkPolicyPeers: the platform's
+    Prometheus) to the exporter only."""
     pods = {"matchLabels": {CNPG_CLUSTER_LABEL: owner.name}}
     names = sorted(
         {owner.namespace, *(spec.allowed_namespaces.names if spec.allowed_namespaces else [])}
@@ -271,6 +280,16 @@ def network_policy(
                     "from": [operators],
                     "ports": [*postgres, {"protocol": "TCP", "port": CNPG_STATUS_PORT}],
                 },
+                *(
+                    [
+                        {
+                            "from": [dict(peer) for peer in metrics_from],
+                            "ports": [{"protocol": "TCP", "port": CNPG_METRICS_PORT}],
+                        }
+                    ]
+                    if metrics_from
+                    else []
+                ),
             ],
         },
     }

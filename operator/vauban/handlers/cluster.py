@@ -214,6 +214,7 @@ async def _reconcile_managed(
         owner,
         spec,
         operator_namespaces=(ctx.settings.namespace, ctx.settings.cloudnativepg_namespace),
+        metrics_from=ctx.settings.instance_metrics_from,
     )
     if _changed(ctx, policy):
         _applied(ctx, policy, await ctx.kube.apply_network_policy(policy))
