@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     """NetworkPolicyPeers (JSON) admitted to the managed instances' exporter (:9187) by each
     cluster's NetworkPolicy: the platform's Prometheus. Nobody when empty."""
 
+    platform_assigns_user_ids: bool = False
+    """Agent Jobs leave runAsUser/runAsGroup to the platform (OpenShift's restricted-v2 SCC
+    assigns them from the namespace's range) instead of the images' 65532."""
+
     cluster_domain: str = Field(
         default="cluster.local", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
     )

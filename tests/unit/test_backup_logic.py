@@ -138,7 +138,16 @@ def test_backup_job_takes_its_location_from_its_name() -> None:
     assert "fieldRef" in env["VAUBAN_JOB_NAME"]["valueFrom"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
     assert job["metadata"]["annotations"][build.BACKUP_ANNOTATION] == "nightly"
+    # OpenShift's restricted-v2 SCC assigns the ids, and refuses a pod that names others.
+    assigned = build.AgentRun(
+        "backup", DATABASE, "s", "img", location_prefix="p", platform_ids=True
+    )
+    context = build.job(assigned, name="backup-abc", namespace="vauban-system")["spec"]["template"][
+        "spec"
+    ]["securityContext"]
+    assert context == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
     assert job["spec"]["template"]["metadata"]["labels"][build.AGENT_POD_LABEL] == "true"
 
 

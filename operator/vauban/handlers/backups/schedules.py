@@ -257,6 +257,7 @@ async def _verification(
         image=ctx.settings.agent_image,
         location=location_of(store, database, latest_job),
         scratch_database=f"vauban_verify_{database.uid.replace('-', '')[:16]}",
+        platform_ids=ctx.settings.platform_assigns_user_ids,
     )
     cronjob = build.cronjob(run, name=name, namespace=namespace, schedule=verify.schedule)
     cronjob["spec"]["jobTemplate"]["metadata"]["annotations"][build.BACKUP_ANNOTATION] = latest.name
