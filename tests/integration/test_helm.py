@@ -441,6 +441,48 @@ def test_instances_are_scraped_by_the_monitoring_peers_only(helm: Helm) -> None:
     }
 
 
+def test_make_release_packages_the_chart_and_plain_manifests_the_apiserver_accepts(
+    kube: KubeCtl, helm: Helm, namespace: str, tmp_path: Path
+) -> None:
+    """`make release`, as a user without Helm would take its manifests: every object,
+    CRDs and cluster-scoped ones included, is accepted by the apiserver (server-side dry
+    run into this test's namespace)."""
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [
+            "make",
+            "-C",
+            str(CHART.parents[1]),
+            "release",
+            f"RELEASE_DIR={dist}",
+            f"RELEASE_NAMESPACE={namespace}",
+            f"HELM={helm.binary}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))["version"]
+    assert (dist / f"vauban-{version}.tgz").is_file()
+    manifests = dist / f"vauban-{version}.yaml"
+    objects = [o for o in yaml.safe_load_all(manifests.read_text(encoding="utf-8")) if o]
+    kinds = {o["kind"] for o in objects}
+    assert {"Namespace", "CustomResourceDefinition", "ClusterRole", "Deployment"} <= kinds
+    assert objects[0] == {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": namespace,
+            "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
+        },
+    }
+    sums = (dist / "SHA256SUMS").read_text(encoding="utf-8")
+    assert f"vauban-{version}.tgz" in sums and manifests.name in sums
+    kube.run(
+        "apply", "--server-side", "--force-conflicts", "--dry-run=server", "-f", str(manifests)
+    )
+
+
 # -- promtool --------------------------------------------------------------------------------
 
 
