@@ -318,6 +318,15 @@ def test_what_a_probe_saw_of_tls() -> None:
     assert posture.server_tls(ServerProbe(ProbeOutcome.OK)).unobservable == "not asked"
 
 
+def test_what_a_probe_saw_of_pgaudit_and_what_status_says() -> None:
+    refused = ServerProbe(ProbeOutcome.AUTHENTICATION_FAILED, detail="password failed")
+    assert posture.server_audit(refused).unobservable == "authentication-failed: password failed"
+    assert posture.server_audit(ServerProbe(ProbeOutcome.OK, audit=AUDIT_OK)) is AUDIT_OK
+    assert posture.audit_fields(AUDIT_OK) == {"pgaudit": True, "log": "ddl,role"}
+    assert posture.audit_fields(ServerAudit(loaded=False)) == {"pgaudit": False}
+    assert posture.audit_fields(posture.server_audit(None)) is None
+
+
 # --- network-policy ---------------------------------------------------------------------------
 
 

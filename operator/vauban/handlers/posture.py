@@ -69,25 +69,28 @@ def wants(spec: ManagedClusterSpec, rule: compliance.RuleId) -> bool:
     return rule in compliance.rules_of(spec.compliance.profile)
 
 
+def _unseen(server_probe: ServerProbe | None) -> str | None:
+    """Why a probe saw nothing of the server, if it did not."""
+    if server_probe is None:
+        return "no usable admin Secret"
+    if server_probe.outcome is not ProbeOutcome.OK:
+        return f"{server_probe.outcome.value}: {server_probe.detail}"
+    return None
+
+
 def server_tls(server_probe: ServerProbe | None) -> compliance.ServerTls:
     """What a probe asked with `tls` saw; why nothing was seen otherwise."""
-    if server_probe is None:
-        return compliance.ServerTls.not_observed("no usable admin Secret")
-    if server_probe.outcome is not ProbeOutcome.OK:
-        return compliance.ServerTls.not_observed(
-            f"{server_probe.outcome.value}: {server_probe.detail}"
-        )
+    why = _unseen(server_probe)
+    if why is not None or server_probe is None:
+        return compliance.ServerTls.not_observed(why or "")
     return server_probe.tls or compliance.ServerTls.not_observed("not asked")
 
 
 def server_audit(server_probe: ServerProbe | None) -> compliance.ServerAudit:
     """What a probe asked with `audit` saw; why nothing was seen otherwise."""
-    if server_probe is None:
-        return compliance.ServerAudit.not_observed("no usable admin Secret")
-    if server_probe.outcome is not ProbeOutcome.OK:
-        return compliance.ServerAudit.not_observed(
-            f"{server_probe.outcome.value}: {server_probe.detail}"
-        )
+    why = _unseen(server_probe)
+    if why is not None or server_probe is None:
+        return compliance.ServerAudit.not_observed(why or "")
     return server_probe.audit or compliance.ServerAudit.not_observed("not asked")
 
 
