@@ -325,7 +325,7 @@ def test_monitoring_objects_are_accepted(
     namespace: str,
     cleanup_cluster_scoped: Callable[[str], None],
 ) -> None:
-    """ServiceMonitor and PrometheusRule against prometheus-operator's own CRDs."""
+    """ServiceMonitor, PodMonitor and PrometheusRule against prometheus-operator's own CRDs."""
     from vauban.devcluster.build import BuildError, module_source
 
     try:
@@ -335,7 +335,7 @@ def test_monitoring_objects_are_accepted(
     except BuildError as e:
         pytest.skip(f"prometheus-operator's CRDs unavailable (structure checked above): {e}")
     bases = source / "example" / "prometheus-operator-crd"
-    for crd in ("servicemonitors", "prometheusrules"):
+    for crd in ("servicemonitors", "podmonitors", "prometheusrules"):
         kube.run("apply", "--server-side", "-f", str(bases / f"monitoring.coreos.com_{crd}.yaml"))
         kube.run("wait", "--for=condition=Established", f"crd/{crd}.monitoring.coreos.com")
     release = short(namespace)
@@ -344,6 +344,7 @@ def test_monitoring_objects_are_accepted(
     kube.run(*APPLY, "--dry-run=server", stdin=manifest)
     kube.run(*APPLY, stdin=manifest)
     kube.run("get", "servicemonitor,prometheusrule", f"{release}-vauban", "-n", namespace)
+    kube.run("get", "podmonitor", f"{release}-vauban-instances", "-n", namespace)
 
 
 def operator_pod(objects: list[dict[str, Any]], namespace: str) -> dict[str, Any]:
