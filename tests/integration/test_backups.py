@@ -299,16 +299,17 @@ def _backed_up(
     namespace: str,
     database: str,
     name: str,
-    backup: dict[str, Any] | None = None,
+    backup_spec: dict[str, Any] | None = None,
     **spec: Any,
 ) -> None:
-    """A Ready database with a table, and one successful backup of it (`backup`: its spec)."""
+    """A Ready database with a table, and one successful backup of it (`backup_spec`: the
+    ManagedBackup's spec)."""
     kube.apply(_database(namespace, database, **spec))
     eventually(lambda: ready(kube, "manageddatabase", database, namespace), what="Ready")
     with connect_tenant(kube, namespace, database) as conn:
         conn.execute("CREATE TABLE fact (id int)")
         conn.execute("INSERT INTO fact SELECT generate_series(1, 42)")
-    kube.apply(managed_backup(namespace, name, database, **(backup or {})))
+    kube.apply(managed_backup(namespace, name, database, **(backup_spec or {})))
     done = eventually(lambda: finished(kube, namespace, name), timeout=90, what=name)
     assert done["status"]["phase"] == "Succeeded", done["status"]
 
@@ -404,7 +405,7 @@ def test_object_lock_keeps_backups_undeletable(
     s3.create_bucket(locked, object_lock=True)
     _cluster(kube, namespace, postgres, s3, locked, objectLockDays=1)
     eventually(lambda: ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
-    _backed_up(kube, namespace, "vault", "sealed", backup={"deletionPolicy": "Delete"})
+    _backed_up(kube, namespace, "vault", "sealed", backup_spec={"deletionPolicy": "Delete"})
     status = kube.get("managedbackup", "sealed", namespace)["status"]
     assert status["retainUntil"] > status["finishedAt"]
     key = status["location"]["key"]
