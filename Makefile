@@ -94,6 +94,25 @@ helm-lint: venv ## lint and render the Helm chart in both install modes
 		--set prometheusRule.enabled=true --set dashboard.enabled=true
 	$(HELM) template vauban helm/vauban --kube-version $(HELM_KUBE_VERSION) --include-crds >/dev/null
 
+RELEASE_DIR ?= dist
+RELEASE_NAMESPACE ?= vauban-system
+# CycloneDX SBOMs of the operator and agent images, as this machine builds them (the real
+# node's image builder, cached; mmdebstrap needed the first time). 0: chart and manifests only.
+RELEASE_SBOM ?= 1
+
+.PHONY: release
+release: venv ## the packaged chart, plain manifests (CRDs, RBAC, Deployment...) and SBOMs in dist/
+	rm -rf $(RELEASE_DIR) && mkdir -p $(RELEASE_DIR)
+	$(HELM) lint --strict helm/vauban --kube-version $(HELM_KUBE_VERSION)
+	$(HELM) package helm/vauban --destination $(RELEASE_DIR)
+	# For users without Helm: the chart with its defaults, CRDs and namespace included, in
+	# the order `kubectl apply --server-side -f` needs (the Namespace first).
+	{ printf 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n' $(RELEASE_NAMESPACE); \
+	  $(HELM) template vauban helm/vauban --namespace $(RELEASE_NAMESPACE) --include-crds \
+	    --kube-version $(HELM_KUBE_VERSION); } > $(RELEASE_DIR)/vauban-$(VERSION).yaml
+	if [ "$(RELEASE_SBOM)" = 1 ]; then $(BIN)/vauban dev sbom --output $(RELEASE_DIR); fi
+	cd $(RELEASE_DIR) && sha256sum * > SHA256SUMS
+
 .PHONY: kind-up
 kind-up: ## create the kind cluster of kind-config.yaml, with CloudNativePG (needs Docker, kind)
 	$(KIND) get clusters | grep -qx '$(KIND_CLUSTER)' \

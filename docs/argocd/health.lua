@@ -1,4 +1,5 @@
--- Argo CD health check for Vauban's kinds (ManagedCluster, ManagedDatabase).
+-- Argo CD health check for Vauban's kinds (ManagedCluster, ManagedDatabase, ManagedBackup).
+-- docs/argocd/argocd-cm.yaml carries it for each kind, ready to merge into argocd-cm.
 -- It reads only the Kubernetes conventions Vauban follows (kstatus):
 --   * status.observedGeneration behind metadata.generation -> Progressing
 --   * Stalled=True                                         -> Degraded (a person must act)

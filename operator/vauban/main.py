@@ -20,6 +20,7 @@ from vauban.kms import KeyProvider, KeyProviderError
 from vauban.kms.local import SecretKeyProvider
 from vauban.kube.client import connect
 from vauban.kube.resources import Kube
+from vauban.kube.retry import JitteredDelays
 from vauban.metrics import Metrics
 from vauban.settings import FINALIZER, Settings
 
@@ -52,6 +53,9 @@ def operator_settings() -> kopf.OperatorSettings:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
+    # kopf's own delays, jittered: every watch and patch failing at an apiserver restart
+    # would otherwise retry in step.
+    settings.networking.error_backoffs = JitteredDelays((1, 1, 2, 3, 5, 8, 13, 21))
     # Secrets are watched for the tenants' credentials only: the apiserver filters, so the
     # operator never streams the cluster's other Secrets.
     settings.watching.label_selectors["v1", "secrets"] = (

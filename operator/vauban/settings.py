@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,6 +84,20 @@ class Settings(BaseSettings):
 
     cloudnativepg_namespace: str = "cnpg-system"
     """Namespace of the CloudNativePG operator, admitted by each cluster's NetworkPolicy."""
+
+    instance_metrics_from: list[dict[str, Any]] = Field(default_factory=list)
+    """NetworkPolicyPeers (JSON) admitted to the managed instances' exporter (:9187) by each
+    cluster's NetworkPolicy: the platform's Prometheus. Nobody when empty."""
+
+    platform_assigns_user_ids: bool = False
+    """Agent Jobs leave runAsUser/runAsGroup to the platform (OpenShift's restricted-v2 SCC
+    assigns them from the namespace's range) instead of the images' 65532."""
+
+    cluster_domain: str = Field(
+        default="cluster.local", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    )
+    """The Kubernetes cluster's DNS domain, which completes a managed cluster's Service name
+    in the credentials Secret's `fqdn-uri` and `fqdn-jdbc-uri`."""
 
     probe_interval_seconds: float = Field(default=300.0, gt=0)
     """How often each ready cluster is probed: its server's health, and with one query for

@@ -560,6 +560,10 @@ class _AdminSession:
     async def usage(self, databases: Collection[str], logins: Collection[str] = ()) -> Usage:
         return self.server.usage(databases, logins)
 
+    async def password_verifier(self, role: str, password: str) -> str:
+        # A verifier's shape; the fake server does not check passwords.
+        return f"SCRAM-SHA-256$4096:fake${role}"
+
     async def record_of(self, uid: str) -> DatabaseRecord | None:
         return self.server.records.get(uid)
 
@@ -675,6 +679,7 @@ class FakeServers:
         health: bool = False,
         tls: bool = False,
         parameters: Sequence[str] = (),
+        audit: bool = False,
     ) -> ServerProbe:
         try:
             server = self._at(address)

@@ -22,6 +22,15 @@ def cluster(namespace: str, **spec: Any) -> dict[str, Any]:
     }
 
 
+def backup(namespace: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "vauban.dev/v1alpha1",
+        "kind": "ManagedBackup",
+        "metadata": {"name": "app-now", "namespace": namespace},
+        "spec": {"databaseRef": {"name": "app"}, **spec},
+    }
+
+
 def database(namespace: str, **spec: Any) -> dict[str, Any]:
     base = {"clusterRef": {"name": "main"}, "databaseName": "app", "owner": "app_owner"}
     return {
@@ -50,6 +59,13 @@ def test_valid_objects_are_accepted_and_defaulted(kube: KubeCtl, namespace: str)
     db = kube.get("manageddatabase", "app", namespace)["spec"]
     assert db["deletionPolicy"] == "Retain"
     assert db["dataClassification"] == "internal"
+    kube.apply(backup(namespace))
+    # An on-demand backup declared in Git and pruned leaves the stored backup alone.
+    assert kube.get("managedbackup", "app-now", namespace)["spec"] == {
+        "databaseRef": {"name": "app"},
+        "deletionPolicy": "Retain",
+        "deletionProtection": False,
+    }
 
 
 @pytest.mark.parametrize(
@@ -62,6 +78,7 @@ def test_valid_objects_are_accepted_and_defaulted(kube: KubeCtl, namespace: str)
         ({"version": "12"}, "spec.version"),
         ({"mode": "External"}, "mode External needs spec.external"),
         ({"postgresql": {"parameters": {"archive_command": "curl evil"}}}, "only these parameters"),
+        ({"postgresql": {"sharedPreloadLibraries": ["evil"]}}, 'Unsupported value: "evil"'),
         (
             {"resources": {"requests": {"memory": "4Gi"}, "limits": {"memory": "1Gi"}}},
             "limits.memory must be at least",
@@ -181,13 +198,15 @@ def test_long_cluster_name_is_refused(kube: KubeCtl, namespace: str) -> None:
     assert "at most 50 characters" in refused(kube, manifest)
 
 
-@pytest.mark.parametrize("kind", ["managedcluster", "manageddatabase"])
+@pytest.mark.parametrize("kind", ["managedcluster", "manageddatabase", "managedbackup"])
 def test_deletion_protection_is_enforced_by_the_apiserver(
     kube: KubeCtl, namespace: str, kind: str
 ) -> None:
     """Refused at admission, so it holds while the operator is down and when the namespace
     itself is deleted."""
-    manifest = (cluster if kind == "managedcluster" else database)(namespace)
+    manifest = {"managedcluster": cluster, "manageddatabase": database, "managedbackup": backup}[
+        kind
+    ](namespace)
     manifest["spec"]["deletionProtection"] = True
     kube.apply(manifest)
     name = manifest["metadata"]["name"]

@@ -50,6 +50,21 @@ def test_waiting_on_a_dependency_is_progressing_not_degraded(kube: KubeCtl, name
     assert health(behind) == ("Progressing", "Waiting for Vauban to observe the latest spec")
 
 
+def test_a_backup_waiting_for_its_database_is_progressing(kube: KubeCtl, namespace: str) -> None:
+    kube.apply(
+        {
+            "apiVersion": "vauban.dev/v1alpha1",
+            "kind": "ManagedBackup",
+            "metadata": {"name": "app-now", "namespace": namespace},
+            "spec": {"databaseRef": {"name": "app"}},
+        }
+    )
+    obj = eventually(
+        lambda: with_reason(kube, "managedbackup", "app-now", namespace, "DatabaseNotFound")
+    )
+    assert health(obj) == ("Progressing", "DatabaseNotFound: ManagedDatabase app does not exist.")
+
+
 def test_a_person_must_act_is_degraded(kube: KubeCtl, namespace: str) -> None:
     kube.apply(
         {

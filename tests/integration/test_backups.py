@@ -250,16 +250,41 @@ def test_wrong_bucket_credentials_fail_the_backup_clearly(
     assert "holds nothing to restore" in said["message"], said
 
 
-def _backed_up(kube: KubeCtl, namespace: str, database: str, name: str, **spec: Any) -> None:
-    """A Ready database with a table, and one successful backup of it."""
+def _backed_up(
+    kube: KubeCtl,
+    namespace: str,
+    database: str,
+    name: str,
+    backup_spec: dict[str, Any] | None = None,
+    **spec: Any,
+) -> None:
+    """A Ready database with a table, and one successful backup of it (`backup_spec`: the
+    ManagedBackup's spec)."""
     kube.apply(tenant_database(namespace, database, **spec))
     eventually(lambda: ready(kube, "manageddatabase", database, namespace), what="Ready")
     with connect_tenant(kube, namespace, database) as conn:
         conn.execute("CREATE TABLE fact (id int)")
         conn.execute("INSERT INTO fact SELECT generate_series(1, 42)")
-    kube.apply(managed_backup(namespace, name, database))
+    kube.apply(managed_backup(namespace, name, database, **(backup_spec or {})))
     done = eventually(lambda: finished(kube, namespace, name), timeout=90, what=name)
     assert done["status"]["phase"] == "Succeeded", done["status"]
+
+
+def test_a_backup_leaves_the_bucket_only_when_asked(
+    kube: KubeCtl, namespace: str, cluster: str, s3: S3Server, bucket: str
+) -> None:
+    """The default (Retain) is what an Argo CD prune of a backup declared in Git meets."""
+    _backed_up(kube, namespace, "books", "pruned")
+    key = kube.get("managedbackup", "pruned", namespace)["status"]["location"]["key"]
+    kube.run("delete", "managedbackup", "pruned", "-n", namespace, "--wait=true", "--timeout=60s")
+    assert {f"{key}/manifest.json", f"{key}/data"} <= _keys(s3, bucket)
+
+    kube.apply(managed_backup(namespace, "asked", "books", deletionPolicy="Delete"))
+    done = eventually(lambda: finished(kube, namespace, "asked"), timeout=90, what="asked")
+    key = done["status"]["location"]["key"]
+    assert f"{key}/manifest.json" in _keys(s3, bucket)
+    kube.run("delete", "managedbackup", "asked", "-n", namespace, "--wait=true", "--timeout=60s")
+    assert not {k for k in _keys(s3, bucket) if k.startswith(f"{key}/")}
 
 
 def test_key_rotation_keeps_old_backups_restorable(
@@ -336,7 +361,7 @@ def test_object_lock_keeps_backups_undeletable(
     s3.create_bucket(locked, object_lock=True)
     backed_up_cluster(kube, namespace, postgres, s3, locked, objectLockDays=1)
     eventually(lambda: ready(kube, "managedcluster", "pg", namespace), what="cluster Ready")
-    _backed_up(kube, namespace, "vault", "sealed")
+    _backed_up(kube, namespace, "vault", "sealed", backup_spec={"deletionPolicy": "Delete"})
     status = kube.get("managedbackup", "sealed", namespace)["status"]
     assert status["retainUntil"] > status["finishedAt"]
     key = status["location"]["key"]

@@ -8,7 +8,9 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import psycopg
 import pytest
@@ -92,6 +94,85 @@ def provisioned(kube: KubeCtl, namespace: str, **spec: Any) -> dict[str, Any]:
     )
 
 
+def _projected(kube: KubeCtl, namespace: str, name: str, root: Path) -> Path:
+    """What the servicebinding.io reconciler does for a workload: find the Secret through the
+    Provisioned Service's status.binding.name, and project each key as a file."""
+    obj = kube.get("manageddatabase", name, namespace)
+    secret = kube.get("secret", obj["status"]["binding"]["name"], namespace)
+    directory = root / name
+    directory.mkdir()
+    for key, value in secret["data"].items():
+        (directory / key).write_bytes(base64.b64decode(value))
+    return directory
+
+
+def _binding(directory: Path) -> dict[str, str]:
+    """What a binder's library reads back: one entry per file (Spring Cloud Bindings,
+    Quarkus' kubernetes-service-binding)."""
+    return {f.name: f.read_text() for f in directory.iterdir()}
+
+
+def _from_jdbc(url: str) -> dict[str, Any]:
+    """libpq's parameters for a JDBC URL of pgJDBC's form, as the Java driver reads it."""
+    parsed = urlsplit(url.removeprefix("jdbc:"))
+    assert parsed.scheme == "postgresql"
+    query = dict(parse_qsl(parsed.query))
+    return {
+        "host": parsed.hostname,
+        "port": parsed.port,
+        "dbname": unquote(parsed.path.lstrip("/")),
+        **query,
+    }
+
+
+def test_the_secret_binds_as_servicebinding_io_binders_read_it(
+    kube: KubeCtl, namespace: str, cluster: str, tmp_path: Path
+) -> None:
+    provisioned(kube, namespace)
+    directory = _projected(kube, namespace, "shop", tmp_path)
+    values = _binding(directory)
+    # How Spring Cloud Bindings and Quarkus pick a binding: its `type`.
+    assert values["type"] == "postgresql" and values["provider"] == "vauban"
+
+    def who(conn: psycopg.Connection[tuple[Any, ...]]) -> tuple[Any, ...] | None:
+        return conn.execute("SELECT current_user, current_database()").fetchone()
+
+    expected = (
+        kube.get("manageddatabase", "shop", namespace)["spec"]["owner"],
+        values["database"],
+    )
+    # Spring Cloud Bindings' PostgreSQL processor: host, port, database, username, password,
+    # sslmode (and sslrootcert, a file of the binding, when there is one).
+    with psycopg.connect(
+        host=values["host"],
+        port=int(values["port"]),
+        dbname=values["database"],
+        user=values["username"],
+        password=values["password"],
+        sslmode=values["sslmode"],
+        connect_timeout=5,
+    ) as conn:
+        assert who(conn) == expected
+    # Every URI connects, as libpq or pgJDBC reads it.
+    for key in ("uri", "fqdn-uri"):
+        with psycopg.connect(values[key], connect_timeout=5) as conn:
+            assert who(conn) == expected, key
+    for key in ("jdbc-uri", "fqdn-jdbc-uri"):
+        with psycopg.connect(**_from_jdbc(values[key]), connect_timeout=5) as conn:
+            assert who(conn) == expected, key
+    # CloudNativePG's `user` and the pgpass file, as psql uses them.
+    (directory / "pgpass").chmod(0o600)
+    with psycopg.connect(
+        host=values["host"],
+        port=values["port"],
+        dbname=values["dbname"],
+        user=values["user"],
+        passfile=str(directory / "pgpass"),
+        connect_timeout=5,
+    ) as conn:
+        assert who(conn) == expected
+
+
 def test_database_role_secret_and_tenant_access(
     kube: KubeCtl,
     namespace: str,
@@ -119,6 +200,14 @@ def test_database_role_secret_and_tenant_access(
         "jdbc-uri",
         "pgpass",
         "sslmode",
+        # CloudNativePG's other names
+        "user",
+        "fqdn-uri",
+        "fqdn-jdbc-uri",
+        # servicebinding.io's
+        "type",
+        "provider",
+        "database",
     }
     assert (values["host"], values["port"], values["dbname"]) == (
         "127.0.0.1",
@@ -147,6 +236,13 @@ def test_database_role_secret_and_tenant_access(
         ).fetchall()
         roles = {row[0]: row[1] for row in rows}
         assert roles == {owner: False, values["username"]: True}
+        # libpq's verifier, at the server's iteration count (scram_iterations, PostgreSQL 16+).
+        stored = conn.execute(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (values["username"],)
+        ).fetchone()
+        iterations = conn.execute("SELECT current_setting('scram_iterations', true)").fetchone()
+        assert stored and iterations
+        assert str(stored[0]).startswith(f"SCRAM-SHA-256${iterations[0] or 4096}:")
         limit = conn.execute(
             "SELECT rolconnlimit FROM pg_roles WHERE rolname = %s", (values["username"],)
         ).fetchone()

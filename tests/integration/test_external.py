@@ -209,3 +209,47 @@ def test_tls_required_is_judged_on_the_server(
         "sslMode is disable; ssl is off; pg_hba not observable: the admin role may not read "
         "pg_hba_file_rules (superusers, or a GRANT)"
     )
+
+
+def test_audit_logging_is_judged_on_the_server_with_and_without_pgaudit(
+    kube: KubeCtl, namespace: str, postgres: PostgresServer, admin: tuple[str, str]
+) -> None:
+    """The suite's server runs without pgaudit; a second one preloads it (Debian's
+    postgresql-NN-pgaudit). The admin role is no superuser: what pgaudit defines is readable
+    by any role, which is what the probe relies on."""
+    kube.apply(admin_secret(namespace, *admin))
+    kube.apply(external_cluster(namespace, "plain", postgres.port, compliance={"profile": "hds"}))
+    audited = PostgresServer()
+    with (audited.data / "postgresql.conf").open("a", encoding="utf-8") as conf:
+        conf.write("shared_preload_libraries = 'pgaudit'\npgaudit.log = 'ddl,role'\n")
+    audited.start()
+    try:
+        audited.create_role(*admin, "CREATEROLE", "CREATEDB")
+        kube.apply(
+            external_cluster(namespace, "audited", audited.port, compliance={"profile": "hds"})
+        )
+
+        def judged(name: str) -> dict[str, Any] | None:
+            obj = kube.get("managedcluster", name, namespace)
+            rule = _rules(obj).get("audit-logging")
+            return obj if rule and "audit" in (obj.get("status") or {}) else None
+
+        plain = eventually(lambda: judged("plain"), what="audit-logging judged without pgaudit")
+        assert plain["status"]["audit"] == {"pgaudit": False}
+        assert _rules(plain)["audit-logging"] == {
+            "rule": "audit-logging",
+            "met": False,
+            "evidence": "pgaudit is not loaded: add pgaudit to shared_preload_libraries",
+        }
+        compliant = condition(plain, "Compliant")
+        assert compliant and "audit-logging" in compliant["message"]
+
+        obj = eventually(lambda: judged("audited"), what="audit-logging judged with pgaudit")
+        assert obj["status"]["audit"] == {"pgaudit": True, "log": "ddl,role"}
+        assert _rules(obj)["audit-logging"] == {
+            "rule": "audit-logging",
+            "met": True,
+            "evidence": "pgaudit is loaded; pgaudit.log = ddl,role",
+        }
+    finally:
+        audited.destroy()

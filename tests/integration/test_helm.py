@@ -26,7 +26,10 @@ from vauban.devcluster.postgres import PostgresServer
 
 NAMESPACED = {"watchNamespaces": ["tenant-a", "tenant-b"]}
 MONITORING = {
-    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "metrics": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "instances": {"podMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    },
     "prometheusRule": {"enabled": True, "runbookBaseURL": "https://docs.example.org/alerts"},
     "dashboard": {"enabled": True},
 }
@@ -327,7 +330,7 @@ def test_monitoring_objects_are_accepted(
     namespace: str,
     cleanup_cluster_scoped: Callable[[str], None],
 ) -> None:
-    """ServiceMonitor and PrometheusRule against prometheus-operator's own CRDs."""
+    """ServiceMonitor, PodMonitor and PrometheusRule against prometheus-operator's own CRDs."""
     from vauban.devcluster.build import BuildError, module_source
 
     try:
@@ -337,7 +340,7 @@ def test_monitoring_objects_are_accepted(
     except BuildError as e:
         pytest.skip(f"prometheus-operator's CRDs unavailable (structure checked above): {e}")
     bases = source / "example" / "prometheus-operator-crd"
-    for crd in ("servicemonitors", "prometheusrules"):
+    for crd in ("servicemonitors", "podmonitors", "prometheusrules"):
         kube.run("apply", "--server-side", "-f", str(bases / f"monitoring.coreos.com_{crd}.yaml"))
         kube.run("wait", "--for=condition=Established", f"crd/{crd}.monitoring.coreos.com")
     release = short(namespace)
@@ -346,6 +349,7 @@ def test_monitoring_objects_are_accepted(
     kube.run(*APPLY, "--dry-run=server", stdin=manifest)
     kube.run(*APPLY, stdin=manifest)
     kube.run("get", "servicemonitor,prometheusrule", f"{release}-vauban", "-n", namespace)
+    kube.run("get", "podmonitor", f"{release}-vauban-instances", "-n", namespace)
 
 
 def operator_pod(objects: list[dict[str, Any]], namespace: str) -> dict[str, Any]:
@@ -397,6 +401,13 @@ def test_operator_pod_meets_the_restricted_profile(
     kube.apply(find(objects, "ServiceAccount"))
     pod = operator_pod(objects, namespace)
     kube.run("apply", "--dry-run=server", "-f", "-", stdin=json.dumps(pod))
+    # Where the platform assigns the ids (OpenShift), the pod names none and still passes.
+    assigned = operator_pod(
+        helm.render("vauban", namespace, {"platformAssignsUserIds": True}), namespace
+    )
+    context = assigned["spec"]["securityContext"]
+    assert not {"runAsUser", "runAsGroup", "fsGroup"} & set(context), context
+    kube.run("apply", "--dry-run=server", "-f", "-", stdin=json.dumps(assigned))
 
     for name, breach in _breaches().items():
         bad = copy.deepcopy(pod)
@@ -406,6 +417,79 @@ def test_operator_pod_meets_the_restricted_profile(
         )
         assert result.returncode != 0, f"pod with breach {name!r} was admitted"
         assert "violates PodSecurity" in result.stderr, result.stderr
+
+
+def test_instances_are_scraped_by_the_monitoring_peers_only(helm: Helm) -> None:
+    """The PodMonitor selects managed instances; the operator is told whom each cluster's
+    NetworkPolicy admits to their exporter: the peers who scrape the operator itself."""
+    objects = helm.render("vauban", "vauban-system", MONITORING)
+    monitor = find(objects, "PodMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/managed-by": "vauban",
+        "cnpg.io/podRole": "instance",
+    }
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    assert (endpoint["port"], endpoint["scheme"]) == ("metrics", "https")
+    env = {
+        e["name"]: e.get("value")
+        for e in find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert json.loads(env["VAUBAN_INSTANCE_METRICS_FROM"]) == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        }
+    ]
+    namespaced = helm.render("vauban", "vauban-system", {**NAMESPACED, **MONITORING})
+    assert find(namespaced, "PodMonitor")["spec"]["namespaceSelector"] == {
+        "matchNames": ["tenant-a", "tenant-b"]
+    }
+
+
+def test_make_release_packages_the_chart_and_plain_manifests_the_apiserver_accepts(
+    kube: KubeCtl, helm: Helm, namespace: str, tmp_path: Path
+) -> None:
+    """`make release`, as a user without Helm would take its manifests: every object,
+    CRDs and cluster-scoped ones included, is accepted by the apiserver (server-side dry
+    run into this test's namespace)."""
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [
+            "make",
+            "-C",
+            str(CHART.parents[1]),
+            "release",
+            f"RELEASE_DIR={dist}",
+            f"RELEASE_NAMESPACE={namespace}",
+            f"HELM={helm.binary}",
+            # The SBOMs need the images built (the real node's tier); tests/unit/test_sbom.py
+            # checks them on an archive of its own.
+            "RELEASE_SBOM=0",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))["version"]
+    assert (dist / f"vauban-{version}.tgz").is_file()
+    manifests = dist / f"vauban-{version}.yaml"
+    objects = [o for o in yaml.safe_load_all(manifests.read_text(encoding="utf-8")) if o]
+    kinds = {o["kind"] for o in objects}
+    assert {"Namespace", "CustomResourceDefinition", "ClusterRole", "Deployment"} <= kinds
+    assert objects[0] == {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": namespace,
+            "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
+        },
+    }
+    sums = (dist / "SHA256SUMS").read_text(encoding="utf-8")
+    assert f"vauban-{version}.tgz" in sums and manifests.name in sums
+    kube.run(
+        "apply", "--server-side", "--force-conflicts", "--dry-run=server", "-f", str(manifests)
+    )
 
 
 # -- promtool --------------------------------------------------------------------------------
@@ -468,6 +552,8 @@ def test_alerts_fire_on_synthetic_series(helm: Helm, promtool: str, tmp_path: Pa
     orders = {**shop, "database": "orders"}
     fresh = {**shop, "database": "fresh"}
     cluster = {**shop, "cluster": "main"}
+    primary = {**cluster, "pod": "main-1"}
+    replica = {**cluster, "pod": "main-2"}
     tests = {
         "rule_files": ["rules.yaml"],
         "evaluation_interval": "1m",
@@ -505,6 +591,16 @@ def test_alerts_fire_on_synthetic_series(helm: Helm, promtool: str, tmp_path: Pa
                         result="error",
                     ),
                     _series("vauban_build_info", "1x5", version="0.1.0"),
+                    # CloudNativePG's exporter, as the PodMonitor labels it: a replica that
+                    # falls 2 min behind from minute 6, its primary whose archiving fails
+                    # from minute 20 (last success at 600 s), and restarts at minute 40.
+                    _series("cnpg_pg_replication_lag", "0x5 120x20", **replica),
+                    _series("cnpg_pg_replication_in_recovery", "1x60", **replica),
+                    _series("cnpg_pg_replication_lag", "0x60", **primary),
+                    _series("cnpg_pg_replication_in_recovery", "0x60", **primary),
+                    _series("cnpg_pg_stat_archiver_last_archived_time", "600x60", **primary),
+                    _series("cnpg_pg_stat_archiver_last_failed_time", "-1x20 1200x40", **primary),
+                    _series("cnpg_pg_postmaster_start_time", "100x40 2500x40", **primary),
                 ],
                 "alert_rule_test": [
                     _alert("VaubanClusterNotReady", "10m"),
@@ -528,6 +624,17 @@ def test_alerts_fire_on_synthetic_series(helm: Helm, promtool: str, tmp_path: Pa
                         "25m",
                         {"kind": "ManagedDatabase", "severity": "warning"},
                     ),
+                    _alert("VaubanInstanceReplicationLagHigh", "8m"),
+                    _alert(
+                        "VaubanInstanceReplicationLagHigh",
+                        "12m",
+                        {**replica, "severity": "warning"},
+                    ),
+                    _alert("VaubanWALArchivingFailing", "25m"),
+                    _alert("VaubanWALArchivingFailing", "32m", {**primary, "severity": "critical"}),
+                    _alert("VaubanInstanceRestarted", "39m"),
+                    _alert("VaubanInstanceRestarted", "45m", {**primary, "severity": "warning"}),
+                    _alert("VaubanInstanceRestarted", "60m"),
                     _alert("VaubanOperatorAbsent", "5m"),
                     # Gone after minute 5, absent once out of the 5 min look-back, then 10 min.
                     _alert("VaubanOperatorAbsent", "30m", {"severity": "critical"}),

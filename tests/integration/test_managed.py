@@ -334,9 +334,15 @@ def test_hds_profile_on_an_encrypting_class_with_archiving(kube: KubeCtl, ns: st
             storage={"size": "10Gi", "storageClassName": encrypted_class(kube)},
             compliance={"profile": "hds"},
             backup={"objectStore": store, "schedule": "0 2 * * *"},
+            # hds requires audit logging.
+            postgresql={
+                "sharedPreloadLibraries": ["pgaudit"],
+                "parameters": {"pgaudit.log": "ddl,role"},
+            },
         )
     )
     rendered = eventually(lambda: engine(kube, ns), what="the CloudNativePG Cluster")
+    assert rendered["spec"]["postgresql"]["shared_preload_libraries"] == ["pgaudit"]
     (plugin,) = rendered["spec"]["plugins"]
     assert plugin["parameters"] == {"barmanObjectName": "main-archive"}
     store = json.loads(
@@ -371,4 +377,9 @@ def test_hds_profile_on_an_encrypting_class_with_archiving(kube: KubeCtl, ns: st
     )
     assert ns in evidence["network-policy"]
     assert evidence["tls-required"] == "server not observable: the cluster is not ready"
+    # Not running either: judged on the spec, which turns pgaudit on.
+    assert evidence["audit-logging"] == (
+        "pgaudit not observable (the cluster is not ready); spec: pgaudit preloaded, "
+        "pgaudit.log = ddl,role"
+    )
     assert evidence["backups-succeeding"] == "no databases yet"

@@ -408,8 +408,8 @@ class World:
             conn.execute("INSERT INTO rows VALUES (%s)", (row,))
         return self.backup(namespace, backup, database)
 
-    def backup(self, namespace: str, name: str, database: str) -> dict[str, Any]:
-        self.kube.apply(managed_backup(namespace, name, database))
+    def backup(self, namespace: str, name: str, database: str, **spec: Any) -> dict[str, Any]:
+        self.kube.apply(managed_backup(namespace, name, database, **spec))
         done = eventually(lambda: finished(self.kube, namespace, name), timeout=120, what=name)
         assert done["status"]["phase"] == "Succeeded", done["status"]
         return done
@@ -528,7 +528,7 @@ def test_a_forged_status_is_rewritten_and_restores_only_the_tenants_own_backup(
 
 def test_a_forged_status_deletes_nothing_of_the_victim(world: World) -> None:
     kube, ns = world.kube, world.attacker
-    doomed = world.backup(ns, "doomed", "mine")
+    doomed = world.backup(ns, "doomed", "mine", deletionPolicy="Delete")
     mine = doomed["status"]["location"]["key"]
     _forge(kube, ns, "doomed", world.forged_victim_pointer())
     kube.run("delete", "managedbackup", "doomed", "-n", ns, "--wait=true", "--timeout=60s")

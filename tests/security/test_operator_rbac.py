@@ -855,9 +855,23 @@ def test_tenant_roles_exclude_every_subresource(helm: Helm) -> None:
             assert not [r for r in rule["resources"] if "/" in r or r == "*"], rule
     written = {r for rule in edit["rules"] for r in rule["resources"]}
     assert written == {"manageddatabases", "managedbackups"}
+    # servicebinding.io's reconciler reads where the Secret is, never a Secret through us.
+    binder = find(objects, "ClusterRole", "vauban-servicebinding")
+    assert binder["metadata"]["labels"]["servicebinding.io/controller"] == "true"
+    assert binder["rules"] == [
+        {
+            "apiGroups": ["vauban.dev"],
+            "resources": ["manageddatabases"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
     # A second release (namespaced installs) leaves them to the first.
     objects = helm.render("other", "other", {"tenantRoles": {"enabled": False}})
-    assert not [o for o in objects if o["metadata"]["name"].startswith("vauban-tenant-")]
+    assert not [
+        o
+        for o in objects
+        if o["metadata"]["name"].startswith(("vauban-tenant-", "vauban-servicebinding"))
+    ]
 
 
 def test_metrics_are_reachable_from_monitoring_only(helm: Helm) -> None:

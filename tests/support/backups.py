@@ -76,13 +76,13 @@ def tenant_database(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def managed_backup(namespace: str, name: str, database: str) -> dict[str, Any]:
+def managed_backup(namespace: str, name: str, database: str, **spec: Any) -> dict[str, Any]:
     """An on-demand ManagedBackup of `database`."""
     return {
         "apiVersion": "vauban.dev/v1alpha1",
         "kind": "ManagedBackup",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {"databaseRef": {"name": database}},
+        "spec": {"databaseRef": {"name": database}, **spec},
     }
 
 

@@ -138,7 +138,16 @@ def test_backup_job_takes_its_location_from_its_name() -> None:
     assert "fieldRef" in env["VAUBAN_JOB_NAME"]["valueFrom"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
     assert job["metadata"]["annotations"][build.BACKUP_ANNOTATION] == "nightly"
+    # OpenShift's restricted-v2 SCC assigns the ids, and refuses a pod that names others.
+    assigned = build.AgentRun(
+        "backup", DATABASE, "s", "img", location_prefix="p", platform_ids=True
+    )
+    context = build.job(assigned, name="backup-abc", namespace="vauban-system")["spec"]["template"][
+        "spec"
+    ]["securityContext"]
+    assert context == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
     assert job["spec"]["template"]["metadata"]["labels"][build.AGENT_POD_LABEL] == "true"
 
 
@@ -165,14 +174,19 @@ def _ledger(**entries: logic.LedgerEntry) -> logic.Ledger:
 def test_the_ledger_round_trips_through_annotations() -> None:
     entry = logic.LedgerEntry("nightly-1", "backup-u-1", logic.FAILED, NOW, "AccessDenied: no")
     verification = logic.VerificationEntry("Passed", "2026-11-29T12:00:00Z", "counts match")
-    annotations = dict([entry.annotation("uid-1"), verification.annotation("uid-1")])
+    annotations = dict(
+        [entry.annotation("uid-1"), verification.annotation("uid-1"), logic.expiry("uid-1", NOW)]
+    )
     annotations["vauban.dev/database"] = "shop/orders"
+    annotations[logic.EXPIRED_PREFIX + "uid-4"] = "{not json"
     annotations[logic.LEDGER_PREFIX + "uid-2"] = "{not json"
     annotations[logic.LEDGER_PREFIX + "uid-3"] = '{"name": "x", "job": "j", "state": "Owned"}'
     ledger = logic.ledger_of(annotations)
     assert ledger.entries == {"uid-1": entry}
     assert ledger.verifications == {"uid-1": verification}
     assert ledger.restore is None
+    # Retention's mark: the stored backup goes with the object whatever its deletionPolicy.
+    assert ledger.expired == {"uid-1"}
 
 
 def test_records_come_from_the_ledger_and_the_bucket_only() -> None:

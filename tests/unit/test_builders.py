@@ -77,6 +77,21 @@ def test_network_policy_admits_tenants_and_operators_only() -> None:
     ]
 
 
+def test_network_policy_admits_the_monitoring_peers_to_the_exporter_only() -> None:
+    prometheus = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }
+    policy = cnpg.network_policy(
+        OWNER, spec(), operator_namespaces=("vauban-system",), metrics_from=[prometheus]
+    )
+    scrapes = policy["spec"]["ingress"][-1]
+    assert scrapes == {"from": [prometheus], "ports": [{"protocol": "TCP", "port": 9187}]}
+    # Nobody configured: no rule, rather than one admitting every source.
+    alone = cnpg.network_policy(OWNER, spec(), operator_namespaces=("vauban-system",))
+    assert len(alone["spec"]["ingress"]) == 3
+
+
 def test_major_of_versions_and_images() -> None:
     assert cnpg.major("17") == "17"
     assert cnpg.major("17.6") == "17"

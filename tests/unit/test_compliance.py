@@ -21,6 +21,7 @@ from vauban.reconcile.compliance import (
     Facts,
     HbaRule,
     PolicyFacts,
+    ServerAudit,
     ServerTls,
     StorageEvidence,
 )
@@ -71,6 +72,7 @@ CNPG_HBA = hba(
     "host all all all scram-sha-256",
 )
 SERVER_OK = ServerTls(ssl=True, hba=CNPG_HBA)
+AUDIT_OK = ServerAudit(loaded=True, log="ddl,role")
 
 
 def rendered_policy(**spec: Any) -> PolicyFacts:
@@ -89,6 +91,7 @@ def observed(**facts: Any) -> Facts:
         **{
             "storage": ENCRYPTED,
             "server": SERVER_OK,
+            "audit": AUDIT_OK,
             "network_policy": rendered_policy(),
             "databases": (),
             "recovery_key": "0f" * 16,
@@ -330,6 +333,15 @@ def test_what_a_probe_saw_of_tls() -> None:
     assert posture.server_tls(refused).unobservable == "authentication-failed: password failed"
     assert posture.server_tls(ServerProbe(ProbeOutcome.OK, tls=SERVER_OK)) is SERVER_OK
     assert posture.server_tls(ServerProbe(ProbeOutcome.OK)).unobservable == "not asked"
+
+
+def test_what_a_probe_saw_of_pgaudit_and_what_status_says() -> None:
+    refused = ServerProbe(ProbeOutcome.AUTHENTICATION_FAILED, detail="password failed")
+    assert posture.server_audit(refused).unobservable == "authentication-failed: password failed"
+    assert posture.server_audit(ServerProbe(ProbeOutcome.OK, audit=AUDIT_OK)) is AUDIT_OK
+    assert posture.audit_fields(AUDIT_OK) == {"pgaudit": True, "log": "ddl,role"}
+    assert posture.audit_fields(ServerAudit(loaded=False)) == {"pgaudit": False}
+    assert posture.audit_fields(posture.server_audit(None)) is None
 
 
 # --- network-policy ---------------------------------------------------------------------------
@@ -607,3 +619,55 @@ def test_health_data_placement(profile: str, classification: str, allowed: bool)
     assert (condition.status == "True") is allowed
     if not allowed:
         assert condition.reason == "ClusterNotCertified"
+
+
+# -- audit logging (pgaudit) ------------------------------------------------------------------
+
+
+def test_hds_and_secnumcloud_require_audit_logging() -> None:
+    assert "audit-logging" not in compliance.rules_of("iso27001")
+    for profile in ("hds", "secnumcloud"):
+        assert "audit-logging" in compliance.rules_of(profile)
+    assert evidence(managed("hds"), observed(), "audit-logging") == (
+        True,
+        "pgaudit is loaded; pgaudit.log = ddl,role",
+    )
+
+
+@pytest.mark.parametrize(
+    ("audit", "expected"),
+    [
+        (ServerAudit(loaded=False), "pgaudit is not loaded: spec.postgresql needs"),
+        (ServerAudit(loaded=True, log="none"), "pgaudit.log is none: nothing is logged"),
+        (ServerAudit(loaded=True, log=""), "pgaudit.log is none"),
+    ],
+)
+def test_audit_logging_unmet_says_why(audit: ServerAudit, expected: str) -> None:
+    met, said = evidence(managed("hds"), observed(audit=audit), "audit-logging")
+    assert not met and expected in said
+
+
+def test_unobserved_audit_is_judged_on_the_spec_of_a_managed_cluster() -> None:
+    nothing = ServerAudit.not_observed("the cluster is not ready")
+    met, said = evidence(managed("hds"), observed(audit=nothing), "audit-logging")
+    assert not met and "sharedPreloadLibraries [pgaudit]" in said
+    audited = managed(
+        "hds",
+        postgresql={"sharedPreloadLibraries": ["pgaudit"], "parameters": {"pgaudit.log": "ddl"}},
+    )
+    met, said = evidence(audited, observed(audit=nothing), "audit-logging")
+    assert met and said.startswith("pgaudit not observable (the cluster is not ready)")
+
+
+def test_the_preload_is_rendered_for_cloudnativepg() -> None:
+    spec = managed(
+        "hds",
+        postgresql={"sharedPreloadLibraries": ["pgaudit"], "parameters": {"pgaudit.log": "ddl"}},
+    )
+    body = cnpg.cluster(OWNER, spec, image_repository="registry/postgresql")
+    assert body["spec"]["postgresql"]["shared_preload_libraries"] == ["pgaudit"]
+    assert body["spec"]["postgresql"]["parameters"] == {"pgaudit.log": "ddl"}
+    assert (
+        "shared_preload_libraries"
+        not in (cnpg.cluster(OWNER, managed("hds"), image_repository="r")["spec"]["postgresql"])
+    )

@@ -10,7 +10,7 @@ import yaml
 
 from vauban.api import crdgen, docgen
 from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
-from vauban.api.common import KindInfo, human_size
+from vauban.api.common import GROUP, KindInfo, human_size
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,6 +23,15 @@ def test_committed_crds_match_the_models() -> None:
 def test_committed_api_reference_matches_the_models() -> None:
     reference = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
     assert reference == docgen.render(), "run `vauban crds` and commit docs/api.md"
+
+
+def test_argocd_customization_carries_the_health_check_for_every_kind() -> None:
+    lua = (ROOT / "docs" / "argocd" / "health.lua").read_text(encoding="utf-8")
+    patch = yaml.safe_load((ROOT / "docs" / "argocd" / "argocd-cm.yaml").read_text("utf-8"))
+    assert patch["metadata"] == {"name": "argocd-cm", "namespace": "argocd"}
+    assert patch["data"] == {
+        f"resource.customizations.health.{GROUP}_{kind.kind}": lua for kind in crdgen.KINDS
+    }
 
 
 def _nodes(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:

@@ -160,3 +160,32 @@ def test_secret_has_every_key_applications_expect() -> None:
     assert values["pgpass"] == "db.example:5432:shop:app_login1:p@ss\\:w/rd\n"
     assert values["ca.crt"] == "PEM"
     assert secret["metadata"]["ownerReferences"][0]["kind"] == "ManagedDatabase"
+    # CloudNativePG's other names, and servicebinding.io's.
+    assert values["user"] == values["username"] == "app_login1"
+    assert values["database"] == values["dbname"] == "shop"
+    assert (values["type"], values["provider"], values["sslrootcert"]) == (
+        "postgresql",
+        "vauban",
+        "ca.crt",
+    )
+    # No FQDN known (an external host): the same URIs.
+    assert values["fqdn-uri"] == values["uri"]
+    assert values["fqdn-jdbc-uri"] == values["jdbc-uri"]
+
+
+def test_a_service_host_gets_its_fully_qualified_uris() -> None:
+    host = "main-rw.data.svc"
+    endpoint = Endpoint(host, 5432, "shop", "verify-full", None, f"{host}.cluster.local")
+    secret = credentials_secret(
+        name="shop", namespace="team", owner_uid="u", username="u1", password="p", endpoint=endpoint
+    )
+    values = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert values["host"] == host
+    assert values["fqdn-uri"] == (
+        "postgresql://u1:p@main-rw.data.svc.cluster.local:5432/shop?sslmode=verify-full"
+    )
+    assert values["fqdn-jdbc-uri"] == (
+        "jdbc:postgresql://main-rw.data.svc.cluster.local:5432/shop?user=u1&password=p"
+        "&sslmode=verify-full"
+    )
+    assert "sslrootcert" not in values and "ca.crt" not in values

@@ -46,6 +46,15 @@ ANNOUNCED = {
     "vauban_key_rotation_period_seconds",
 }
 HISTOGRAMS = {"vauban_reconcile_duration_seconds"}
+# CloudNativePG's instance exporter: series of its default queries
+# (config/manager/default-monitoring.yaml), which the vauban.instances alerts read.
+CLOUDNATIVEPG = {
+    "cnpg_pg_replication_lag",
+    "cnpg_pg_replication_in_recovery",
+    "cnpg_pg_stat_archiver_last_archived_time",
+    "cnpg_pg_stat_archiver_last_failed_time",
+    "cnpg_pg_postmaster_start_time",
+}
 
 REQUIRED_ALERTS = {
     "VaubanClusterNotReady",
@@ -55,6 +64,9 @@ REQUIRED_ALERTS = {
     "VaubanRestoreVerificationFailed",
     "VaubanKeyRotationOverdue",
     "VaubanOperatorReconcileErrors",
+    "VaubanInstanceReplicationLagHigh",
+    "VaubanWALArchivingFailing",
+    "VaubanInstanceRestarted",
 }
 
 
@@ -65,9 +77,10 @@ def exported() -> set[str]:
 
 
 def metric_names(expr: str) -> set[str]:
-    """Vauban metric names in a PromQL expression; a histogram's series count as its name."""
+    """Vauban's (and CloudNativePG's) metric names in a PromQL expression; a histogram's
+    series count as its name."""
     names = set()
-    for name in re.findall(r"\bvauban_[a-z_]+\b", expr):
+    for name in re.findall(r"\b(?:vauban|cnpg)_[a-z_]+\b", expr):
         base = re.sub(r"_(bucket|sum|count)$", "", name)
         names.add(base if base in HISTOGRAMS else name)
     return names
@@ -79,7 +92,7 @@ def alert_rules() -> list[dict[str, Any]]:
 
 
 def test_alert_metric_names_exist() -> None:
-    known = ANNOUNCED | exported()
+    known = ANNOUNCED | exported() | CLOUDNATIVEPG
     for rule in alert_rules():
         used = metric_names(rule["expr"])
         assert used, f"{rule['alert']} uses no Vauban metric"
@@ -107,7 +120,7 @@ def dashboard() -> dict[str, Any]:
 
 def test_dashboard_queries_use_existing_metrics() -> None:
     board = dashboard()
-    known = ANNOUNCED | exported()
+    known = ANNOUNCED | exported() | CLOUDNATIVEPG
     panels = [p for p in board["panels"] if p["type"] != "row"]
     assert len({p["id"] for p in board["panels"]}) == len(board["panels"]), "duplicate panel ids"
     for panel in panels:

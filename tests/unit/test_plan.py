@@ -9,7 +9,7 @@ import hmac
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from psycopg import sql
+from psycopg import pq, sql
 
 from vauban.engines.postgres import scram
 from vauban.engines.postgres.plan import (
@@ -157,15 +157,20 @@ def test_any_identifier_stays_one_identifier(name: str) -> None:
     assert statement == f'CREATE ROLE "{name.replace(chr(34), chr(34) * 2)}" NOLOGIN'
 
 
-def test_scram_verifier_matches_rfc_7677() -> None:
-    salt = b"0123456789abcdef"
-    got = scram.verifier("pencil", salt=salt)
+def test_scram_verifier_is_libpqs_and_matches_rfc_7677() -> None:
+    # libpq computes it without a round trip: a connection that never completes will do,
+    # with libpq's default iteration count (a live one carries the server's).
+    pgconn = pq.PGconn.connect_start(b"host=127.0.0.1 port=1 connect_timeout=1")
+    got = scram.verifier(pgconn, "app_login1", "pencil")
     method, rest = got.split("$", 1)
     iterations_salt, keys = rest.split("$")
-    assert method == "SCRAM-SHA-256" and iterations_salt.startswith("4096:")
+    iterations, salt_b64 = iterations_salt.split(":")
+    assert method == "SCRAM-SHA-256" and iterations == "4096"
     stored_b64, server_b64 = keys.split(":")
-    salted = hashlib.pbkdf2_hmac("sha256", b"pencil", salt, 4096)
+    salted = hashlib.pbkdf2_hmac("sha256", b"pencil", base64.b64decode(salt_b64), 4096)
     client_key = hmac.new(salted, b"Client Key", "sha256").digest()
     assert base64.b64decode(stored_b64) == hashlib.sha256(client_key).digest()
     assert base64.b64decode(server_b64) == hmac.new(salted, b"Server Key", "sha256").digest()
-    assert scram.verifier("pencil") != scram.verifier("pencil")  # fresh salt each time
+    # A fresh salt each time.
+    assert scram.verifier(pgconn, "app_login1", "pencil") != got
+    pgconn.finish()

@@ -128,6 +128,8 @@ def test_fresh_database_claims_its_names_and_creates_the_first_login() -> None:
             "lastRotation": "2026-05-01T12:00:00Z",
             "retiring": [],
         },
+        # servicebinding.io's Provisioned Service: binders find the Secret here.
+        "binding": {"name": "app-credentials"},
         "extensions": [],
     }
     assert plan.ready.state is State.READY

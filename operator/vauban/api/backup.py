@@ -36,10 +36,17 @@ class ManagedBackupSpec(ApiModel):
     ]
     """The ManagedDatabase, in this namespace, to back up. Immutable."""
 
-    deletion_policy: Literal["Delete", "Retain"] = "Delete"
-    """What deleting this object does to the stored backup: Delete removes it from the bucket,
-    Retain leaves it there. Backups of a ManagedDatabase being deleted are kept for its
-    backup.retainAfterDeletionDays whatever this says."""
+    deletion_policy: Literal["Delete", "Retain"] = "Retain"
+    """What deleting this object does to the stored backup: Retain (the default) leaves it in
+    the bucket, so a GitOps prune of a backup declared in Git erases nothing; Delete removes
+    it, a deliberate request. Backups the retention policy expires are removed from the
+    bucket whatever this says; backups of a ManagedDatabase being deleted are kept for its
+    backup.retainAfterDeletionDays. The operator's own backups (Scheduled, Final) say Delete:
+    retention owns them."""
+
+    deletion_protection: bool = False
+    """When true, deleting the ManagedBackup is refused, by a person, a GitOps prune or the
+    retention policy alike (which then keeps it past its limits)."""
 
 
 class BackupLocation(StatusModel):

@@ -65,7 +65,18 @@ ALLOWED_PARAMETERS = (
     "autovacuum_naptime",
     "autovacuum_vacuum_scale_factor",
     "autovacuum_analyze_scale_factor",
+    # pgaudit (with pgaudit in sharedPreloadLibraries; CloudNativePG creates the extension in
+    # every database once one of them is set): what the hds and secnumcloud profiles require.
+    "pgaudit.log",
+    "pgaudit.log_catalog",
+    "pgaudit.log_parameter",
+    "pgaudit.log_relation",
+    "pgaudit.log_statement_once",
+    "pgaudit.role",
 )
+
+# Libraries a managed cluster may preload: those the instance image ships, and only these.
+ALLOWED_PRELOAD_LIBRARIES = ("pgaudit",)
 
 Mode = Literal["Managed", "External"]
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
@@ -164,6 +175,16 @@ class PostgresConfiguration(ApiModel):
         ),
     ] = Field(default_factory=dict)
     """Server parameters (postgresql.conf), from an allow-list of tuning parameters."""
+
+    shared_preload_libraries: Annotated[
+        list[Literal[ALLOWED_PRELOAD_LIBRARIES]],  # type: ignore[valid-type]
+        Field(
+            max_length=len(ALLOWED_PRELOAD_LIBRARIES),
+            json_schema_extra={"x-kubernetes-list-type": "set"},
+        ),
+    ] = Field(default_factory=list)
+    """Libraries loaded at server start (mode Managed; a change restarts the instances, one
+    at a time): `pgaudit`, for audit logging set by the `pgaudit.*` parameters."""
 
 
 class ObjectStore(ApiModel):
@@ -673,6 +694,16 @@ class BackupImportStatus(StatusModel):
     refused: Annotated[list[ImportRefusal], Field(max_length=32)] = Field(default_factory=list)
 
 
+class AuditStatus(StatusModel):
+    """Whether the server runs pgaudit, as the operator's admin session last saw it."""
+
+    pgaudit: bool
+    """pgaudit is loaded (shared_preload_libraries)."""
+
+    log: Annotated[str, StringConstraints(max_length=256)] | None = None
+    """pgaudit.log: the statement classes it logs (`none`: nothing)."""
+
+
 class ManagedClusterStatus(StatusModel):
     """Observed state of a ManagedCluster."""
 
@@ -712,6 +743,10 @@ class ManagedClusterStatus(StatusModel):
 
     encryption: EncryptionStatus | None = None
     """The key-encryption key: its id and version, never its material."""
+
+    audit: AuditStatus | None = None
+    """Whether the server runs pgaudit: read at each probe of an external server, and of a
+    managed one whose profile requires audit logging."""
 
     compliance: ComplianceStatus | None = None
     """Each rule of the compliance profile, met or not, with its evidence."""

@@ -310,6 +310,15 @@ class RestoreStatus(StatusModel):
     """When it succeeded (RFC 3339)."""
 
 
+class ServiceBinding(StatusModel):
+    """servicebinding.io's Provisioned Service duck type: binders (the Service Binding
+    operator, Spring Cloud Bindings, Quarkus) find the Secret to project from here."""
+
+    name: Annotated[str, StringConstraints(max_length=253)]
+    """The Secret, in the database's namespace, whose keys describe the connection
+    (`type: postgresql`, `host`, `port`, `database`, `username`, `password`, ...)."""
+
+
 class ManagedDatabaseStatus(StatusModel):
     """Observed state of a ManagedDatabase."""
 
@@ -333,6 +342,9 @@ class ManagedDatabaseStatus(StatusModel):
 
     credentials: CredentialsStatus | None = None
     """The tenant's credentials."""
+
+    binding: ServiceBinding | None = None
+    """The credentials Secret, once written, as servicebinding.io binders look for it."""
 
     size_bytes: Annotated[int, Field(ge=0)] | None = None
     """Size of the database, from the last probe; rewritten when it moved by more than 1 %

@@ -163,6 +163,8 @@ class ObjectStore:
                 connect=2,
                 read=1,
                 backoff_factor=0.3,
+                # Agents of one schedule start together; their retries should not.
+                backoff_jitter=0.3,
                 status_forcelist=(500, 502, 503, 504),
             ),
             maxsize=4,

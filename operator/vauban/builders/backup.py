@@ -179,6 +179,9 @@ class AgentRun:
 
     scratch_database: str | None = None
     deadline_seconds: int = 6 * 3600
+    platform_ids: bool = False
+    """Leave the pod's user and group to the platform (OpenShift's restricted-v2 SCC assigns
+    them from the namespace's range and refuses others) rather than the images' 65532."""
 
 
 def _pod_template(run: AgentRun, labels: Mapping[str, str]) -> dict[str, Any]:
@@ -207,8 +210,7 @@ def _pod_template(run: AgentRun, labels: Mapping[str, str]) -> dict[str, Any]:
             "enableServiceLinks": False,
             "securityContext": {
                 "runAsNonRoot": True,
-                "runAsUser": 65532,
-                "runAsGroup": 65532,
+                **({} if run.platform_ids else {"runAsUser": 65532, "runAsGroup": 65532}),
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
             "containers": [
@@ -344,8 +346,10 @@ def managed_backup(
             "labels": {**MANAGED_BY, "vauban.dev/database": database[:63].rstrip("-.")},
             "annotations": annotations,
         },
+        # Retention owns scheduled and final backups (a person deleting one means it);
+        # imported ones are the only copy a recovery has.
         "spec": {
             "databaseRef": {"name": database},
-            **({"deletionPolicy": "Retain"} if retain else {}),
+            "deletionPolicy": "Retain" if retain else "Delete",
         },
     }

@@ -5,6 +5,7 @@ archive. Pure: spec in, manifests out."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,9 @@ CNPG_PLURAL = "clusters"
 CNPG_CLUSTER_LABEL = "cnpg.io/cluster"
 POSTGRES_PORT = 5432
 CNPG_STATUS_PORT = 8000
+CNPG_METRICS_PORT = 9187
+"""CloudNativePG's instance exporter (its `metrics` port), over TLS with the instance's
+certificate: monitoring.tls.enabled in the Cluster."""
 
 # CloudNativePG's WAL archiving and base backups through its barman-cloud plugin (CNPG-I): the
 # in-tree `barmanObjectStore` is deprecated upstream and goes with CloudNativePG 1.30's
@@ -164,6 +168,12 @@ def cluster(owner: Owner, spec: ManagedClusterSpec, *, image_repository: str) ->
                 },
             }
         ]
+    if spec.postgresql and spec.postgresql.shared_preload_libraries:
+        # The API's allow-list: libraries the instance image ships (pgaudit), nothing a
+        # tenant could load code from.
+        body["spec"]["postgresql"]["shared_preload_libraries"] = sorted(
+            spec.postgresql.shared_preload_libraries
+        )
     return body
 
 
@@ -303,11 +313,16 @@ def instance_labels(owner: Owner) -> dict[str, str]:
 
 
 def network_policy(
-    owner: Owner, spec: ManagedClusterSpec, *, operator_namespaces: tuple[str, ...]
+    owner: Owner,
+    spec: ManagedClusterSpec,
+    *,
+    operator_namespaces: tuple[str, ...],
+    metrics_from: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """Ingress to the instances: from each other (replication), from the namespaces allowed to
-    use the cluster (PostgreSQL only), and from the operators (PostgreSQL and CloudNativePG's
-    instance manager)."""
+    use the cluster (PostgreSQL only), from the operators (PostgreSQL and CloudNativePG's
+    instance manager), and from `metrics_from` (NetworkPolicyPeers: the platform's
+    Prometheus) to the exporter only."""
     pods = {"matchLabels": {CNPG_CLUSTER_LABEL: owner.name}}
     names = sorted(
         {owner.namespace, *(spec.allowed_namespaces.names if spec.allowed_namespaces else [])}
@@ -355,6 +370,16 @@ def network_policy(
                     "from": [operators],
                     "ports": [*postgres, {"protocol": "TCP", "port": CNPG_STATUS_PORT}],
                 },
+                *(
+                    [
+                        {
+                            "from": [dict(peer) for peer in metrics_from],
+                            "ports": [{"protocol": "TCP", "port": CNPG_METRICS_PORT}],
+                        }
+                    ]
+                    if metrics_from
+                    else []
+                ),
             ],
         },
     }

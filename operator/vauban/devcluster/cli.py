@@ -88,6 +88,25 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sbom(args: argparse.Namespace) -> int:
+    from vauban.devcluster.images import vauban_images
+    from vauban.devcluster.sbom import image_sbom
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    # An archive given (`docker save`, `podman save --format oci-archive`), or Vauban's two
+    # images as this machine builds them from the Containerfile.
+    images = [(Path(a), n) for a, n in args.archive] or [
+        (image.archive, image.name) for image in vauban_images()
+    ]
+    for archive, name in images:
+        target = output / f"{name.rpartition(':')[0].rsplit('/', 1)[-1] or name}.cdx.json"
+        target.write_text(image_sbom(archive, name), encoding="utf-8")
+        print(target)
+    return 0
+
+
 def _clean(args: argparse.Namespace) -> int:
     from vauban.devcluster import realnode
 
@@ -138,6 +157,19 @@ def register(commands: Any) -> None:
         help="on the real node: what to install (default: CloudNativePG, then Vauban's chart)",
     )
     up.set_defaults(func=_up)
+    sbom = commands.add_parser(
+        "sbom", help="CycloneDX SBOMs of Vauban's images (built if needed), or of OCI archives"
+    )
+    sbom.add_argument("--output", default="dist", help="folder of the <image>.cdx.json files")
+    sbom.add_argument(
+        "--archive",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("PATH", "NAME"),
+        help="an OCI image archive and its image name (repeatable); default: Vauban's images",
+    )
+    sbom.set_defaults(func=_sbom)
     clean = commands.add_parser(
         "clean",
         help="remove what real-node clusters killed without their clean-up left on this machine",

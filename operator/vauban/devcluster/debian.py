@@ -95,6 +95,9 @@ POSTGRES = Recipe(
     name="postgresql",
     packages=(
         f"postgresql-{POSTGRES_MAJOR}",
+        # Audit logging (spec.postgresql.sharedPreloadLibraries: [pgaudit]), which the hds and
+        # secnumcloud profiles require.
+        f"postgresql-{POSTGRES_MAJOR}-pgaudit",
         # CloudNativePG's WAL archiving and base backups to S3 (barman-cloud-*), with boto3.
         "barman-cli-cloud",
         "python3-boto3",
@@ -122,6 +125,7 @@ POSTGRES = Recipe(
         f'test "$(chroot "$1" id -u postgres)" = {POSTGRES_UID}',
         f'chroot "$1" /usr/lib/postgresql/{POSTGRES_MAJOR}/bin/postgres --version',
         'chroot "$1" barman-cloud-wal-archive --version',
+        f'test -e "$1/usr/lib/postgresql/{POSTGRES_MAJOR}/lib/pgaudit.so"',
         # CloudNativePG's instances write their sockets and lock files here.
         'install -d -o 26 -g 26 -m 2775 "$1/var/run/postgresql"',
     ),

@@ -1,7 +1,7 @@
 """The images the real node runs, built on this machine and cached: no registry, no Docker.
 
 - `localhost/vauban-dev/pause:1`: tools/pause (Vauban's own sandbox program);
-- `localhost/vauban-dev/postgresql:17`: Debian 13 packages, PostgreSQL 17 and
+- `localhost/vauban-dev/postgresql:17`: Debian 13 packages, PostgreSQL 17, pgaudit and
   barman-cli-cloud (mmdebstrap);
 - `ghcr.io/cloudnative-pg/cloudnative-pg:1.30.1`: its Go module, laid out as its Dockerfile
   does;

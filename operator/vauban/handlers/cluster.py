@@ -39,7 +39,7 @@ from vauban.reconcile.cluster import (
     health_due,
     primary_event,
 )
-from vauban.reconcile.compliance import ServerTls
+from vauban.reconcile.compliance import ServerAudit, ServerTls
 from vauban.reconcile.database import ABANDON_ANNOTATION, ClusterView
 from vauban.reconcile.status import is_ready
 
@@ -86,12 +86,17 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
     if blocked is not None:
         assessment = Assessment(blocked)
         server = ServerTls.not_observed("nothing runs: the StorageClass does not encrypt")
+        audit = ServerAudit.not_observed("nothing runs: the StorageClass does not encrypt")
     elif spec.mode == "Managed":
         assessment = await _reconcile_managed(ctx, owner, spec, awaiting_finalizer(body))
-        assessment, server = await _observe_primary(ctx, owner, spec, assessment)
+        assessment, server, audit = await _observe_primary(ctx, owner, spec, assessment)
     else:
-        assessment, server = await _assess_external(ctx, owner.namespace, spec, body.get("status"))
-    posture = await posture_.assess(ctx, body, spec, storage, server)
+        assessment, server, audit = await _assess_external(
+            ctx, owner.namespace, spec, body.get("status")
+        )
+    if (seen := posture_.audit_fields(audit)) is not None:
+        assessment = replace(assessment, fields={**assessment.fields, "audit": seen})
+    posture = await posture_.assess(ctx, body, spec, storage, server, audit)
     imported = await imports.reconcile(ctx, body, spec)
     await publish(
         ctx,
@@ -125,17 +130,24 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
 
 async def _observe_primary(
     ctx: Context, owner: cnpg.Owner, spec: ManagedClusterSpec, assessment: Assessment
-) -> tuple[Assessment, ServerTls]:
+) -> tuple[Assessment, ServerTls, ServerAudit]:
     """What CloudNativePG's word (Ready) does not say, asked of a ready cluster's primary:
-    whether it runs spec.postgresql.parameters yet, and, for a profile that wants it, TLS."""
+    whether it runs spec.postgresql.parameters yet, and, for a profile that wants them, TLS
+    and pgaudit."""
     tls = posture_.wants(spec, "tls-required")
+    audit = posture_.wants(spec, "audit-logging")
     parameters = spec.postgresql.parameters if spec.postgresql else {}
     if assessment.verdict.state is not State.READY:
-        return assessment, ServerTls.not_observed("the cluster is not ready")
-    if not tls and not parameters:
-        return assessment, ServerTls.not_observed("not asked")
+        why = "the cluster is not ready"
+        return assessment, ServerTls.not_observed(why), ServerAudit.not_observed(why)
+    if not tls and not parameters and not audit:
+        return (
+            assessment,
+            ServerTls.not_observed("not asked"),
+            ServerAudit.not_observed("not asked"),
+        )
     found = await posture_.managed_probe(
-        ctx, owner.namespace, owner.name, tls=tls, parameters=sorted(parameters)
+        ctx, owner.namespace, owner.name, tls=tls, parameters=sorted(parameters), audit=audit
     )
     pending = (
         configuration_pending(parameters, found.settings)
@@ -144,7 +156,11 @@ async def _observe_primary(
     )
     if pending is not None:
         assessment = replace(assessment, verdict=pending)
-    return assessment, posture_.server_tls(found) if tls else ServerTls.not_observed("not asked")
+    return (
+        assessment,
+        posture_.server_tls(found) if tls else ServerTls.not_observed("not asked"),
+        posture_.server_audit(found) if audit else ServerAudit.not_observed("not asked"),
+    )
 
 
 _COSTLY_FAILURES = (
@@ -223,6 +239,7 @@ async def _reconcile_managed(
         owner,
         spec,
         operator_namespaces=(ctx.settings.namespace, ctx.settings.cloudnativepg_namespace),
+        metrics_from=ctx.settings.instance_metrics_from,
     )
     if _changed(ctx, policy):
         _applied(ctx, policy, await ctx.kube.apply_network_policy(policy))
@@ -299,9 +316,10 @@ async def _scheduled_base_backups(
 
 async def _assess_external(
     ctx: Context, namespace: str, spec: ManagedClusterSpec, previous: Mapping[str, Any] | None
-) -> tuple[Assessment, ServerTls]:
-    """The server's assessment, and what its probe saw of TLS (read when the profile has
-    the rule, in the probe's own session)."""
+) -> tuple[Assessment, ServerTls, ServerAudit]:
+    """The server's assessment, what its probe saw of TLS (read when the profile has the
+    rule, in the probe's own session) and of pgaudit (always: one cheap query, and what an
+    adopted server runs is worth saying whatever the profile)."""
     external = spec.external
     assert external is not None
     credentials = await ctx.kube.read_secret(namespace, external.admin_secret_ref.name)
@@ -319,13 +337,19 @@ async def _assess_external(
                     f"Secret {external.ca_secret_ref.name} (spec.external.caSecretRef) "
                     f"does not exist or lacks the key {external.ca_secret_ref.key}.",
                 )
-                return Assessment(missing), ServerTls.not_observed("no CA to verify it with")
+                why = "no CA to verify it with"
+                return (
+                    Assessment(missing),
+                    ServerTls.not_observed(why),
+                    ServerAudit.not_observed(why),
+                )
         server_probe = await ctx.servers.probe(
             ServerAddress(external.host, external.port, external.ssl_mode, ca_pem),
             credentials["username"],
             credentials["password"],
             health=health_due(previous, timefmt.now(), ctx.settings.probe_interval_seconds),
             tls=posture_.wants(spec, "tls-required"),
+            audit=True,
         )
     assessment = assess_external(
         spec=spec,
@@ -334,7 +358,11 @@ async def _assess_external(
     )
     health = external_health(previous, server_probe, timefmt.now_rfc3339())
     fields = {**assessment.fields, "health": health}
-    return replace(assessment, fields=fields), posture_.server_tls(server_probe)
+    return (
+        replace(assessment, fields=fields),
+        posture_.server_tls(server_probe),
+        posture_.server_audit(server_probe),
+    )
 
 
 async def finalize(

@@ -17,6 +17,7 @@ from vauban.builders.backup import Store
 from vauban.engines.postgres.servers import PostgresServers
 from vauban.handlers.ports import Bucket, BucketOpener, DatabaseServers, KeyProvider, KubeApi
 from vauban.kms.local import SecretKeyProvider
+from vauban.kube.retry import jittered
 from vauban.memory import MemoryReleaser
 from vauban.metrics import Metrics
 from vauban.settings import Settings
@@ -62,7 +63,9 @@ class Backoff:
 
     def failed(self, key: ObjectKey) -> None:
         failures, _ = self._next.get(key, (0, 0.0))
-        delay = min(self.cap, self.base * 2**failures)
+        # Jittered: the databases of a server that went down failed together, and would
+        # otherwise be re-checked together, every time.
+        delay = jittered(min(self.cap, self.base * 2**failures))
         self._next[key] = (failures + 1, time.monotonic() + delay)
 
     def succeeded(self, key: ObjectKey) -> None:

@@ -82,19 +82,46 @@ def wants(spec: ManagedClusterSpec, rule: compliance.RuleId) -> bool:
     return rule in compliance.rules_of(spec.compliance.profile)
 
 
+def _unseen(server_probe: ServerProbe | None) -> str | None:
+    """Why a probe saw nothing of the server, if it did not."""
+    if server_probe is None:
+        return "no usable admin Secret"
+    if server_probe.outcome is not ProbeOutcome.OK:
+        return f"{server_probe.outcome.value}: {server_probe.detail}"
+    return None
+
+
 def server_tls(server_probe: ServerProbe | None) -> compliance.ServerTls:
     """What a probe asked with `tls` saw; why nothing was seen otherwise."""
-    if server_probe is None:
-        return compliance.ServerTls.not_observed("no usable admin Secret")
-    if server_probe.outcome is not ProbeOutcome.OK:
-        return compliance.ServerTls.not_observed(
-            f"{server_probe.outcome.value}: {server_probe.detail}"
-        )
+    why = _unseen(server_probe)
+    if why is not None or server_probe is None:
+        return compliance.ServerTls.not_observed(why or "")
     return server_probe.tls or compliance.ServerTls.not_observed("not asked")
 
 
+def server_audit(server_probe: ServerProbe | None) -> compliance.ServerAudit:
+    """What a probe asked with `audit` saw; why nothing was seen otherwise."""
+    why = _unseen(server_probe)
+    if why is not None or server_probe is None:
+        return compliance.ServerAudit.not_observed(why or "")
+    return server_probe.audit or compliance.ServerAudit.not_observed("not asked")
+
+
+def audit_fields(audit: compliance.ServerAudit) -> dict[str, Any] | None:
+    """status.audit, when the server was seen."""
+    if audit.loaded is None:
+        return None
+    return {"pgaudit": audit.loaded, **({"log": audit.log[:256]} if audit.log is not None else {})}
+
+
 async def managed_probe(
-    ctx: Context, namespace: str, name: str, *, tls: bool, parameters: Sequence[str]
+    ctx: Context,
+    namespace: str,
+    name: str,
+    *,
+    tls: bool,
+    parameters: Sequence[str],
+    audit: bool = False,
 ) -> ServerProbe | None:
     """One probe of a managed cluster's primary, as the superuser CloudNativePG creates for
     Vauban, with TLS verified against the cluster's CA; None without that Secret."""
@@ -106,7 +133,7 @@ async def managed_probe(
         cnpg.primary_host(name, namespace), cnpg.POSTGRES_PORT, "verify-full", ca.get("ca.crt")
     )
     return await ctx.servers.probe(
-        address, login["username"], login["password"], tls=tls, parameters=parameters
+        address, login["username"], login["password"], tls=tls, parameters=parameters, audit=audit
     )
 
 
@@ -166,8 +193,10 @@ async def assess(
     spec: ManagedClusterSpec,
     storage: compliance.StorageEvidence | None,
     server: compliance.ServerTls,
+    audit: compliance.ServerAudit | None = None,
 ) -> Posture:
-    """`storage`: as `storage` found it; `server`: what the server said of TLS."""
+    """`storage`: as `storage` found it; `server`: what the server said of TLS; `audit`:
+    whether it runs pgaudit."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     balancers = (
@@ -184,6 +213,7 @@ async def assess(
         databases=_databases(ctx, namespace, name, spec),
         recovery_key=recovery_key(ctx),
         now=timefmt.now(),
+        audit=audit,
     )
     judged = compliance.assess(spec, facts)
     conditions = [compliance.encrypted_condition(spec, storage), judged.condition()]

@@ -82,6 +82,9 @@ class BackupRecord:
 
 LEDGER_PREFIX = "backup.vauban.dev/"
 VERIFICATION_PREFIX = "verify.vauban.dev/"
+EXPIRED_PREFIX = "expired.vauban.dev/"
+"""Marks a ManagedBackup the retention policy is deleting: its stored backup goes with it,
+whatever its deletionPolicy says (a tenant can write that, not this record)."""
 RESTORE_ANNOTATION = "vauban.dev/restore"
 DATABASE_ANNOTATION = "vauban.dev/database"
 PURGE_AFTER_ANNOTATION = "vauban.dev/purge-after"
@@ -135,6 +138,13 @@ class Ledger:
     verifications: dict[str, VerificationEntry]
     restore: dict[str, str] | None = None
     """The restore into this database, once it started: source, phase, completedAt."""
+    expired: frozenset[str] = frozenset()
+    """ManagedBackups the retention policy expired."""
+
+
+def expiry(backup_uid: str, at: datetime) -> tuple[str, str]:
+    """The ledger's mark that the retention policy expired ManagedBackup `backup_uid`."""
+    return EXPIRED_PREFIX + backup_uid, json.dumps({"at": rfc3339(at)}, separators=(",", ":"))
 
 
 def _json_object(text: str) -> dict[str, Any] | None:
@@ -151,8 +161,13 @@ def ledger_of(annotations: Mapping[str, str]) -> Ledger:
     entries: dict[str, LedgerEntry] = {}
     verifications: dict[str, VerificationEntry] = {}
     restore: dict[str, str] | None = None
+    expired: set[str] = set()
     for key, text in annotations.items():
-        value = _json_object(text) if key.startswith(("backup.", "verify.", "vauban.")) else None
+        value = (
+            _json_object(text)
+            if key.startswith(("backup.", "verify.", "vauban.", "expired."))
+            else None
+        )
         if value is None:
             continue
         if key.startswith(LEDGER_PREFIX):
@@ -180,7 +195,9 @@ def ledger_of(annotations: Mapping[str, str]) -> Ledger:
             )
         elif key == RESTORE_ANNOTATION:
             restore = {k: str(v) for k, v in value.items()}
-    return Ledger(entries, verifications, restore)
+        elif key.startswith(EXPIRED_PREFIX):
+            expired.add(key.removeprefix(EXPIRED_PREFIX))
+    return Ledger(entries, verifications, restore, frozenset(expired))
 
 
 def records(

@@ -15,7 +15,7 @@ from typing import Any
 from vauban.api.cluster import ManagedClusterSpec
 from vauban.builders import cnpg
 from vauban.conditions import Event, Reason, State, Verdict
-from vauban.reconcile.compliance import ServerTls
+from vauban.reconcile.compliance import ServerAudit, ServerTls
 from vauban.timefmt import parse_rfc3339
 
 CNPG_CRD = f"{cnpg.CNPG_PLURAL}.{cnpg.CNPG_GROUP}"
@@ -283,6 +283,9 @@ class ServerProbe:
     settings: tuple[RunningSetting, ...] | None = None
     """The parameters the probe was asked about, as the server runs them; None when not
     asked or not readable (pg_file_settings is for superusers)."""
+
+    audit: ServerAudit | None = None
+    """Whether the server runs pgaudit, when the probe was asked."""
 
 
 def assess_external(

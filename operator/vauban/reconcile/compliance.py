@@ -52,6 +52,7 @@ RuleId = Literal[
     "no-load-balancer",
     "external-key-manager",
     "backups-survive-cluster-loss",
+    "audit-logging",
 ]
 
 _DESCRIPTIONS: dict[RuleId, str] = {
@@ -65,6 +66,7 @@ _DESCRIPTIONS: dict[RuleId, str] = {
     "external-key-manager": "keys are held by a key manager (KMIP, a PKCS#11 HSM), not in Secrets",
     "backups-survive-cluster-loss": "backups can be restored elsewhere once this Kubernetes "
     "cluster is lost: the key-encryption key is in an HSM or escrowed to a recovery key",
+    "audit-logging": "pgaudit is loaded and logs statement classes (pgaudit.log is not none)",
 }
 
 _ISO27001: tuple[RuleId, ...] = (
@@ -79,6 +81,7 @@ _HDS: tuple[RuleId, ...] = (
     "backup-region",
     "no-load-balancer",
     "backups-survive-cluster-loss",
+    "audit-logging",
 )
 _PROFILE_RULES: dict[str, tuple[RuleId, ...]] = {
     "none": (),
@@ -254,6 +257,53 @@ def _tls(spec: ManagedClusterSpec, server: ServerTls | None) -> tuple[bool, list
         return False, [*seen, f"pg_hba accepts connections without TLS at {_listed(accepting)}"]
     note = f" ({shadow} comes first)" if shadow is not None else ""
     return met, [*seen, f"pg_hba: no rule accepts a connection without TLS{note}"]
+
+
+_AUDIT_SPEC_MISSING = (
+    "spec.postgresql needs sharedPreloadLibraries [pgaudit] and parameters pgaudit.log "
+    "(e.g. 'ddl,role')"
+)
+
+
+@dataclass(frozen=True)
+class ServerAudit:
+    """Whether the server runs pgaudit, read through the operator's admin session: the
+    library defines its settings (pgaudit.log, superuser context) only once loaded, so a
+    defined pgaudit.log is the proof, readable without a superuser's privileges."""
+
+    loaded: bool | None = None
+    log: str | None = None
+    """pgaudit.log: the statement classes logged (`none`: nothing)."""
+    unobservable: str = ""
+
+    @classmethod
+    def not_observed(cls, why: str) -> ServerAudit:
+        return cls(unobservable=why)
+
+
+def _audit(spec: ManagedClusterSpec, audit: ServerAudit | None) -> tuple[bool, str]:
+    audit = audit or ServerAudit.not_observed("not read")
+    if audit.loaded is None:
+        if spec.external is not None:
+            return True, f"pgaudit not observable: {audit.unobservable}"
+        # Judged on the spec, which the server runs once it is up.
+        postgresql = spec.postgresql
+        log = postgresql.parameters.get("pgaudit.log", "none") if postgresql else "none"
+        preloaded = postgresql is not None and "pgaudit" in postgresql.shared_preload_libraries
+        met = preloaded and log.strip().lower() not in ("", "none")
+        return met, (
+            f"pgaudit not observable ({audit.unobservable}); spec: "
+            + (f"pgaudit preloaded, pgaudit.log = {log}" if met else _AUDIT_SPEC_MISSING)
+        )
+    if not audit.loaded:
+        return False, "pgaudit is not loaded: " + (
+            "add pgaudit to shared_preload_libraries"
+            if spec.external is not None
+            else _AUDIT_SPEC_MISSING
+        )
+    if audit.log is None or audit.log.strip().lower() in ("", "none"):
+        return False, "pgaudit is loaded but pgaudit.log is none: nothing is logged"
+    return True, f"pgaudit is loaded; pgaudit.log = {audit.log}"
 
 
 # --- the NetworkPolicy, read back ------------------------------------------------------------
@@ -477,6 +527,8 @@ class Facts:
 
     recovery_key: str | None = None
     """Fingerprint of the platform's recovery public key, when the operator has one."""
+    audit: ServerAudit | None = None
+    """Whether the server runs pgaudit; None when it was not asked."""
 
     now: datetime | None = None
 
@@ -567,6 +619,8 @@ def _check(rule: RuleId, spec: ManagedClusterSpec, facts: Facts) -> RuleResult:
         )
     if rule == "backups-survive-cluster-loss":
         return RuleResult(rule, *recovery(spec, facts.recovery_key))
+    if rule == "audit-logging":
+        return RuleResult(rule, *_audit(spec, facts.audit))
     provider = spec.encryption.provider
     return RuleResult(rule, provider in ("kmip", "pkcs11"), f"key provider is {provider}")
 

@@ -314,9 +314,12 @@ def _steps(
         extensions=Extensions(wanted, record.extensions) if wanted or record.extensions else None,
         announce=view.provisioned,
         events=tuple(events),
-        status=ManagedDatabaseStatus(
-            credentials=_credentials_status(view, record, credentials),
-            extensions=sorted(spec.extensions),
+        status=ManagedDatabaseStatus.model_validate(
+            {
+                "credentials": _credentials_status(view, record, credentials),
+                "binding": {"name": secret_name(view.name)},
+                "extensions": sorted(spec.extensions),
+            }
         ),
         ready=Verdict.ready(
             f"Database {spec.database_name} (owner {spec.owner}) is ready on ManagedCluster "

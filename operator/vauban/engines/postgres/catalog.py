@@ -3,6 +3,7 @@ apply plans; the tenant's, in its own database, for what must run there."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
@@ -16,6 +17,7 @@ from psycopg import sql
 from vauban.engines.postgres import registry
 from vauban.engines.postgres.plan import Catalog, RoleState
 from vauban.engines.postgres.probe import PINNED_SEARCH_PATH, ServerAddress, ssl_root_cert
+from vauban.engines.postgres.scram import verifier
 from vauban.reconcile.records import DatabaseRecord
 
 logger = logging.getLogger(__name__)
@@ -63,6 +65,12 @@ class Server:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         """On the registry database: engines.postgres.registry reads and writes through it."""
+
+    async def password_verifier(self, role: str, password: str) -> str:
+        """The SCRAM verifier of a new login's password, by libpq on this session
+        (engines.postgres.scram). PBKDF2 at the server's iteration count is CPU work: off the
+        event loop; nothing else uses the session meanwhile, and libpq sends nothing."""
+        return await asyncio.to_thread(verifier, self.connection.pgconn, role, password)
 
     async def catalog(self, database: str, roles: Collection[str]) -> Catalog:
         """The state of `roles` (the owner, the logins) and of `database`, from the shared

@@ -28,7 +28,7 @@ from vauban.reconcile.cluster import (
     ServerHealth,
     ServerProbe,
 )
-from vauban.reconcile.compliance import HbaRule, ServerTls
+from vauban.reconcile.compliance import HbaRule, ServerAudit, ServerTls
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +76,11 @@ async def probe(
     health: bool = False,
     tls: bool = False,
     parameters: Sequence[str] = (),
+    audit: bool = False,
 ) -> ServerProbe:
     """Connect, check the admin role; with `health`, read the server's load too; with `tls`,
-    what the server says of TLS; with `parameters`, how it runs them."""
+    what the server says of TLS; with `parameters`, how it runs them; with `audit`, whether
+    it runs pgaudit."""
     # libpq may try twice (sslmode prefer/allow), each within connect_timeout.
     deadline = 2 * connect_timeout + STATEMENT_TIMEOUT_MS / 1000
     with ssl_root_cert(address.ca_pem) as root_cert:
@@ -111,6 +113,7 @@ async def probe(
                     server_health = await read_health(connection) if health else None
                     server_tls = await read_tls(connection) if tls else None
                     settings = await read_settings(connection, parameters) if parameters else None
+                    server_audit = await read_audit(connection) if audit else None
         except psycopg.OperationalError as e:
             return _failure(e)
         except TimeoutError:
@@ -129,6 +132,7 @@ async def probe(
         health=server_health,
         tls=server_tls,
         settings=settings,
+        audit=server_audit,
     )
 
 
@@ -348,6 +352,29 @@ async def read_settings(
         )
         for name, value, applied, pending in rows
     )
+
+
+# pgaudit defines pgaudit.log (context superuser) when it is loaded; a mere placeholder (an
+# ALTER SYSTEM of a library never loaded) has context user. Readable by any role, unlike
+# shared_preload_libraries.
+_AUDIT = """
+SELECT s.setting
+  FROM pg_catalog.pg_settings AS s
+ WHERE s.name OPERATOR(pg_catalog.=) 'pgaudit.log'
+   AND s.context OPERATOR(pg_catalog.=) 'superuser'
+"""
+
+
+async def read_audit(connection: Connection) -> ServerAudit:
+    """Whether pgaudit runs, and what it logs: what fails or times out is said, not raised."""
+    try:
+        async with asyncio.timeout(TLS_DEADLINE_SECONDS):
+            row = await (await connection.execute(_AUDIT)).fetchone()
+    except (psycopg.Error, TimeoutError) as e:
+        why = _one_line(e) if isinstance(e, psycopg.Error) else "no answer in time"
+        logger.info("audit probe: not read: %s", why)
+        return ServerAudit.not_observed(why)
+    return ServerAudit(loaded=row is not None, log=None if row is None else str(row[0]))
 
 
 TLS_DEADLINE_SECONDS = 5.0

@@ -35,7 +35,14 @@ class PostgresServers:
         health: bool = False,
         tls: bool = False,
         parameters: Sequence[str] = (),
+        audit: bool = False,
     ) -> ServerProbe:
         return await probe.probe(
-            address, username, password, health=health, tls=tls, parameters=parameters
+            address,
+            username,
+            password,
+            health=health,
+            tls=tls,
+            parameters=parameters,
+            audit=audit,
         )

@@ -20,6 +20,7 @@ def backup_run(ctx: Context, database: build.Database, store: build.Store) -> bu
         secret=build.agent_secret_name(database, "backup"),
         image=ctx.settings.agent_image,
         location_prefix=store.database_prefix(database),
+        platform_ids=ctx.settings.platform_assigns_user_ids,
     )
 
 

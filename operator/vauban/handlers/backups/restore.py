@@ -185,6 +185,7 @@ async def _start_job(
         secret=build.agent_secret_name(database, "restore"),
         image=ctx.settings.agent_image,
         location=placed.location,
+        platform_ids=ctx.settings.platform_assigns_user_ids,
     )
     await ctx.kube.create_job(build.job(run, name=job_name, namespace=namespace))
     await post_event(

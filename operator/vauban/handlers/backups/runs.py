@@ -33,7 +33,9 @@ from vauban.handlers.backups.store import manifest_status
 from vauban.handlers.context import Context, ObjectKey, fingerprint
 from vauban.handlers.envelope import Envelope
 from vauban.handlers.publish import awaiting_finalizer, parse_spec, post_event, publish
+from vauban.kube.retry import jittered
 from vauban.reconcile.backup import (
+    EXPIRED_PREFIX,
     FAILED,
     LEDGER_PREFIX,
     RUNNING,
@@ -323,10 +325,10 @@ async def _publish_terminal(
 
 async def finalize(ctx: Context, body: Mapping[str, Any]) -> None:
     """Before a ManagedBackup goes: its Job stops, and its stored backup is deleted if its
-    policy says Delete — unless its database is being deleted too (or was, and this is an
-    earlier incarnation's backup), whose retainAfterDeletionDays keep backups a while
-    longer. What is deleted is where the records put this backup, never what its status
-    says."""
+    policy says Delete or the retention policy expired it — unless its database is being
+    deleted too (or was, and this is an earlier incarnation's backup), whose
+    retainAfterDeletionDays keep backups a while longer. What is deleted is where the
+    records put this backup, never what its status says."""
     meta = body["metadata"]
     ctx.applied.pop(_memo(body), None)
     spec = body.get("spec") or {}
@@ -346,7 +348,11 @@ async def finalize(ctx: Context, body: Mapping[str, Any]) -> None:
     if our_job(job, database, "backup") is not None:
         await ctx.kube.delete_job(ctx.settings.namespace, placed.job)
     uid = meta.get("uid", "")
-    erased = {LEDGER_PREFIX + uid: None, VERIFICATION_PREFIX + uid: None}
+    erased = {
+        LEDGER_PREFIX + uid: None,
+        VERIFICATION_PREFIX + uid: None,
+        EXPIRED_PREFIX + uid: None,
+    }
     alive = (
         live is not None
         and not live["metadata"].get("deletionTimestamp")
@@ -359,7 +365,8 @@ async def finalize(ctx: Context, body: Mapping[str, Any]) -> None:
             meta["name"],
         )
         return
-    if spec.get("deletionPolicy", "Delete") == "Delete":
+    # Retain by default: deleting the object (a GitOps prune) is not a request to erase it.
+    if uid in placed.incarnation.ledger.expired or spec.get("deletionPolicy") == "Delete":
         try:
             await asyncio.to_thread(ctx.buckets(placed.store).delete_backup, placed.location)
         except ObjectLocked as e:
@@ -367,7 +374,9 @@ async def finalize(ctx: Context, body: Mapping[str, Any]) -> None:
             # lifecycle rules remove it once the lock ends.
             await post_event(ctx, MANAGED_BACKUP, body, "Warning", "BackupLocked", str(e))
         except StorageError as e:
-            raise kopf.TemporaryError(f"cannot delete the stored backup: {e}", delay=60) from e
+            raise kopf.TemporaryError(
+                f"cannot delete the stored backup: {e}", delay=jittered(60)
+            ) from e
     await write_ledger(ctx, database, erased)
 
 

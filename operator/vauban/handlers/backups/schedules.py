@@ -27,7 +27,7 @@ from vauban.handlers.backups.agents import (
     backup_run,
     delete_agent_object,
 )
-from vauban.handlers.backups.ledger import database_of, location_of
+from vauban.handlers.backups.ledger import database_of, location_of, write_ledger
 from vauban.handlers.backups.store import list_authentic, manifest_status, store_of
 from vauban.handlers.context import Context
 from vauban.handlers.databases.stored import status as stored_status
@@ -36,6 +36,7 @@ from vauban.reconcile.backup import (
     BackupRecord,
     Ledger,
     expired,
+    expiry,
     health,
     interval,
     last_success,
@@ -163,28 +164,24 @@ async def for_database(
         if not b["metadata"].get("deletionTimestamp")
     ]
     history = records(mine, ledger, {job: m.finished_at for job, m in stored.items()})
+    by_uid = {name: uid for uid, name, _ in mine}
     now = now or timefmt.now()
     retention = (settings.retention if settings else None) or policy.retention
     if retention is not None:
-        for name in expired(
-            history, keep_last=retention.keep_last, max_age=retention.max_age, now=now
-        ):
-            await ctx.kube.delete_custom(MANAGED_BACKUP, database.namespace, name)
-            await post_event(
-                ctx,
-                MANAGED_DATABASE,
-                body,
-                "Normal",
-                "BackupExpired",
-                f"ManagedBackup {name} removed by the retention policy.",
-            )
-            history = [r for r in history if r.name != name]
+        gone = await _expire(
+            ctx,
+            body,
+            backups,
+            expired(history, keep_last=retention.keep_last, max_age=retention.max_age, now=now),
+            by_uid,
+            now,
+        )
+        history = [r for r in history if r.name not in gone]
 
     latest = last_success(history)
-    by_name = {name: uid for uid, name, _ in mine}
-    latest_job = ledger.entries[by_name[latest.name]].job if latest else None
+    latest_job = ledger.entries[by_uid[latest.name]].job if latest else None
     await _verification(ctx, database, settings, logins, store, key, latest, latest_job)
-    verified = _last_verified(ledger, history, by_name)
+    verified = _last_verified(ledger, history, by_uid)
     condition = health(history, schedule=schedule, database_created=_created(body), now=now)
     manifest = stored.get(latest_job or "")
     ctx.metrics.backups(
@@ -204,6 +201,42 @@ async def for_database(
         data_key_id=key.key_id,
     )
     return DatabaseBackups(status, [condition])
+
+
+async def _expire(
+    ctx: Context,
+    body: Mapping[str, Any],
+    backups: list[Mapping[str, Any]],
+    names: list[str],
+    uids: Mapping[str, str],
+    now: datetime,
+) -> set[str]:
+    """Delete the ManagedBackups retention expired, stored backups included; return their
+    names. The admission policy refuses to delete a protected one, for the operator too: it
+    is kept past retention."""
+    database = database_of(body)
+    protected = {
+        b["metadata"]["name"] for b in backups if (b.get("spec") or {}).get("deletionProtection")
+    }
+    gone = set()
+    for name in names:
+        if name in protected:
+            continue
+        # Recorded first, so that its finalizer erases the stored backup even when the object
+        # says Retain, and even if this delete is retried after a restart.
+        mark, at = expiry(uids[name], now)
+        await write_ledger(ctx, database, {mark: at})
+        await ctx.kube.delete_custom(MANAGED_BACKUP, database.namespace, name)
+        await post_event(
+            ctx,
+            MANAGED_DATABASE,
+            body,
+            "Normal",
+            "BackupExpired",
+            f"ManagedBackup {name} removed by the retention policy.",
+        )
+        gone.add(name)
+    return gone
 
 
 def _last_verified(
@@ -250,6 +283,7 @@ async def _verification(
         image=ctx.settings.agent_image,
         location=location_of(store, database, latest_job),
         scratch_database=f"vauban_verify_{database.uid.replace('-', '')[:16]}",
+        platform_ids=ctx.settings.platform_assigns_user_ids,
     )
     cronjob = build.cronjob(run, name=name, namespace=namespace, schedule=verify.schedule)
     cronjob["spec"]["jobTemplate"]["metadata"]["annotations"][build.BACKUP_ANNOTATION] = latest.name

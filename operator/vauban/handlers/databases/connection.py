@@ -60,7 +60,15 @@ async def connect(
         )
     return Connection(
         pg.AdminCredentials(address, admin["username"], admin["password"]),
-        Endpoint(address.host, address.port, database, address.ssl_mode, address.ca_pem),
+        Endpoint(
+            address.host,
+            address.port,
+            database,
+            address.ssl_mode,
+            address.ca_pem,
+            # An external host is what its spec says; a Service's name has a cluster domain.
+            None if spec.external is not None else f"{address.host}.{ctx.settings.cluster_domain}",
+        ),
     )
 
 

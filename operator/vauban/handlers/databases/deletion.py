@@ -20,6 +20,7 @@ from vauban.handlers.context import Context
 from vauban.handlers.databases import stored
 from vauban.handlers.databases.connection import connect, database_error
 from vauban.handlers.publish import post_event, publish
+from vauban.kube.retry import jittered
 from vauban.reconcile.database import ABANDON_ANNOTATION, ClusterView, cluster_key
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ async def finalize(
                 await server.run([s for role in logins for s in retire_login(role)])
                 await server.retain(uid)
     except psycopg.Error as e:
-        raise kopf.TemporaryError(database_error(e).message, delay=30) from e
+        raise kopf.TemporaryError(database_error(e).message, delay=jittered(30)) from e
     logger.info(
         "ManagedDatabase %s/%s: %s on deletion",
         namespace,

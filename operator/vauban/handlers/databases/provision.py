@@ -23,7 +23,7 @@ from vauban.conditions import DomainCondition, Reason, State, Verdict
 from vauban.engines.postgres import catalog as pg
 from vauban.engines.postgres import registry
 from vauban.engines.postgres.plan import Catalog, Desired, Login, Plan, extensions_plan, plan
-from vauban.engines.postgres.scram import new_password, verifier
+from vauban.engines.postgres.scram import new_password
 from vauban.handlers.backups import restore, schedules
 from vauban.handlers.context import Context
 from vauban.handlers.databases import stored
@@ -189,10 +189,13 @@ async def _carry_out(
     credentials, state = steps.credentials, steps.server
     if credentials.new_login:
         await server.add_login(view.uid, credentials.login, credentials.generation)
+    password_verifier = (
+        await server.password_verifier(state.login, steps.password) if state.create_login else ""
+    )
     desired = Desired(
         database=state.database,
         owner=state.owner,
-        login=Login(state.login, verifier(steps.password) if state.create_login else ""),
+        login=Login(state.login, password_verifier),
         connection_limit=state.connection_limit,
         retire=state.retire,
     )

@@ -14,6 +14,7 @@ from vauban.handlers.context import ObjectKey
 _KEPT = (
     "cluster",
     "credentials",
+    "binding",
     "extensions",
     "sizeBytes",
     "size",
