@@ -78,7 +78,10 @@ def test_switchover_on_request_moves_the_primary_once(
     kube = kube_e2e
     status = _cluster(kube, tenant)["status"]
     primary = status["currentPrimary"]
-    pods = [p["metadata"]["name"] for p in kube.get_list("pod", tenant, "-l=cnpg.io/cluster=main")]
+    pods = [
+        p["metadata"]["name"]
+        for p in kube.get_list("pod", tenant, "-l=cnpg.io/cluster=main,cnpg.io/podRole=instance")
+    ]
     (replica,) = [p for p in pods if p != primary]
     assert _in_recovery(kube, tenant, replica) == "t"
 
