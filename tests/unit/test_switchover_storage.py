@@ -174,3 +174,20 @@ def test_volumes_smaller_than_asked_are_reported_growing() -> None:
     assert verdict.message == "Growing the volumes to 20Gi: main-2 has 10Gi."
     # A static volume larger than its claim holds the size asked for.
     assert storage.growing("20Gi", [storage.Claim("main-1", "1Gi", "100Gi")]) is None
+
+
+def test_databases_still_count_on_a_cluster_held_back_from_growing() -> None:
+    from vauban.handlers.cluster import view_of
+
+    def body(reason: str, status: str = "False") -> dict[str, Any]:
+        ready = {"type": "Ready", "status": status, "reason": reason, "message": "",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"}  # fmt: skip
+        return {
+            "metadata": {"name": "main", "namespace": "db", "uid": "u"},
+            "spec": {"version": "17", "storage": {"size": "1Gi"}},
+            "status": {"conditions": [ready]},
+        }
+
+    assert view_of(body("StorageResizeUnsupported")).ready
+    assert not view_of(body("Provisioning")).ready
+    assert view_of(body("Available", "True")).ready
