@@ -171,9 +171,9 @@ def _summary(times: dict[str, dict[str, float]], key: str) -> dict[str, float | 
 
 
 def vauban_round(
-    kube: Kube, cluster: AuditedRealCluster, n: int
+    kube: Kube, cluster: AuditedRealCluster, n: int, repeat: int
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    namespace = "bench-vauban"
+    namespace = f"bench-vauban-{repeat}"
     kube.run("create", "namespace", namespace)
     names = [f"c{i}" for i in range(n)]
     offset = audit_offset(cluster.audit_log)
@@ -207,11 +207,11 @@ def vauban_round(
 
 
 def cloudnativepg_round(
-    kube: Kube, cluster: AuditedRealCluster, rendered: list[dict[str, Any]]
+    kube: Kube, cluster: AuditedRealCluster, rendered: list[dict[str, Any]], repeat: int
 ) -> dict[str, Any]:
     """The Clusters Vauban rendered, as CloudNativePG stored them (its defaults filled),
     applied by hand with their superuser Secrets: nothing of Vauban's is in the way."""
-    namespace = "bench-cloudnativepg"
+    namespace = f"bench-cloudnativepg-{repeat}"
     kube.run("create", "namespace", namespace)
     objects: list[dict[str, Any]] = []
     for engine in rendered:
@@ -246,6 +246,7 @@ def cloudnativepg_round(
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clusters", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "fleet-realnode.json")
     args = parser.parse_args()
     reason = unavailable_reason()
@@ -259,24 +260,29 @@ def main() -> int:
         took = cluster.install_stack()
         log(f"real node and stack up in {time.monotonic() - started:.0f} s ({took})")
         kube = Kube(cluster.kubeconfig)
-        log(f"Vauban: {args.clusters} ManagedClusters")
-        vauban, rendered = vauban_round(kube, cluster, args.clusters)
-        log(
-            json.dumps(
-                {
-                    k: vauban[k]
-                    for k in ("vauban_ready", "cloudnativepg_ready", "operator_writes_per_cluster")
-                }
-            )
-        )
-        log(f"CloudNativePG alone: the same {len(rendered)} Clusters")
-        alone = cloudnativepg_round(kube, cluster, rendered)
-        log(json.dumps(alone["cloudnativepg_ready"]))
+        vauban_runs: list[dict[str, Any]] = []
+        alone_runs: list[dict[str, Any]] = []
+        rendered: list[dict[str, Any]] = []
+        keys = ("vauban_ready", "cloudnativepg_ready", "operator_writes_per_cluster")
+        # In turn V, C, then C, V...: neither side has the cold start (first pods) alone.
+        for repeat in range(args.repeats):
+            order = ("alone", "vauban") if repeat % 2 else ("vauban", "alone")
+            for side in order:
+                if side == "vauban":
+                    log(f"round {repeat + 1}, Vauban: {args.clusters} ManagedClusters")
+                    vauban, rendered = vauban_round(kube, cluster, args.clusters, repeat)
+                    log(json.dumps({k: vauban[k] for k in keys}))
+                    vauban_runs.append(vauban)
+                else:
+                    log(f"round {repeat + 1}, CloudNativePG alone: {len(rendered)} Clusters")
+                    alone = cloudnativepg_round(kube, cluster, rendered, repeat)
+                    log(json.dumps(alone["cloudnativepg_ready"]))
+                    alone_runs.append(alone)
         results = {
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "spec": SPEC,
-            "vauban": vauban,
-            "cloudnativepg_alone": alone,
+            "vauban": vauban_runs,
+            "cloudnativepg_alone": alone_runs,
         }
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(results, indent=2), encoding="utf-8")
