@@ -22,6 +22,7 @@ class ConditionType(StrEnum):
     BACKUP_HEALTHY = "BackupHealthy"
     ENCRYPTED = "Encrypted"
     COMPLIANT = "Compliant"
+    SWITCHED_OVER = "SwitchedOver"
 
 
 class Reason(StrEnum):
@@ -72,6 +73,13 @@ class Reason(StrEnum):
     NO_PROFILE = "NoProfile"
     RULES_MET = "RulesMet"
     RULES_UNMET = "RulesUnmet"
+    SWITCHOVER_PENDING = "SwitchoverPending"
+    SWITCHOVER_IN_PROGRESS = "SwitchoverInProgress"
+    SWITCHOVER_COMPLETED = "SwitchoverCompleted"
+    SWITCHOVER_REFUSED = "SwitchoverRefused"
+    PRIMARY_MOVED = "PrimaryMoved"
+    STORAGE_RESIZING = "StorageResizing"
+    STORAGE_RESIZE_UNSUPPORTED = "StorageResizeUnsupported"
 
 
 class State(StrEnum):

@@ -329,6 +329,43 @@ class FakeKube:
     ) -> tuple[str, dict[str, str], dict[str, str]] | None:
         return None
 
+    async def volume_expansion(self, name: str | None) -> bool | None:
+        return None
+
+    async def volume_claims(self, namespace: str, selector: str) -> list[dict[str, str | None]]:
+        return []
+
+    async def patch_custom_status(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any],
+    ) -> dict[str, Any] | None:
+        found = self.objects.get((plural, namespace, name))
+        if found is None:
+            return None
+        found["status"] = {**(found.get("status") or {}), **dict(patch.get("status") or {})}
+        return copy.deepcopy(found)
+
+    async def annotate_custom(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        annotations: Mapping[str, str | None],
+    ) -> None:
+        found = self.objects.get((plural, namespace, name))
+        if found is None:
+            return
+        meta = found.setdefault("metadata", {})
+        merged = {**(meta.get("annotations") or {}), **annotations}
+        meta["annotations"] = {k: v for k, v in merged.items() if v is not None}
+
     async def load_balancers(self, namespace: str, selector: str) -> list[str]:
         return []
 

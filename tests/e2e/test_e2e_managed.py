@@ -4,14 +4,20 @@ backup agent runs as a Job's pod and writes to the bucket."""
 
 from __future__ import annotations
 
-import base64
-import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from support.clients import (
+    PSQL,
+    client_pod,
+    finished_pod,
+    ready,
+    secret_values,
+    write_through,
+)
 from support.kube import KubeCtl, condition, eventually, managed_cluster
 from vauban.devcluster.images import POSTGRES_IMAGE
 from vauban.devcluster.s3 import S3Server
@@ -20,12 +26,6 @@ BUCKET = "backups"
 INSTANCES = 2
 QUERY = "select current_user, (select count(*) from pg_extension where extname = 'pgcrypto')"
 """Who the client is, and whether the database has its extension."""
-
-
-def _ready(kube: KubeCtl, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
-    obj = kube.get(kind, name, namespace)
-    ready = condition(obj, "Ready")
-    return obj if ready and ready["status"] == "True" else None
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def tenant(kube_e2e: KubeCtl, object_store: S3Server, timings: dict[str, float])
     )
     started = time.monotonic()
     eventually(
-        lambda: _ready(kube, "managedcluster", "main", namespace),
+        lambda: ready(kube, "managedcluster", "main", namespace),
         timeout=420,
         what="the ManagedCluster Ready",
     )
@@ -85,69 +85,17 @@ def test_managed_cluster_is_ready_with_real_instances(kube_e2e: KubeCtl, tenant:
     assert len({p["spec"]["nodeName"] for p in pods}) == INSTANCES, "one instance per node"
 
 
-def _secret(kube: KubeCtl, namespace: str, name: str) -> dict[str, str]:
-    data = kube.get("secret", name, namespace)["data"]
-    return {k: base64.b64decode(v).decode() for k, v in data.items()}
-
-
-def _finished_pod(kube: KubeCtl, namespace: str, name: str) -> dict[str, Any] | None:
-    pod = kube.get("pod", name, namespace)
-    return pod if pod["status"].get("phase") in ("Succeeded", "Failed") else None
-
-
-def _pod(name: str, namespace: str, secret: str, values: dict[str, str], script: str,
-         **env: str) -> dict[str, Any]:  # fmt: skip
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "restartPolicy": "Never",
-            "securityContext": {"runAsUser": 26, "runAsNonRoot": True},
-            "containers": [
-                {
-                    "name": "psql",
-                    "image": POSTGRES_IMAGE,
-                    "command": ["sh", "-c", script],
-                    "env": [
-                        {"name": "PGHOST", "value": values["host"]},
-                        {"name": "PGPORT", "value": values["port"]},
-                        {"name": "PGDATABASE", "value": values["dbname"]},
-                        *({"name": k, "value": v} for k, v in env.items()),
-                        *(
-                            {
-                                "name": variable,
-                                "valueFrom": {"secretKeyRef": {"name": secret, "key": key}},
-                            }
-                            for variable, key in (
-                                ("PGUSER", "username"),
-                                ("PGPASSWORD", "password"),
-                            )
-                        ),
-                    ],
-                    "volumeMounts": [{"name": "credentials", "mountPath": "/credentials"}],
-                }
-            ],
-            "volumes": [{"name": "credentials", "secret": {"secretName": secret}}],
-        },
-    }
-
-
 def _run_client(
     kube: KubeCtl, namespace: str, name: str, secret: str, values: dict[str, str], sql: str
 ) -> str:
     """Runs `sql` in a client pod logged in with `secret`; its log, once it succeeded."""
-    kube.apply(_pod(name, namespace, secret, values, f'{PSQL} -c "$QUERY"', QUERY=sql))
-    pod = eventually(lambda: _finished_pod(kube, namespace, name), timeout=120, what=name)
+    kube.apply(client_pod(name, namespace, secret, values, f'{PSQL} -c "$QUERY"', QUERY=sql))
+    pod = eventually(lambda: finished_pod(kube, namespace, name), timeout=120, what=name)
     log = kube.run("logs", name, "-n", namespace).stdout
     assert pod["status"]["phase"] == "Succeeded", log
     return log
 
 
-PSQL = (
-    'psql "host=$PGHOST port=$PGPORT dbname=$PGDATABASE user=$PGUSER '
-    'sslmode=verify-full sslrootcert=/credentials/ca.crt" -v ON_ERROR_STOP=1 -At'
-)
 NOTE_WRITER = "create table notes (note text); insert into notes values ('kept')"
 NOTE_READER = "select note from notes"
 
@@ -171,18 +119,18 @@ def test_database_secret_logs_in_from_a_pod_with_verify_full(
         }
     )
     eventually(
-        lambda: _ready(kube, "manageddatabase", "orders", tenant),
+        lambda: ready(kube, "manageddatabase", "orders", tenant),
         timeout=180,
         what="the ManagedDatabase Ready",
     )
-    values = _secret(kube, tenant, "orders-credentials")
+    values = secret_values(kube, tenant, "orders-credentials")
     assert values["sslmode"] == "verify-full" and "ca.crt" in values
     assert values["host"].endswith(".svc"), values["host"]
     # A client pod: libpq with the Secret's values, the cluster's CA, and the Service's DNS
     # name (CoreDNS), checking the server's certificate and host name.
     script = f'{PSQL} -c "$QUERY" -c "\\\\conninfo" 2>&1'
-    kube.apply(_pod("client", tenant, "orders-credentials", values, script, QUERY=QUERY))
-    pod = eventually(lambda: _finished_pod(kube, tenant, "client"), timeout=120, what="psql")
+    kube.apply(client_pod("client", tenant, "orders-credentials", values, script, QUERY=QUERY))
+    pod = eventually(lambda: finished_pod(kube, tenant, "client"), timeout=120, what="psql")
     log = kube.run("logs", "client", "-n", tenant).stdout
     assert pod["status"]["phase"] == "Succeeded", log
     lines = log.splitlines()
@@ -198,12 +146,12 @@ def test_backup_agent_runs_as_a_real_pod(
 ) -> None:
     kube = kube_e2e
     eventually(
-        lambda: _ready(kube, "manageddatabase", "orders", tenant),
+        lambda: ready(kube, "manageddatabase", "orders", tenant),
         timeout=180,
         what="the ManagedDatabase Ready",
     )
     # Something to find again in the restored copy.
-    values = _secret(kube, tenant, "orders-credentials")
+    values = secret_values(kube, tenant, "orders-credentials")
     _run_client(kube, tenant, "seed", "orders-credentials", values, NOTE_WRITER)
     kube.apply(
         {
@@ -272,66 +220,6 @@ def test_compliance_is_judged_on_what_runs(kube_e2e: KubeCtl, tenant: str) -> No
     assert tenant in policy and "vauban-system" in policy, policy
 
 
-WRITER = """
-conn="host=$PGHOST port=$PGPORT dbname=$PGDATABASE user=$PGUSER sslmode=verify-full \
-sslrootcert=/credentials/ca.crt connect_timeout=2"
-psql "$conn" -q -v ON_ERROR_STOP=1 -c "create table if not exists beats (at timestamptz)" || exit 1
-end=$(( $(date +%s) + $SECONDS_TO_WRITE ))
-while [ "$(date +%s)" -lt "$end" ]; do
-  psql "$conn" -qAt -c "insert into beats values (clock_timestamp())
-    returning 'ok|' || extract(epoch from at)" 2>/dev/null
-  sleep 0.2
-done
-until psql "$conn" -qAt -c "select 'all|' || string_agg(extract(epoch from at)::text, ','
-    order by at) from beats"; do sleep 1; done
-"""
-"""A client writing a row every 0.2 s, each on a new session (as an application's pool
-reconnects), printing each acknowledged write; then every row the table holds."""
-
-
-def _write_through(kube: KubeCtl, tenant: str, pod: str, fault: Callable[[], None]) -> float:
-    """A client writes through `fault`, done once it has had writes acknowledged for 10 s:
-    every write acknowledged before the fault is still there afterwards, and writes resume.
-    Returns the longest time writes were refused, as the client saw it."""
-    eventually(
-        lambda: _ready(kube, "manageddatabase", "orders", tenant),
-        timeout=180,
-        what="the ManagedDatabase Ready",
-    )
-    values = _secret(kube, tenant, "orders-credentials")
-    kube.apply(_pod(pod, tenant, "orders-credentials", values, WRITER, SECONDS_TO_WRITE="75"))
-    eventually(
-        lambda: kube.get("pod", pod, tenant)["status"].get("phase") == "Running",
-        timeout=60,
-        what=f"{pod} running",
-    )
-    time.sleep(10)  # writes acknowledged by the first primary
-    faulted_at = time.time()
-    fault()
-    writer = eventually(lambda: _finished_pod(kube, tenant, pod), timeout=240, what=pod)
-    log = kube.run("logs", pod, "-n", tenant).stdout
-    assert writer["status"]["phase"] == "Succeeded", log
-    acknowledged = [line[3:] for line in log.splitlines() if line.startswith("ok|")]
-    kept = next(line[4:] for line in log.splitlines() if line.startswith("all|")).split(",")
-    before = [at for at in acknowledged if float(at) < faulted_at - 1]
-    assert before, log
-    assert set(before) <= set(kept), "a write acknowledged before the fault was lost"
-    assert float(acknowledged[-1]) > faulted_at, "writes resumed after the fault"
-    times = sorted(float(at) for at in acknowledged)
-    refused = max(b - a for a, b in itertools.pairwise(times) if a >= faulted_at - 5)
-    eventually(
-        lambda: (
-            (_ready(kube, "managedcluster", "main", tenant) or {})
-            .get("status", {})
-            .get("readyInstances")
-            == INSTANCES
-        ),
-        timeout=300,
-        what="every instance ready again",
-    )
-    return refused
-
-
 @pytest.mark.timeout(900)
 def test_failover_moves_the_primary_and_the_tenant_keeps_its_writes(
     kube_e2e: KubeCtl, tenant: str, timings: dict[str, float]
@@ -358,7 +246,7 @@ def test_failover_moves_the_primary_and_the_tenant_keeps_its_writes(
         ).stdout  # fmt: skip
         assert f"to {promoted}" in events, events
 
-    refused = _write_through(kube, tenant, "writer", delete_the_primary)
+    refused = write_through(kube, tenant, "writer", delete_the_primary, instances=INSTANCES)
     timings["failover: writes refused (client view)"] = refused
 
 
@@ -378,7 +266,7 @@ def test_killed_postgresql_comes_back_and_the_tenant_keeps_its_writes(
     def kill_postgresql() -> None:
         kube.run("exec", primary, "-n", tenant, "-c", "postgres", "--", "sh", "-c", postmaster)
 
-    refused = _write_through(kube, tenant, "writer-2", kill_postgresql)
+    refused = write_through(kube, tenant, "writer-2", kill_postgresql, instances=INSTANCES)
     timings["PostgreSQL killed: writes refused"] = refused
     engine = kube.get("clusters.postgresql.cnpg.io", "main", tenant)["status"]["currentPrimary"]
     shown = kube.get("managedcluster", "main", tenant)["status"]["currentPrimary"]
@@ -410,14 +298,14 @@ def test_a_backup_restores_into_a_new_database_of_the_managed_cluster(
     )
     started = time.monotonic()
     copy = eventually(
-        lambda: _ready(kube, "manageddatabase", "orders-copy", tenant),
+        lambda: ready(kube, "manageddatabase", "orders-copy", tenant),
         timeout=300,
         what="the restored ManagedDatabase Ready",
     )
     timings["restore into a new database (agent pod)"] = time.monotonic() - started
     assert copy["status"]["restore"]["phase"] == "Succeeded", copy["status"]
     assert copy["status"]["restore"]["source"] == "now", copy["status"]
-    values = _secret(kube, tenant, "orders-copy-credentials")
+    values = secret_values(kube, tenant, "orders-copy-credentials")
     log = _run_client(kube, tenant, "reader", "orders-copy-credentials", values, NOTE_READER)
     assert log.splitlines() == ["kept"], log
 

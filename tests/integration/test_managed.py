@@ -241,6 +241,114 @@ def test_major_version_change_is_refused(kube: KubeCtl, ns: str) -> None:
     assert current and current["spec"]["imageName"].endswith(":17")
 
 
+def test_switchover_request_is_written_as_cnpg_promote_writes_it(kube: KubeCtl, ns: str) -> None:
+    """The annotation makes the operator patch CloudNativePG's status (what `kubectl cnpg
+    promote` writes) once, and record the request on the Cluster; a refused one says why."""
+    kube.apply(cluster(ns, instances=2))
+    eventually(lambda: engine(kube, ns))
+    report_healthy(kube, ns, 2)
+    replicas = {
+        "targetPrimary": "main-1",
+        "instancesStatus": {"healthy": ["main-1", "main-2"]},
+        "instancesReportedState": {"main-1": {"isPrimary": True}, "main-2": {"isPrimary": False}},
+    }
+    kube.run("patch", "clusters.postgresql.cnpg.io", "main", "-n", ns, "--subresource=status",
+             "--type=merge", "-p", json.dumps({"status": replicas}))  # fmt: skip
+    eventually(lambda: with_reason(kube, "managedcluster", "main", ns, "Available"))
+
+    kube.run("annotate", "managedcluster", "main", "-n", ns, "vauban.dev/switchover-to=main-3")
+    obj = eventually(
+        lambda: (
+            (o := kube.get("managedcluster", "main", ns))
+            and (c := condition(o, "SwitchedOver"))
+            and c["reason"] == "SwitchoverRefused"
+            and o
+        )
+    )
+    assert condition(obj, "Ready")["status"] == "True"  # type: ignore[index]
+
+    kube.run("annotate", "managedcluster", "main", "-n", ns, "vauban.dev/switchover-to=main-2",
+             "--overwrite")  # fmt: skip
+    promoted = eventually(
+        lambda: (e := engine(kube, ns)) and e["status"].get("targetPrimary") == "main-2" and e,
+        what="the promotion written",
+    )
+    assert promoted["status"]["phase"] == "Switchover in progress"
+    assert promoted["metadata"]["annotations"]["vauban.dev/switchover-handled"] == "main-2"
+    obj = eventually(lambda: with_reason(kube, "managedcluster", "main", ns, "Provisioning"))
+    assert "Switchover in progress" in condition(obj, "Ready")["message"]  # type: ignore[index]
+    switched = condition(obj, "SwitchedOver")
+    assert switched and switched["reason"] == "SwitchoverInProgress"
+
+
+def _claim(kube: KubeCtl, ns: str, name: str, storage_class: str, size: str) -> None:
+    """An instance's claim as CloudNativePG makes one, bound to a volume of `size`: its
+    status written by hand (no storage driver runs here)."""
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": ns, "labels": {"cnpg.io/cluster": "main"}},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": storage_class,
+                "resources": {"requests": {"storage": size}},
+            },
+        }
+    )
+    status = {"phase": "Bound", "capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"]}
+    kube.run("patch", "pvc", name, "-n", ns, "--subresource=status", "--type=merge",
+             "-p", json.dumps({"status": status}))  # fmt: skip
+
+
+def test_storage_grows_only_where_the_class_can_expand(kube: KubeCtl, ns: str) -> None:
+    """On a class without volume expansion the growth is held back from CloudNativePG and
+    said (Stalled, StorageResizeUnsupported); on one with it, CloudNativePG gets the new size
+    and the cluster is Reconciling until every volume has grown."""
+    kube.apply(cluster(ns, instances=1))
+    eventually(lambda: engine(kube, ns))
+    report_healthy(kube, ns, 1)
+    eventually(lambda: with_reason(kube, "managedcluster", "main", ns, "Available"))
+    kube.apply(cluster(ns, instances=1, storage={"size": "20Gi", "storageClassName": "standard"}))
+    obj = eventually(
+        lambda: with_reason(kube, "managedcluster", "main", ns, "StorageResizeUnsupported")
+    )
+    stalled = condition(obj, "Stalled")
+    assert stalled and stalled["status"] == "True"
+    assert "StorageClass standard does not allow volume expansion" in stalled["message"]
+    current = engine(kube, ns)
+    assert current and current["spec"]["storage"]["size"] == "10Gi", "held back"
+
+    other = kube.unique_namespace("storage-growable")
+    kube.apply(
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": "growable"},
+            "provisioner": "kwok.x-k8s.io/volume",
+            "allowVolumeExpansion": True,
+        }
+    )
+    growable = {"size": "10Gi", "storageClassName": "growable"}
+    kube.apply(cluster(other, instances=1, storage=growable))
+    eventually(lambda: engine(kube, other))
+    _claim(kube, other, "main-1", "growable", "10Gi")
+    report_healthy(kube, other, 1)
+    eventually(lambda: with_reason(kube, "managedcluster", "main", other, "Available"))
+    kube.apply(cluster(other, instances=1, storage={**growable, "size": "20Gi"}))
+    eventually(
+        lambda: (e := engine(kube, other)) and e["spec"]["storage"]["size"] == "20Gi",
+        what="the new size given to CloudNativePG",
+    )
+    report_healthy(kube, other, 1)  # CloudNativePG Ready for its new generation
+    obj = eventually(lambda: with_reason(kube, "managedcluster", "main", other, "StorageResizing"))
+    assert "main-1 has 10Gi" in condition(obj, "Ready")["message"]  # type: ignore[index]
+    _claim(kube, other, "main-1", "growable", "20Gi")  # what the storage driver does
+    # Claims are not watched: the next re-check, or any event of the cluster, reads them.
+    kube.run("annotate", "managedcluster", "main", "-n", other, "example.com/nudge=1")
+    eventually(lambda: with_reason(kube, "managedcluster", "main", other, "Available"))
+
+
 def _volume(kube: KubeCtl, ns: str) -> None:
     """A claim as CloudNativePG creates one for an instance: owned by its Cluster."""
     current = engine(kube, ns)

@@ -72,6 +72,12 @@ the apply creates the object (the apiserver checks both).
 - apiGroups: [postgresql.cnpg.io]
   resources: [clusters]
   verbs: [get, list, watch, create, patch]
+# Their status, for a switchover a person asked for (annotation vauban.dev/switchover-to):
+# the target primary and phase, as `kubectl cnpg promote` writes them (merge patch). Bounded
+# by the operator policy like the Clusters themselves.
+- apiGroups: [postgresql.cnpg.io]
+  resources: [clusters/status]
+  verbs: [patch]
 # CloudNativePG ScheduledBackups of a managed cluster's base backups, following its backup
 # schedule: server-side applied (create, patch), removed with the schedule (delete).
 - apiGroups: [postgresql.cnpg.io]

@@ -26,6 +26,7 @@ from vauban.handlers.publish import (
     post_event,
     publish,
 )
+from vauban.reconcile import storage, switchover
 from vauban.reconcile.cluster import (
     ADMIN_SECRET_KEYS,
     BARMAN_CRD,
@@ -41,7 +42,7 @@ from vauban.reconcile.cluster import (
 )
 from vauban.reconcile.compliance import ServerAudit, ServerTls
 from vauban.reconcile.database import ABANDON_ANNOTATION, ClusterView
-from vauban.reconcile.status import is_ready
+from vauban.reconcile.status import is_ready, ready_condition
 
 
 def view_of(body: Mapping[str, Any]) -> ClusterView:
@@ -51,7 +52,9 @@ def view_of(body: Mapping[str, Any]) -> ClusterView:
         spec: ManagedClusterSpec | None = ManagedClusterSpec.model_validate(body.get("spec", {}))
     except ValidationError:
         spec = None
-    ready = is_ready(body.get("status"))
+    status = body.get("status")
+    ready_now = ready_condition(status)
+    ready = is_ready(status) or storage.serves(ready_now.reason if ready_now else None)
     return ClusterView(
         namespace=meta["namespace"],
         name=meta["name"],
@@ -88,7 +91,8 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
         server = ServerTls.not_observed("nothing runs: the StorageClass does not encrypt")
         audit = ServerAudit.not_observed("nothing runs: the StorageClass does not encrypt")
     elif spec.mode == "Managed":
-        assessment = await _reconcile_managed(ctx, owner, spec, awaiting_finalizer(body))
+        requested = (body["metadata"].get("annotations") or {}).get(switchover.REQUEST_ANNOTATION)
+        assessment = await _reconcile_managed(ctx, owner, spec, awaiting_finalizer(body), requested)
         assessment, server, audit = await _observe_primary(ctx, owner, spec, assessment)
     else:
         assessment, server, audit = await _assess_external(
@@ -109,11 +113,12 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
                 **({"backupImport": imported} if imported is not None else {}),
             }
         ).merged(posture.status),
-        domain=posture.conditions,
+        domain=[*posture.conditions, *assessment.conditions],
     )
     for event in (
         connections_event(body.get("status"), assessment.fields.get("health")),
         primary_event(body.get("status"), assessment.fields.get("currentPrimary")),
+        *assessment.events,
     ):
         if event is not None:
             await post_event(ctx, MANAGED_CLUSTER, body, event.type, event.reason, event.message)
@@ -182,7 +187,11 @@ def due(ctx: Context, body: Mapping[str, Any]) -> bool:
 
 
 async def _reconcile_managed(
-    ctx: Context, owner: cnpg.Owner, spec: ManagedClusterSpec, unprepared: Verdict | None
+    ctx: Context,
+    owner: cnpg.Owner,
+    spec: ManagedClusterSpec,
+    unprepared: Verdict | None,
+    requested: str | None,
 ) -> Assessment:
     installed = await ctx.kube.crd_exists(CNPG_CRD)
     # Read fresh before any write: the major-version guard must see what really runs.
@@ -229,7 +238,13 @@ async def _reconcile_managed(
     if await ctx.kube.read_secret(owner.namespace, superuser["metadata"]["name"]) is None:
         await ctx.kube.create_secret_if_absent(superuser)
     await _archive_stores(ctx, owner, spec)
-    desired = cnpg.cluster(owner, spec, image_repository=ctx.settings.postgres_image_repository)
+    assert spec.storage is not None  # the CRD's CEL rules guarantee it for mode Managed
+    running = ((existing or {}).get("spec") or {}).get("storage", {}).get("size")
+    grows = running is not None and storage.quantity(spec.storage.size) > storage.quantity(running)
+    expandable = await ctx.kube.volume_expansion(spec.storage.storage_class_name) if grows else None
+    size = storage.size_to_render(spec.storage.size, running, expandable)
+    rendered = spec.model_copy(update={"storage": spec.storage.model_copy(update={"size": size})})
+    desired = cnpg.cluster(owner, rendered, image_repository=ctx.settings.postgres_image_repository)
     applied = existing
     if existing is None or _changed(ctx, desired):
         applied = await ctx.kube.apply_custom(cnpg.CNPG_PLURAL, desired)
@@ -243,7 +258,57 @@ async def _reconcile_managed(
     )
     if _changed(ctx, policy):
         _applied(ctx, policy, await ctx.kube.apply_network_policy(policy))
-    return assess(applied) if existing is None and applied is not None else assessment
+    if existing is None and applied is not None:
+        assessment = assess(applied)
+    engine, switch = await _switchover(ctx, owner, requested, applied)
+    if engine is not applied and engine is not None:
+        assessment = assess(engine)  # promoted: CloudNativePG's phase is the switchover
+    conditions = (switch.condition,) if switch.condition is not None else ()
+    events = (switch.event,) if switch.event is not None else ()
+    if size != spec.storage.size:
+        assert running is not None
+        verdict = storage.resize_unsupported(
+            spec.storage.size, running, spec.storage.storage_class_name, expandable
+        )
+        return replace(assessment, verdict=verdict, conditions=conditions, events=events)
+    if assessment.verdict.state is State.READY:
+        claims = await ctx.kube.volume_claims(
+            owner.namespace, f"{cnpg.CNPG_CLUSTER_LABEL}={owner.name}"
+        )
+        short = storage.growing(
+            spec.storage.size,
+            [storage.Claim(str(c["name"]), c["request"], c["capacity"]) for c in claims],
+        )
+        if short is not None:
+            assessment = replace(assessment, verdict=short)
+    return replace(assessment, conditions=conditions, events=events)
+
+
+async def _switchover(
+    ctx: Context, owner: cnpg.Owner, requested: str | None, engine: Mapping[str, Any] | None
+) -> tuple[Mapping[str, Any] | None, switchover.Decision]:
+    """Carries out a switchover request (reconcile.switchover decides); CloudNativePG's
+    Cluster as it is afterwards."""
+    annotations = ((engine or {}).get("metadata") or {}).get("annotations") or {}
+    recorded = annotations.get(switchover.RECORD_ANNOTATION)
+    decision = switchover.decide(
+        name=owner.name, requested=requested, recorded=recorded, engine=engine
+    )
+    if engine is None:
+        return engine, decision
+    key = (cnpg.CNPG_GROUP, cnpg.CNPG_VERSION, cnpg.CNPG_PLURAL, owner.namespace, owner.name)
+    if decision.promote is not None:
+        promoted = await ctx.kube.patch_custom_status(
+            *key, switchover.promotion(engine, decision.promote, timefmt.now())
+        )
+        if promoted is None:
+            return engine, switchover.retried(decision.promote)
+        engine = promoted
+    # Recorded after the promotion: a record lost between the two is made good by the next
+    # reconcile, which finds the request in effect (targetPrimary) and records it then.
+    if decision.record != recorded:
+        await ctx.kube.annotate_custom(*key, {switchover.RECORD_ANNOTATION: decision.record})
+    return engine, decision
 
 
 # The cluster is reconciled at every status change of its CloudNativePG Cluster (a dozen

@@ -98,6 +98,26 @@ class KubeApi(Protocol):
     async def release_claims(
         self, namespace: str, selector: str, owner_uid: str, labels: Mapping[str, str]
     ) -> list[str]: ...
+    async def volume_expansion(self, name: str | None) -> bool | None: ...
+    async def volume_claims(self, namespace: str, selector: str) -> list[dict[str, str | None]]: ...
+    async def patch_custom_status(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any],
+    ) -> dict[str, Any] | None: ...
+    async def annotate_custom(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        annotations: Mapping[str, str | None],
+    ) -> None: ...
     async def storage_class(
         self, name: str | None
     ) -> tuple[str, dict[str, str], dict[str, str]] | None: ...

@@ -16,6 +16,7 @@ from vauban.kube.lease import LeaderElection
 from vauban.settings import FIELD_MANAGER
 
 APPLY_PATCH = "application/apply-patch+yaml"
+MERGE_PATCH = "application/merge-patch+json"
 
 T = TypeVar("T")
 
@@ -120,6 +121,61 @@ class Kube:
         # The client does not decode every response of a create-by-apply: read it back.
         return await self.read_custom(group, version, plural, meta["namespace"], meta["name"])
 
+    async def patch_custom_status(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any],
+    ) -> dict[str, Any] | None:
+        """Merge patch of another controller's custom object's status, conditional when
+        `patch` carries metadata.resourceVersion: None when the object changed meanwhile
+        (409) or is gone."""
+        try:
+            obj = await _unless_missing(
+                self._custom.patch_namespaced_custom_object_status(
+                    group,
+                    version,
+                    namespace,
+                    plural,
+                    name,
+                    dict(patch),
+                    field_manager=FIELD_MANAGER,
+                    _content_type=MERGE_PATCH,
+                )
+            )
+        except ApiException as e:
+            if e.status == 409:
+                return None
+            raise
+        return obj if isinstance(obj, dict) else None
+
+    async def annotate_custom(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        annotations: Mapping[str, str | None],
+    ) -> None:
+        """Set annotations of a custom object (merge patch: None removes one, others stay;
+        owned apart from the fields Vauban's server-side apply sets, which leaves them)."""
+        await _unless_missing(
+            self._custom.patch_namespaced_custom_object(
+                group,
+                version,
+                namespace,
+                plural,
+                name,
+                {"metadata": {"annotations": dict(annotations)}},
+                field_manager=FIELD_MANAGER,
+                _content_type=MERGE_PATCH,
+            )
+        )
+
     async def apply_network_policy(self, body: Mapping[str, Any]) -> int | None:
         """Returns the generation the apply left, for the caller's memo."""
         applied = await _apply(self._networking.patch_namespaced_network_policy, body)
@@ -210,7 +266,7 @@ class Kube:
                         "labels": dict(labels),
                     }
                 },
-                _content_type="application/merge-patch+json",
+                _content_type=MERGE_PATCH,
             )
             released.append(str(meta.name))
         return released
@@ -235,7 +291,7 @@ class Kube:
             name,
             namespace,
             {"data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}},
-            _content_type="application/merge-patch+json",
+            _content_type=MERGE_PATCH,
         )
 
     async def annotate_secret(
@@ -247,7 +303,7 @@ class Kube:
                 name,
                 namespace,
                 {"metadata": {"annotations": dict(annotations)}},
-                _content_type="application/merge-patch+json",
+                _content_type=MERGE_PATCH,
             )
         )
 
@@ -330,12 +386,24 @@ class Kube:
     ) -> tuple[str, dict[str, str], dict[str, str]] | None:
         """A StorageClass's name, annotations and parameters; with no name, the default
         class's. None when there is no such class."""
+        found = await self._storage_class(name)
+        meta = found.metadata if found is not None else None
+        if found is None or meta is None:
+            return None
+        return (str(meta.name), dict(meta.annotations or {}), dict(found.parameters or {}))
+
+    async def volume_expansion(self, name: str | None) -> bool | None:
+        """Whether a StorageClass (with no name, the default class) lets claims grow
+        (allowVolumeExpansion); None when there is no such class."""
+        found = await self._storage_class(name)
+        return None if found is None else bool(found.allow_volume_expansion)
+
+    async def _storage_class(self, name: str | None) -> client.V1StorageClass | None:
         if name is not None:
-            found = await _unless_missing(self._storage.read_storage_class(name))
-            classes = [found] if found is not None else []
-        else:
-            listed = await self._storage.list_storage_class()
-            classes = [
+            return await _unless_missing(self._storage.read_storage_class(name))
+        listed = await self._storage.list_storage_class()
+        return next(
+            (
                 c
                 for c in listed.items
                 if c.metadata is not None
@@ -343,15 +411,31 @@ class Kube:
                     "storageclass.kubernetes.io/is-default-class"
                 )
                 == "true"
-            ]
-        meta = classes[0].metadata if classes else None
-        if meta is None:
-            return None
-        return (
-            str(meta.name),
-            dict(meta.annotations or {}),
-            dict(classes[0].parameters or {}),
+            ),
+            None,
         )
+
+    async def volume_claims(self, namespace: str, selector: str) -> list[dict[str, str | None]]:
+        """The claims matching a label selector: name, storage class, requested size and
+        capacity (None until bound)."""
+        claims = await self._core.list_namespaced_persistent_volume_claim(
+            namespace, label_selector=selector
+        )
+        found: list[dict[str, str | None]] = []
+        for claim in claims.items:
+            if claim.metadata is None or claim.spec is None:
+                continue
+            requests = (claim.spec.resources.requests if claim.spec.resources else None) or {}
+            capacity = (claim.status.capacity if claim.status else None) or {}
+            found.append(
+                {
+                    "name": str(claim.metadata.name),
+                    "storageClass": claim.spec.storage_class_name,
+                    "request": requests.get("storage"),
+                    "capacity": capacity.get("storage"),
+                }
+            )
+        return found
 
     async def load_balancers(self, namespace: str, selector: str) -> list[str]:
         """Names of the Services of type LoadBalancer matching a label selector."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from vauban.api.cluster import ManagedClusterSpec
 from vauban.builders import cnpg
-from vauban.conditions import Event, Reason, State, Verdict
+from vauban.conditions import DomainCondition, Event, Reason, State, Verdict
 from vauban.reconcile.compliance import ServerAudit, ServerTls
 from vauban.timefmt import parse_rfc3339
 
@@ -27,12 +27,16 @@ ADMIN_SECRET_KEYS = ("username", "password")
 
 @dataclass(frozen=True)
 class Assessment:
-    """A verdict, the status fields that go with it, and whether the desired objects (mode
-    Managed) may be applied."""
+    """A verdict, the status fields that go with it, whether the desired objects (mode
+    Managed) may be applied, and what else status and Events say."""
 
     verdict: Verdict
     fields: Mapping[str, Any] = field(default_factory=dict)
     apply: bool = False
+    conditions: Sequence[DomainCondition] = ()
+    """Domain conditions of what was asked besides the spec (a switchover)."""
+
+    events: Sequence[Event] = ()
 
 
 # -- mode Managed ------------------------------------------------------------------------
