@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,10 +55,6 @@ class Component:
 
     from_assets: bool = True
     """Whether KUBEBUILDER_ASSETS may provide its binaries (Kubernetes' and etcd's names)."""
-
-    prepare: Callable[[Path], None] | None = None
-    """Called with a scratch copy of the wrapper module, built instead of the module itself
-    (CloudNativePG's shimmed dependencies are copied there)."""
 
     @property
     def folder(self) -> str:
@@ -136,76 +131,6 @@ TOOLS_COMPONENTS = (
 
 # -- the real node (`vauban dev up --node real`) ------------------------------------------------
 
-# CloudNativePG v1.30.1 and plugin-barman-cloud v0.15.0 need these two at v0.6.0, which the Go
-# module proxy refuses (403): their v0.5.0 is built instead, with the shims of
-# tools/cloudnative-pg/shims/ (see its README.md), and for the plugin also those of
-# tools/plugin-barman-cloud/shims/.
-SHIMMED = {
-    "github.com/cloudnative-pg/machinery": ("v0.6.0", "v0.5.0"),
-    "github.com/cloudnative-pg/barman-cloud": ("v0.6.0", "v0.5.0"),
-}
-# The one edit of v0.5.0 source: ConfigureLogging takes v0.6.0's (ignored) options.
-SHIM_EDITS = {
-    ("github.com/cloudnative-pg/machinery", "pkg/log/flags.go"): (
-        "func (l *Flags) ConfigureLogging() {",
-        "func (l *Flags) ConfigureLogging(_ ...ConfigureOption) {",
-    ),
-}
-
-
-def _served(module: str, version: str) -> bool:
-    go = shutil.which("go") or "go"
-    result = subprocess.run(
-        [go, "mod", "download", "-json", f"{module}@{version}"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=TOOLS / "kwok",
-    )
-    return result.returncode == 0
-
-
-def _shimmed(*shim_modules: str) -> Callable[[Path], None]:
-    """A `prepare` that fills `.shimmed/` of a scratch copy of a wrapper module: each refused
-    dependency's served version, plus the shims of tools/<m>/shims for each of
-    `shim_modules`. Fails loudly when the shims are no longer needed."""
-
-    def prepare(module_dir: Path) -> None:
-        served = [f"{m}@{wanted}" for m, (wanted, _) in SHIMMED.items() if _served(m, wanted)]
-        if served:
-            raise BuildError(
-                f"the Go module proxy now serves {', '.join(served)}: the compatibility shims "
-                "are no longer needed. Delete tools/*/shims/ and the replace directives of "
-                "tools/cloudnative-pg/go.mod and tools/plugin-barman-cloud/go.mod (and SHIMMED "
-                "here)."
-            )
-        for module, (_, version) in SHIMMED.items():
-            short = module.rsplit("/", 1)[-1]
-            copy = module_dir / ".shimmed" / short
-            shutil.copytree(module_source(module, version), copy)
-            for path in [copy, *copy.rglob("*")]:
-                path.chmod(path.stat().st_mode | 0o200)  # the module cache is read-only
-            for shims in (TOOLS / name / "shims" / short for name in shim_modules):
-                for shim in shims.rglob("*.go"):
-                    destination = copy / shim.relative_to(shims)
-                    if destination.exists():
-                        raise BuildError(f"{module}@{version} already has {destination.name}")
-                    shutil.copyfile(shim, destination)
-            for (edited, name), (before, after) in SHIM_EDITS.items():
-                if edited != module:
-                    continue
-                source = copy / name
-                text = source.read_text(encoding="utf-8")
-                if text.count(before) != 1:
-                    raise BuildError(
-                        f"{module}@{version}/{name} no longer has {before!r}: revisit "
-                        "tools/cloudnative-pg/shims/README.md"
-                    )
-                source.write_text(text.replace(before, after), encoding="utf-8")
-
-    return prepare
-
-
 NODE_COMPONENTS = (
     # Its own folder, so the control plane's cached binaries stay valid.
     Component(
@@ -231,7 +156,6 @@ NODE_COMPONENTS = (
         module="cloudnative-pg",
         packages={"manager": "github.com/cloudnative-pg/cloudnative-pg/cmd/manager"},
         from_assets=False,
-        prepare=_shimmed("cloudnative-pg"),
     ),
     # CloudNativePG's WAL archiving and recovery (CNPG-I), the path that outlives the
     # deprecated in-tree barmanObjectStore: its operator, and the sidecar it injects.
@@ -243,7 +167,6 @@ NODE_COMPONENTS = (
             "plugin-barman-cloud": "github.com/cloudnative-pg/plugin-barman-cloud/cmd/manager"
         },
         from_assets=False,
-        prepare=_shimmed("cloudnative-pg", "plugin-barman-cloud"),
     ),
     Component(
         name="pause",
@@ -326,12 +249,7 @@ def _go_build(component: Component, target: Path) -> None:
         "building %s %s (first time only; minutes on 2 cores)", component.name, component.version
     )
     staging = Path(tempfile.mkdtemp(prefix=f".{component.folder}-", dir=target.parent))
-    scratch: Path | None = None
     try:
-        if component.prepare is not None:
-            scratch = Path(tempfile.mkdtemp(prefix=f"vauban-{component.name}-"))
-            module = Path(shutil.copytree(module, scratch / component.module))
-            component.prepare(module)
         if len(component.packages) == 1:
             output = str(staging / next(iter(component.packages)))
         else:
@@ -359,8 +277,6 @@ def _go_build(component: Component, target: Path) -> None:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
     logger.info(
         "built %s %s in %.0f s", component.name, component.version, time.monotonic() - started
     )
