@@ -71,6 +71,36 @@ def _base_backup_done(kube: KubeCtl, namespace: str) -> list[dict[str, Any]] | N
     return done or None
 
 
+def _recovery_state(kube: KubeCtl, namespace: str) -> str:
+    """What a failed recovery left to read: the clusters' phases, the pods, the end of each
+    recovery pod's containers' logs and the namespace's Events."""
+    lines = []
+    for cluster in kube.get_list("clusters.postgresql.cnpg.io", namespace):
+        status = cluster.get("status") or {}
+        lines.append(
+            f"Cluster {cluster['metadata']['name']}: {status.get('phase')} "
+            f"({status.get('phaseReason')}); conditions {status.get('conditions')}"
+        )
+    for pod in kube.get_list("pods", namespace):
+        name = pod["metadata"]["name"]
+        states = {
+            c["name"]: c.get("state")
+            for c in [
+                *(pod.get("status") or {}).get("initContainerStatuses", []),
+                *(pod.get("status") or {}).get("containerStatuses", []),
+            ]
+        }
+        lines.append(f"pod {name}: {pod['status'].get('phase')} {states}")
+        if name.startswith(COPY):
+            log = kube.run(
+                "logs", name, "-n", namespace, "--all-containers", "--tail=30", check=False
+            )
+            lines.append(log.stdout + log.stderr)
+    events = kube.run("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False)
+    lines.append(events.stdout[-6000:])
+    return "\n".join(lines)
+
+
 @pytest.mark.timeout(900)
 def test_a_cluster_recovers_another_clusters_archive_to_a_point_in_time(
     kube_e2e: KubeCtl, namespace: str, object_store: S3Server, timings: dict[str, float]
@@ -145,7 +175,11 @@ def test_a_cluster_recovers_another_clusters_archive_to_a_point_in_time(
             seen.add(ready["reason"])
         return obj if ready and ready["status"] == "True" else None
 
-    copy = eventually(recovered, timeout=600, what=f"{COPY} recovered and Ready")
+    try:
+        copy = eventually(recovered, timeout=600, what=f"{COPY} recovered and Ready")
+    except AssertionError as error:
+        state = _recovery_state(kube, namespace)
+        raise AssertionError(f"{error}\nreasons seen: {seen}\n{state}") from error
     timings["point-in-time recovery to Ready (1 instance)"] = time.monotonic() - started
     assert "Recovering" in seen, seen
     assert copy["status"]["recovery"] == {
