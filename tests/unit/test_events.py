@@ -45,8 +45,18 @@ class FakeCore:
         self.writes.append(f"patch {name}")
 
 
-def recorder(core: FakeCore) -> Recorder:
-    return Recorder(core, quiet_seconds=0.2, settle_seconds=0.05, flush_seconds=0.3)  # type: ignore[arg-type]
+def recorder(core: FakeCore, quiet: float = 30.0) -> Recorder:
+    """A burst lasts as long as a test needs unless `quiet` is short; folds settle fast."""
+    return Recorder(core, quiet_seconds=quiet, settle_seconds=0.05, flush_seconds=0.3)  # type: ignore[arg-type]
+
+
+async def until(done: Any) -> None:
+    """Wait for what a timer does, however loaded the machine."""
+    for _ in range(1000):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not done in 10 s")
 
 
 def ready(rec: Recorder, name: str) -> Any:
@@ -57,7 +67,7 @@ def test_one_object_alone_has_its_own_event() -> None:
     core = FakeCore()
 
     async def scenario() -> None:
-        rec = recorder(core)
+        rec = recorder(core, quiet=0.1)
         await ready(rec, "a")
         await asyncio.sleep(0.3)  # quiet: the next one starts a burst of its own
         await ready(rec, "b")
@@ -75,7 +85,7 @@ def test_a_burst_is_one_event_on_its_own_object_and_one_fold_naming_the_others()
         for i in range(10):
             await ready(rec, f"d{i}")
         assert len(core.writes) == 1  # the first, on d0; the rest wait for the fold
-        await asyncio.sleep(0.15)
+        await until(lambda: len(core.writes) == 2)  # settled: the fold is written
         await rec.close()
 
     asyncio.run(scenario())
@@ -97,7 +107,7 @@ def test_a_long_burst_patches_its_fold_and_spills_over_when_full() -> None:
         await ready(rec, "database-with-a-long-name-000")
         for name in names[:5]:
             await ready(rec, name)
-        await asyncio.sleep(0.1)  # settled: the fold is written
+        await until(lambda: len(core.writes) == 2)  # settled: the fold is written
         for name in names[5:]:
             await ready(rec, name)
         await rec.close()
@@ -159,7 +169,7 @@ def test_a_fold_whose_event_expired_is_written_again() -> None:
         rec = recorder(core)
         await ready(rec, "a")
         await ready(rec, "b")
-        await asyncio.sleep(0.1)
+        await until(lambda: len(core.writes) == 2)
         core.stored = {k: v for k, v in core.stored.items() if v["involved"] != "main"}
         await ready(rec, "c")
         await rec.close()
@@ -185,7 +195,7 @@ def test_stopping_writes_what_is_pending_and_a_failed_write_does_not_stop_the_fo
         rec = recorder(core)
         await ready(rec, "a")
         await ready(rec, "b")
-        await asyncio.sleep(0.1)  # the fold's write fails, and is logged
+        await until(lambda: not failures)  # the fold's write fails, and is logged
         await ready(rec, "c")
         await rec.close()  # not settled yet: written now
 
@@ -193,3 +203,20 @@ def test_stopping_writes_what_is_pending_and_a_failed_write_does_not_stop_the_fo
     folds = [e for e in core.stored.values() if e["involved"] == "main"]
     assert [f["count"] for f in folds] == [2]
     assert "b, c" in folds[0]["message"]
+
+
+def test_bursts_over_are_forgotten() -> None:
+    core = FakeCore()
+
+    async def scenario() -> Recorder:
+        rec = recorder(core, quiet=0.1)
+        await ready(rec, "a")
+        await ready(rec, "b")
+        await until(lambda: len(core.writes) == 2)
+        await asyncio.sleep(0.2)  # written, and over
+        await rec.record(db("c"), "Warning", "Unreachable", "gone", fold_into=CLUSTER)
+        await rec.close()
+        return rec
+
+    rec = asyncio.run(scenario())
+    assert [key[3] for key in rec._series] == ["Unreachable"]

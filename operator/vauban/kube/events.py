@@ -187,6 +187,7 @@ class Recorder:
         now = time.monotonic()
         series = self._series.get(key)
         if series is None or now - series.last_seen > self._quiet:
+            self._forget_ended(now)
             self._series[key] = _Series(fold_into, regarding.kind, type_, reason, now)
             await self._post(regarding, type_, reason, message)
             return
@@ -197,6 +198,13 @@ class Recorder:
         self._unwritten.add(series)
         if series.timer is None:
             series.timer = asyncio.create_task(self._write_later(series), name="vauban-events")
+
+    def _forget_ended(self, now: float) -> None:
+        """Bursts over and written are forgotten: what is kept is bounded by the bursts going
+        on, not by every cluster and reason ever seen."""
+        for key, series in list(self._series.items()):
+            if now - series.last_seen > self._quiet and series.timer is None:
+                del self._series[key]
 
     async def close(self) -> None:
         """Write every fold not written yet (the process is stopping)."""
