@@ -287,8 +287,11 @@ def test_a_burst_tells_each_database_once_in_fewer_events(
             for i, n in enumerate(names)
         )
     )
-    for n in names:
-        eventually(lambda n=n: ready(kube, "manageddatabase", n, namespace), timeout=90, what=n)
+    eventually(
+        lambda: all(ready(kube, "manageddatabase", n, namespace) for n in names) or None,
+        timeout=90,
+        what="every database Ready",
+    )
 
     def told() -> dict[str, int] | None:
         events = [e for e in kube.get_list("events", namespace) if e["reason"] == "Available"]
