@@ -6,9 +6,9 @@ gone) would otherwise write one Event per object: a quarter of the writes a data
 objects of a burst: the first Event of a burst is written on its own object, as when it is
 alone; the same Event (type and reason) on the other objects of the same host (their cluster,
 in their namespace) within the burst is folded into one Event on the host, whose `count` says
-how many objects had it and whose message names each of them. Nothing is dropped: every
-object that had an Event is named in one, with its time in the series' first and last
-timestamps, and its own message stays in its status conditions.
+how many objects had it and whose message names each of them, in order. Nothing is
+dropped: every object that had an Event is named in one, whose first and last timestamps
+bound when, and its own message stays in its status conditions (with the transition's time).
 """
 
 from __future__ import annotations
