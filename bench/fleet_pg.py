@@ -146,10 +146,31 @@ def raw_sql(
     empty catalog), issued directly with psycopg over `workers` long-lived connections as the
     admin: the floor for the SQL side. `names`: (database, owner, login)."""
     catalog = Catalog(roles={}, database_owner=None, admin=admin)
-    plans = [
-        plan(Desired(database=d, owner=o, login=Login(login, verifier(new_password()))), catalog)
-        for d, o, login in names
-    ]
+
+    def connect() -> psycopg.Connection[tuple[Any, ...]]:
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=server.port,
+            user=admin,
+            password=ADMIN_PASSWORD,
+            dbname="postgres",
+            autocommit=True,
+        )
+
+    # Verifiers are made by libpq on a server connection (the server's iteration count), as
+    # Vauban makes them; before the clock starts, as the planner's inputs.
+    with connect() as first:
+        plans = [
+            plan(
+                Desired(
+                    database=d,
+                    owner=o,
+                    login=Login(login, verifier(first.pgconn, login, new_password())),
+                ),
+                catalog,
+            )
+            for d, o, login in names
+        ]
     queue = list(reversed(plans))
     lock = threading.Lock()
     errors: list[BaseException] = []
@@ -157,14 +178,7 @@ def raw_sql(
 
     def work() -> None:
         nonlocal statements
-        with psycopg.connect(
-            host="127.0.0.1",
-            port=server.port,
-            user=admin,
-            password=ADMIN_PASSWORD,
-            dbname="postgres",
-            autocommit=True,
-        ) as conn:
+        with connect() as conn:
             while True:
                 with lock:
                     if not queue or errors:

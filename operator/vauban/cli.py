@@ -13,6 +13,10 @@ from vauban import __version__
 
 
 def _run(args: argparse.Namespace) -> int:
+    from vauban.kube.slim import skip_unused_clients
+
+    # Before kopf and the client are imported: the operator's memory is mostly imported code.
+    skip_unused_clients()
     from vauban.main import configure_logging, run
     from vauban.settings import Settings
 

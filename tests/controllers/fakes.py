@@ -388,7 +388,10 @@ class FakeKube:
         type_: EventType,
         reason: str,
         message: str,
+        fold_into: Any = None,
     ) -> None:
+        # Folding is the real adapter's (tests/unit/test_events.py): here every Event is
+        # recorded on its object, as the first of a burst is.
         self.events.append(Event(kind, namespace, name, type_, reason, message))
 
 

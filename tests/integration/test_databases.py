@@ -275,6 +275,42 @@ def test_database_role_secret_and_tenant_access(
     assert operator.metric("vauban_build_info") == 1.0
 
 
+def test_a_burst_tells_each_database_once_in_fewer_events(
+    kube: KubeCtl, namespace: str, cluster: str
+) -> None:
+    """Databases of one cluster created together: each one's transition to Ready is told
+    once, on itself or named in one Event folded on the cluster (vauban.kube.events)."""
+    names = [f"burst-{i}" for i in range(6)]
+    kube.apply(
+        "\n---\n".join(
+            json.dumps(database(namespace, n, databaseName=f"b{i}_{namespace[-6:]}", owner=f"o{i}"))
+            for i, n in enumerate(names)
+        )
+    )
+    eventually(
+        lambda: all(ready(kube, "manageddatabase", n, namespace) for n in names) or None,
+        timeout=90,
+        what="every database Ready",
+    )
+
+    def told() -> dict[str, int] | None:
+        events = [e for e in kube.get_list("events", namespace) if e["reason"] == "Available"]
+        counts = dict.fromkeys(names, 0)
+        for e in events:
+            involved = e["involvedObject"]
+            if involved["kind"] == "ManagedDatabase":
+                counts[involved["name"]] += 1
+            elif involved["name"] == cluster and e["message"].startswith("(combined from"):
+                folded = e["message"].split(" Available: ", 1)[1].split(". ")[0].split(", ")
+                assert e["count"] == len(folded)
+                for n in folded:
+                    counts[n] += 1
+        return counts if all(counts.values()) else None
+
+    counts = eventually(told, timeout=60, what="every database told Ready")
+    assert counts == dict.fromkeys(names, 1)
+
+
 def test_second_reconcile_changes_nothing(kube: KubeCtl, namespace: str, cluster: str) -> None:
     obj = provisioned(kube, namespace)
     secret_version = kube.get("secret", "shop-credentials", namespace)["metadata"][

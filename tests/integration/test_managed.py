@@ -269,9 +269,16 @@ def test_switchover_request_is_written_as_cnpg_promote_writes_it(kube: KubeCtl, 
 
     kube.run("annotate", "managedcluster", "main", "-n", ns, "vauban.dev/switchover-to=main-2",
              "--overwrite")  # fmt: skip
+    # The promotion (status) and its record (an annotation) are two writes, in that order:
+    # the test may read the Cluster between them.
     promoted = eventually(
-        lambda: (e := engine(kube, ns)) and e["status"].get("targetPrimary") == "main-2" and e,
-        what="the promotion written",
+        lambda: (
+            (e := engine(kube, ns))
+            and e["status"].get("targetPrimary") == "main-2"
+            and (e["metadata"].get("annotations") or {}).get("vauban.dev/switchover-handled")
+            and e
+        ),
+        what="the promotion written, and recorded",
     )
     assert promoted["status"]["phase"] == "Switchover in progress"
     assert promoted["metadata"]["annotations"]["vauban.dev/switchover-handled"] == "main-2"

@@ -24,7 +24,7 @@ from vauban.engines.postgres.plan import Catalog
 from vauban.engines.postgres.probe import ServerAddress
 from vauban.kms import KeyProvider
 from vauban.kube.client import Credentials
-from vauban.kube.events import EventType
+from vauban.kube.events import EventType, ObjectRef
 from vauban.reconcile.cluster import ServerProbe
 from vauban.reconcile.records import DatabaseRecord
 
@@ -139,7 +139,11 @@ class KubeApi(Protocol):
         type_: EventType,
         reason: str,
         message: str,
-    ) -> None: ...
+        fold_into: ObjectRef | None = None,
+    ) -> None:
+        """An Event on the object; one of a burst of the same Event on objects of the same
+        `fold_into` may be folded into one on it (vauban.kube.events.Recorder)."""
+        ...
 
 
 class AdminSession(Protocol):

@@ -104,9 +104,12 @@ async def publish(
     *,
     fields: StatusModel | None = None,
     domain: Sequence[DomainCondition] = (),
+    fold_into: events.ObjectRef | None = None,
 ) -> None:
     """Write the status `verdict` implies, with what the reconcile observed (`fields`, the
     kind's status model), and an Event on a transition, only if the stored status differs.
+    `fold_into`: the object on which the same Event of many objects in a burst is folded
+    (a database's cluster).
 
     The body a handler got may be stale (a re-check's, or a dependent's copy from an index),
     so a change seen against it is confirmed against the object as stored now — a read,
@@ -147,6 +150,7 @@ async def publish(
             "Warning" if verdict.state is State.STALLED else "Normal",
             verdict.reason,
             verdict.message,
+            fold_into=fold_into,
         )
     for condition in update.domain_transitions:
         await post_event(
@@ -156,6 +160,7 @@ async def publish(
             "Warning" if condition.status == "False" else "Normal",
             condition.reason,
             condition.message,
+            fold_into=fold_into,
         )
 
 
@@ -189,6 +194,8 @@ async def post_event(
     type_: events.EventType,
     reason: str,
     message: str,
+    *,
+    fold_into: events.ObjectRef | None = None,
 ) -> None:
     """An Event on the object: for transitions, and for actions a person audits (what was
     created, credentials rotated). Messages never carry secrets."""
@@ -201,4 +208,5 @@ async def post_event(
         type_=type_,
         reason=reason,
         message=message,
+        fold_into=fold_into,
     )

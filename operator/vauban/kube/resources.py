@@ -32,9 +32,13 @@ class Kube:
         self._networking = client.NetworkingV1Api(api)
         self._batch = client.BatchV1Api(api)
         self._storage = client.StorageV1Api(api)
+        self._events = events.Recorder(self._core)
 
     async def close(self) -> None:
-        await self._api.close()
+        try:
+            await self._events.close()  # the folds of a burst still pending
+        finally:
+            await self._api.close()
 
     def leader_election(
         self, *, namespace: str, name: str, identity: str, duration_seconds: int
@@ -459,16 +463,14 @@ class Kube:
         type_: events.EventType,
         reason: str,
         message: str,
+        fold_into: events.ObjectRef | None = None,
     ) -> None:
-        await events.post(
-            self._core,
-            kind=kind,
-            namespace=namespace,
-            name=name,
-            uid=uid,
-            type_=type_,
-            reason=reason,
-            message=message,
+        await self._events.record(
+            events.ObjectRef(kind, namespace, name, uid),
+            type_,
+            reason,
+            message,
+            fold_into=fold_into,
         )
 
     async def heartbeat(self) -> None:

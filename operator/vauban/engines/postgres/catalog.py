@@ -74,12 +74,14 @@ class Server:
 
     async def catalog(self, database: str, roles: Collection[str]) -> Catalog:
         """The state of `roles` (the owner, the logins) and of `database`, from the shared
-        catalogs: no session inside the database is needed."""
+        catalogs: no session inside the database is needed. The admin's own row (who it is,
+        whether superuser, its memberships) comes with the roles', in the same round trip."""
         conn = self.connection
         rows: list[Any] = await (
             await conn.execute(
                 """
-                SELECT r.rolname, r.rolcanlogin, r.rolconnlimit, r.rolsuper,
+                SELECT r.rolname = CURRENT_USER, r.rolname, r.rolcanlogin, r.rolconnlimit,
+                       r.rolsuper,
                        COALESCE(pg_catalog.array_agg(o.rolname)
                                 FILTER (WHERE o.rolname IS NOT NULL), '{}'),
                        (SELECT pg_catalog.substring(c, '^role=(.*)$')
@@ -104,16 +106,10 @@ class Server:
                 default_role=default_role,
                 superuser=bool(superuser),
             )
-            for name, login, limit, superuser, members, default_role in rows
+            for _, name, login, limit, superuser, members, default_role in rows
         }
-        admin_row = await (
-            await conn.execute(
-                "SELECT CURRENT_USER, rolsuper FROM pg_catalog.pg_roles"
-                " WHERE rolname = CURRENT_USER"
-            )
-        ).fetchone()
-        assert admin_row is not None
-        admin_name, superuser = str(admin_row[0]), bool(admin_row[1])
+        admin_name = next(str(row[1]) for row in rows if row[0])
+        superuser = found[admin_name].superuser
         db_row = await (
             await conn.execute(
                 """

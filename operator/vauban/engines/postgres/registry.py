@@ -126,15 +126,23 @@ _SCHEMA = [
 ]
 
 
+SCHEMA_LOCK = 0x7661_7562_616E
+"""The advisory lock (in the registry's database) under which its tables are created."""
+
+
 async def ensure_schema(conn: Connection) -> None:
     """The registry's tables, owned by the registry role (so any admin member may use them),
-    created on first use."""
+    created on first use. The first reconciles on a new server run side by side, and
+    `IF NOT EXISTS` does not hold against a concurrent creation (the loser fails on
+    pg_namespace's unique index, and its database would show a false ProvisioningFailed):
+    they take turns, and those after the first find the tables there."""
     row = await (
         await conn.execute("SELECT pg_catalog.to_regclass('vauban.logins') IS NOT NULL")
     ).fetchone()
     if row is not None and row[0]:
         return
     async with conn.transaction():
+        await conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
         await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(ROLE)))
         for statement in _SCHEMA:
             await conn.execute(statement)

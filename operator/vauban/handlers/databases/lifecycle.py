@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from vauban import timefmt
+from vauban.api.cluster import MANAGED_CLUSTER
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseSpec, ManagedDatabaseStatus
 from vauban.conditions import (
     ConditionType,
@@ -28,6 +29,7 @@ from vauban.handlers.databases import provision, stored, suspension
 from vauban.handlers.databases.connection import tell_cluster
 from vauban.handlers.envelope import Envelope
 from vauban.handlers.publish import awaiting_finalizer, parse_spec, publish
+from vauban.kube.events import ObjectRef
 from vauban.reconcile import compliance
 from vauban.reconcile.database import (
     ROTATE_ANNOTATION,
@@ -120,8 +122,25 @@ async def _reconcile(
             domain += backup_conditions
     elif verdict.reason is Reason.NAMESPACE_NOT_ALLOWED and cluster and cluster.spec:
         verdict = await suspension.refused(ctx, body, spec, cluster, cluster.spec, verdict)
-    await publish(ctx, MANAGED_DATABASE, body, verdict, fields=fields, domain=domain)
+    await publish(
+        ctx,
+        MANAGED_DATABASE,
+        body,
+        verdict,
+        fields=fields,
+        domain=domain,
+        fold_into=_fold_into(cluster),
+    )
     await _after(ctx, body, cluster, verdict)
+
+
+def _fold_into(cluster: ClusterView | None) -> ObjectRef | None:
+    """Where a burst of the same transition on many databases of one cluster (all Ready
+    after a mass creation, all Unreachable when their server goes) is told in one Event:
+    on the cluster, if it lives beside its databases (vauban.kube.events.Recorder)."""
+    if cluster is None or not cluster.uid:
+        return None
+    return ObjectRef(MANAGED_CLUSTER.kind, cluster.namespace, cluster.name, cluster.uid)
 
 
 async def _assess(

@@ -1,0 +1,62 @@
+"""`vauban run` imports the asynchronous Kubernetes client alone (vauban.kube.slim)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+# In a process of its own: the test session has imported the whole library already.
+PROBE = textwrap.dedent(
+    """
+    import asyncio, sys
+    from vauban.kube.slim import skip_unused_clients
+    assert skip_unused_clients()
+    import kopf
+    from kopf._cogs.helpers import thirdparty
+    import vauban.main
+    from vauban.kube.client import connect
+    from vauban.kube.events import ObjectRef, _event
+    from vauban.kube.resources import Kube
+
+    async def main(path):
+        api = await connect(path)
+        kube = Kube(api)
+        ref = ObjectRef("ManagedDatabase", "n", "a", "u")
+        event = _event(ref, "Normal", "R", "m", None, None, 1)
+        assert api.sanitize_for_serialization(event)["involvedObject"]["name"] == "a"
+        assert (await kube.credentials()).server == "https://127.0.0.1:6443"
+        await kube.close()
+
+    asyncio.run(main(sys.argv[1]))
+    assert thirdparty.V1ObjectMetaSync is None  # kopf left the synchronous models out
+    assert sys.modules["kubernetes.client"] is None
+    unused = ("config", "dynamic", "watch", "stream", "informer", "leaderelection", "utils")
+    unused += tuple(f"aio.{name}" for name in ("dynamic", "watch", "stream", "leaderelection"))
+    assert not [m for m in sys.modules if m.startswith(tuple(f"kubernetes.{n}" for n in unused))]
+    print("ok")
+    """
+)
+
+KUBECONFIG = """
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: abc}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
+
+
+def test_the_operator_runs_on_the_asynchronous_client_alone(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(kubeconfig)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
