@@ -629,6 +629,12 @@ def test_cloudnativepg_cluster_runs_only_allowed_images(plane: Plane, tenant: st
             },
         ),
         ("backup", {"bootstrap": {"recovery": {"backup": {"name": "bank-base"}}}}),
+        # Another role than CloudNativePG's application one: CloudNativePG would reset its
+        # password after the recovery (to the cluster's app Secret's).
+        (
+            "owner",
+            {"bootstrap": {"recovery": {"source": "origin", "owner": "vauban_admin"}}},
+        ),
         # The deprecated in-tree archiving (credentials the ObjectStore policy would not see).
         (
             "intree",
@@ -653,6 +659,8 @@ def test_cloudnativepg_cluster_runs_only_allowed_images(plane: Plane, tenant: st
     recovery = unowned(
         cnpg.cluster(copy_owner, restoring, image_repository=plane.postgres_repository)
     )
+    # As CloudNativePG's defaulting webhook, which runs before the policy, leaves it.
+    recovery["spec"]["bootstrap"]["recovery"] |= {"database": "app", "owner": "app"}
     allowed(server_side_apply(plane.operator, recovery))
     # The stored one cannot be switched to another image either (an update).
     switched = clone(good)
