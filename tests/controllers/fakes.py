@@ -41,7 +41,7 @@ from vauban.engines.postgres.probe import ServerAddress
 from vauban.kms import KekNotFound, WrongKey
 from vauban.kube.events import EventType
 from vauban.reconcile.cluster import ProbeOutcome, ServerProbe
-from vauban.reconcile.records import DatabaseRecord, LoginRecord
+from vauban.reconcile.records import DatabaseRecord, LoginRecord, Rotation
 from vauban.settings import FINALIZER
 
 Key = tuple[str, str, str]
@@ -619,7 +619,13 @@ class _AdminSession:
         record = self.server.records[uid]
         self.server.update(uid, logins=(*record.logins, LoginRecord(role, generation, False)))
 
-    async def published(self, uid: str, login: str, retiring: Mapping[str, datetime]) -> None:
+    async def published(
+        self,
+        uid: str,
+        login: str,
+        retiring: Mapping[str, datetime],
+        rotation: Rotation | None = None,
+    ) -> None:
         logins = []
         for x in self.server.records[uid].logins:
             if x.role == login:
@@ -628,9 +634,8 @@ class _AdminSession:
                 x = replace(x, retire_after=retiring[x.role])
             logins.append(x)
         self.server.update(uid, logins=tuple(logins))
-
-    async def rotated(self, uid: str, token: str | None, at: datetime) -> None:
-        self.server.update(uid, rotation_token=token, last_rotation=at)
+        if rotation is not None:
+            self.server.update(uid, rotation_token=rotation.token, last_rotation=rotation.at)
 
     async def forget_logins(self, uid: str, roles: Collection[str]) -> None:
         kept = tuple(x for x in self.server.records[uid].logins if x.role not in roles)

@@ -23,7 +23,7 @@ from vauban.reconcile.provision import (
     plan_provision,
     roles_to_read,
 )
-from vauban.reconcile.records import DatabaseRecord, LoginRecord
+from vauban.reconcile.records import DatabaseRecord, LoginRecord, Rotation
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 UID = "uid-1"
@@ -117,7 +117,7 @@ def test_fresh_database_claims_its_names_and_creates_the_first_login() -> None:
     assert plan.secret is not None
     written = {k: base64.b64decode(v).decode() for k, v in plan.secret["data"].items()}
     assert written == secret_data(LOGIN1, "fresh-password")
-    assert plan.rotated_at == NOW and plan.rotation_token is None
+    assert plan.rotation == Rotation(None, NOW)
     assert plan.extensions is None
     # A first provisioning is told by the transition to Ready, not by Events of its own.
     assert plan.events == () and not plan.announce
@@ -188,7 +188,7 @@ def test_rotation_by_annotation_token() -> None:
     # The former login keeps working for the grace period (1h by default).
     assert plan.credentials.retiring == {LOGIN1: NOW + timedelta(hours=1)}
     assert plan.secret is not None
-    assert plan.rotated_at == NOW and plan.rotation_token == "2026-05-01"
+    assert plan.rotation == Rotation("2026-05-01", NOW)
     assert [(e.type, e.reason) for e in plan.events] == [("Normal", "CredentialsRotated")]
     assert plan.status.to_wire()["credentials"] == {
         "secretName": "app-credentials",
@@ -209,7 +209,7 @@ def test_rotation_by_period() -> None:
     due = spec(credentials={"rotationPeriod": "1d"})
     plan = steps(provisioned_view(spec=due))
     assert plan.credentials.login == LOGIN2 and plan.server.create_login
-    assert plan.rotated_at == NOW and plan.rotation_token is None
+    assert plan.rotation == Rotation(None, NOW)
     assert [e.reason for e in plan.events] == ["CredentialsRotated"]
     # Not yet due a moment earlier.
     early = provisioned_view(spec=spec(credentials={"rotationPeriod": "2d"}))
@@ -233,7 +233,7 @@ def test_a_retiring_login_is_revoked_once_its_grace_period_is_over() -> None:
     assert plan.server.retire == frozenset({LOGIN1})
     assert plan.credentials.retire_now == (LOGIN1,)
     assert plan.credentials.retiring == {LOGIN3: NOW + timedelta(minutes=5)}
-    assert plan.secret is None and plan.rotated_at is None and plan.events == ()
+    assert plan.secret is None and plan.rotation is None and plan.events == ()
     assert plan.status.to_wire()["credentials"]["retiring"] == [LOGIN3]
 
 
@@ -243,7 +243,7 @@ def test_nothing_to_do_when_everything_matches() -> None:
     assert plan.credentials.login == LOGIN1 and not plan.credentials.new_login
     assert plan.password == "secret-password"  # the Secret's: never a new one unasked
     assert not plan.server.create_login and plan.server.retire == frozenset()
-    assert plan.secret is None and plan.rotated_at is None and plan.extensions is None
+    assert plan.secret is None and plan.rotation is None and plan.extensions is None
     assert plan.events == ()
     assert plan.announce  # provisioned before: whatever SQL still runs is an Event
     assert plan.status.to_wire()["credentials"]["lastRotation"] == "2026-04-30T12:00:00Z"

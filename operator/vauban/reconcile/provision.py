@@ -35,7 +35,7 @@ from vauban.reconcile.database import (
     ownership,
     plan_credentials,
 )
-from vauban.reconcile.records import DatabaseRecord
+from vauban.reconcile.records import DatabaseRecord, Rotation
 
 # -- what is observed ------------------------------------------------------------------------
 
@@ -172,12 +172,10 @@ class Provision:
     """The credentials Secret to apply, once the login exists; None: the stored one says the
     same already."""
 
-    rotated_at: datetime | None
-    """When a new login was published, recorded on the server once the Secret names it
-    (with `rotation_token`); None: no rotation."""
-
-    rotation_token: str | None
-    """The annotation's value acted on; None for a rotation by period or a first login."""
+    rotation: Rotation | None
+    """The rotation a new login carries out, recorded on the server with its publication
+    (once the Secret names it); None: no rotation. Its token is the annotation's value
+    acted on, None for a rotation by period or a first login."""
 
     extensions: Extensions | None
     """None: the spec lists none and Vauban created none."""
@@ -309,8 +307,7 @@ def _steps(
             retire=frozenset(credentials.retire_now),
         ),
         secret=desired_secret if _differs(secret, desired_secret) else None,
-        rotated_at=view.now if credentials.rotated else None,
-        rotation_token=view.rotate_token if credentials.rotated else None,
+        rotation=Rotation(view.rotate_token, view.now) if credentials.rotated else None,
         extensions=Extensions(wanted, record.extensions) if wanted or record.extensions else None,
         announce=view.provisioned,
         events=tuple(events),

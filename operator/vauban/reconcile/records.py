@@ -20,6 +20,15 @@ class LoginRecord:
 
 
 @dataclass(frozen=True)
+class Rotation:
+    """A rotation carried out: the annotation's token it answered (None: the rotation
+    period's), and when."""
+
+    token: str | None
+    at: datetime
+
+
+@dataclass(frozen=True)
 class DatabaseRecord:
     uid: str
     """The ManagedDatabase's UID: a new object of the same name is another owner."""

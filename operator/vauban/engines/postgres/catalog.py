@@ -18,7 +18,7 @@ from vauban.engines.postgres import registry
 from vauban.engines.postgres.plan import Catalog, RoleState
 from vauban.engines.postgres.probe import PINNED_SEARCH_PATH, ServerAddress, ssl_root_cert
 from vauban.engines.postgres.scram import verifier
-from vauban.reconcile.records import DatabaseRecord
+from vauban.reconcile.records import DatabaseRecord, Rotation
 
 logger = logging.getLogger(__name__)
 
@@ -172,11 +172,14 @@ class Server:
     async def add_login(self, uid: str, role: str, generation: int) -> None:
         await registry.add_login(self.connection, uid, role, generation)
 
-    async def published(self, uid: str, login: str, retiring: Mapping[str, datetime]) -> None:
-        await registry.published(self.connection, uid, login, retiring)
-
-    async def rotated(self, uid: str, token: str | None, at: datetime) -> None:
-        await registry.rotated(self.connection, uid, token, at)
+    async def published(
+        self,
+        uid: str,
+        login: str,
+        retiring: Mapping[str, datetime],
+        rotation: Rotation | None = None,
+    ) -> None:
+        await registry.published(self.connection, uid, login, retiring, rotation)
 
     async def forget_logins(self, uid: str, roles: Collection[str]) -> None:
         await registry.forget_logins(self.connection, uid, roles)

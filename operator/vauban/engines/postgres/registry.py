@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import errors, sql
 
-from vauban.reconcile.records import DatabaseRecord, LoginRecord
+from vauban.reconcile.records import DatabaseRecord, LoginRecord, Rotation
 
 logger = logging.getLogger(__name__)
 
@@ -235,10 +235,22 @@ async def add_login(conn: Connection, uid: str, role: str, generation: int) -> N
 
 
 async def published(
-    conn: Connection, uid: str, login: str, retiring: Mapping[str, datetime]
+    conn: Connection,
+    uid: str,
+    login: str,
+    retiring: Mapping[str, datetime],
+    rotation: Rotation | None = None,
 ) -> None:
-    """The Secret now names `login`; the logins it replaced work until their deadline."""
+    """The Secret now names `login`; the logins it replaced work until their deadline; and
+    the rotation that made `login`, if one did, is done. One transaction: an operator killed
+    between a published login and its rotation's record would rotate again on restart."""
     async with conn.transaction():
+        if rotation is not None:
+            await conn.execute(
+                "UPDATE vauban.databases SET rotation_token = %s, last_rotation = %s"
+                " WHERE uid = %s",
+                (rotation.token, rotation.at, uid),
+            )
         await conn.execute(
             "UPDATE vauban.logins SET published = true, retire_after = NULL"
             " WHERE database_uid = %s AND role = %s",
@@ -249,13 +261,6 @@ async def published(
                 "UPDATE vauban.logins SET retire_after = %s WHERE database_uid = %s AND role = %s",
                 (deadline, uid, role),
             )
-
-
-async def rotated(conn: Connection, uid: str, token: str | None, at: datetime) -> None:
-    await conn.execute(
-        "UPDATE vauban.databases SET rotation_token = %s, last_rotation = %s WHERE uid = %s",
-        (token, at, uid),
-    )
 
 
 async def forget_logins(conn: Connection, uid: str, roles: Collection[str]) -> None:

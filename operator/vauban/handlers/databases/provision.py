@@ -207,9 +207,7 @@ async def _carry_out(
     # credentials the server does not accept yet.
     if steps.secret is not None:
         await ctx.kube.apply_secret(steps.secret)
-    await server.published(view.uid, credentials.login, credentials.retiring)
-    if steps.rotated_at is not None:
-        await server.rotated(view.uid, steps.rotation_token, steps.rotated_at)
+    await server.published(view.uid, credentials.login, credentials.retiring, steps.rotation)
     if steps.extensions is not None:
         ran = await _extensions(ctx, connection, view, steps)
         if isinstance(ran, Verdict):
