@@ -79,10 +79,11 @@ the apply creates the object (the apiserver checks both).
   resources: [clusters/status]
   verbs: [patch]
 # CloudNativePG ScheduledBackups of a managed cluster's base backups, following its backup
-# schedule: server-side applied (create, patch), removed with the schedule (delete).
+# schedule: server-side applied (create, patch; read back when the client does not decode
+# the create's answer: get), removed with the schedule (delete).
 - apiGroups: [postgresql.cnpg.io]
   resources: [scheduledbackups]
-  verbs: [create, patch, delete]
+  verbs: [get, create, patch, delete]
 # The barman-cloud plugin's ObjectStores of a managed cluster with spec.backup: its archive,
 # and for spec.restore the archive it recovers from. Server-side applied (create, patch),
 # read for the recovery window the plugin reports (get). Bounded by the operator policy:
