@@ -261,7 +261,11 @@ def _restore_each(kube: KubeCtl, rows: dict[str, list[tuple[Any, ...]]]) -> None
     suffix = secrets.token_hex(3)
     for name, (namespace, _count) in TENANTS.items():
         (backup,) = kube.get_list("managedbackup", namespace)
-        assert backup["spec"] == {"databaseRef": {"name": name}, "deletionPolicy": "Retain"}
+        assert backup["spec"] == {
+            "databaseRef": {"name": name},
+            "deletionPolicy": "Retain",
+            "deletionProtection": False,
+        }
         assert backup["status"]["trigger"] == "Imported"
         restored = f"{name}-restored"
         kube.apply(_database(namespace, restored, suffix, restore={"databaseRef": {"name": name}}))
