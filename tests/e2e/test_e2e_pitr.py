@@ -74,7 +74,8 @@ def _base_backup_done(kube: KubeCtl, namespace: str) -> list[dict[str, Any]] | N
 
 def _recovery_state(kube: KubeCtl, namespace: str) -> str:
     """What a failed recovery left to read: the clusters' phases, the pods, the end of each
-    recovery pod's containers' logs and the namespace's Events."""
+    recovery pod's containers' logs, the namespace's Events, and the operator's warnings and
+    tracebacks (a refused write says which rule refused it)."""
     lines = []
     for cluster in kube.get_list("clusters.postgresql.cnpg.io", namespace):
         status = cluster.get("status") or {}
