@@ -23,6 +23,15 @@ def rfc3339(value: datetime) -> str:
     return value.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def rfc3339_exact(value: datetime) -> str:
+    """`value` in UTC with its fraction of a second when it has one: for the backup manifest,
+    where two backups of a small database can finish within the same second and "the latest"
+    must still be one of them. A whole second is written as `rfc3339` writes it."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def now_rfc3339() -> str:
     """The current instant as status and records write it."""
     return rfc3339(now())

@@ -115,6 +115,23 @@ class World:
         return custody.read_record(self.bucket, key)
 
 
+def test_the_latest_of_two_backups_finished_within_one_second_is_the_later_one() -> None:
+    """A small database backed up twice in a second: the manifest keeps the fraction, so the
+    later backup is the latest even when its name sorts first."""
+    world = World()
+    key = world.database("team-a", "shop", "u1", backups=0)
+    dek = world.deks["u1"]
+    for name, fraction in (("backup-new", 900_000), ("backup-old", 100_000)):
+        location = f"p/team-a/shop/u1/{name}"
+        at = T0.replace(microsecond=fraction)
+        written = manifest(location, "u1", "team-a", "shop", dek, 0).model_copy(
+            update={"started_at": at, "finished_at": at}
+        )
+        world.bucket.objects[f"{location}/manifest.json"] = written.sealed(dek).to_json()
+    latest = custody.latest_backup(world.bucket, key, world.record(key), dek)
+    assert latest.location == "p/team-a/shop/u1/backup-new"
+
+
 def refusal(world: World, key: str, held: custody.Custody) -> str:
     with pytest.raises(custody.Refused) as refused:
         custody.open_data_key(world.bucket, world.record(key), held)

@@ -161,7 +161,10 @@ def run_backup(settings: AgentSettings, location: str, store: ObjectStore) -> Ba
     lock_state = "NotRequested"
     if settings.object_lock_days:
         if store.object_lock_supported():
-            retain_until = started + timedelta(days=settings.object_lock_days)
+            # Whole seconds: S3 keeps retention dates to the second.
+            retain_until = started.replace(microsecond=0) + timedelta(
+                days=settings.object_lock_days
+            )
             lock = ObjectLock(mode="COMPLIANCE", retain_until=retain_until)
             lock_state = "Applied"
         else:

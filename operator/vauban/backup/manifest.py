@@ -34,7 +34,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from vauban.crypto import envelope
-from vauban.timefmt import parse_rfc3339, rfc3339
+from vauban.timefmt import parse_rfc3339, rfc3339_exact
 
 DATA = "data"
 MANIFEST = "manifest.json"
@@ -51,8 +51,9 @@ def _utc(value: object) -> datetime:
         value = parse_rfc3339(value)
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise ValueError("a timestamp must be RFC 3339 with a time zone")
-    # The manifest keeps seconds: what it writes is exactly what it reads back.
-    return value.astimezone(UTC).replace(microsecond=0)
+    # Kept to the microsecond: `rfc3339_exact` writes back exactly what was read (a manifest
+    # of a whole second, as every one written before, keeps its bytes and so its MAC).
+    return value.astimezone(UTC)
 
 
 def _base64(value: object) -> bytes:
@@ -66,8 +67,10 @@ def _base64(value: object) -> bytes:
         raise ValueError("not valid base64") from e
 
 
-Timestamp = Annotated[datetime, PlainValidator(_utc), PlainSerializer(rfc3339, return_type=str)]
-"""A UTC instant, written as RFC 3339 to the second (`2026-01-31T02:00:00Z`)."""
+Timestamp = Annotated[
+    datetime, PlainValidator(_utc), PlainSerializer(rfc3339_exact, return_type=str)
+]
+"""A UTC instant in RFC 3339 (`2026-01-31T02:00:00.250000Z`, or `…:00Z` on a whole second)."""
 
 Base64Bytes = Annotated[
     bytes,
