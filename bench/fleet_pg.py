@@ -77,6 +77,7 @@ class SqlCounts:
     connections: int
     connections_by_user: dict[str, int]
     exec_seconds: float
+    exec_seconds_by_kind: dict[str, float]
 
     def summary(self, per: int = 1) -> dict[str, Any]:
         return {
@@ -87,6 +88,10 @@ class SqlCounts:
             "connections_per_object": round(self.connections / per, 2),
             "connections_by_user": self.connections_by_user,
             "server_exec_seconds": round(self.exec_seconds, 2),
+            # Where the server's time goes (lock waits included), not only how many.
+            "server_exec_seconds_by_kind": {
+                k: round(v, 2) for k, v in self.exec_seconds_by_kind.items()
+            },
         }
 
 
@@ -113,11 +118,13 @@ def counts(server: PostgresServer, admin: str, log_from: int) -> SqlCounts:
             """
         ).fetchall()
     by_kind: Counter[str] = Counter()
+    ms_by_kind: Counter[str] = Counter()
     total, exec_ms = 0, 0.0
     for _, query, calls, ms in rows:
         total += calls
         exec_ms += ms
         by_kind[_kind(query)] += calls
+        ms_by_kind[_kind(query)] += ms
     connections: Counter[str] = Counter()
     with log_path(server).open("rb") as f:
         f.seek(log_from)
@@ -133,6 +140,7 @@ def counts(server: PostgresServer, admin: str, log_from: int) -> SqlCounts:
         connections=sum(connections.values()),
         connections_by_user=dict(connections),
         exec_seconds=exec_ms / 1000,
+        exec_seconds_by_kind={k: ms / 1000 for k, ms in ms_by_kind.most_common()},
     )
 
 
