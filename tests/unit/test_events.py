@@ -45,9 +45,15 @@ class FakeCore:
         self.writes.append(f"patch {name}")
 
 
-def recorder(core: FakeCore, quiet: float = 30.0) -> Recorder:
+def recorder(core: FakeCore, quiet: float = 30.0, rewrite: float = 0.3) -> Recorder:
     """A burst lasts as long as a test needs unless `quiet` is short; folds settle fast."""
-    return Recorder(core, quiet_seconds=quiet, settle_seconds=0.05, flush_seconds=0.3)  # type: ignore[arg-type]
+    return Recorder(
+        core,  # type: ignore[arg-type]
+        quiet_seconds=quiet,
+        settle_seconds=0.05,
+        flush_seconds=0.3,
+        rewrite_seconds=rewrite,
+    )
 
 
 async def until(done: Any) -> None:
@@ -121,6 +127,29 @@ def test_a_long_burst_patches_its_fold_and_spills_over_when_full() -> None:
     assert sum(f["count"] for f in folds) == len(names)
     named = [n for f in folds for n in f["message"].split(": ", 1)[1].split(". ")[0].split(", ")]
     assert named == names
+
+
+def test_a_burst_in_waves_rewrites_its_fold_at_most_once_a_rewrite_interval() -> None:
+    """Waves of a long burst each settle; the fold is not rewritten after each of them, and
+    every object is still named once the burst is over."""
+    core = FakeCore()
+    names = [f"d{i}" for i in range(1, 27)]
+
+    async def scenario() -> None:
+        rec = recorder(core, rewrite=5.0)
+        await ready(rec, "d0")
+        await ready(rec, names[0])
+        await until(lambda: len(core.writes) == 2)  # the fold's first write, once settled
+        for wave in range(5):
+            for name in names[1 + 5 * wave : 6 + 5 * wave]:
+                await ready(rec, name)
+            await asyncio.sleep(0.15)  # longer than settling: each wave would be a patch
+        assert core.writes[2:] == []
+        await rec.close()
+
+    asyncio.run(scenario())
+    fold = next(e for e in core.stored.values() if e["involved"] == "main")
+    assert fold["count"] == len(names) and len(core.writes) == 3
 
 
 def test_no_fold_on_a_host_in_another_namespace_or_without_one() -> None:

@@ -140,6 +140,9 @@ class _Series:
     """When the last Event of the burst came (monotonic): a burst ends after a quiet spell."""
 
     first_pending: float = 0.0
+    written_at: float | None = None
+    """When the fold's Event was last written (monotonic); None before its first write."""
+
     pending: list[tuple[str, datetime]] = field(default_factory=list)
     written: list[tuple[str, datetime]] = field(default_factory=list)
     """What the fold Event being filled (`event`) names, as written."""
@@ -152,8 +155,12 @@ class Recorder:
     """Events of a burst folded on a host, the first of each burst written on its own
     object. `quiet_seconds`: events of the same key further apart than this start a new
     burst (a person creating objects one at a time sees each one's Event on it).
-    `flush_seconds`: a fold is written at most this long after it gathers an object, and
-    once its burst has been quiet for `settle_seconds`."""
+    A fold is first written once its burst has been quiet for `settle_seconds`, or
+    `flush_seconds` after it gathered an object if the burst goes on; then rewritten with
+    the objects gathered since at most every `rewrite_seconds` while the burst goes on, and
+    when it is over. A long burst arrives in waves, each of which would otherwise settle and
+    rewrite the fold: client-go's spam filter bounds an object's Events the same way (one
+    per five minutes once a burst has spent its tokens)."""
 
     def __init__(
         self,
@@ -162,9 +169,11 @@ class Recorder:
         quiet_seconds: float = 5.0,
         settle_seconds: float = 2.0,
         flush_seconds: float = 30.0,
+        rewrite_seconds: float = 60.0,
     ) -> None:
         self._core = core
         self._quiet, self._settle, self._flush = quiet_seconds, settle_seconds, flush_seconds
+        self._rewrite = rewrite_seconds
         self._series: dict[tuple[Any, ...], _Series] = {}
         self._unwritten: set[_Series] = set()
 
@@ -232,7 +241,10 @@ class Recorder:
     async def _write_later(self, series: _Series) -> None:
         try:
             while series.pending:
-                due = min(series.first_pending + self._flush, series.last_seen + self._settle)
+                if series.written_at is None:
+                    due = min(series.first_pending + self._flush, series.last_seen + self._settle)
+                else:
+                    due = min(series.written_at + self._rewrite, series.last_seen + self._quiet)
                 if (wait := due - time.monotonic()) > 0:
                     await asyncio.sleep(wait)
                     continue
@@ -260,6 +272,7 @@ class Recorder:
                 series.event = await self._create(series, chunk)
             series.written = chunk
         del series.pending[:taken]
+        series.written_at = time.monotonic()
         if not series.pending:
             self._unwritten.discard(series)
 
