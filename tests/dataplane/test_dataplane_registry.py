@@ -1,21 +1,29 @@
-"""Vauban's registry on a new server: the first reconciles, side by side, create its tables
-once, and none of them fails for it."""
+"""Vauban's registry on a real server: the first reconciles, side by side, create its tables
+once, and none of them fails for it; what a publication records, in one statement."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from vauban.devcluster.postgres import PostgresServer
 from vauban.engines.postgres import registry
+from vauban.reconcile.records import DatabaseRecord, Rotation
+
+T = TypeVar("T")
 
 
-def test_concurrent_first_uses_create_the_schema_once(postgres: PostgresServer) -> None:
-    # A database of its own, as a new server's registry is: the session's is already set up.
-    scratch = f"registry_{uuid.uuid4().hex[:8]}"
+@pytest.fixture
+def scratch(postgres: PostgresServer) -> Iterator[str]:
+    """A database of its own, as a new server's registry is."""
+    name = f"registry_{uuid.uuid4().hex[:8]}"
     with postgres.superuser() as conn:
         if not conn.execute(
             "SELECT 1 FROM pg_roles WHERE rolname = %s", (registry.ROLE,)
@@ -23,10 +31,31 @@ def test_concurrent_first_uses_create_the_schema_once(postgres: PostgresServer) 
             conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(registry.ROLE)))
         conn.execute(
             sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(scratch), sql.Identifier(registry.ROLE)
+                sql.Identifier(name), sql.Identifier(registry.ROLE)
             )
         )
+    yield name
+    with postgres.superuser() as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
+
+def on_registry(
+    postgres: PostgresServer, database: str, use: Callable[[registry.Connection], Awaitable[T]]
+) -> T:
+    async def run() -> T:
+        async with await psycopg.AsyncConnection.connect(
+            host=str(postgres.root), port=postgres.port, user="postgres", dbname=database,
+            autocommit=True,
+        ) as conn:  # fmt: skip
+            await registry.ensure_schema(conn)
+            return await use(conn)
+
+    return asyncio.run(run())
+
+
+def test_concurrent_first_uses_create_the_schema_once(
+    postgres: PostgresServer, scratch: str
+) -> None:
     async def first_use() -> None:
         async with await psycopg.AsyncConnection.connect(
             host=str(postgres.root), port=postgres.port, user="postgres", dbname=scratch,
@@ -37,13 +66,54 @@ def test_concurrent_first_uses_create_the_schema_once(postgres: PostgresServer) 
     async def burst() -> list[BaseException | None]:
         return await asyncio.gather(*(first_use() for _ in range(12)), return_exceptions=True)
 
-    try:
-        assert asyncio.run(burst()) == [None] * 12
-        with postgres.superuser(scratch) as conn:
-            tables = conn.execute(
-                "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'vauban' ORDER BY 1"
-            ).fetchall()
-        assert tables == [("databases", registry.ROLE), ("logins", registry.ROLE)]
-    finally:
-        with postgres.superuser() as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(scratch)))
+    assert asyncio.run(burst()) == [None] * 12
+    with postgres.superuser(scratch) as conn:
+        tables = conn.execute(
+            "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'vauban' ORDER BY 1"
+        ).fetchall()
+    assert tables == [("databases", registry.ROLE), ("logins", registry.ROLE)]
+
+
+def test_a_publication_records_the_login_the_retiring_ones_and_the_rotation(
+    postgres: PostgresServer, scratch: str
+) -> None:
+    uid = "uid-1"
+    at = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    deadline = at + timedelta(hours=1)
+
+    async def publish(conn: registry.Connection) -> DatabaseRecord | None:
+        await registry.claim(conn, DatabaseRecord(uid, "team-a", "shop", "shop", "shop_owner"))
+        await registry.claim(conn, DatabaseRecord("uid-2", "team-b", "crm", "crm", "crm_owner"))
+        for uid_, role, generation in [
+            (uid, "shop_login1", 1),
+            (uid, "shop_login2", 2),
+            ("uid-2", "crm_login1", 1),
+        ]:
+            await registry.add_login(conn, uid_, role, generation)
+        await registry.published(conn, uid, "shop_login1", {})
+        await registry.published(conn, "uid-2", "crm_login1", {})
+        # A rotation: login2 published, login1 retiring; another database's login named
+        # among the retiring is not touched (the record is this database's only).
+        await registry.published(
+            conn,
+            uid,
+            "shop_login2",
+            {"shop_login1": deadline, "crm_login1": deadline, "shop_login2": deadline},
+            Rotation("token-7", at),
+        )
+        return await registry.record_of(conn, uid)
+
+    record = on_registry(postgres, scratch, publish)
+    assert record is not None
+    assert (record.rotation_token, record.last_rotation) == ("token-7", at)
+    assert [(x.role, x.published, x.retire_after) for x in record.logins] == [
+        ("shop_login1", True, deadline),
+        ("shop_login2", True, None),
+    ]
+
+    async def other(conn: registry.Connection) -> DatabaseRecord | None:
+        return await registry.record_of(conn, "uid-2")
+
+    untouched = on_registry(postgres, scratch, other)
+    assert untouched is not None and untouched.rotation_token is None
+    assert [(x.role, x.retire_after) for x in untouched.logins] == [("crm_login1", None)]

@@ -242,28 +242,40 @@ async def published(
     rotation: Rotation | None = None,
 ) -> None:
     """The Secret now names `login`; the logins it replaced work until their deadline; and
-    the rotation that made `login`, if one did, is done. One transaction: an operator killed
-    between a published login and its rotation's record would rotate again on restart."""
-    async with conn.transaction():
-        if rotation is not None:
-            await conn.execute(
-                "UPDATE vauban.databases SET rotation_token = %s, last_rotation = %s"
-                " WHERE uid = %s",
-                (rotation.token, rotation.at, uid),
-            )
-        await conn.execute(
-            "UPDATE vauban.logins SET published = true, retire_after = NULL"
-            " WHERE database_uid = %s AND role = %s",
-            (uid, login),
+    the rotation that made `login`, if one did, is done. One statement, so one commit: an
+    operator killed between a published login and its rotation's record would rotate again
+    on restart. (Its parts touch different rows: `login` is never among those retiring.)"""
+    roles = [role for role in retiring if role != login]
+    await conn.execute(
+        """
+        WITH rotated AS (
+            UPDATE vauban.databases SET rotation_token = %(token)s, last_rotation = %(at)s
+             WHERE uid = %(uid)s AND %(rotated)s
+        ), retiring AS (
+            UPDATE vauban.logins l SET retire_after = r.deadline
+              FROM ROWS FROM (pg_catalog.unnest(%(roles)s::text[]),
+                              pg_catalog.unnest(%(deadlines)s::timestamptz[]))
+                   AS r(role, deadline)
+             WHERE l.database_uid = %(uid)s AND l.role = r.role
         )
-        for role, deadline in retiring.items():
-            await conn.execute(
-                "UPDATE vauban.logins SET retire_after = %s WHERE database_uid = %s AND role = %s",
-                (deadline, uid, role),
-            )
+        UPDATE vauban.logins SET published = true, retire_after = NULL
+         WHERE database_uid = %(uid)s AND role = %(login)s
+        """,
+        {
+            "uid": uid,
+            "login": login,
+            "rotated": rotation is not None,
+            "token": rotation.token if rotation else None,
+            "at": rotation.at if rotation else None,
+            "roles": roles,
+            "deadlines": [retiring[role] for role in roles],
+        },
+    )
 
 
 async def forget_logins(conn: Connection, uid: str, roles: Collection[str]) -> None:
+    if not roles:
+        return
     await conn.execute(
         "DELETE FROM vauban.logins WHERE database_uid = %s AND role = ANY(%s)", (uid, list(roles))
     )
