@@ -14,6 +14,7 @@ from prometheus_client import generate_latest
 
 from vauban.builders.cnpg import MANAGED_BY
 from vauban.builders.credentials import DATABASE_LABEL
+from vauban.engines.postgres.servers import PostgresServers
 from vauban.handlers import wiring
 from vauban.handlers.context import Context
 from vauban.kms import KeyProvider, KeyProviderError
@@ -227,6 +228,7 @@ async def run(settings: Settings) -> bool:
     registry = kopf.OperatorRegistry()
     wiring.register(registry, settings)
     election, keeping = None, None
+    servers = PostgresServers()
     try:
         if settings.leader_election:
             election = kube.leader_election(
@@ -249,6 +251,7 @@ async def run(settings: Settings) -> bool:
                     kube=kube,
                     settings=settings,
                     metrics=metrics,
+                    servers=servers,
                     key_providers=key_providers(settings),
                 )
             ),
@@ -278,5 +281,6 @@ async def run(settings: Settings) -> bool:
             await election.release()
         if runner is not None:
             await runner.cleanup()
+        await servers.close()
         await kube.close()
     return lost

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
+import time
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,14 +35,14 @@ class AdminCredentials:
     password: str
 
 
-@contextlib.asynccontextmanager
-async def connect(
+async def open_connection(
     address: ServerAddress, username: str, password: str, dbname: str
-) -> AsyncIterator[Connection]:
+) -> Connection:
     """A session whose search_path is pinned at connect time (see PINNED_SEARCH_PATH): the
-    only way Vauban connects with a role of its own, admin or tenant."""
+    only way Vauban connects with a role of its own, admin or tenant. The caller closes it."""
+    # libpq reads the CA file during the handshake only: it may go once connected.
     with ssl_root_cert(address.ca_pem) as root_cert:
-        connection = await psycopg.AsyncConnection.connect(
+        return await psycopg.AsyncConnection.connect(
             host=address.host,
             port=address.port,
             user=username,
@@ -53,8 +55,15 @@ async def connect(
             options=PINNED_SEARCH_PATH,
             autocommit=True,
         )
-        async with connection:
-            yield connection
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    address: ServerAddress, username: str, password: str, dbname: str
+) -> AsyncIterator[Connection]:
+    """`open_connection`, closed on leaving."""
+    async with await open_connection(address, username, password, dbname) as connection:
+        yield connection
 
 
 class Server:
@@ -194,26 +203,131 @@ class Server:
         await registry.forget(self.connection, uid)
 
 
-@contextlib.asynccontextmanager
-async def session(admin: AdminCredentials) -> AsyncIterator[Server]:
+async def _open_admin(admin: AdminCredentials) -> Connection:
     """The admin's session on the registry database, which is created on first use."""
     address, user, password = admin.address, admin.username, admin.password
-    async with contextlib.AsyncExitStack() as stack:
-        try:
-            conn = await stack.enter_async_context(
-                connect(address, user, password, registry.DATABASE)
-            )
-        except psycopg.OperationalError:
-            # libpq tells "no such database" and "no CONNECT privilege" only in a (localised)
-            # message: prepare the registry from `postgres`, which is idempotent, then connect
-            # again. A server that does not answer fails here a second time, as it should.
-            async with connect(address, user, password, "postgres") as maintenance:
-                await registry.prepare(maintenance)
-            conn = await stack.enter_async_context(
-                connect(address, user, password, registry.DATABASE)
-            )
+    try:
+        conn = await open_connection(address, user, password, registry.DATABASE)
+    except psycopg.OperationalError:
+        # libpq tells "no such database" and "no CONNECT privilege" only in a (localised)
+        # message: prepare the registry from `postgres`, which is idempotent, then connect
+        # again. A server that does not answer fails here a second time, as it should.
+        async with connect(address, user, password, "postgres") as maintenance:
+            await registry.prepare(maintenance)
+        conn = await open_connection(address, user, password, registry.DATABASE)
+    try:
         await registry.ensure_schema(conn)
-        yield Server(conn)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+@dataclass
+class _Idle:
+    connection: Connection
+    since: float
+
+
+class AdminSessions:
+    """The admin's sessions, kept open a few seconds between reconciles of the same server.
+
+    A reconcile's SQL costs less than its connection (a backend forked and its catalog
+    caches filled, SCRAM on both sides, TLS): in a burst, the reconciles of a cluster follow
+    one another on the sessions their predecessors leave. A session is given back only
+    when the reconcile using it ended normally with no transaction open, and is taken again
+    only if the server has not spoken since (an idle session the server closed, on a restart
+    or a failover, has sent its goodbye); one idle longer than `keep_seconds` is closed, so
+    a quiet operator holds no connection, and no more than `keep_per_server` wait per
+    server and admin. Keyed by the credentials themselves: a new admin password opens new
+    sessions, and the old ones age out."""
+
+    def __init__(self, *, keep_seconds: float = 10.0, keep_per_server: int = 8) -> None:
+        self._keep, self._limit = keep_seconds, keep_per_server
+        self._idle: dict[AdminCredentials, list[_Idle]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def session(self, admin: AdminCredentials) -> AsyncIterator[Server]:
+        conn = self._take(admin) or await _open_admin(admin)
+        reusable = False
+        try:
+            yield Server(conn)
+            reusable = True
+        finally:
+            if reusable and self._still_usable(conn):
+                self._give_back(admin, conn)
+            else:
+                await conn.close()
+
+    def _take(self, admin: AdminCredentials) -> Connection | None:
+        idle = self._idle.get(admin, [])
+        while idle:
+            conn = idle.pop().connection
+            if self._still_usable(conn) and not _has_spoken(conn):
+                return conn
+            self._close_soon(conn)
+        return None
+
+    @staticmethod
+    def _still_usable(conn: Connection) -> bool:
+        status = conn.info.transaction_status
+        return not conn.closed and not conn.broken and status == psycopg.pq.TransactionStatus.IDLE
+
+    def _give_back(self, admin: AdminCredentials, conn: Connection) -> None:
+        idle = self._idle.setdefault(admin, [])
+        if len(idle) >= self._limit:
+            self._close_soon(conn)
+            return
+        idle.append(_Idle(conn, time.monotonic()))
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap(), name="vauban-admin-sessions")
+
+    async def _reap(self) -> None:
+        try:
+            while self._idle:
+                now = time.monotonic()
+                oldest = min(i.since for idle in self._idle.values() for i in idle)
+                if (wait := oldest + self._keep - now) > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                for admin, idle in list(self._idle.items()):
+                    kept = [i for i in idle if now - i.since < self._keep]
+                    for expired in idle:
+                        if expired not in kept:
+                            await expired.connection.close()
+                    if kept:
+                        self._idle[admin] = kept
+                    else:
+                        del self._idle[admin]
+        finally:
+            self._reaper = None
+
+    def _close_soon(self, conn: Connection) -> None:
+        task = asyncio.create_task(conn.close(), name="vauban-admin-session-close")
+        _CLOSING.add(task)
+        task.add_done_callback(_CLOSING.discard)
+
+    async def close(self) -> None:
+        """Close every idle session (the process is stopping)."""
+        idle, self._idle = self._idle, {}
+        for sessions in idle.values():
+            for i in sessions:
+                await i.connection.close()
+
+
+_CLOSING: set[asyncio.Task[None]] = set()
+"""Closes under way: asyncio keeps only weak references to tasks."""
+
+
+def _has_spoken(conn: Connection) -> bool:
+    """Whether the server sent anything to an idle session: on an idle session it only
+    speaks to end it (a termination's error, then EOF)."""
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 class TenantSession:

@@ -11,10 +11,17 @@ from vauban.reconcile.cluster import ServerProbe
 
 
 class PostgresServers:
+    def __init__(self) -> None:
+        self._admin_sessions = catalog.AdminSessions()
+
     def admin(
         self, credentials: catalog.AdminCredentials
     ) -> AbstractAsyncContextManager[catalog.Server]:
-        return catalog.session(credentials)
+        return self._admin_sessions.session(credentials)
+
+    async def close(self) -> None:
+        """The admin sessions kept between reconciles are closed (the process is stopping)."""
+        await self._admin_sessions.close()
 
     def tenant(
         self, address: probe.ServerAddress, username: str, password: str, database: str
