@@ -78,6 +78,8 @@ class SqlCounts:
     connections_by_user: dict[str, int]
     exec_seconds: float
     exec_seconds_by_kind: dict[str, float]
+    slowest: list[tuple[str, int, float]]
+    """The statements (as pg_stat_statements normalises them) with the most time in all."""
 
     def summary(self, per: int = 1) -> dict[str, Any]:
         return {
@@ -92,6 +94,9 @@ class SqlCounts:
             "server_exec_seconds_by_kind": {
                 k: round(v, 2) for k, v in self.exec_seconds_by_kind.items()
             },
+            "server_slowest_statements": [
+                {"query": q, "calls": c, "seconds": round(t, 2)} for q, c, t in self.slowest
+            ],
         }
 
 
@@ -141,6 +146,10 @@ def counts(server: PostgresServer, admin: str, log_from: int) -> SqlCounts:
         connections_by_user=dict(connections),
         exec_seconds=exec_ms / 1000,
         exec_seconds_by_kind={k: ms / 1000 for k, ms in ms_by_kind.most_common()},
+        slowest=[
+            (" ".join(str(q).split())[:160], int(c), ms / 1000)
+            for _, q, c, ms in sorted(rows, key=lambda r: -r[3])[:10]
+        ],
     )
 
 
