@@ -116,9 +116,11 @@ class Settings(BaseSettings):
     re-read in one burst."""
 
     max_concurrent_reconciles_per_cluster: int = Field(default=8, ge=1, le=100)
-    """How many databases of one cluster are reconciled at the same time. Each holds at most
-    one admin session and one other connection to the server, so this bounds what Vauban
-    takes of its max_connections during a burst; those waiting hold nothing."""
+    """How many databases of one server are reconciled at the same time: a managed
+    cluster's, or an external host and port, shared by every ManagedCluster that adopts it.
+    Each holds at most one admin session and one other connection to the server, so this
+    bounds what Vauban takes of its max_connections during a burst (plus as many admin
+    sessions kept idle for a few seconds); those waiting hold nothing."""
 
     leader_election: bool = False
     """Run only while holding the Lease `vauban-leader` in `namespace`: with several

@@ -35,7 +35,7 @@ def sessions_of(postgres: PostgresServer, admin: AdminCredentials) -> int:
             "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (admin.username,)
         ).fetchone()
     assert row is not None
-    return int(row[0])
+    return int(str(row[0]))
 
 
 def test_a_session_is_taken_again_while_fresh_and_closed_once_idle(

@@ -345,3 +345,20 @@ def test_a_recovery_says_what_it_replays_then_that_it_is_over() -> None:
     assert replicas_joining.fields["recovery"]["recovered"] is True
     plain = assess_managed(managed(), engine_installed=True, engine_cluster=engine())
     assert plain.fields["recovery"] is None
+
+
+def test_clusters_adopting_one_server_share_its_bound_of_sessions() -> None:
+    """The bound of concurrent reconciles is the server's max_connections: two
+    ManagedClusters adopting the same host and port share it; another port, a cluster of
+    no parsable spec or a managed cluster are each their own server."""
+    a, b = view(ns="team-a"), view(ns="team-b")
+    assert a.server == b.server == ("external", "pg:5432")
+    other_port = external(external={"host": "pg", "port": 5433, "adminSecretRef": {"name": "a"}})
+    assert view(other_port).server != a.server
+    unparsable = ClusterView(namespace="team", name="main", spec=None, ready=False)
+    assert unparsable.server == ("team", "main")
+    managed = ManagedClusterSpec.model_validate({"mode": "Managed"})
+    assert ClusterView(namespace="team", name="main", spec=managed, ready=True).server == (
+        "team",
+        "main",
+    )

@@ -43,7 +43,7 @@ def proxy_for(url: str) -> str | None:
     """The proxy the environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY) names for `url`."""
     parts = urllib.parse.urlsplit(url)
     proxy = urllib.request.getproxies_environment().get(parts.scheme)
-    if not proxy or urllib.request.proxy_bypass_environment(parts.hostname or ""):
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
         return None
     return proxy
 

@@ -38,6 +38,16 @@ class ClusterView:
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @property
+    def server(self) -> tuple[str, str]:
+        """The server its databases' sessions go to, which bounds how many run at once: an
+        external host and port, which several ManagedClusters may adopt (their databases
+        share one server's max_connections), or a managed cluster's own."""
+        if self.spec is not None and self.spec.external is not None:
+            # A cluster's name has no colon: no managed cluster shares this key.
+            return ("external", f"{self.spec.external.host}:{self.spec.external.port}")
+        return (self.namespace, self.name)
+
 
 ABANDON_ANNOTATION = "vauban.dev/abandon-server-objects"
 

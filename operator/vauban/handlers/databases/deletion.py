@@ -54,7 +54,7 @@ async def finalize(
     try:
         if isinstance(connection, Verdict):
             raise _Unreachable(connection.message)
-        async with ctx.server_slots[key], ctx.servers.admin(connection.admin) as server:
+        async with ctx.server_slots[cluster.server], ctx.servers.admin(connection.admin) as server:
             record = await server.record_of(uid)
     except (psycopg.Error, registry.RegistryUnusable, _Unreachable) as e:
         why = database_error(e).message if isinstance(e, psycopg.Error) else str(e)
@@ -67,7 +67,7 @@ async def finalize(
     if record is None or record.retained:
         return
     try:
-        async with ctx.server_slots[key], ctx.servers.admin(connection.admin) as server:
+        async with ctx.server_slots[cluster.server], ctx.servers.admin(connection.admin) as server:
             logins = [login.role for login in record.logins]
             if spec.deletion_policy == "Delete":
                 await server.run(drop_database(record.database, [*logins, record.owner]))

@@ -58,7 +58,7 @@ async def reconcile(
     more."""
     # Read fresh under the lock: a reconcile that waited must see what the previous one
     # wrote (a rotation done twice would cut the grace period of the first).
-    await _envelope(ctx).run(
+    await _envelope(ctx, clusters).run(
         ctx,
         body,
         lambda fresh: _reconcile(ctx, fresh, clusters, backups),
@@ -66,15 +66,18 @@ async def reconcile(
     )
 
 
-def _envelope(ctx: Context) -> Envelope:
-    """A bounded number of databases of one cluster reconcile at a time: a burst of a
-    thousand would otherwise exhaust its server's max_connections ("too many clients"), and
-    hold a thousand bodies in memory while they wait. A waiting reconcile holds nothing: the
-    object is read when its turn comes."""
+def _envelope(ctx: Context, clusters: Mapping[tuple[str, str], Iterable[ClusterView]]) -> Envelope:
+    """A bounded number of databases of one server reconcile at a time: a burst of a
+    thousand would otherwise exhaust its max_connections ("too many clients"), and hold a
+    thousand bodies in memory while they wait. A waiting reconcile holds nothing: the object
+    is read when its turn comes."""
 
     def server_slot(body: Mapping[str, Any]) -> AbstractAsyncContextManager[object]:
-        server = cluster_key_of(body)
-        return ctx.server_slots[server] if server else contextlib.nullcontext()
+        key = cluster_key_of(body)
+        if key is None:
+            return contextlib.nullcontext()
+        cluster = next(iter(clusters.get(key, ())), None)
+        return ctx.server_slots[cluster.server if cluster is not None else key]
 
     return Envelope(
         MANAGED_DATABASE, kept=stored.kept, around=lambda _: ctx.memory.busy(), within=server_slot

@@ -65,7 +65,7 @@ async def _suspend(
         return refused
     try:
         async with (
-            ctx.server_slots[(cluster.namespace, cluster.name)],
+            ctx.server_slots[cluster.server],
             ctx.servers.admin(connection.admin) as server,
         ):
             record = await server.record_of(str(body["metadata"]["uid"]))

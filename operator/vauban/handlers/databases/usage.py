@@ -51,7 +51,7 @@ async def probe(ctx: Context, cluster: ClusterView, bodies: Iterable[Mapping[str
     if isinstance(connection, Verdict):
         return  # the cluster's own status says what is missing
     try:
-        async with ctx.server_slots[(cluster.namespace, cluster.name)]:
+        async with ctx.server_slots[cluster.server]:
             async with asyncio.timeout(USAGE_DEADLINE_SECONDS):
                 async with ctx.servers.admin(connection.admin) as server:
                     found = await server.usage(
