@@ -210,7 +210,8 @@ def targets(results: dict[str, Any]) -> list[str]:
         x = t["rss_growth_at_most_5_mib_per_1000_objects"]
         lines.append(
             f"| steady state, {x['objects']} objects: RSS growth at most 5 MiB per 1000 objects "
-            f"| {_f(x['mib_per_1000_objects'], 2, ' MiB')} | {_f(x['met'])} |"
+            f"| {_f(x['mib_per_1000_objects'], 2, ' MiB')} ({x.get('basis', '')}) "
+            f"| {_f(x['met'])} |"
         )
     if "steady_state" in t:
         x = t["steady_state"]
