@@ -40,10 +40,29 @@ def _draw(ax: Any, run: dict[str, Any] | None, label: str, color: str) -> None:
     )
 
 
+def _draw_rss(ax: Any, rss: list[tuple[str, dict[str, Any]]]) -> None:
+    """RSS against Ready objects, one line per N: its slope is what each live object costs."""
+    colors = ["tab:blue", "tab:green", "tab:purple", "tab:red", "tab:brown"]
+    for (size, run), color in zip(rss, colors, strict=False):
+        points = run["rss_over_ready"]["points"]
+        ax.plot([p[1] for p in points], [p[2] for p in points], color=color, label=f"N={size}")
+    ax.set_title("Operator RSS during the burst")
+    ax.set_xlabel("ManagedDatabases Ready")
+    ax.set_ylabel("RSS (MiB)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+
+
 def draw(results: dict[str, Any], out: Path) -> Path:
     sizes = sorted(results["provisioning"], key=int)
     managed = sorted(results.get("managed") or {}, key=int)
-    panels = len(sizes) + (1 if managed else 0)
+    rss = [
+        (size, run)
+        for size in sizes
+        if (run := _median_run(results["provisioning"][size].get("vauban", [])))
+        and (run.get("rss_over_ready") or {}).get("points")
+    ]
+    panels = len(sizes) + (1 if managed else 0) + (1 if rss else 0)
     cols = min(2, max(panels, 1))
     rows = -(-max(panels, 1) // cols)
     fig, grid = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
@@ -76,6 +95,8 @@ def draw(results: dict[str, Any], out: Path) -> Path:
         ax.set_ylim(0, 102)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
+    if rss:
+        _draw_rss(axes[len(sizes) + (1 if managed else 0)], rss)
     machine = results.get("machine", {})
     fig.suptitle(
         f"Time to Ready — Vauban {machine.get('vauban', '')} ({machine.get('vauban_commit', '')}),"

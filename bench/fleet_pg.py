@@ -5,10 +5,12 @@ hook for extra settings), the counts read back per role, and the raw-SQL referen
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,13 @@ from vauban.engines.postgres.plan import Catalog, Desired, Login, plan
 from vauban.engines.postgres.scram import new_password, verifier
 
 ADMIN_PASSWORD = "bench-admin-password"  # noqa: S105 - a throw-away loopback server
+
+# What one more database takes on disk: a copy of template1, 7.5 MB on PostgreSQL 15
+# (measured: pg_database_size of a fresh database); each server's WAL may reach max_wal_size
+# (1 GB) on top. At N = 10,000 that is some 75 GB: a run that cannot fit is refused before
+# it starts rather than failing half-way with a full disk.
+DATABASE_BYTES = 7_600_000
+SERVER_BYTES = 1_300_000_000
 
 
 def start_server(max_connections: int) -> PostgresServer:
@@ -41,6 +50,19 @@ def start_server(max_connections: int) -> PostgresServer:
     with server.superuser() as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
     return server
+
+
+def check_disk(databases: int, servers: int) -> None:
+    """Refuses a run whose databases cannot fit where the servers keep their data (TMPDIR,
+    as PostgresServer uses tempfile)."""
+    where = tempfile.gettempdir()
+    needed = databases * DATABASE_BYTES + servers * SERVER_BYTES
+    free = shutil.disk_usage(where).free
+    if free < needed:
+        raise RuntimeError(
+            f"{databases} databases on {servers} server(s) need about {needed / 1e9:.0f} GB "
+            f"in {where}, {free / 1e9:.0f} GB free: set TMPDIR to a larger filesystem"
+        )
 
 
 def create_admin(server: PostgresServer, name: str, superuser: bool = False) -> None:
@@ -67,6 +89,14 @@ def reset_statements(server: PostgresServer) -> None:
         conn.execute("SELECT pg_stat_statements_reset()")
 
 
+def mark(servers: list[PostgresServer]) -> list[int]:
+    """Starts a window on every server: statements reset, each log's offset returned (for
+    `counts_over`)."""
+    for server in servers:
+        reset_statements(server)
+    return [log_offset(server) for server in servers]
+
+
 _CONNECTION = re.compile(rb"connection authorized: user=(\S+)")
 
 
@@ -81,7 +111,16 @@ class SqlCounts:
     slowest: list[tuple[str, int, float]]
     """The statements (as pg_stat_statements normalises them) with the most time in all."""
 
+    # Statements and connections of each server, when there are several: how evenly the
+    # operator's work spread.
+    per_server: list[tuple[int, int]] = field(default_factory=list)
+
     def summary(self, per: int = 1) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if len(self.per_server) > 1:
+            extra["per_server"] = [
+                {"statements": st, "connections": co} for st, co in self.per_server
+            ]
         return {
             "statements": self.statements,
             "statements_per_object": round(self.statements / per, 2),
@@ -97,6 +136,7 @@ class SqlCounts:
             "server_slowest_statements": [
                 {"query": q, "calls": c, "seconds": round(t, 2)} for q, c, t in self.slowest
             ],
+            **extra,
         }
 
 
@@ -107,6 +147,28 @@ def _kind(query: str) -> str:
     if words[0] in ("CREATE", "ALTER", "DROP") and len(words) > 1:
         return f"{words[0]} {words[1]}"
     return "SELECT" if words[0] == "WITH" else words[0]
+
+
+def counts_over(servers: list[PostgresServer], admin: str, log_from: list[int]) -> SqlCounts:
+    """`counts` of every server (`log_from` from `mark`), summed."""
+    each = [counts(server, admin, offset) for server, offset in zip(servers, log_from, strict=True)]
+    by_kind: Counter[str] = Counter()
+    by_user: Counter[str] = Counter()
+    seconds_by_kind: Counter[str] = Counter()
+    for c in each:
+        by_kind.update(c.by_kind)
+        by_user.update(c.connections_by_user)
+        seconds_by_kind.update(c.exec_seconds_by_kind)
+    return SqlCounts(
+        statements=sum(c.statements for c in each),
+        by_kind=dict(by_kind.most_common()),
+        connections=sum(c.connections for c in each),
+        connections_by_user=dict(by_user),
+        exec_seconds=sum(c.exec_seconds for c in each),
+        exec_seconds_by_kind=dict(seconds_by_kind.most_common()),
+        slowest=sorted((s for c in each for s in c.slowest), key=lambda s: -s[2])[:10],
+        per_server=[(c.statements, c.connections) for c in each],
+    )
 
 
 def counts(server: PostgresServer, admin: str, log_from: int) -> SqlCounts:
@@ -157,14 +219,18 @@ def counts(server: PostgresServer, admin: str, log_from: int) -> SqlCounts:
 
 
 def raw_sql(
-    server: PostgresServer, admin: str, names: list[tuple[str, str, str]], workers: int
+    servers: list[PostgresServer],
+    admin: str,
+    names: list[tuple[int, str, str, str]],
+    workers: int,
 ) -> dict[str, Any]:
     """The statements Vauban's planner emits for a new database (the same pure `plan`, on an
     empty catalog), issued directly with psycopg over `workers` long-lived connections as the
-    admin: the floor for the SQL side. `names`: (database, owner, login)."""
+    admin: the floor for the SQL side. `names`: (server index, database, owner, login). With
+    several servers, each worker keeps one connection to each server it has work for."""
     catalog = Catalog(roles={}, database_owner=None, admin=admin)
 
-    def connect() -> psycopg.Connection[tuple[Any, ...]]:
+    def connect(server: PostgresServer) -> psycopg.Connection[tuple[Any, ...]]:
         return psycopg.connect(
             host="127.0.0.1",
             port=server.port,
@@ -174,41 +240,54 @@ def raw_sql(
             autocommit=True,
         )
 
-    # Verifiers are made by libpq on a server connection (the server's iteration count), as
-    # Vauban makes them; before the clock starts, as the planner's inputs.
-    with connect() as first:
+    # Verifiers are made by libpq on a server connection (the server's iteration count, the
+    # same on every server here), as Vauban makes them; before the clock starts, as the
+    # planner's inputs.
+    with connect(servers[0]) as first:
         plans = [
-            plan(
-                Desired(
-                    database=d,
-                    owner=o,
-                    login=Login(login, verifier(first.pgconn, login, new_password())),
+            (
+                k,
+                plan(
+                    Desired(
+                        database=d,
+                        owner=o,
+                        login=Login(login, verifier(first.pgconn, login, new_password())),
+                    ),
+                    catalog,
                 ),
-                catalog,
             )
-            for d, o, login in names
+            for k, d, o, login in names
         ]
     queue = list(reversed(plans))
     lock = threading.Lock()
     errors: list[BaseException] = []
     statements = 0
+    opened = 0
 
     def work() -> None:
-        nonlocal statements
-        with connect() as conn:
+        nonlocal statements, opened
+        conns: dict[int, psycopg.Connection[tuple[Any, ...]]] = {}
+        try:
             while True:
                 with lock:
                     if not queue or errors:
                         return
-                    p = queue.pop()
+                    k, p = queue.pop()
                 try:
+                    if k not in conns:
+                        conns[k] = connect(servers[k])
+                        with lock:
+                            opened += 1
                     for statement in p.server:
-                        conn.execute(statement)
+                        conns[k].execute(statement)
                     with lock:
                         statements += len(p.server)
                 except BaseException as e:
                     with lock:
                         errors.append(e)
+        finally:
+            for conn in conns.values():
+                conn.close()
 
     started = time.monotonic()
     threads = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
@@ -223,6 +302,7 @@ def raw_sql(
         "seconds": round(elapsed, 3),
         "statements": statements,
         "statements_per_object": round(statements / len(names), 2),
-        "connections": workers,
+        "connections": opened,
         "workers": workers,
+        "servers": len(servers),
     }

@@ -97,6 +97,69 @@ def cost(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def steady_by_n(results: dict[str, Any]) -> list[str]:
+    """The steady state at every N that had one in this run, side by side: flat in N or not."""
+    rows = (results.get("summary") or {}).get("steady_by_n") or {}
+    lines = [
+        "| N | servers | clusters | window | CPU % of a core | machine busy | RSS median"
+        " | RSS growth / 1000 objects | API requests / min | API writes / min"
+        " | SQL statements / min | SQL connections / min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n, r in sorted(((k, v) for k, v in rows.items() if k.isdigit()), key=lambda x: int(x[0])):
+        if r.get("skipped"):
+            lines.append(f"| {n} | not measured: {r['skipped']} |" + " |" * 10)
+            continue
+        lines.append(
+            f"| {n} | {_f(r['servers'])} | {_f(r['clusters'])} | {_f(r['seconds'], 0, ' s')} "
+            f"| {_f(r['cpu_percent_of_one_core'], 2, ' %')} "
+            f"| {_f(r['machine_busy_percent'], 0, ' %')} "
+            f"| {_f(r['rss_median_mib'], 0, ' MiB')} "
+            f"| {_f(r['rss_growth_mib_per_1000_objects'], 2, ' MiB')} "
+            f"| {_f(r['api_requests_per_minute'], 1)} | {_f(r['api_writes_per_minute'], 1)} "
+            f"| {_f(r['sql_statements_per_minute'], 1)} "
+            f"| {_f(r['sql_connections_per_minute'], 1)} |"
+        )
+    between = rows.get("rss_growth_between")
+    if between:
+        lines += [
+            "",
+            f"RSS growth from N = {between['from_n']} to N = {between['to_n']} (steady medians"
+            f" of the two runs): {_f(between['mib_per_1000_objects'], 2, ' MiB')} per 1000"
+            " objects.",
+        ]
+    return lines
+
+
+def rss_curve(results: dict[str, Any]) -> list[str]:
+    """The operator's RSS against the Ready objects during each Vauban burst: the RSS when
+    a quarter, half, three quarters and all of them were Ready."""
+    lines = [
+        "| N | run | RSS before | 25 % Ready | 50 % | 75 % | 100 % | end | slope / 1000 Ready |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n, runs in sorted(results["provisioning"].items(), key=lambda x: int(x[0])):
+        for k, run in enumerate(runs.get("vauban", [])):
+            curve = run.get("rss_over_ready")
+            if not curve or not curve["points"]:
+                continue
+            points = curve["points"]
+
+            def at(share: float, points: list[list[float]] = points, n: int = int(n)) -> str:
+                for _, ready, mib in points:
+                    if ready >= share * n:
+                        return _f(mib, 0, " MiB")
+                return "—"
+
+            lines.append(
+                f"| {n} | {k} | {_f(curve['rss_before_mib'], 0, ' MiB')} "
+                + " ".join(f"| {at(q)}" for q in (0.25, 0.5, 0.75, 1.0))
+                + f" | {_f(points[-1][2], 0, ' MiB')} "
+                f"| {_f(curve['burst_slope_mib_per_1000_ready'], 2, ' MiB')} |"
+            )
+    return lines
+
+
 def managed(results: dict[str, Any]) -> list[str]:
     lines = [
         "| N | all Ready | p50 | p95 | API requests / object | writes / object | CPU s"
@@ -143,6 +206,16 @@ def targets(results: dict[str, Any]) -> list[str]:
             f"| steady state, {x['objects']} objects: CPU under 2 % of a core "
             f"| {_f(x['cpu_percent_of_one_core'], 2, ' %')} | {_f(x['met'])} |"
         )
+    if "rss_growth_at_most_5_mib_per_1000_objects" in t:
+        x = t["rss_growth_at_most_5_mib_per_1000_objects"]
+        lines.append(
+            f"| steady state, {x['objects']} objects: RSS growth at most 5 MiB per 1000 objects "
+            f"| {_f(x['mib_per_1000_objects'], 2, ' MiB')} ({x.get('basis', '')}) "
+            f"| {_f(x['met'])} |"
+        )
+    if "steady_state" in t:
+        x = t["steady_state"]
+        lines.append(f"| steady state, {x['objects']} objects | not measured: {x['why']} | — |")
     return lines
 
 
@@ -152,11 +225,16 @@ def main() -> None:
     for title, part in (
         ("Provisioning burst: time to Ready (medians)", provisioning),
         ("Provisioning burst: cost per object (medians)", cost),
+        ("Operator RSS against Ready objects, during the burst", rss_curve),
+        ("Steady state by N (same run)", steady_by_n),
         ("Managed clusters burst (medians)", managed),
         ("Targets", targets),
     ):
+        lines = part(results)
+        if len(lines) <= 2:
+            continue  # nothing measured (an older run, or a phase not asked for)
         print(f"### {title}\n")
-        print("\n".join(part(results)))
+        print("\n".join(lines))
         print()
     for key in ("steady", "churn"):
         if results.get(key):
