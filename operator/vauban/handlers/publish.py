@@ -105,6 +105,7 @@ async def publish(
     fields: StatusModel | None = None,
     domain: Sequence[DomainCondition] = (),
     fold_into: events.ObjectRef | None = None,
+    fresh: bool = False,
 ) -> None:
     """Write the status `verdict` implies, with what the reconcile observed (`fields`, the
     kind's status model), and an Event on a transition, only if the stored status differs.
@@ -113,8 +114,10 @@ async def publish(
 
     The body a handler got may be stale (a re-check's, or a dependent's copy from an index),
     so a change seen against it is confirmed against the object as stored now — a read,
-    never a write, and only when something seems to have changed. Callers hold the object's
-    lock (`Context.locks`).
+    never a write, and only when something seems to have changed. `fresh`: the body is the
+    envelope's own read, under the lock, and this process writes the object's status only
+    under it: the read would return the same status. Callers hold the object's lock
+    (`Context.locks`).
     """
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
@@ -134,12 +137,14 @@ async def publish(
     ctx.metrics.observe(kind.kind, namespace, name, first.status)
     if not first.changed:
         return
-    stored = await ctx.kube.read(kind, namespace, name)
-    if stored is None or stored["metadata"].get("generation", 0) > generation:
-        return  # gone, or its spec changed since: the next event reconciles it
-    update = update_from(stored.get("status"))
-    if not update.changed:
-        return
+    update = first
+    if not fresh:
+        stored = await ctx.kube.read(kind, namespace, name)
+        if stored is None or stored["metadata"].get("generation", 0) > generation:
+            return  # gone, or its spec changed since: the next event reconciles it
+        update = update_from(stored.get("status"))
+        if not update.changed:
+            return
     await ctx.kube.apply_status(kind, namespace, name, update.status)
     if update.transition:
         logger.info("%s %s/%s: %s (%s)", kind.kind, namespace, name, verdict.state, verdict.reason)

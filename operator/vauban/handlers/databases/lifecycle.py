@@ -133,6 +133,7 @@ async def _reconcile(
         fields=fields,
         domain=domain,
         fold_into=_fold_into(cluster),
+        fresh=True,
     )
     await _after(ctx, body, cluster, verdict)
 
@@ -187,10 +188,14 @@ async def _after(
 
 
 def settled(ctx: Context, body: Mapping[str, Any]) -> bool:
-    """Whether a watch event can be let pass: the object is Ready for its current spec and
-    rotation request, and was reconciled by this process within the probe interval. The
-    events of Vauban's own status writes are such events; reconciling them again would
-    re-read the server and, with a session count that moved, write status again."""
+    """Whether a watch event can be let pass: kopf puts Vauban's finalizer on the object at
+    this very event, and its arrival is the next event (a reconcile now would read the
+    object only to wait for it); or the object is Ready for its current spec and rotation
+    request, and was reconciled by this process within the probe interval. The events of
+    Vauban's own status writes are such events; reconciling them again would re-read the
+    server and, with a session count that moved, write status again."""
+    if awaiting_finalizer(body) is not None:
+        return True
     credentials = stored.status(body).credentials
     token = (body["metadata"].get("annotations") or {}).get(ROTATE_ANNOTATION)
     return (
