@@ -133,6 +133,41 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and of its children, ended (cutime, cstime: a PostgreSQL server's
+    backends, once reaped) or alive (its background processes, sessions still open)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0.0
+    total = sum(int(fields[k]) for k in (11, 12, 13, 14)) / CLOCK_TICKS
+    for child in children:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += cpu_seconds(int(child))
+    return total
+
+
+def components_cpu(
+    plane: AuditedControlPlane | None, pgs: list[PostgresServer], operator: int | None
+) -> dict[str, float]:
+    """CPU seconds so far of each part of a run: the operator, each control-plane component,
+    the PostgreSQL servers together. A difference of two says where a burst's CPU went."""
+    parts: dict[str, float] = {}
+    if operator is not None:
+        parts["operator"] = tree_cpu_seconds(operator)
+    for name, pid in (plane.pids if plane is not None else {}).items():
+        parts[name] = tree_cpu_seconds(pid)
+    parts["postgresql"] = sum(
+        tree_cpu_seconds(pg.process.pid) for pg in pgs if pg.process is not None
+    )
+    return parts
+
+
+def cpu_spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
+
+
 def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
 
@@ -649,13 +684,17 @@ def vauban_burst(work: Path, knobs: Knobs, n: int, steady: bool, churn_too: bool
             before = scrape(metrics_port)
             rss_before = rss_bytes(process.pid)
             profiler = start_profiler(process.pid, plane.data_dir / "profile.txt")
+            cpu0 = components_cpu(plane, pgs, process.pid)
             wall0, t0 = time.time(), time.monotonic()
             log(f"vauban: creating {n} ManagedDatabases")
             create_seconds = create_all(
                 api, [managed_database(ns, i) for ns, i in layout(n)], WORKERS
             )
             done = watcher.wait(all_ready(n), timeout=max(120.0, n * knobs.timeout_per_object))
-            t_ready = time.monotonic()
+            t_ready, cpu_to_ready = (
+                time.monotonic(),
+                cpu_spent(cpu0, components_cpu(plane, pgs, process.pid)),
+            )
             ready_times = [s.ready - t0 for s in watcher.seen.values() if s.ready is not None]
             profile = stop_profiler(profiler, plane.data_dir / "profile.txt")
             # What follows Ready (status events echoed back) is part of the happy path's cost.
@@ -688,6 +727,8 @@ def vauban_burst(work: Path, knobs: Knobs, n: int, steady: bool, churn_too: bool
                 "sql": sql.summary(n),
                 "reconciles": {k: round(after.get(k, 0) - before.get(k, 0), 2) for k in after},
                 "process": monitor.window(t0, t_end),
+                # From the first create to the last Ready, every part on the machine.
+                "cpu_seconds_to_ready_by_component": cpu_to_ready,
                 "process_peak_rss_mib_since_start": round(hwm_bytes(process.pid) / MIB, 1),
                 "rss_before_burst_mib": round(rss_before / MIB, 1),
                 "rss_over_ready": rss_over_ready(monitor, watcher, t0, t_end, rss_before),
@@ -974,7 +1015,11 @@ def raw_sql(knobs: Knobs, n: int) -> dict[str, Any]:
         for pg in pgs:
             fleet_pg.create_admin(pg, "raw_admin")
         names = [(server_of(ns, len(pgs)), f"d{i}", f"o{i}", f"o{i}_login1") for ns, i in layout(n)]
-        return fleet_pg.raw_sql(pgs, "raw_admin", names, WORKERS)
+        cpu0 = components_cpu(None, pgs, None)
+        result = fleet_pg.raw_sql(pgs, "raw_admin", names, WORKERS)
+        # The verifiers are made before its clock starts: the servers' CPU is the plan's.
+        result["cpu_seconds_by_component"] = cpu_spent(cpu0, components_cpu(None, pgs, None))
+        return result
 
 
 def credentials_like(ns: str, i: int) -> dict[str, Any]:
