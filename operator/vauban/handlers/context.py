@@ -10,7 +10,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from vauban.backup.storage import ObjectStore
 from vauban.builders.backup import Store
@@ -72,34 +72,6 @@ class Backoff:
         self._next.pop(key, None)
 
 
-class SecretReader(Protocol):
-    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None: ...
-
-
-class RecentSecrets:
-    """Secrets read within the last few seconds: a cluster's admin and CA Secrets, which
-    every reconcile of its databases reads (a burst, a thousand times a minute). A changed
-    admin password is seen within `max_age`, less than any retry of a refused login waits;
-    a Secret not found is not remembered, and values past their age are dropped, not kept
-    in memory."""
-
-    def __init__(self, max_age: float = 5.0) -> None:
-        self._max_age = max_age
-        self._read: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
-
-    async def read(self, kube: SecretReader, namespace: str, name: str) -> dict[str, str] | None:
-        now = time.monotonic()
-        for key, (at, _) in list(self._read.items()):
-            if now - at >= self._max_age:
-                del self._read[key]
-        if (hit := self._read.get((namespace, name))) is not None:
-            return hit[1]
-        values = await kube.read_secret(namespace, name)
-        if values is not None:
-            self._read[(namespace, name)] = (now, values)
-        return values
-
-
 def open_bucket(store: Store) -> Bucket:
     return ObjectStore(
         endpoint=store.endpoint,
@@ -146,9 +118,6 @@ class Context:
 
     clusters_told: dict[ObjectKey, float] = field(default_factory=dict)
     """When a database last had its cluster reconciled for what it found of the server."""
-
-    recent_secrets: RecentSecrets = field(default_factory=RecentSecrets)
-    """The clusters' admin and CA Secrets, as read in the last few seconds."""
 
     suspensions_checked: dict[ObjectKey, float] = field(default_factory=dict)
     """When the logins of each database refused by its cluster were last looked for."""

@@ -29,23 +29,24 @@ class Connection:
 async def connect(
     ctx: Context, cluster: ClusterView, spec: ManagedClusterSpec, database: str
 ) -> Connection | Verdict:
-    """How the operator reaches the cluster as admin, and how tenants reach the database."""
-
-    async def read(namespace: str, name: str) -> dict[str, str] | None:
-        return await ctx.recent_secrets.read(ctx.kube, namespace, name)
-
+    """How the operator reaches the cluster as admin, and how tenants reach the database.
+    The admin and CA Secrets are read at every reconcile, never remembered: a database's
+    reconcile is how its cluster learns at once that the platform deleted its admin Secret
+    (tell_cluster), and what removes or suspends must stop when it is gone."""
     if spec.external is not None:
         external = spec.external
-        admin = await read(cluster.namespace, external.admin_secret_ref.name)
+        admin = await ctx.kube.read_secret(cluster.namespace, external.admin_secret_ref.name)
         ca_pem = None
         if external.ca_secret_ref is not None:
-            ca = await read(cluster.namespace, external.ca_secret_ref.name)
+            ca = await ctx.kube.read_secret(cluster.namespace, external.ca_secret_ref.name)
             ca_pem = (ca or {}).get(external.ca_secret_ref.key)
         address = ServerAddress(external.host, external.port, external.ssl_mode, ca_pem)
         secret = external.admin_secret_ref.name
     else:
-        admin = await read(cluster.namespace, cnpg.superuser_secret_name(cluster.name))
-        ca = await read(cluster.namespace, f"{cluster.name}-ca")
+        admin = await ctx.kube.read_secret(
+            cluster.namespace, cnpg.superuser_secret_name(cluster.name)
+        )
+        ca = await ctx.kube.read_secret(cluster.namespace, f"{cluster.name}-ca")
         address = ServerAddress(
             f"{cluster.name}-rw.{cluster.namespace}.svc",
             cnpg.POSTGRES_PORT,
