@@ -291,15 +291,15 @@ class AdminSessions:
                 if (wait := oldest + self._keep - now) > 0:
                     await asyncio.sleep(wait)
                     continue
+                # Taken out with no await in between: a reconcile taking or giving back a
+                # session meanwhile would otherwise find it both in use and idle.
                 for admin, idle in list(self._idle.items()):
-                    kept = [i for i in idle if now - i.since < self._keep]
-                    for expired in idle:
-                        if expired not in kept:
-                            await expired.connection.close()
-                    if kept:
-                        self._idle[admin] = kept
-                    else:
+                    expired = [i for i in idle if now - i.since >= self._keep]
+                    idle[:] = [i for i in idle if now - i.since < self._keep]
+                    if not idle:
                         del self._idle[admin]
+                    for i in expired:
+                        self._close_soon(i.connection)
         finally:
             self._reaper = None
 
