@@ -39,32 +39,34 @@ def scratch(postgres: PostgresServer) -> Iterator[str]:
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+async def first_use(
+    postgres: PostgresServer, database: str, use: Callable[[registry.Connection], Awaitable[T]]
+) -> T:
+    """A session on the registry database, its tables ensured, then `use`d."""
+    async with await psycopg.AsyncConnection.connect(
+        host=str(postgres.root), port=postgres.port, user="postgres", dbname=database,
+        autocommit=True,
+    ) as conn:  # fmt: skip
+        await registry.ensure_schema(conn)
+        return await use(conn)
+
+
+async def _nothing(conn: registry.Connection) -> None:
+    return None
+
+
 def on_registry(
     postgres: PostgresServer, database: str, use: Callable[[registry.Connection], Awaitable[T]]
 ) -> T:
-    async def run() -> T:
-        async with await psycopg.AsyncConnection.connect(
-            host=str(postgres.root), port=postgres.port, user="postgres", dbname=database,
-            autocommit=True,
-        ) as conn:  # fmt: skip
-            await registry.ensure_schema(conn)
-            return await use(conn)
-
-    return asyncio.run(run())
+    return asyncio.run(first_use(postgres, database, use))
 
 
 def test_concurrent_first_uses_create_the_schema_once(
     postgres: PostgresServer, scratch: str
 ) -> None:
-    async def first_use() -> None:
-        async with await psycopg.AsyncConnection.connect(
-            host=str(postgres.root), port=postgres.port, user="postgres", dbname=scratch,
-            autocommit=True,
-        ) as conn:  # fmt: skip
-            await registry.ensure_schema(conn)
-
     async def burst() -> list[BaseException | None]:
-        return await asyncio.gather(*(first_use() for _ in range(12)), return_exceptions=True)
+        uses = (first_use(postgres, scratch, _nothing) for _ in range(12))
+        return await asyncio.gather(*uses, return_exceptions=True)
 
     assert asyncio.run(burst()) == [None] * 12
     with postgres.superuser(scratch) as conn:
