@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from support.kube import (
     install_crds,
     operator_namespace,
 )
+from support.session import LOCAL_SERVERS
 from support.vauban_process import running_operator
 from vauban.devcluster.agentrunner import AgentRunner
 from vauban.devcluster.kmip import KmipServer
@@ -40,6 +41,22 @@ def _tier(item: pytest.Item) -> int:
     return TIER_ORDER.index(tier) if tier in TIER_ORDER else len(TIER_ORDER)
 
 
+E2E = TIER_ORDER.index("e2e")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, None, None]:
+    yield
+    if nextitem is not None and _tier(nextitem) == E2E and _tier(item) != E2E:
+        LOCAL_SERVERS.close()
+
+
+def pytest_sessionfinish() -> None:
+    LOCAL_SERVERS.close()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         # The security and fault tiers drive the operator on a control plane too.
@@ -49,17 +66,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The suite's own cluster. Never the developer's current context: an existing cluster is
     used only when named explicitly by VAUBAN_TEST_KUBECONFIG, as envtest does."""
     existing = os.environ.get("VAUBAN_TEST_KUBECONFIG")
     if existing:
-        yield Path(existing)
-        return
+        return Path(existing)
     from vauban.devcluster import LocalControlPlane
 
-    with LocalControlPlane(data_dir=tmp_path_factory.mktemp("controlplane")) as plane:
-        yield plane.kubeconfig
+    plane = LOCAL_SERVERS.enter_context(
+        LocalControlPlane(data_dir=tmp_path_factory.mktemp("controlplane"))
+    )
+    return plane.kubeconfig
 
 
 @pytest.fixture(scope="session")
@@ -92,19 +110,18 @@ def namespace(kube: KubeCtl, request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
+def postgres() -> PostgresServer:
     """One real PostgreSQL server for the session, on 127.0.0.1."""
     server = PostgresServer()
+    LOCAL_SERVERS.callback(server.destroy)
     server.start()
-    yield server
-    server.destroy()
+    return server
 
 
 @pytest.fixture(scope="session")
-def s3() -> Iterator[S3Server]:
+def s3() -> S3Server:
     """One real S3 object store (versitygw) for the session, on 127.0.0.1."""
-    with S3Server() as server:
-        yield server
+    return LOCAL_SERVERS.enter_context(S3Server())
 
 
 @pytest.fixture(scope="session")
@@ -119,12 +136,12 @@ def softhsm() -> Iterator[SoftHsm]:
 
 
 @pytest.fixture(scope="session")
-def kmip() -> Iterator[KmipServer]:
+def kmip() -> KmipServer:
     """A real KMIP key manager (PyKMIP's server) on 127.0.0.1, for the `kmip` key provider."""
     server = KmipServer()
+    LOCAL_SERVERS.callback(server.destroy)
     server.start()
-    yield server
-    server.destroy()
+    return server
 
 
 @pytest.fixture(scope="session")
@@ -135,31 +152,32 @@ def operator(
     kmip: KmipServer,
     softhsm: SoftHsm,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[OperatorProcess]:
+) -> OperatorProcess:
     # Keys and the backup agent's Jobs live in the operator's namespace.
     kube.apply(operator_namespace())
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    with running_operator(
-        kubeconfig,
-        log,
-        VAUBAN_NAMESPACE=OPERATOR_NAMESPACE,
-        VAUBAN_KMIP_HOST=kmip.host,
-        VAUBAN_KMIP_PORT=str(kmip.port),
-        VAUBAN_KMIP_CERT_FILE=str(kmip.cert_file),
-        VAUBAN_KMIP_KEY_FILE=str(kmip.key_file),
-        VAUBAN_KMIP_CA_FILE=str(kmip.ca_file),
-        # The pkcs11 provider, on a SoftHSM2 token of its own.
-        **softhsm.environ,
-        VAUBAN_PKCS11_MODULE=str(softhsm.module),
-        VAUBAN_PKCS11_TOKEN_LABEL="vauban-operator",
-        VAUBAN_PKCS11_PIN_FILE=str(softhsm.pin_file("vauban-operator")),
-    ) as process:
-        yield process
+    return LOCAL_SERVERS.enter_context(
+        running_operator(
+            kubeconfig,
+            log,
+            VAUBAN_NAMESPACE=OPERATOR_NAMESPACE,
+            VAUBAN_KMIP_HOST=kmip.host,
+            VAUBAN_KMIP_PORT=str(kmip.port),
+            VAUBAN_KMIP_CERT_FILE=str(kmip.cert_file),
+            VAUBAN_KMIP_KEY_FILE=str(kmip.key_file),
+            VAUBAN_KMIP_CA_FILE=str(kmip.ca_file),
+            # The pkcs11 provider, on a SoftHSM2 token of its own.
+            **softhsm.environ,
+            VAUBAN_PKCS11_MODULE=str(softhsm.module),
+            VAUBAN_PKCS11_TOKEN_LABEL="vauban-operator",
+            VAUBAN_PKCS11_PIN_FILE=str(softhsm.pin_file("vauban-operator")),
+        )
+    )
 
 
 @pytest.fixture(scope="session")
-def agent_runner(kube: KubeCtl, kubeconfig: Path) -> Iterator[AgentRunner]:
+def agent_runner(kube: KubeCtl, kubeconfig: Path) -> AgentRunner:
     """Runs the backup agent's pods for real (kwok fakes every other pod)."""
     runner = AgentRunner(kube.binary, kubeconfig, OPERATOR_NAMESPACE).start()
-    yield runner
-    runner.stop()
+    LOCAL_SERVERS.callback(runner.stop)
+    return runner

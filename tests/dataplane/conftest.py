@@ -12,6 +12,7 @@ import pytest
 from psycopg import sql
 
 from dataplane.harness import BUCKET, LOCKED_BUCKET, PASSWORD, ROLE, Agent, connect, create_database
+from support.session import LOCAL_SERVERS
 from vauban.devcluster.postgres import PostgresServer
 from vauban.devcluster.s3 import S3Server
 
@@ -103,10 +104,9 @@ def buckets(s3: S3Server) -> None:
 
 
 @pytest.fixture(scope="session")
-def tls_s3() -> Iterator[S3Server]:
+def tls_s3() -> S3Server:
     """A second versitygw, over HTTPS with a certificate from its own CA."""
-    with S3Server(buckets=(BUCKET,), tls=True) as server:
-        yield server
+    return LOCAL_SERVERS.enter_context(S3Server(buckets=(BUCKET,), tls=True))
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,13 @@ the real node (not root, no network namespaces, missing packages)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
 
 from support.kube import KubeCtl
 from vauban.devcluster.build import ensure_binaries
+from vauban.devcluster.install import VAUBAN_NAMESPACE
 from vauban.devcluster.realnode import API_IP, RealCluster, unavailable_reason
 from vauban.devcluster.s3 import S3Server
 
@@ -20,6 +21,22 @@ S3_PORT = 9000
 
 TIMINGS: dict[str, float] = {}
 """Seconds each step of the session took, printed at its end (docs/development.md)."""
+
+KUBE: list[KubeCtl] = []
+"""The session's kubectl, once the stack is up: a failed test reports what the cluster saw."""
+
+WHAT_THE_CLUSTER_SAW = (
+    ("objects", ("get", "managedclusters,manageddatabases,managedbackups,pods", "-A",
+                 "-o", "wide")),
+    ("conditions", ("get", "managedclusters,manageddatabases", "-A", "-o",
+                    "custom-columns=NS:.metadata.namespace,NAME:.metadata.name,"
+                    "CONDITIONS:.status.conditions[*].reason,MESSAGES:.status.conditions[*].message")),
+    ("events", ("get", "events", "-A", "--sort-by=.lastTimestamp")),
+    ("operator log", ("logs", "-n", VAUBAN_NAMESPACE, "-l", "app.kubernetes.io/name=vauban",
+                      "--tail=150", "--prefix", "--all-containers")),
+)  # fmt: skip
+"""Read after a failed e2e test (a tail of each): a CI run's output says why, where the
+cluster it ran on is gone."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -33,6 +50,19 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("real node timings (s)")
         for step, seconds in TIMINGS.items():
             terminalreporter.write_line(f"{step:40} {seconds:7.1f}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed and call.when == "call" and KUBE and "tests/e2e" in str(item.path):
+        for title, argv in WHAT_THE_CLUSTER_SAW:
+            result = KUBE[0].run(*argv, check=False)
+            lines = (result.stdout + result.stderr).splitlines()[-150:]
+            report.sections.append((f"cluster: {title}", "\n".join(lines)))
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -86,4 +116,6 @@ def stack(real_cluster: RealCluster, object_store: S3Server) -> RealCluster:
 def kube_e2e(stack: RealCluster) -> KubeCtl:
     """kubectl on the real-node cluster. Not the root conftest's `kube` (session-scoped: the
     other tiers' control plane)."""
-    return KubeCtl(str(ensure_binaries().kubectl), stack.kubeconfig)
+    kube = KubeCtl(str(ensure_binaries().kubectl), stack.kubeconfig)
+    KUBE[:] = [kube]
+    return kube
