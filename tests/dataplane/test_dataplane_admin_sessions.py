@@ -95,3 +95,26 @@ def test_a_session_the_server_ended_while_idle_is_not_taken_again(
 
     first, second = asyncio.run(scenario())
     assert first != second
+
+
+def test_a_session_gives_up_on_a_server_that_vanished_within_seconds(
+    admin: AdminCredentials,
+) -> None:
+    """A kept session may outlive its server's address (a failover's deleted pod): libpq
+    asks the kernel to give up on an unanswering peer in seconds, not the default hours."""
+
+    async def scenario() -> dict[str, str]:
+        sessions = AdminSessions()
+        async with sessions.session(admin) as server:
+            parameters = server.connection.info.get_parameters()
+        await sessions.close()
+        return parameters
+
+    parameters = asyncio.run(scenario())
+    assert parameters["keepalives"] == "1"
+    assert (
+        int(parameters["keepalives_idle"])
+        + int(parameters["keepalives_interval"]) * int(parameters["keepalives_count"])
+        <= 30
+    )
+    assert int(parameters["tcp_user_timeout"]) <= 30_000

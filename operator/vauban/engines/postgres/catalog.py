@@ -35,6 +35,15 @@ class AdminCredentials:
     password: str
 
 
+DEAD_PEER = (
+    "keepalives=1 keepalives_idle=10 keepalives_interval=5 keepalives_count=3"
+    " tcp_user_timeout=15000"
+)
+"""A server that vanishes without closing its sessions (its pod's address gone in a failover,
+its node lost) fails a session within about 25 s, instead of leaving a reconcile waiting on
+it for the kernel's default of hours: kept admin sessions (AdminSessions) outlive pods."""
+
+
 async def open_connection(
     address: ServerAddress, username: str, password: str, dbname: str
 ) -> Connection:
@@ -43,6 +52,7 @@ async def open_connection(
     # libpq reads the CA file during the handshake only: it may go once connected.
     with ssl_root_cert(address.ca_pem) as root_cert:
         return await psycopg.AsyncConnection.connect(
+            DEAD_PEER,
             host=address.host,
             port=address.port,
             user=username,
