@@ -114,7 +114,8 @@ def _drill(args: argparse.Namespace) -> int:
 
     from vauban import custody, drill
     from vauban.backup.settings import AgentSettings, ConfigurationError
-    from vauban.backup.storage import ObjectStore, StorageError
+    from vauban.backup.storage import ObjectStore
+    from vauban.backup.storage_errors import StorageError
     from vauban.crypto import recovery
     from vauban.main import key_providers
     from vauban.settings import Settings

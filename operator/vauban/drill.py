@@ -27,7 +27,8 @@ import psycopg
 
 from vauban.backup.errors import AgentFailure
 from vauban.backup.restore import check_counts, fetch_verified, restore_and_count
-from vauban.backup.storage import ObjectStore, StorageError
+from vauban.backup.storage import ObjectStore
+from vauban.backup.storage_errors import StorageError
 from vauban.custody import (
     Custody,
     Refused,

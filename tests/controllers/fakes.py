@@ -31,7 +31,7 @@ from psycopg import sql
 from vauban import timefmt
 from vauban.api.common import KindInfo
 from vauban.backup.manifest import Manifest, ObjectLock
-from vauban.backup.storage import ObjectNotFound
+from vauban.backup.storage_errors import ObjectNotFound
 from vauban.builders.backup import Store
 from vauban.crypto import envelope
 from vauban.engines.postgres import registry

@@ -19,7 +19,7 @@ from dataplane.harness import (
     multipart_uploads,
 )
 from vauban.backup.manifest import Manifest, data_key, manifest_key
-from vauban.backup.storage import ObjectLocked
+from vauban.backup.storage_errors import ObjectLocked
 
 
 def test_backup_restore_verify(agent: Agent, location: str, empty_database: str) -> None:

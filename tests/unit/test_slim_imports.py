@@ -1,4 +1,5 @@
-"""`vauban run` imports the asynchronous Kubernetes client alone (vauban.kube.slim)."""
+"""`vauban run` imports the asynchronous Kubernetes client alone (vauban.kube.slim), and no
+S3 client until a cluster has backups (vauban.backup.storage_errors)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ PROBE = textwrap.dedent(
     unused = ("config", "dynamic", "watch", "stream", "informer", "leaderelection", "utils")
     unused += tuple(f"aio.{name}" for name in ("dynamic", "watch", "stream", "leaderelection"))
     assert not [m for m in sys.modules if m.startswith(tuple(f"kubernetes.{n}" for n in unused))]
+    assert not [m for m in ("minio", "urllib3", "Crypto") if m in sys.modules]
     print("ok")
     """
 )

@@ -29,7 +29,8 @@ from vauban.backup.errors import AgentFailure, VerificationMismatch
 from vauban.backup.manifest import Manifest, normalize_location
 from vauban.backup.restore import run_restore, run_verify
 from vauban.backup.settings import AgentSettings, ConfigurationError
-from vauban.backup.storage import InvalidEndpoint, ObjectStore, StorageError
+from vauban.backup.storage import ObjectStore
+from vauban.backup.storage_errors import InvalidEndpoint, StorageError
 
 logger = logging.getLogger("vauban.agent")
 

@@ -39,7 +39,8 @@ from vauban.backup import postgres
 from vauban.backup.errors import DatabaseFailure, IntegrityFailure, VerificationMismatch
 from vauban.backup.manifest import Manifest, ManifestNotAuthentic, data_key
 from vauban.backup.settings import AgentSettings
-from vauban.backup.storage import InvalidManifest, ObjectNotFound, ObjectStore
+from vauban.backup.storage import ObjectStore
+from vauban.backup.storage_errors import InvalidManifest, ObjectNotFound
 from vauban.crypto import envelope
 from vauban.crypto.stream import Decryptor, StreamError
 

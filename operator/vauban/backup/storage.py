@@ -45,6 +45,16 @@ from vauban.backup.manifest import (
     manifest_key,
     normalize_location,
 )
+from vauban.backup.storage_errors import (
+    AccessDenied,
+    BucketUnreachable,
+    InvalidEndpoint,
+    InvalidManifest,
+    NoSuchBucket,
+    ObjectLocked,
+    ObjectNotFound,
+    StorageError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,56 +77,6 @@ _NO_LOCK = {
     "NotImplemented",
     "InvalidRequest",
 }
-
-
-class StorageError(Exception):
-    """The object store could not do what was asked; `reason` is a CamelCase word."""
-
-    reason = "StorageFailed"
-
-
-class BucketUnreachable(StorageError):
-    """Endpoint down, name resolution, TLS, timeouts, or an answer that is not S3's."""
-
-    reason = "BucketUnreachable"
-
-
-class AccessDenied(StorageError):
-    """Wrong credentials, or credentials not allowed to do this on this bucket."""
-
-    reason = "AccessDenied"
-
-
-class NoSuchBucket(StorageError):
-    reason = "NoSuchBucket"
-
-
-class ObjectNotFound(StorageError):
-    reason = "ObjectNotFound"
-
-
-class ObjectLocked(StorageError):
-    """Object Lock forbids deleting the backup yet."""
-
-    reason = "ObjectLocked"
-
-    def __init__(self, location: str, retain_until: datetime | None) -> None:
-        self.retain_until = retain_until
-        until = f"until {retain_until:%Y-%m-%dT%H:%M:%SZ}" if retain_until else "for now"
-        super().__init__(
-            f"backup {location} is under Object Lock retention {until}: it cannot be deleted "
-            "before then (retention is never bypassed)"
-        )
-
-
-class InvalidManifest(StorageError):
-    """A manifest that is not one this code reads, or not at the location it names."""
-
-    reason = "InvalidManifest"
-
-
-class InvalidEndpoint(StorageError):
-    reason = "InvalidEndpoint"
 
 
 class Readable(Protocol):

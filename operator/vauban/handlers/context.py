@@ -12,7 +12,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vauban.backup.storage import ObjectStore
 from vauban.builders.backup import Store
 from vauban.engines.postgres.servers import PostgresServers
 from vauban.handlers.ports import Bucket, BucketOpener, DatabaseServers, KeyProvider, KubeApi
@@ -73,6 +72,10 @@ class Backoff:
 
 
 def open_bucket(store: Store) -> Bucket:
+    # Imported here: the S3 client is loaded by the first cluster with backups, not by
+    # every operator (vauban.backup.storage_errors).
+    from vauban.backup.storage import ObjectStore
+
     return ObjectStore(
         endpoint=store.endpoint,
         region=store.region,

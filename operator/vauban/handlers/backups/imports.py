@@ -26,7 +26,7 @@ from vauban.api.backup import MANAGED_BACKUP
 from vauban.api.cluster import MANAGED_CLUSTER, ManagedClusterSpec
 from vauban.api.database import MANAGED_DATABASE
 from vauban.backup.manifest import Manifest
-from vauban.backup.storage import StorageError
+from vauban.backup.storage_errors import StorageError
 from vauban.builders import backup as build
 from vauban.builders import keys as key_secrets
 from vauban.conditions import Verdict

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vauban.backup.manifest import Manifest
-from vauban.backup.storage import StorageError
+from vauban.backup.storage_errors import StorageError
 from vauban.builders import backup as build
 from vauban.builders.keys import data_key_id, data_key_secret_name
 from vauban.conditions import Reason, State, Verdict

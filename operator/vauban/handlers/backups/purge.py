@@ -16,7 +16,7 @@ import kopf
 from vauban import timefmt
 from vauban.api.backup import MANAGED_BACKUP, ManagedBackupStatus
 from vauban.api.database import MANAGED_DATABASE, DatabaseBackup, ManagedDatabaseSpec
-from vauban.backup.storage import ObjectLocked, StorageError
+from vauban.backup.storage_errors import ObjectLocked, StorageError
 from vauban.builders import backup as build
 from vauban.builders.keys import data_key_secret_name
 from vauban.handlers import keys

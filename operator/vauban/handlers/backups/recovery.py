@@ -12,7 +12,7 @@ import hashlib
 import logging
 
 from vauban.backup import recovery as documents
-from vauban.backup.storage import StorageError
+from vauban.backup.storage_errors import StorageError
 from vauban.builders import backup as build
 from vauban.builders import keys as key_secrets
 from vauban.crypto import recovery

@@ -23,7 +23,7 @@ from vauban.api.backup import (
 )
 from vauban.api.database import MANAGED_DATABASE
 from vauban.backup.manifest import Manifest
-from vauban.backup.storage import ObjectLocked, StorageError
+from vauban.backup.storage_errors import ObjectLocked, StorageError
 from vauban.builders import backup as build
 from vauban.builders.keys import data_key_secret_name
 from vauban.conditions import Reason, State, Verdict

@@ -15,7 +15,7 @@ from vauban import timefmt
 from vauban.api.backup import MANAGED_BACKUP
 from vauban.api.cluster import ManagedClusterSpec
 from vauban.api.database import MANAGED_DATABASE, BackupStatus, ManagedDatabaseSpec
-from vauban.backup.storage import StorageError
+from vauban.backup.storage_errors import StorageError
 from vauban.builders import backup as build
 from vauban.builders.keys import data_key_secret_name
 from vauban.conditions import ConditionType, DomainCondition, Reason, Verdict

@@ -11,7 +11,7 @@ from vauban.api.backup import ManagedBackupStatus
 from vauban.api.cluster import MANAGED_CLUSTER, ClusterBackupPolicy, ManagedClusterSpec, ObjectStore
 from vauban.api.common import human_size
 from vauban.backup.manifest import Manifest, ManifestNotAuthentic
-from vauban.backup.storage import InvalidManifest
+from vauban.backup.storage_errors import InvalidManifest
 from vauban.builders import backup as build
 from vauban.handlers.context import Context
 
