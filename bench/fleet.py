@@ -359,6 +359,12 @@ def snapshot_operator(work: Path) -> Path | None:
     return target / "operator"
 
 
+MEMORY_TRACED = os.environ.get("BENCH_MEMORY") == "1"
+"""BENCH_MEMORY=1: the operator runs under tracemalloc (traced_operator.py), and the result
+has where its memory went (`memory`): what start-up and the burst added, by package and line.
+Tracing doubles its memory and slows it: such a run's RSS and times are not comparable."""
+
+
 @contextlib.contextmanager
 def operator_process(
     plane: AuditedControlPlane, knobs: Knobs, logfile: Path
@@ -378,12 +384,15 @@ def operator_process(
     }
     if OPERATOR_SOURCE is not None:
         env["PYTHONPATH"] = str(OPERATOR_SOURCE)
+    command = [sys.executable, "-m", "vauban", "run"]
+    if MEMORY_TRACED:
+        env["BENCH_MEMORY_OUT"] = str(logfile.with_name("memory"))
+        command = [sys.executable, str(Path(__file__).with_name("traced_operator.py"))]
     with logfile.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "vauban", "run"], stdout=out, stderr=subprocess.STDOUT, env=env
-        )
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + 90
+        # Traced, the imports alone take a minute.
+        deadline = time.monotonic() + (600 if MEMORY_TRACED else 90)
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"operator exited:\n{logfile.read_text()[-3000:]}")
@@ -392,7 +401,7 @@ def operator_process(
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("operator not ready in 90 s") from None
+                    raise RuntimeError("operator not ready in time") from None
                 time.sleep(0.3)
         yield process, metrics_port
     finally:
@@ -402,6 +411,50 @@ def operator_process(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+class MemoryTrace:
+    """The traced operator's dumps: when tracing starts, after its imports (taken on its
+    own), after start-up (now), and after the burst (`result`)."""
+
+    def __init__(self, process: subprocess.Popen[bytes], logfile: Path) -> None:
+        self._process, self._logfile = process, logfile
+        self._imports, self._started = self._dump(0), self._dump(1)
+
+    def _dump(self, number: int) -> dict[str, Any]:
+        path = self._logfile.with_name(f"memory.{number}.json")
+        if number > 0:
+            self._process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 120
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(1)  # written in one go, but not atomically
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+    def result(self) -> dict[str, Any]:
+        imports = self._imports
+        return {
+            "start_up": _memory_growth(imports, self._started),
+            "burst": _memory_growth(self._started, self._dump(2)),
+        }
+
+
+def _memory_growth(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What `after` holds more than `before`, by package and by place, in KiB."""
+
+    def grown(key: str) -> dict[str, float]:
+        rows = {
+            k: (v - before[key].get(k, 0)) / 1024
+            for k, v in after[key].items()
+            if v - before[key].get(k, 0) > 64 * 1024
+        }
+        return {k: round(v, 1) for k, v in sorted(rows.items(), key=lambda kv: -kv[1])}
+
+    return {
+        "traced_mib": round((after["traced_bytes"] - before["traced_bytes"]) / MIB, 1),
+        "by_package_kib": grown("by_package"),
+        "by_place_kib": grown("by_place"),
+    }
 
 
 def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
@@ -683,6 +736,7 @@ def vauban_burst(work: Path, knobs: Knobs, n: int, steady: bool, churn_too: bool
             log_from = logfile.stat().st_size
             before = scrape(metrics_port)
             rss_before = rss_bytes(process.pid)
+            memory = MemoryTrace(process, logfile) if MEMORY_TRACED else None
             profiler = start_profiler(process.pid, plane.data_dir / "profile.txt")
             cpu0 = components_cpu(plane, pgs, process.pid)
             wall0, t0 = time.time(), time.monotonic()
@@ -733,9 +787,9 @@ def vauban_burst(work: Path, knobs: Knobs, n: int, steady: bool, churn_too: bool
                 "rss_before_burst_mib": round(rss_before / MIB, 1),
                 "rss_over_ready": rss_over_ready(monitor, watcher, t0, t_end, rss_before),
                 "log": log_levels(logfile, log_from),
+                **({"profile": profile} if profile else {}),
+                **({"memory": memory.result()} if memory is not None else {}),
             }
-            if profile:
-                result["profile"] = profile
             if not done:
                 result["not_ready_reasons"] = not_ready_reasons(api, VAUBAN, "manageddatabases")
             if steady:
