@@ -262,7 +262,7 @@ def parser() -> argparse.ArgumentParser:
     )
     dev_run.set_defaults(func=_dev_run)
 
-    from vauban.backup.agent import register as register_agent
+    from vauban.backup.commands import register as register_agent
 
     agent = commands.add_parser(
         "agent", help="the backup agent, run in Jobs (settings from the environment)"

@@ -42,24 +42,6 @@ TERMINATION_LIMIT = 4096
 """Kubernetes keeps at most 4 KiB of a termination message."""
 
 
-def register(commands: Any) -> None:
-    """Add the agent's sub-commands to the `vauban agent` sub-parsers."""
-    for name, help_text in (
-        ("backup", "dump PGDATABASE, encrypt it and store it at --location"),
-        ("restore", "restore the backup at --location into PGDATABASE, which must be empty"),
-        ("verify", "restore the backup into a scratch database and compare row counts"),
-    ):
-        command = commands.add_parser(name, help=help_text)
-        command.add_argument("--location", required=True, help="the backup's key prefix")
-        if name == "verify":
-            command.add_argument(
-                "--scratch-database",
-                required=True,
-                help="database to create, restore into and drop (needs CREATEDB)",
-            )
-        command.set_defaults(func=run)
-
-
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO,
