@@ -8,6 +8,7 @@ from typing import Any
 from kubernetes.aio.client.exceptions import ApiException
 
 from vauban.kube.events import MESSAGE_LIMIT, ObjectRef, Recorder, fold_message, pack
+from vauban.kube.rest import EVENTS, Resource
 
 CLUSTER = ObjectRef("ManagedCluster", "tenant", "main", "uid-cluster")
 
@@ -23,26 +24,28 @@ class FakeCore:
         self.stored: dict[str, dict[str, Any]] = {}
         self.writes: list[str] = []
 
-    async def create_namespaced_event(self, namespace: str, body: Any) -> Any:
-        name = f"{body.metadata.generate_name}{len(self.stored)}"
+    async def create(self, resource: Resource, body: dict[str, Any]) -> dict[str, Any]:
+        assert resource == EVENTS
+        name = f"{body['metadata']['generateName']}{len(self.stored)}"
         self.stored[name] = {
-            "namespace": namespace,
-            "involved": body.involved_object.name,
-            "reason": body.reason,
-            "count": body.count,
-            "message": body.message,
+            "namespace": body["metadata"]["namespace"],
+            "involved": body["involvedObject"]["name"],
+            "reason": body["reason"],
+            "count": body["count"],
+            "message": body["message"],
         }
         self.writes.append(f"create {name}")
-        body.metadata.name = name
-        return body
+        return {**body, "metadata": {**body["metadata"], "name": name}}
 
-    async def patch_namespaced_event(
-        self, name: str, namespace: str, body: dict[str, Any], **_: Any
-    ) -> None:
+    async def merge_patch(
+        self, resource: Resource, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        assert resource == EVENTS
         if name not in self.stored:
             raise ApiException(status=404, reason="Not Found")
-        self.stored[name].update(count=body["count"], message=body["message"])
+        self.stored[name].update(count=patch["count"], message=patch["message"])
         self.writes.append(f"patch {name}")
+        return {}
 
 
 def recorder(core: FakeCore, quiet: float = 30.0, rewrite: float = 0.3) -> Recorder:
@@ -210,15 +213,15 @@ def test_a_fold_whose_event_expired_is_written_again() -> None:
 
 def test_stopping_writes_what_is_pending_and_a_failed_write_does_not_stop_the_fold() -> None:
     core = FakeCore()
-    create = core.create_namespaced_event
+    create = core.create
     failures = [OSError("connection reset")]
 
-    async def flaky(namespace: str, body: Any) -> Any:
-        if body.involved_object.name == "main" and failures:
+    async def flaky(resource: Resource, body: dict[str, Any]) -> dict[str, Any]:
+        if body["involvedObject"]["name"] == "main" and failures:
             raise failures.pop()
-        return await create(namespace, body)
+        return await create(resource, body)
 
-    core.create_namespaced_event = flaky  # type: ignore[method-assign]
+    core.create = flaky  # type: ignore[method-assign]
 
     async def scenario() -> None:
         rec = recorder(core)

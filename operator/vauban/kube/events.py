@@ -22,11 +22,11 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aiohttp
-from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
 from vauban import timefmt
 from vauban.api.common import API_VERSION
+from vauban.kube.rest import EVENTS, Rest
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,6 @@ EventType = Literal["Normal", "Warning"]
 
 MESSAGE_LIMIT = 1024
 """What the apiserver keeps of a message; a fold's names are split across Events beyond it."""
-
-MERGE_PATCH = "application/merge-patch+json"
 
 _UNRECORDED = (ApiException, aiohttp.ClientError, OSError, TimeoutError)
 """What a fold's write may meet: it runs in a task of its own, where nothing would retry it
@@ -55,7 +53,7 @@ class ObjectRef:
 
 
 async def post(
-    core: client.CoreV1Api,
+    api: Rest,
     *,
     kind: str,
     namespace: str,
@@ -69,8 +67,8 @@ async def post(
     already carries the same information."""
     now = datetime.now(UTC)
     try:
-        await core.create_namespaced_event(
-            namespace,
+        await api.create(
+            EVENTS,
             _event(ObjectRef(kind, namespace, name, uid), type_, reason, message, now, now, 1),
         )
     except ApiException as e:
@@ -85,28 +83,29 @@ def _event(
     first: datetime,
     last: datetime,
     count: int,
-) -> client.CoreV1Event:
-    return client.CoreV1Event(
-        metadata=client.V1ObjectMeta(
-            generate_name=f"{regarding.name}.", namespace=regarding.namespace
-        ),
-        involved_object=client.V1ObjectReference(
-            api_version=API_VERSION,
-            kind=regarding.kind,
-            namespace=regarding.namespace,
-            name=regarding.name,
-            uid=regarding.uid,
-        ),
-        type=type_,
-        reason=reason,
-        message=message[:MESSAGE_LIMIT],
-        first_timestamp=first,
-        last_timestamp=last,
-        count=count,
-        source=client.V1EventSource(component=REPORTER),
-        reporting_component=REPORTER,
-        reporting_instance=REPORTER,
-    )
+) -> dict[str, Any]:
+    """A core/v1 Event, in its JSON form."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{regarding.name}.", "namespace": regarding.namespace},
+        "involvedObject": {
+            "apiVersion": API_VERSION,
+            "kind": regarding.kind,
+            "namespace": regarding.namespace,
+            "name": regarding.name,
+            "uid": regarding.uid,
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:MESSAGE_LIMIT],
+        "firstTimestamp": timefmt.rfc3339(first),
+        "lastTimestamp": timefmt.rfc3339(last),
+        "count": count,
+        "source": {"component": REPORTER},
+        "reportingComponent": REPORTER,
+        "reportingInstance": REPORTER,
+    }
 
 
 def fold_message(kind: str, reason: str, names: list[str]) -> str:
@@ -164,14 +163,14 @@ class Recorder:
 
     def __init__(
         self,
-        core: client.CoreV1Api,
+        api: Rest,
         *,
         quiet_seconds: float = 5.0,
         settle_seconds: float = 2.0,
         flush_seconds: float = 30.0,
         rewrite_seconds: float = 60.0,
     ) -> None:
-        self._core = core
+        self._api = api
         self._quiet, self._settle, self._flush = quiet_seconds, settle_seconds, flush_seconds
         self._rewrite = rewrite_seconds
         self._series: dict[tuple[Any, ...], _Series] = {}
@@ -228,7 +227,7 @@ class Recorder:
         self, regarding: ObjectRef, type_: EventType, reason: str, message: str
     ) -> None:
         await post(
-            self._core,
+            self._api,
             kind=regarding.kind,
             namespace=regarding.namespace,
             name=regarding.name,
@@ -276,7 +275,7 @@ class Recorder:
         if not series.pending:
             self._unwritten.discard(series)
 
-    def _body(self, series: _Series, chunk: list[tuple[str, datetime]]) -> client.CoreV1Event:
+    def _body(self, series: _Series, chunk: list[tuple[str, datetime]]) -> dict[str, Any]:
         return _event(
             series.host,
             series.type_,
@@ -290,9 +289,7 @@ class Recorder:
     async def _create(self, series: _Series, chunk: list[tuple[str, datetime]]) -> str | None:
         host = series.host
         try:
-            created = await self._core.create_namespaced_event(
-                host.namespace, self._body(series, chunk)
-            )
+            created = await self._api.create(EVENTS, self._body(series, chunk))
         except _UNRECORDED as e:
             logger.warning(
                 "could not record event %s on %s/%s: %s",
@@ -302,7 +299,8 @@ class Recorder:
                 getattr(e, "reason", None) or type(e).__name__,
             )
             return None
-        return str(created.metadata.name) if created.metadata else None
+        name = created.get("metadata", {}).get("name")
+        return str(name) if name else None
 
     async def _patch(
         self, series: _Series, name: str, chunk: list[tuple[str, datetime]]
@@ -311,15 +309,15 @@ class Recorder:
         it is gone (Events expire)."""
         body = self._body(series, chunk)
         try:
-            await self._core.patch_namespaced_event(
-                name,
+            await self._api.merge_patch(
+                EVENTS,
                 series.host.namespace,
+                name,
                 {
-                    "count": body.count,
-                    "message": body.message,
-                    "lastTimestamp": timefmt.rfc3339(chunk[-1][1]),
+                    "count": body["count"],
+                    "message": body["message"],
+                    "lastTimestamp": body["lastTimestamp"],
                 },
-                _content_type=MERGE_PATCH,
             )
         except _UNRECORDED as e:
             if isinstance(e, ApiException) and e.status == 404:

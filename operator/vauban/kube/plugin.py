@@ -16,6 +16,7 @@ from kubernetes.aio.client.exceptions import ApiException
 
 from vauban.api.common import GROUP, VERSION, KindInfo
 from vauban.api.database import MANAGED_DATABASE
+from vauban.kube import rest
 from vauban.kube.client import USER_AGENT
 from vauban.kube.resources import Kube
 
@@ -131,16 +132,16 @@ class PluginKube(Kube):
         """The decoded values of every Secret of a namespace the caller may read (none when
         it may not): what a support bundle must not contain."""
         try:
-            secrets = await self._core.list_namespaced_secret(namespace)
+            secrets = await self._rest.list(rest.SECRETS, namespace)
         except ApiException as e:
             if e.status in (401, 403):
                 return []
             raise
-        return [_decoded(s.data or {}) for s in secrets.items]
+        return [_decoded(s.get("data") or {}) for s in secrets]
 
     async def events(self, namespace: str) -> list[dict[str, Any]]:
-        listed = await _checked(self._core.list_namespaced_event(namespace))
-        return [e.model_dump(by_alias=True, exclude_none=True, mode="json") for e in listed.items]
+        listed: list[dict[str, Any]] = await _checked(self._rest.list(rest.EVENTS, namespace))
+        return listed
 
     async def pod_logs(
         self, namespace: str, selector: str, tail_lines: int
@@ -148,16 +149,11 @@ class PluginKube(Kube):
         """Pod name -> its last lines, for the pods matching `selector`; a sentence saying why
         when they cannot be read (another namespace's logs are often not the caller's)."""
         try:
-            pods = await self._core.list_namespaced_pod(namespace, label_selector=selector)
+            pods = await self._rest.list(rest.PODS, namespace, label_selector=selector)
             logs = {}
-            for pod in pods.items:
-                if pod.metadata is None or pod.metadata.name is None:
-                    continue
-                logs[pod.metadata.name] = str(
-                    await self._core.read_namespaced_pod_log(
-                        pod.metadata.name, namespace, tail_lines=tail_lines
-                    )
-                )
+            for pod in pods:
+                name = str(pod["metadata"]["name"])
+                logs[name] = await self._rest.pod_log(namespace, name, tail_lines=tail_lines)
         except ApiException as e:
             return f"not read: {e.status} {e.reason}"
         return logs

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
 from vauban.api.common import API_VERSION, GROUP, VERSION, KindInfo
-from vauban.kube import events
+from vauban.kube import events, rest
 from vauban.kube.client import Credentials, credentials_of
 from vauban.kube.lease import LeaderElection
+from vauban.kube.rest import APPLY_PATCH, MERGE_PATCH
 from vauban.settings import FIELD_MANAGER
-
-APPLY_PATCH = "application/apply-patch+yaml"
-MERGE_PATCH = "application/merge-patch+json"
 
 T = TypeVar("T")
 
@@ -27,12 +25,8 @@ class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self._api = api
         self._custom = client.CustomObjectsApi(api)
-        self._core = client.CoreV1Api(api)
-        self._crds = client.ApiextensionsV1Api(api)
-        self._networking = client.NetworkingV1Api(api)
-        self._batch = client.BatchV1Api(api)
-        self._storage = client.StorageV1Api(api)
-        self._events = events.Recorder(self._core)
+        self._rest = rest.Rest(api)
+        self._events = events.Recorder(self._rest)
 
     async def close(self) -> None:
         try:
@@ -54,10 +48,6 @@ class Kube:
 
     async def credentials(self) -> Credentials:
         return await credentials_of(self._api)
-
-    @property
-    def core(self) -> client.CoreV1Api:
-        return self._core
 
     async def apply_status(
         self, kind: KindInfo, namespace: str, name: str, status: Mapping[str, Any]
@@ -182,30 +172,27 @@ class Kube:
 
     async def apply_network_policy(self, body: Mapping[str, Any]) -> int | None:
         """Returns the generation the apply left, for the caller's memo."""
-        applied = await _apply(self._networking.patch_namespaced_network_policy, body)
-        return getattr(getattr(applied, "metadata", None), "generation", None)
+        applied = await self._rest.apply(rest.NETWORK_POLICIES, body)
+        generation = applied.get("metadata", {}).get("generation")
+        return int(generation) if generation is not None else None
 
     async def network_policy_spec(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A NetworkPolicy's spec (wire form), None when it does not exist. Listed by name:
         the operator's role lists NetworkPolicies, it does not get them."""
-        listed = await self._networking.list_namespaced_network_policy(
-            namespace, field_selector=f"metadata.name={name}"
+        listed = await self._rest.list(
+            rest.NETWORK_POLICIES, namespace, field_selector=f"metadata.name={name}"
         )
-        found = [p.spec for p in listed.items if p.spec is not None]
-        return found[0].model_dump(by_alias=True, exclude_none=True) if found else None
+        found = [p["spec"] for p in listed if p.get("spec") is not None]
+        return dict(found[0]) if found else None
 
     async def apply_secret(self, body: Mapping[str, Any]) -> None:
         """Server-side apply of a Secret Vauban owns whole (a tenant's credentials)."""
-        await _apply(self._core.patch_namespaced_secret, body)
+        await self._rest.apply(rest.SECRETS, body)
 
     async def create_secret_if_absent(self, body: Mapping[str, Any]) -> bool:
         """Create a Secret unless one of that name exists: a Secret holding a generated
         password is never rewritten. Returns whether it was created."""
-        return await _created(
-            self._core.create_namespaced_secret(
-                body["metadata"]["namespace"], client.V1Secret.model_validate(dict(body))
-            )
-        )
+        return await _created(self._rest.create(rest.SECRETS, body))
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's decoded values, None when it does not exist. Only for code that must
@@ -217,85 +204,77 @@ class Kube:
         self, namespace: str, name: str
     ) -> tuple[dict[str, str], frozenset[str]] | None:
         """As read_secret, with the uids of the Secret's owners."""
-        secret = await _unless_missing(self._core.read_namespaced_secret(name, namespace))
+        secret = await _unless_missing(self._rest.get(rest.SECRETS, namespace, name))
         if secret is None:
             return None
-        values = _decoded(secret)
-        owners = frozenset(
-            ref.uid for ref in (secret.metadata.owner_references if secret.metadata else None) or []
-        )
-        return values, owners
+        refs = secret.get("metadata", {}).get("ownerReferences") or []
+        return _decoded(secret), frozenset(str(ref["uid"]) for ref in refs)
 
     async def release_claims(
         self, namespace: str, selector: str, owner_uid: str, labels: Mapping[str, str]
     ) -> list[str]:
         """Cut PersistentVolumeClaims loose from their owner so the garbage collector keeps
         them, and label them. Returns the names released."""
-        claims = await self._core.list_namespaced_persistent_volume_claim(
-            namespace, label_selector=selector
-        )
-        metas = [c.metadata for c in claims.items if c.metadata is not None]
-        return await self._release(
-            metas, self._core.patch_namespaced_persistent_volume_claim, owner_uid, labels
-        )
+        claims = await self._rest.list(rest.CLAIMS, namespace, label_selector=selector)
+        return await self._release(rest.CLAIMS, claims, owner_uid, labels)
 
     async def release_secrets(
         self, namespace: str, selector: str, owner_uid: str, labels: Mapping[str, str]
     ) -> list[str]:
         """As release_claims, for Secrets."""
-        secrets = await self._core.list_namespaced_secret(namespace, label_selector=selector)
-        metas = [s.metadata for s in secrets.items if s.metadata is not None]
-        return await self._release(metas, self._core.patch_namespaced_secret, owner_uid, labels)
+        secrets = await self._rest.list(rest.SECRETS, namespace, label_selector=selector)
+        return await self._release(rest.SECRETS, secrets, owner_uid, labels)
 
-    @staticmethod
     async def _release(
-        metas: list[client.V1ObjectMeta],
-        patch: Callable[..., Awaitable[object]],
+        self,
+        resource: rest.Resource,
+        objects: list[dict[str, Any]],
         owner_uid: str,
         labels: Mapping[str, str],
     ) -> list[str]:
         released = []
-        for meta in metas:
-            if not any(ref.uid == owner_uid for ref in meta.owner_references or []):
+        for obj in objects:
+            meta = obj["metadata"]
+            refs = meta.get("ownerReferences") or []
+            if not any(ref.get("uid") == owner_uid for ref in refs):
                 continue
-            owners = [ref.to_dict() for ref in meta.owner_references or [] if ref.uid != owner_uid]
-            await patch(
-                meta.name,
-                meta.namespace,
+            owners = [ref for ref in refs if ref.get("uid") != owner_uid]
+            await self._rest.merge_patch(
+                resource,
+                meta["namespace"],
+                meta["name"],
                 {
                     # The resourceVersion makes this a compare-and-swap of the owner list.
                     "metadata": {
-                        "resourceVersion": meta.resource_version,
+                        "resourceVersion": meta["resourceVersion"],
                         "ownerReferences": owners or None,
                         "labels": dict(labels),
                     }
                 },
-                _content_type=MERGE_PATCH,
             )
-            released.append(str(meta.name))
+            released.append(str(meta["name"]))
         return released
 
     async def delete_secret(self, namespace: str, name: str) -> None:
-        await _unless_missing(self._core.delete_namespaced_secret(name, namespace))
+        await _unless_missing(self._rest.delete(rest.SECRETS, namespace, name))
 
     async def read_secret_and_annotations(
         self, namespace: str, name: str
     ) -> tuple[dict[str, str], dict[str, str]] | None:
-        secret = await _unless_missing(self._core.read_namespaced_secret(name, namespace))
+        secret = await _unless_missing(self._rest.get(rest.SECRETS, namespace, name))
         if secret is None:
             return None
-        annotations = secret.metadata.annotations if secret.metadata else None
-        return _decoded(secret), dict(annotations or {})
+        return _decoded(secret), dict(secret.get("metadata", {}).get("annotations") or {})
 
     async def update_secret_values(
         self, namespace: str, name: str, values: Mapping[str, str]
     ) -> None:
         """Change some values of a Secret, leaving the others."""
-        await self._core.patch_namespaced_secret(
-            name,
+        await self._rest.merge_patch(
+            rest.SECRETS,
             namespace,
+            name,
             {"data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}},
-            _content_type=MERGE_PATCH,
         )
 
     async def annotate_secret(
@@ -303,21 +282,17 @@ class Kube:
     ) -> None:
         """Set annotations of a Secret (merge patch: None removes one, others stay)."""
         await _unless_missing(
-            self._core.patch_namespaced_secret(
-                name,
-                namespace,
-                {"metadata": {"annotations": dict(annotations)}},
-                _content_type=MERGE_PATCH,
+            self._rest.merge_patch(
+                rest.SECRETS, namespace, name, {"metadata": {"annotations": dict(annotations)}}
             )
         )
 
     async def secret_annotations(self, namespace: str, selector: str) -> dict[str, dict[str, str]]:
         """Name -> annotations of the Secrets matching a label selector (values not read)."""
-        secrets = await self._core.list_namespaced_secret(namespace, label_selector=selector)
+        secrets = await self._rest.list(rest.SECRETS, namespace, label_selector=selector)
         return {
-            str(s.metadata.name): dict(s.metadata.annotations or {})
-            for s in secrets.items
-            if s.metadata is not None
+            str(s["metadata"]["name"]): dict(s["metadata"].get("annotations") or {})
+            for s in secrets
         }
 
     async def create_custom(self, plural: str, body: Mapping[str, Any]) -> bool:
@@ -343,46 +318,38 @@ class Kube:
     async def create_job(self, body: Mapping[str, Any]) -> bool:
         """Create a Job unless it exists (a Job's pod template cannot change once created);
         returns whether it was created."""
-        return await _created(
-            self._batch.create_namespaced_job(
-                body["metadata"]["namespace"], client.V1Job.model_validate(dict(body))
-            )
-        )
+        return await _created(self._rest.create(rest.JOBS, body))
 
     async def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        job = await _unless_missing(self._batch.read_namespaced_job(name, namespace))
-        return (
-            None if job is None else job.model_dump(by_alias=True, exclude_none=True, mode="json")
-        )
+        return await _unless_missing(self._rest.get(rest.JOBS, namespace, name))
 
     async def delete_job(self, namespace: str, name: str) -> None:
         """Delete a Job and, in the background, its pods."""
         await _unless_missing(
-            self._batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+            self._rest.delete(rest.JOBS, namespace, name, propagation_policy="Background")
         )
 
     async def apply_cronjob(self, body: Mapping[str, Any]) -> None:
-        await _apply(self._batch.patch_namespaced_cron_job, body)
+        await self._rest.apply(rest.CRONJOBS, body)
 
     async def delete_cronjob(self, namespace: str, name: str) -> None:
         await _unless_missing(
-            self._batch.delete_namespaced_cron_job(name, namespace, propagation_policy="Background")
+            self._rest.delete(rest.CRONJOBS, namespace, name, propagation_policy="Background")
         )
 
     async def termination_message(self, namespace: str, job: str) -> str | None:
         """The termination message of a Job's (last) pod: the agent's JSON result."""
-        pods = await self._core.list_namespaced_pod(
-            namespace, label_selector=f"batch.kubernetes.io/job-name={job}"
+        pods = await self._rest.list(
+            rest.PODS, namespace, label_selector=f"batch.kubernetes.io/job-name={job}"
         )
+        # RFC 3339 timestamps in UTC sort as strings.
         for pod in sorted(
-            pods.items,
-            key=lambda p: str(p.metadata.creation_timestamp if p.metadata else ""),
-            reverse=True,
+            pods, key=lambda p: str(p["metadata"].get("creationTimestamp") or ""), reverse=True
         ):
-            for container in (pod.status.container_statuses if pod.status else None) or []:
-                terminated = container.state.terminated if container.state else None
-                if terminated is not None and terminated.message:
-                    return str(terminated.message)
+            for container in (pod.get("status") or {}).get("containerStatuses") or []:
+                terminated = (container.get("state") or {}).get("terminated") or {}
+                if terminated.get("message"):
+                    return str(terminated["message"])
         return None
 
     async def storage_class(
@@ -391,27 +358,30 @@ class Kube:
         """A StorageClass's name, annotations and parameters; with no name, the default
         class's. None when there is no such class."""
         found = await self._storage_class(name)
-        meta = found.metadata if found is not None else None
-        if found is None or meta is None:
+        if found is None:
             return None
-        return (str(meta.name), dict(meta.annotations or {}), dict(found.parameters or {}))
+        meta = found["metadata"]
+        return (
+            str(meta["name"]),
+            dict(meta.get("annotations") or {}),
+            dict(found.get("parameters") or {}),
+        )
 
     async def volume_expansion(self, name: str | None) -> bool | None:
         """Whether a StorageClass (with no name, the default class) lets claims grow
         (allowVolumeExpansion); None when there is no such class."""
         found = await self._storage_class(name)
-        return None if found is None else bool(found.allow_volume_expansion)
+        return None if found is None else bool(found.get("allowVolumeExpansion"))
 
-    async def _storage_class(self, name: str | None) -> client.V1StorageClass | None:
+    async def _storage_class(self, name: str | None) -> dict[str, Any] | None:
         if name is not None:
-            return await _unless_missing(self._storage.read_storage_class(name))
-        listed = await self._storage.list_storage_class()
+            return await _unless_missing(self._rest.get(rest.STORAGE_CLASSES, None, name))
+        listed = await self._rest.list(rest.STORAGE_CLASSES)
         return next(
             (
                 c
-                for c in listed.items
-                if c.metadata is not None
-                and (c.metadata.annotations or {}).get(
+                for c in listed
+                if (c["metadata"].get("annotations") or {}).get(
                     "storageclass.kubernetes.io/is-default-class"
                 )
                 == "true"
@@ -422,19 +392,16 @@ class Kube:
     async def volume_claims(self, namespace: str, selector: str) -> list[dict[str, str | None]]:
         """The claims matching a label selector: name, storage class, requested size and
         capacity (None until bound)."""
-        claims = await self._core.list_namespaced_persistent_volume_claim(
-            namespace, label_selector=selector
-        )
+        claims = await self._rest.list(rest.CLAIMS, namespace, label_selector=selector)
         found: list[dict[str, str | None]] = []
-        for claim in claims.items:
-            if claim.metadata is None or claim.spec is None:
-                continue
-            requests = (claim.spec.resources.requests if claim.spec.resources else None) or {}
-            capacity = (claim.status.capacity if claim.status else None) or {}
+        for claim in claims:
+            spec = claim.get("spec") or {}
+            requests = (spec.get("resources") or {}).get("requests") or {}
+            capacity = (claim.get("status") or {}).get("capacity") or {}
             found.append(
                 {
-                    "name": str(claim.metadata.name),
-                    "storageClass": claim.spec.storage_class_name,
+                    "name": str(claim["metadata"]["name"]),
+                    "storageClass": spec.get("storageClassName"),
                     "request": requests.get("storage"),
                     "capacity": capacity.get("storage"),
                 }
@@ -443,15 +410,15 @@ class Kube:
 
     async def load_balancers(self, namespace: str, selector: str) -> list[str]:
         """Names of the Services of type LoadBalancer matching a label selector."""
-        services = await self._core.list_namespaced_service(namespace, label_selector=selector)
+        services = await self._rest.list(rest.SERVICES, namespace, label_selector=selector)
         return sorted(
-            str(s.metadata.name)
-            for s in services.items
-            if s.spec is not None and s.spec.type == "LoadBalancer" and s.metadata is not None
+            str(s["metadata"]["name"])
+            for s in services
+            if (s.get("spec") or {}).get("type") == "LoadBalancer"
         )
 
     async def crd_exists(self, name: str) -> bool:
-        return await _unless_missing(self._crds.read_custom_resource_definition(name)) is not None
+        return await _unless_missing(self._rest.get(rest.CRDS, None, name)) is not None
 
     async def post_event(
         self,
@@ -478,18 +445,18 @@ class Kube:
         await client.VersionApi(self._api).get_code()
 
     async def namespace_exists(self, name: str) -> bool:
-        return await _unless_missing(self._core.read_namespace(name)) is not None
+        return await _unless_missing(self._rest.get(rest.NAMESPACES, None, name)) is not None
 
     async def namespace_labels(self, name: str) -> dict[str, str]:
-        namespace = await self._core.read_namespace(name)
-        return dict(namespace.metadata.labels or {}) if namespace.metadata else {}
+        namespace = await self._rest.get(rest.NAMESPACES, None, name)
+        return dict(namespace.get("metadata", {}).get("labels") or {})
 
 
-def _decoded(secret: client.V1Secret) -> dict[str, str]:
+def _decoded(secret: Mapping[str, Any]) -> dict[str, str]:
     """A Secret's values, decoded (bytes that are not UTF-8 replaced, never raised on)."""
     return {
         key: base64.b64decode(value).decode("utf-8", errors="replace")
-        for key, value in (secret.data or {}).items()
+        for key, value in (secret.get("data") or {}).items()
     }
 
 
@@ -512,17 +479,3 @@ async def _unless_missing(call: Awaitable[T]) -> T | None:
         if e.status == 404:
             return None
         raise
-
-
-async def _apply(patch: Callable[..., Awaitable[object]], body: Mapping[str, Any]) -> object:
-    """Server-side apply of a namespaced built-in object with Vauban's field manager; the
-    object as stored."""
-    meta = body["metadata"]
-    return await patch(
-        meta["name"],
-        meta["namespace"],
-        dict(body),
-        field_manager=FIELD_MANAGER,
-        force=True,
-        _content_type=APPLY_PATCH,
-    )
