@@ -125,14 +125,16 @@ def s3() -> S3Server:
 
 
 @pytest.fixture(scope="session")
-def softhsm() -> Iterator[SoftHsm]:
+def softhsm() -> SoftHsm:
     """SoftHSM2 tokens for the `pkcs11` key provider (labels SOFTHSM_TOKENS), in a temporary
     folder, with SOFTHSM2_CONF pointing there for this process. One for the whole session:
-    SoftHSM2 reads its configuration and tokens once per process, when first loaded."""
-    with SoftHsm(SOFTHSM_TOKENS) as hsm, pytest.MonkeyPatch.context() as patch:
-        for name, value in hsm.environ.items():
-            patch.setenv(name, value)
-        yield hsm
+    SoftHSM2 reads its configuration and tokens once per process, when first loaded. With
+    the other servers (LOCAL_SERVERS), so that its tokens outlive the operator using one."""
+    hsm = LOCAL_SERVERS.enter_context(SoftHsm(SOFTHSM_TOKENS))
+    patch = LOCAL_SERVERS.enter_context(pytest.MonkeyPatch.context())
+    for name, value in hsm.environ.items():
+        patch.setenv(name, value)
+    return hsm
 
 
 @pytest.fixture(scope="session")
