@@ -10,9 +10,14 @@ generate_series (a mix of compressible and random-looking columns), then measure
   agent's work without encryption and upload) and `pg_dump -Fc | zstd -3` (pg_dump's own
   gzip, then zstd).
 
+The agent and the first reference run in turn, `--repeats` times each, and the ratio is the
+median's: run-to-run spread on a shared 2-core machine is larger than the gap measured. Each
+run also says where the machine's CPU went (the agent with pg_dump, PostgreSQL, versitygw);
+`--profile` samples the agent's first run with py-spy.
+
 Prints the numbers and writes bench/results/backup_throughput.json. Not part of `make test`:
 
-    .venv/bin/python bench/backup_throughput.py [--size-gb 1]
+    .venv/bin/python bench/backup_throughput.py [--size-gb 1] [--repeats 3] [--profile]
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -31,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from proc import start_profiler, stop_profiler, tree_cpu_seconds
 
 from vauban.devcluster.postgres import PostgresServer
 from vauban.devcluster.s3 import S3Server
@@ -38,6 +45,8 @@ from vauban.devcluster.s3 import S3Server
 ROLE, PASSWORD, DATABASE, BUCKET = "bench_agent", "bench-password", "bench", "bench-backups"
 RESULTS = Path(__file__).resolve().parent / "results" / "backup_throughput.json"
 MB = 1_000_000
+AGENT_CODE = ("vauban/", "minio/", "urllib3/", "zstandard", "cryptography/", "psycopg/")
+"""Where the agent's profile is summed by function, callees included."""
 
 
 def build_database(server: PostgresServer, size_gb: float) -> int:
@@ -73,10 +82,32 @@ def build_database(server: PostgresServer, size_gb: float) -> int:
     return int(row[0])
 
 
-def run_agent(env: dict[str, str]) -> dict[str, Any]:
+class Servers:
+    """The CPU the servers spent during one run: PostgreSQL (backends included) and versitygw."""
+
+    def __init__(self, pg: PostgresServer, s3: S3Server) -> None:
+        assert pg.process is not None and s3.process is not None
+        self._pids = {"postgresql": pg.process.pid, "versitygw": s3.process.pid}
+        self._start = self._now()
+
+    def _now(self) -> dict[str, float]:
+        return {name: tree_cpu_seconds(pid) for name, pid in self._pids.items()}
+
+    def spent(self) -> dict[str, float]:
+        now = self._now()
+        return {name: round(now[name] - self._start[name], 2) for name in now}
+
+
+def _children_cpu(usage: Any) -> float:
+    return round(float(usage.ru_utime + usage.ru_stime), 2)
+
+
+def run_agent(
+    env: dict[str, str], servers: Servers, location: str, profile: Path | None
+) -> dict[str, Any]:
     started = time.monotonic()
     process = subprocess.Popen(
-        [sys.executable, "-m", "vauban", "agent", "backup", "--location", "bench/run-1"],
+        [sys.executable, "-m", "vauban", "agent", "backup", "--location", location],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -97,12 +128,14 @@ def run_agent(env: dict[str, str]) -> dict[str, Any]:
 
     watcher = threading.Thread(target=poll, daemon=True)
     watcher.start()
+    profiler = start_profiler(process.pid, profile) if profile else None
     assert process.stdout is not None
     stdout = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.monotonic() - started
     watcher.join()
+    samples = stop_profiler(profiler, profile, AGENT_CODE) if profiler and profile else None
     result = json.loads(stdout)
     if process.returncode != 0:
         raise RuntimeError(f"the agent failed: {result}")
@@ -115,30 +148,43 @@ def run_agent(env: dict[str, str]) -> dict[str, Any]:
         "dumpMBps": round(manifest["dumpBytes"] / MB / elapsed, 1),
         "peakRssMiB": round(peak_kb / 1024, 1),
         "peakRssWithChildrenMiB": round(usage.ru_maxrss / 1024, 1),
+        "cpuSeconds": {"agentAndPgDump": _children_cpu(usage), **servers.spent()},
+        **({"profile": samples} if samples else {}),
     }
 
 
-def run_reference(env: dict[str, str], pg_dump_args: str) -> dict[str, Any]:
+def run_reference(env: dict[str, str], servers: Servers, pg_dump_args: str) -> dict[str, Any]:
     """pg_dump piped to the zstd command, output counted and thrown away."""
     zstd = shutil.which("zstd")
     if zstd is None:
         raise RuntimeError("the zstd command is needed for the reference (apt-get install zstd)")
     command = f"pg_dump {pg_dump_args} --dbname={DATABASE} | {zstd} -3 -q -c | wc -c"
     started = time.monotonic()
-    out = subprocess.run(
-        ["bash", "-o", "pipefail", "-c", command], env=env, capture_output=True, check=True
+    process = subprocess.Popen(
+        ["bash", "-o", "pipefail", "-c", command], env=env, stdout=subprocess.PIPE
     )
+    assert process.stdout is not None
+    stdout = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.monotonic() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{command} failed")
     return {
         "command": command.split(" | wc")[0],
         "seconds": round(elapsed, 2),
-        "storedBytes": int(out.stdout),
+        "storedBytes": int(stdout),
+        "cpuSeconds": {"pipeline": _children_cpu(usage), **servers.spent()},
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--size-gb", type=float, default=1.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="py-spy on the first agent run")
+    parser.add_argument(
+        "--no-gzip", action="store_true", help="skip the `pg_dump -Fc | zstd` reference"
+    )
     args = parser.parse_args()
 
     with S3Server() as s3:
@@ -169,20 +215,34 @@ def main() -> int:
                 "VAUBAN_DATA_KEY": base64.b64encode(os.urandom(32)).decode(),
                 "VAUBAN_DATA_KEY_ID": "bench/1",
             }
-            print("agent backup...", flush=True)
-            agent = run_agent(env)
-            print(f"  {agent}")
-            print("pg_dump -Fc --compress=0 | zstd -3 ...", flush=True)
-            same_work = run_reference(env, "-Fc --compress=0")
-            same_work["dumpMBps"] = round(agent["dumpBytes"] / MB / same_work["seconds"], 1)
-            print(f"  {same_work}")
-            print("pg_dump -Fc | zstd -3 ...", flush=True)
-            literal = run_reference(env, "-Fc")
-            literal["dumpMBps"] = round(agent["dumpBytes"] / MB / literal["seconds"], 1)
-            print(f"  {literal}")
+            agents: list[dict[str, Any]] = []
+            references: list[dict[str, Any]] = []
+            for repeat in range(1, args.repeats + 1):
+                print(f"agent backup ({repeat}/{args.repeats})...", flush=True)
+                profile = (
+                    RESULTS.with_name("backup_profile.txt")
+                    if args.profile and repeat == 1
+                    else None
+                )
+                agent = run_agent(env, Servers(server, s3), f"bench/run-{repeat}", profile)
+                agents.append(agent)
+                print(f"  { ({k: v for k, v in agent.items() if k != 'profile'}) }")
+                print(f"pg_dump -Fc --compress=0 | zstd -3 ({repeat}/{args.repeats})...")
+                same_work = run_reference(env, Servers(server, s3), "-Fc --compress=0")
+                same_work["dumpMBps"] = round(agent["dumpBytes"] / MB / same_work["seconds"], 1)
+                references.append(same_work)
+                print(f"  {same_work}")
+            literal: dict[str, Any] | None = None
+            if not args.no_gzip:
+                print("pg_dump -Fc | zstd -3 (once)...", flush=True)
+                literal = run_reference(env, Servers(server, s3), "-Fc")
+                literal["dumpMBps"] = round(agents[0]["dumpBytes"] / MB / literal["seconds"], 1)
+                print(f"  {literal}")
         finally:
             server.destroy()
 
+    agent_s = statistics.median(a["seconds"] for a in agents)
+    same_work_s = statistics.median(r["seconds"] for r in references)
     report = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -191,11 +251,16 @@ def main() -> int:
             "loadAverageAtEnd": os.getloadavg()[0],
         },
         "databaseBytes": database_bytes,
-        "agent": agent,
-        "reference": {"compress0ThenZstd": same_work, "pgDumpGzipThenZstd": literal},
+        "agent": agents,
+        "reference": {"compress0ThenZstd": references, "pgDumpGzipThenZstd": literal},
+        "median": {
+            "agentSeconds": agent_s,
+            "compress0ThenZstdSeconds": same_work_s,
+            "agentPeakRssMiB": statistics.median(a["peakRssMiB"] for a in agents),
+        },
         "ratio": {
-            "agentToCompress0Zstd": round(same_work["seconds"] / agent["seconds"], 2),
-            "agentToPgDumpFcZstd": round(literal["seconds"] / agent["seconds"], 2),
+            "agentToCompress0Zstd": round(same_work_s / agent_s, 2),
+            **({"agentToPgDumpFcZstd": round(literal["seconds"] / agent_s, 2)} if literal else {}),
         },
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,7 @@ from fleet_kube import (
     path_of,
     read_audit,
 )
+from proc import cpu_seconds, start_profiler, stop_profiler, tree_cpu_seconds
 
 from vauban import __version__
 from vauban.devcluster import ensure_binaries
@@ -123,29 +124,10 @@ class Knobs:
 
 # -- measuring a process ----------------------------------------------------------------------
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
+OPERATOR_CODE = ("vauban/", "kopf/", "psycopg/", "kubernetes/", "aiohttp/", "pydantic")
+"""Where a profile of the operator is summed by function, callees included."""
 MIB = 1024 * 1024
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU of a process and of its children, ended (cutime, cstime: a PostgreSQL server's
-    backends, once reaped) or alive (its background processes, sessions still open)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return 0.0
-    total = sum(int(fields[k]) for k in (11, 12, 13, 14)) / CLOCK_TICKS
-    for child in children:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            total += cpu_seconds(int(child))
-    return total
 
 
 def components_cpu(
@@ -457,86 +439,6 @@ def _memory_growth(before: dict[str, Any], after: dict[str, Any]) -> dict[str, A
     }
 
 
-def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
-    """BENCH_PROFILE=1: py-spy samples the operator during the burst (collapsed stacks).
-    Sampling costs the operator a little: profiled runs say so in their results."""
-    if os.environ.get("BENCH_PROFILE") != "1":
-        return None
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    return subprocess.Popen(
-        [
-            spy,
-            "record",
-            "--pid",
-            str(pid),
-            "--rate",
-            "50",
-            "--nonblocking",
-            "--format",
-            "raw",
-            "--output",
-            str(out),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def stop_profiler(profiler: subprocess.Popen[bytes] | None, out: Path) -> dict[str, Any] | None:
-    """The functions where the operator spent its samples: by own time (the leaf) and
-    including callees, for Vauban's, kopf's, psycopg's and the client's code."""
-    if profiler is None:
-        return None
-    profiler.send_signal(signal.SIGINT)
-    try:
-        profiler.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        profiler.kill()
-    if not out.exists():
-        return None
-    own: dict[str, int] = {}
-    inclusive: dict[str, int] = {}
-    total = 0
-    for line in out.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        count = int(count_text)
-        total += count
-        frames = [_frame(f) for f in stack.split(";") if f]
-        if frames:
-            own[frames[-1]] = own.get(frames[-1], 0) + count
-        for frame in set(frames):
-            inclusive[frame] = inclusive.get(frame, 0) + count
-
-    def top(counts: dict[str, int], k: int) -> list[tuple[str, float]]:
-        return [
-            (name, round(100 * c / total, 1))
-            for name, c in sorted(counts.items(), key=lambda x: -x[1])[:k]
-        ]
-
-    interesting = ("vauban/", "kopf/", "psycopg/", "kubernetes/", "aiohttp/", "pydantic")
-    return {
-        "samples": total,
-        "own_percent": top(own, 20),
-        "inclusive_percent": top(
-            {f: c for f, c in inclusive.items() if any(m in f for m in interesting)}, 30
-        ),
-        "file": str(out),
-    }
-
-
-def _frame(text: str) -> str:
-    """`func (path/to/site-packages/pkg/mod.py:12)` -> `func (pkg/mod.py)`."""
-    name, _, where = text.partition(" (")
-    where = where.rstrip(")").rsplit(":", 1)[0]
-    for marker in ("site-packages/", "operator/", "lib/python3"):
-        if marker in where:
-            where = where.split(marker, 1)[1]
-            break
-    return f"{name} ({where})"
-
-
 def scrape(port: int) -> dict[str, float]:
     """The operator's reconcile counters: {kind: count}, {kind+'_seconds': sum}."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -737,7 +639,11 @@ def vauban_burst(work: Path, knobs: Knobs, n: int, steady: bool, churn_too: bool
             before = scrape(metrics_port)
             rss_before = rss_bytes(process.pid)
             memory = MemoryTrace(process, logfile) if MEMORY_TRACED else None
-            profiler = start_profiler(process.pid, plane.data_dir / "profile.txt")
+            profiler = (
+                start_profiler(process.pid, plane.data_dir / "profile.txt")
+                if os.environ.get("BENCH_PROFILE") == "1"
+                else None
+            )
             cpu0 = components_cpu(plane, pgs, process.pid)
             wall0, t0 = time.time(), time.monotonic()
             log(f"vauban: creating {n} ManagedDatabases")
@@ -750,7 +656,11 @@ def vauban_burst(work: Path, knobs: Knobs, n: int, steady: bool, churn_too: bool
                 cpu_spent(cpu0, components_cpu(plane, pgs, process.pid)),
             )
             ready_times = [s.ready - t0 for s in watcher.seen.values() if s.ready is not None]
-            profile = stop_profiler(profiler, plane.data_dir / "profile.txt")
+            profile = (
+                stop_profiler(profiler, plane.data_dir / "profile.txt", OPERATOR_CODE)
+                if profiler is not None
+                else None
+            )
             # What follows Ready (status events echoed back) is part of the happy path's cost.
             time.sleep(10)
             t_end, wall_end = time.monotonic(), time.time()
