@@ -4,6 +4,8 @@ upload and writes no manifest, so a failed backup leaves nothing that looks like
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import queue
@@ -12,6 +14,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 ZSTD_LEVEL = 3
 READ_BLOCK = 1 << 20
+PIPE_SIZE = 1 << 20
 QUEUE_CHUNKS = 8
 """Encrypted chunks (~1 MiB each) the producer may run ahead of the upload: about one part,
 so it keeps compressing while a part is sent, and memory stays bounded."""
@@ -194,42 +198,54 @@ def run_backup(settings: AgentSettings, location: str, store: ObjectStore) -> Ba
         row = conn.execute("SELECT pg_export_snapshot()").fetchone()
         assert row is not None
         snapshot = str(row[0])
-        tables = postgres.table_counts(conn)
         logger.info(
-            "dumping %s (PostgreSQL %s, %d tables) with %s to %s",
-            database,
-            version,
-            len(tables),
-            pg_dump,
-            location,
+            "dumping %s (PostgreSQL %s) with %s to %s", database, version, pg_dump, location
         )
-        # From the first part to the manifest, a stop waits for a point where it is safe
-        # (between parts), so an upload is always either aborted or completed.
-        with interrupt.deferred():
-            stored = _dump_and_upload(
-                store, location, pg_dump, database, snapshot, encryptor, part_size, lock
-            )
-            manifest = Manifest(
-                backup_id=backup_id,
-                location=location,
-                database=database,
-                server_version=version,
-                started_at=started,
-                finished_at=datetime.now(UTC),
-                dump_bytes=stored.dump_bytes,
-                stored_bytes=stored.stored_bytes,
-                sha256=stored.sha256,
-                chunk_size=DEFAULT_CHUNK_SIZE,
-                data_key_id=data_key_id,
-                wrapped_key=wrapped,
-                tables=tables,
-                object_lock=lock,
-                namespace=settings.database_namespace,
-                managed_database=settings.managed_database,
-                database_uid=settings.database_uid,
-            ).sealed(data_key_material)
-            # Last: from now on the backup exists.
-            store.put_bytes(manifest_key(location), manifest.to_json(), lock)
+        # The row counts scan every table: on this session, in the same snapshot, while
+        # pg_dump reads it, instead of before it starts. The upload completes only once
+        # they are known, so a failed count aborts it like a failed pg_dump.
+        with ThreadPoolExecutor(1, thread_name_prefix="row-counts") as counting:
+            counts = counting.submit(postgres.table_counts, conn)
+            # From the first part to the manifest, a stop waits for a point where it is safe
+            # (between parts), so an upload is always either aborted or completed.
+            with interrupt.deferred():
+                try:
+                    stored = _dump_and_upload(
+                        store,
+                        location,
+                        pg_dump,
+                        database,
+                        snapshot,
+                        encryptor,
+                        part_size,
+                        lock,
+                        before_completing=counts.result,
+                    )
+                except BaseException:
+                    # Do not wait for the scans of a backup that already failed.
+                    conn.cancel_safe()
+                    raise
+                manifest = Manifest(
+                    backup_id=backup_id,
+                    location=location,
+                    database=database,
+                    server_version=version,
+                    started_at=started,
+                    finished_at=datetime.now(UTC),
+                    dump_bytes=stored.dump_bytes,
+                    stored_bytes=stored.stored_bytes,
+                    sha256=stored.sha256,
+                    chunk_size=DEFAULT_CHUNK_SIZE,
+                    data_key_id=data_key_id,
+                    wrapped_key=wrapped,
+                    tables=counts.result(),
+                    object_lock=lock,
+                    namespace=settings.database_namespace,
+                    managed_database=settings.managed_database,
+                    database_uid=settings.database_uid,
+                ).sealed(data_key_material)
+                # Last: from now on the backup exists.
+                store.put_bytes(manifest_key(location), manifest.to_json(), lock)
         conn.rollback()
     return BackupOutcome(manifest, created=True, object_lock=lock_state)
 
@@ -243,6 +259,7 @@ def _dump_and_upload(
     encryptor: Encryptor,
     part_size: int,
     lock: ObjectLock | None,
+    before_completing: Callable[[], object],
 ) -> _EncryptedDump:
     command = [
         str(pg_dump),
@@ -264,12 +281,17 @@ def _dump_and_upload(
             env=postgres.child_environment(),
         )
         assert process.stdout is not None
+        with contextlib.suppress(OSError):
+            # A pipe of 1 MiB instead of 64 KiB: pg_dump and the producer wake each other
+            # sixteen times less often. Linux lets any process ask up to pipe-max-size.
+            fcntl.fcntl(process.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
         def dump_succeeded() -> None:
             if process.wait() != 0:
                 raise DatabaseFailure(
                     "DumpFailed", f"pg_dump failed: {postgres.errors_only(stderr)}"
                 )
+            before_completing()
 
         stream = _EncryptedDump(process.stdout, encryptor, dump_succeeded)
         stream.start()
