@@ -24,7 +24,7 @@ from vauban.builders import backup as build
 from vauban.handlers import cluster
 from vauban.handlers.backups import purge, runs
 from vauban.handlers.context import Context
-from vauban.handlers.databases import deletion, lifecycle, usage
+from vauban.handlers.databases import deletion, lifecycle, stored, usage
 from vauban.handlers.publish import snapshot
 from vauban.metrics import Metrics
 from vauban.reconcile.database import ClusterView
@@ -169,7 +169,7 @@ class World:
     def probe_usage(self, cluster_name: str = "legacy") -> None:
         """The periodic read of a cluster's databases' sizes and sessions."""
         bodies = [
-            snapshot(body)
+            stored.index_entry(body)
             for (plural, _, _), body in self.kube.objects.items()
             if plural == MANAGED_DATABASE.plural
         ]

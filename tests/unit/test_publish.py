@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from pydantic import ValidationError
 
 from vauban.api.database import ManagedDatabaseSpec
 from vauban.conditions import Reason, State
+from vauban.handlers.databases import stored
 from vauban.handlers.publish import invalid_spec, snapshot
+from vauban.reconcile import compliance
+from vauban.reconcile.database import ROTATE_ANNOTATION, cluster_key_of
+from vauban.reconcile.status import ready_for_generation
 
 
 def test_invalid_spec_names_fields_but_never_values() -> None:
@@ -70,3 +77,81 @@ def test_nothing_is_created_before_the_finalizer() -> None:
     assert waiting is not None and waiting.state is State.PROGRESSING
     guarded = {"metadata": {"name": "a", "namespace": "n", "finalizers": ["vauban.dev/finalizer"]}}
     assert awaiting_finalizer(guarded) is None
+
+
+def _database_body(*, ready: bool, generation: int = 3) -> dict[str, Any]:
+    message = "A long human message about what happened and what to do next. " * 4
+    return {
+        "metadata": {
+            "name": "inventory",
+            "namespace": "shop",
+            "uid": "u-1",
+            "generation": generation,
+            "creationTimestamp": "2026-12-01T10:00:00Z",
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+            "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": '{"spec": {}}' * 50,
+                ROTATE_ANNOTATION: "token-2",
+            },
+        },
+        "spec": {
+            "clusterRef": {"name": "shared"},
+            "databaseName": "inventory",
+            "backup": {"schedule": "0 3 * * *"},
+        },
+        "status": {
+            "observedGeneration": 3,
+            "phase": "Ready" if ready else "Provisioning",
+            "conditions": [
+                {
+                    "type": kind,
+                    "status": status,
+                    "reason": "Because",
+                    "message": message,
+                    "lastTransitionTime": "2026-12-01T10:00:05Z",
+                    "observedGeneration": 3,
+                }
+                for kind, status in (
+                    ("Ready", "True" if ready else "False"),
+                    ("Reconciling", "False" if ready else "True"),
+                    ("Stalled", "False"),
+                    ("BackupHealthy", "True"),
+                )
+            ],
+            "credentials": {"secretName": "inventory-app", "username": "inventory_owner"},
+            "binding": {"name": "inventory-app"},
+            "sizeBytes": 7_600_000,
+            "size": "7.2Mi",
+            "connections": 2,
+            "cluster": "shop/shared",
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("ready", "generation"), [(True, 3), (False, 3), (True, 4)], ids=["ready", "not", "stale"]
+)
+def test_a_database_index_entry_answers_as_its_body_does(ready: bool, generation: int) -> None:
+    """The index keeps a few fields per database; every decision taken from the index
+    (readiness for the current spec, credentials' timers, the usage read, the compliance
+    report, the cluster's turn) must read the same from them as from the whole body."""
+    body = _database_body(ready=ready, generation=generation)
+    assert stored.status(body).binding is not None  # the whole status parses
+    entry = stored.index_entry(body)
+    assert ready_for_generation(entry) == ready_for_generation(body)
+    assert stored.status(entry).credentials == stored.status(body).credentials
+    assert stored.provisioned(entry) and stored.key(entry) == stored.key(body)
+    for field in ("sizeBytes", "size", "connections", "phase", "observedGeneration"):
+        assert stored.status(entry).to_wire()[field] == body["status"][field]
+    assert cluster_key_of(entry) == cluster_key_of(body)
+    assert compliance.database_backups(entry, [], None) == compliance.database_backups(
+        body, [], None
+    )
+
+
+def test_a_database_index_entry_leaves_out_what_no_decision_reads() -> None:
+    entry = stored.index_entry(_database_body(ready=True))
+    assert "managedFields" not in entry["metadata"]
+    assert entry["metadata"]["annotations"] == {ROTATE_ANNOTATION: "token-2"}
+    assert [c["type"] for c in entry["status"]["conditions"]] == ["Ready"]
+    assert "binding" not in entry["status"]

@@ -26,7 +26,7 @@ from vauban.builders.credentials import DATABASE_LABEL
 from vauban.handlers import cluster, uploads
 from vauban.handlers.backups import purge, runs
 from vauban.handlers.context import Context, context_of
-from vauban.handlers.databases import deletion, lifecycle, usage
+from vauban.handlers.databases import deletion, lifecycle, stored, usage
 from vauban.handlers.publish import snapshot
 from vauban.reconcile.database import ClusterView, cluster_key_of
 from vauban.settings import Settings
@@ -70,7 +70,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:  # no
         body: kopf.Body, **_: Any
     ) -> dict[tuple[str, str], dict[str, Any]] | None:
         cluster = cluster_key_of(body)
-        return None if cluster is None else {cluster: snapshot(body)}
+        return None if cluster is None else {cluster: stored.index_entry(body)}
 
     @kopf.on.event(*CLUSTERS, id="cluster", registry=registry)
     async def cluster_event(

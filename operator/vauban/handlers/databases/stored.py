@@ -8,7 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from vauban.api.common import GROUP
 from vauban.api.database import MANAGED_DATABASE, ManagedDatabaseStatus
+from vauban.conditions import ConditionType
 from vauban.handlers.context import ObjectKey
 
 _KEPT = (
@@ -42,3 +44,55 @@ def provisioned(body: Mapping[str, Any]) -> bool:
 
 def key(body: Mapping[str, Any]) -> ObjectKey:
     return (MANAGED_DATABASE.kind, body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+_INDEXED_METADATA = (
+    "name",
+    "namespace",
+    "uid",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+)
+_INDEXED_STATUS = (
+    "observedGeneration",
+    "phase",
+    "credentials",
+    "sizeBytes",
+    "size",
+    "connections",
+)
+
+
+def index_entry(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the operator keeps in memory of each ManagedDatabase between its events, for
+    the decisions made outside of them: whether it is due for a re-check (readiness, the
+    credentials' timers), the periodic usage read (database, login, last figures), the
+    cluster's finalizer and compliance report (names, creation, backup schedule). A
+    reconcile reads the object itself, under its lock.
+
+    A shape of the object's body, so that the same functions read both; kept to these
+    fields because a fleet's memory is this times its databases: the other conditions and
+    their messages, other tools' annotations (kubectl's last-applied copy of the whole
+    object) and managedFields stay out."""
+    meta = body["metadata"]
+    status = body.get("status") or {}
+    entry_status = {k: status[k] for k in _INDEXED_STATUS if k in status}
+    ready = [
+        c
+        for c in status.get("conditions") or ()
+        if isinstance(c, Mapping) and c.get("type") == ConditionType.READY
+    ]
+    if ready:
+        entry_status["conditions"] = ready
+    annotations = {
+        k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(f"{GROUP}/")
+    }
+    return {
+        "metadata": {
+            **{k: meta[k] for k in _INDEXED_METADATA if k in meta},
+            **({"annotations": annotations} if annotations else {}),
+        },
+        "spec": dict(body.get("spec") or {}),
+        "status": entry_status,
+    }
