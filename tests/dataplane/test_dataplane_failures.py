@@ -16,6 +16,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from dataplane.harness import (
@@ -27,6 +28,7 @@ from dataplane.harness import (
     user_tables,
 )
 from vauban.backup import agent as agent_module
+from vauban.backup import postgres as backup_postgres
 from vauban.backup.manifest import Manifest, ObjectLock, data_key, manifest_key
 from vauban.devcluster.s3 import S3Server
 
@@ -154,6 +156,22 @@ def test_database_unreachable_uploads_nothing(
     outcome = agent.call(monkeypatch, "backup", "--location", location, PGPORT=str(closed_port()))
     assert (outcome.code, outcome.reason) == (5, "DatabaseUnreachable"), outcome
     assert agent.env["PGPASSWORD"] not in json.dumps(outcome.result)
+    assert objects_under(agent, location) == []
+
+
+def test_a_failed_row_count_fails_the_backup_and_uploads_nothing(
+    agent: Agent, location: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row counts run beside pg_dump: a dump that ends well must not complete the upload
+    when the counts a restore is checked against are missing."""
+
+    def cancelled(conn: object) -> dict[str, int]:
+        raise psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+
+    monkeypatch.setattr(backup_postgres, "table_counts", cancelled)
+    outcome = agent.call(monkeypatch, "backup", "--location", location)
+    assert (outcome.code, outcome.reason) == (agent_module.EXIT_DATABASE, "DatabaseError"), outcome
+    assert not multipart_uploads(agent.s3, BUCKET)
     assert objects_under(agent, location) == []
 
 
