@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from vauban import __version__
@@ -65,6 +66,106 @@ class _KeyAges(Collector):
         for (namespace, cluster), seconds in sorted(self.periods.items()):
             period.add_metric([namespace, cluster], seconds)
         yield period
+
+
+@dataclass(slots=True)
+class _DatabaseFigures:
+    """One database's series. None: the series is absent (not observed yet, or removed)."""
+
+    up: float | None = None
+    size_bytes: float | None = None
+    connections: float | None = None
+    last_success: float | None = None
+    last_duration: float | None = None
+    last_size: float | None = None
+    schedule: float | None = None
+    last_verified: float | None = None
+    backup_failures: tuple[float, float] | None = None
+    """(count, created): a counter exists from 0, so increase() sees the first failure."""
+    verification_failures: tuple[float, float] | None = None
+
+
+_DATABASE_GAUGES = (
+    ("up", "vauban_database_up", "1 when the database is Ready, else 0."),
+    ("size_bytes", "vauban_database_size_bytes", "Size of the database at the last probe."),
+    ("connections", "vauban_database_connections", "Open connections at the last probe."),
+    (
+        "last_success",
+        "vauban_database_last_backup_success_timestamp_seconds",
+        "When the latest successful backup finished (Unix time).",
+    ),
+    (
+        "last_duration",
+        "vauban_database_last_backup_duration_seconds",
+        "How long the latest successful backup took.",
+    ),
+    (
+        "last_size",
+        "vauban_database_last_backup_size_bytes",
+        "Stored (compressed, encrypted) size of the latest successful backup.",
+    ),
+    (
+        "schedule",
+        "vauban_database_backup_schedule_seconds",
+        "Nominal interval of the backup schedule: BackupTooOld fires past twice this.",
+    ),
+    (
+        "last_verified",
+        "vauban_database_last_verified_backup_timestamp_seconds",
+        "When a restore test last passed (Unix time).",
+    ),
+)
+_DATABASE_COUNTERS = (
+    ("backup_failures", "vauban_database_backup_failures", "Backups that failed."),
+    (
+        "verification_failures",
+        "vauban_database_restore_verification_failures",
+        "Restore tests that failed.",
+    ),
+)
+
+
+class _DatabaseSeries(Collector):
+    """Every per-database series, from one small record per database, written out at
+    scrape time. prometheus_client's labelled metrics keep an object with a lock per series
+    (ten per database with backups): at fleet scale, the largest part of what the operator
+    keeps per database after kopf's."""
+
+    def __init__(self) -> None:
+        self.figures: dict[tuple[str, str], _DatabaseFigures] = {}
+
+    def of(self, namespace: str, database: str) -> _DatabaseFigures:
+        figures = self.figures.get((namespace, database))
+        if figures is None:
+            figures = self.figures[(namespace, database)] = _DatabaseFigures()
+        return figures
+
+    def clear(self, namespace: str, database: str, fields: Iterable[str]) -> None:
+        figures = self.figures.get((namespace, database))
+        if figures is None:
+            return
+        for name in fields:
+            setattr(figures, name, None)
+        if all(getattr(figures, name) is None for name in figures.__slots__):
+            del self.figures[(namespace, database)]
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        labels = ["namespace", "database"]
+        rows = sorted(self.figures.items())
+        for field_name, metric, documentation in _DATABASE_GAUGES:
+            gauge = GaugeMetricFamily(metric, documentation, labels=labels)
+            for key, figures in rows:
+                value = getattr(figures, field_name)
+                if value is not None:
+                    gauge.add_metric(list(key), value)
+            yield gauge
+        for field_name, metric, documentation in _DATABASE_COUNTERS:
+            counter = CounterMetricFamily(metric, documentation, labels=labels)
+            for key, figures in rows:
+                pair = getattr(figures, field_name)
+                if pair is not None:
+                    counter.add_metric(list(key), pair[0], created=pair[1])
+            yield counter
 
 
 class Metrics:
@@ -124,68 +225,6 @@ class Metrics:
             registry=r,
         )
         self._lagging: dict[tuple[str, str], set[str]] = {}
-        self.database_up = Gauge(
-            "vauban_database_up",
-            "1 when the database is Ready, else 0.",
-            ["namespace", "database"],
-            registry=r,
-        )
-        self.database_size = Gauge(
-            "vauban_database_size_bytes",
-            "Size of the database at the last probe.",
-            ["namespace", "database"],
-            registry=r,
-        )
-        self.database_connections = Gauge(
-            "vauban_database_connections",
-            "Open connections at the last probe.",
-            ["namespace", "database"],
-            registry=r,
-        )
-        # Backups, per database: set from its ManagedBackups at each reconcile.
-        db = ["namespace", "database"]
-        self.backup_last_success = Gauge(
-            "vauban_database_last_backup_success_timestamp_seconds",
-            "When the latest successful backup finished (Unix time).",
-            db,
-            registry=r,
-        )
-        self.backup_last_duration = Gauge(
-            "vauban_database_last_backup_duration_seconds",
-            "How long the latest successful backup took.",
-            db,
-            registry=r,
-        )
-        self.backup_last_size = Gauge(
-            "vauban_database_last_backup_size_bytes",
-            "Stored (compressed, encrypted) size of the latest successful backup.",
-            db,
-            registry=r,
-        )
-        self.backup_schedule = Gauge(
-            "vauban_database_backup_schedule_seconds",
-            "Nominal interval of the backup schedule: BackupTooOld fires past twice this.",
-            db,
-            registry=r,
-        )
-        self.backup_failures = Counter(
-            "vauban_database_backup_failures",
-            "Backups that failed.",
-            db,
-            registry=r,
-        )
-        self.backup_last_verified = Gauge(
-            "vauban_database_last_verified_backup_timestamp_seconds",
-            "When a restore test last passed (Unix time).",
-            db,
-            registry=r,
-        )
-        self.verification_failures = Counter(
-            "vauban_database_restore_verification_failures",
-            "Restore tests that failed.",
-            db,
-            registry=r,
-        )
         self.api_errors = Counter(
             "vauban_api_errors",
             "Failed requests to the Kubernetes API: `kopf` (its watches and patches, each "
@@ -202,6 +241,8 @@ class Metrics:
         r.register(self._phases)
         self._keys = _KeyAges()
         r.register(self._keys)
+        self._databases = _DatabaseSeries()
+        r.register(self._databases)
 
     @contextlib.contextmanager
     def reconcile(
@@ -237,11 +278,12 @@ class Metrics:
                 self.cluster_ready_instances.labels(namespace, name).set(status["readyInstances"])
             self._observe_health(namespace, name, status.get("health") or {})
         elif kind == "ManagedDatabase":
-            self.database_up.labels(namespace, name).set(up)
+            figures = self._databases.of(namespace, name)
+            figures.up = up
             if status.get("sizeBytes") is not None:
-                self.database_size.labels(namespace, name).set(status["sizeBytes"])
+                figures.size_bytes = float(status["sizeBytes"])
             if status.get("connections") is not None:
-                self.database_connections.labels(namespace, name).set(status["connections"])
+                figures.connections = float(status["connections"])
 
     def _observe_health(self, namespace: str, name: str, health: Mapping[str, Any]) -> None:
         """Cluster health series: set from status.health, removed where it has no value."""
@@ -271,19 +313,14 @@ class Metrics:
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """Drop an object's series once it is gone."""
         self._phases.phases.pop((kind, namespace, name), None)
-        if kind == "ManagedCluster":
-            self._observe_health(namespace, name, {})
-            self.key(namespace, name, created=None, period_seconds=None)
-        gauges = (
-            (self.cluster_up, self.cluster_ready_instances)
-            if kind == "ManagedCluster"
-            else (self.database_up, self.database_size, self.database_connections)
-        )
-        for gauge in gauges:
-            try:
+        if kind != "ManagedCluster":
+            self._databases.clear(namespace, name, ("up", "size_bytes", "connections"))
+            return
+        self._observe_health(namespace, name, {})
+        self.key(namespace, name, created=None, period_seconds=None)
+        for gauge in (self.cluster_up, self.cluster_ready_instances):
+            with contextlib.suppress(KeyError):
                 gauge.remove(namespace, name)
-            except KeyError:
-                continue
 
     def backups(
         self,
@@ -296,25 +333,24 @@ class Metrics:
         last: Mapping[str, Any] | None,
     ) -> None:
         """Record a database's backup state, as its reconcile computed it."""
+        figures = self._databases.of(namespace, database)
         # The failure counters exist from 0, so increase() sees a database's first failure.
-        self.backup_failures.labels(namespace, database)
-        self.verification_failures.labels(namespace, database)
-        for gauge, value in (
-            (self.backup_last_success, last_success.timestamp() if last_success else None),
-            (self.backup_last_verified, last_verified.timestamp() if last_verified else None),
-            (self.backup_schedule, schedule_seconds),
-        ):
-            if value is not None:
-                gauge.labels(namespace, database).set(value)
+        now = time.time()
+        figures.backup_failures = figures.backup_failures or (0.0, now)
+        figures.verification_failures = figures.verification_failures or (0.0, now)
+        if last_success is not None:
+            figures.last_success = last_success.timestamp()
+        if last_verified is not None:
+            figures.last_verified = last_verified.timestamp()
+        if schedule_seconds is not None:
+            figures.schedule = schedule_seconds
         status = (last or {}).get("status") or {}
         if status.get("sizeBytes") is not None:
-            self.backup_last_size.labels(namespace, database).set(status["sizeBytes"])
+            figures.last_size = float(status["sizeBytes"])
         started = parse_rfc3339(status.get("startedAt"))
         finished = parse_rfc3339(status.get("finishedAt"))
         if started is not None and finished is not None:
-            self.backup_last_duration.labels(namespace, database).set(
-                (finished - started).total_seconds()
-            )
+            figures.last_duration = (finished - started).total_seconds()
 
     def key(
         self,
@@ -335,20 +371,26 @@ class Metrics:
             self._keys.periods[(namespace, cluster)] = period_seconds
 
     def backup_failed(self, namespace: str, database: str) -> None:
-        self.backup_failures.labels(namespace, database).inc()
+        figures = self._databases.of(namespace, database)
+        count, created = figures.backup_failures or (0.0, time.time())
+        figures.backup_failures = (count + 1, created)
 
     def verification_failed(self, namespace: str, database: str) -> None:
-        self.verification_failures.labels(namespace, database).inc()
+        figures = self._databases.of(namespace, database)
+        count, created = figures.verification_failures or (0.0, time.time())
+        figures.verification_failures = (count + 1, created)
 
     def forget_backups(self, namespace: str, database: str) -> None:
-        for metric in (
-            self.backup_last_success,
-            self.backup_last_duration,
-            self.backup_last_size,
-            self.backup_schedule,
-            self.backup_failures,
-            self.backup_last_verified,
-            self.verification_failures,
-        ):
-            with contextlib.suppress(KeyError):
-                metric.remove(namespace, database)
+        self._databases.clear(
+            namespace,
+            database,
+            (
+                "last_success",
+                "last_duration",
+                "last_size",
+                "schedule",
+                "last_verified",
+                "backup_failures",
+                "verification_failures",
+            ),
+        )
