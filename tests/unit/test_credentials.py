@@ -12,7 +12,7 @@ from vauban.reconcile.database import (
     login_name,
     ownership,
     plan_credentials,
-    timers_due,
+    timers_wake_at,
 )
 from vauban.reconcile.records import DatabaseRecord, LoginRecord
 
@@ -100,6 +100,11 @@ def test_login_names_fit_postgres_and_never_collide() -> None:
     assert all(len(login_name(o, 12345)) <= 63 for o in (long_a, "o" * 63, "p" * 52))
     assert login_name(long_a, 1) != login_name(long_b, 1)
     assert duration_seconds("90s") == 90 and duration_seconds("2w") == 14 * 86400
+
+
+def timers_due(credentials: CredentialsStatus | None, period: str | None, now: datetime) -> bool:
+    wake_at = timers_wake_at(credentials, period)
+    return wake_at is not None and now >= wake_at
 
 
 def test_timers() -> None:

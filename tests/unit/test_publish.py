@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import time
+from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from vauban import timefmt
 from vauban.api.database import ManagedDatabaseSpec
 from vauban.conditions import Reason, State
-from vauban.handlers.databases import stored
+from vauban.handlers.databases import lifecycle, stored
 from vauban.handlers.publish import invalid_spec, snapshot
 from vauban.reconcile import compliance
 from vauban.reconcile.database import ROTATE_ANNOTATION, cluster_key_of
@@ -97,6 +101,7 @@ def _database_body(*, ready: bool, generation: int = 3) -> dict[str, Any]:
         "spec": {
             "clusterRef": {"name": "shared"},
             "databaseName": "inventory",
+            "owner": "inventory_owner",
             "backup": {"schedule": "0 3 * * *"},
         },
         "status": {
@@ -137,6 +142,7 @@ def test_a_database_index_entry_answers_as_its_body_does(ready: bool, generation
     report, the cluster's turn) must read the same from them as from the whole body."""
     body = _database_body(ready=ready, generation=generation)
     assert stored.status(body).binding is not None  # the whole status parses
+    ManagedDatabaseSpec.model_validate(body["spec"])  # and the spec
     entry = stored.index_entry(body)
     assert ready_for_generation(entry) == ready_for_generation(body)
     assert stored.status(entry).credentials == stored.status(body).credentials
@@ -146,6 +152,25 @@ def test_a_database_index_entry_answers_as_its_body_does(ready: bool, generation
     assert cluster_key_of(entry) == cluster_key_of(body)
     assert compliance.database_backups(entry, [], None) == compliance.database_backups(
         body, [], None
+    )
+    ctx = _due_context(stored.key(body))
+    recent = timefmt.rfc3339(timefmt.now() - timedelta(days=1))
+    for rotation, rotation_due in ((None, False), ("2026-01-01T00:00:00Z", True), (recent, False)):
+        body["spec"]["credentials"] = {"rotationPeriod": "30d"}
+        body["status"]["credentials"]["lastRotation"] = rotation
+        entry = stored.index_entry(body)
+        for _ in range(2):  # the second answer is the entry's derived one
+            assert lifecycle.due(ctx, entry) == lifecycle.due(ctx, body)
+        # Not ready: due when its backoff allows (here, always); ready: when its timer is.
+        assert lifecycle.due(ctx, entry) == (rotation_due or not ready)
+
+
+def _due_context(key: tuple[str, str, str]) -> Any:
+    """What `due` reads of the context: reconciled just now (no resync due), backoff over."""
+    return SimpleNamespace(
+        reconciled={key: time.monotonic()},
+        backoff=SimpleNamespace(due=lambda key: True),
+        settings=SimpleNamespace(resync_interval_seconds=3600.0),
     )
 
 

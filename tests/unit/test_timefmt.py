@@ -8,7 +8,7 @@ import pytest
 
 from vauban import timefmt
 from vauban.api.database import CredentialsStatus
-from vauban.reconcile.database import timers_due
+from vauban.reconcile.database import timers_wake_at
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -54,6 +54,6 @@ def test_round_trip_and_now() -> None:
 
 
 def test_a_damaged_status_time_is_not_due_rather_than_a_crash() -> None:
-    """timers_due once parsed status times by hand and raised on an empty one."""
+    """The timers once parsed status times by hand and raised on an empty one."""
     damaged = CredentialsStatus(retiring=["a"], retire_after="", last_rotation="x")
-    assert not timers_due(damaged, "30d", NOW)
+    assert timers_wake_at(damaged, "30d") is None

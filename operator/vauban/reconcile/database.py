@@ -273,22 +273,23 @@ def plan_credentials(
     return CredentialsPlan(login, generation, new, retiring, tuple(sorted(retire_now)))
 
 
-def timers_due(
-    credentials: CredentialsStatus | None, rotation_period: str | None, now: datetime
-) -> bool:
-    """Whether time alone calls for a reconcile: retiring logins past their grace period, or
-    a rotation period elapsed. `credentials` as status shows them: a timer read from a
-    forged status costs a reconcile, never a decision (the record decides)."""
+def timers_wake_at(
+    credentials: CredentialsStatus | None, rotation_period: str | None
+) -> datetime | None:
+    """When time alone calls for a reconcile (None: never, as things stand): retiring logins
+    past their grace period, or a rotation period elapsed. `credentials` as status shows
+    them: a timer read from a forged status costs a reconcile, never a decision (the record
+    decides)."""
     if credentials is None:
-        return False
+        return None
+    moments: list[datetime] = []
     retire_after = parse_rfc3339(credentials.retire_after)
-    if credentials.retiring and retire_after is not None and now >= retire_after:
-        return True
-    period = rotation_period
+    if credentials.retiring and retire_after is not None:
+        moments.append(retire_after)
     last = parse_rfc3339(credentials.last_rotation)
-    return bool(
-        period and last is not None and now >= last + timedelta(seconds=duration_seconds(period))
-    )
+    if rotation_period and last is not None:
+        moments.append(last + timedelta(seconds=duration_seconds(rotation_period)))
+    return min(moments, default=None)
 
 
 RESYNC_SPREAD = 0.25

@@ -9,6 +9,8 @@ import contextlib
 import time
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -39,7 +41,7 @@ from vauban.reconcile.database import (
     cluster_key_of,
     connection_limit,
     resync_due,
-    timers_due,
+    timers_wake_at,
 )
 from vauban.reconcile.status import ready_for_generation
 from vauban.reconcile.tenancy import needs_namespace_labels
@@ -216,13 +218,34 @@ def _rotation_period(body: Mapping[str, Any]) -> str | None:
     return spec.credentials.rotation_period
 
 
+@dataclass(frozen=True, slots=True)
+class _Timers:
+    """What `due` reads of an object's status and spec."""
+
+    ready: bool
+    wake_at: datetime | None
+
+
+def _timers(body: Mapping[str, Any]) -> _Timers:
+    if isinstance(body, stored.IndexEntry) and isinstance(body.derived, _Timers):
+        return body.derived
+    status = stored.status(body)
+    timers = _Timers(
+        ready=is_true(status.conditions, ConditionType.READY),
+        wake_at=timers_wake_at(status.credentials, _rotation_period(body)),
+    )
+    if isinstance(body, stored.IndexEntry):
+        body.derived = timers
+    return timers
+
+
 def due(ctx: Context, body: Mapping[str, Any]) -> bool:
     """Whether the periodic re-check should reconcile this database now."""
     key = stored.key(body)
-    status = stored.status(body)
-    if not is_true(status.conditions, ConditionType.READY):
+    timers = _timers(body)
+    if not timers.ready:
         return ctx.backoff.due(key)
-    if timers_due(status.credentials, _rotation_period(body), timefmt.now()):
+    if timers.wake_at is not None and timefmt.now() >= timers.wake_at:
         return True
     return resync_due(
         key, time.monotonic() - ctx.reconciled.get(key, NEVER), ctx.settings.resync_interval_seconds

@@ -64,7 +64,20 @@ _INDEXED_STATUS = (
 )
 
 
-def index_entry(body: Mapping[str, Any]) -> dict[str, Any]:
+class IndexEntry(dict[str, Any]):
+    """An index entry: the body's shape, so the same functions read both, and room for
+    what the periodic re-check derives from it (lifecycle.due), derived once per entry:
+    the re-check asks every database of the fleet whether it is due, every few seconds,
+    and an entry changes only with its object's events."""
+
+    __slots__ = ("derived",)
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        super().__init__(fields)
+        self.derived: object = None
+
+
+def index_entry(body: Mapping[str, Any]) -> IndexEntry:
     """What the operator keeps in memory of each ManagedDatabase between its events, for
     the decisions made outside of them: whether it is due for a re-check (readiness, the
     credentials' timers), the periodic usage read (database, login, last figures), the
@@ -88,11 +101,13 @@ def index_entry(body: Mapping[str, Any]) -> dict[str, Any]:
     annotations = {
         k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(f"{GROUP}/")
     }
-    return {
-        "metadata": {
-            **{k: meta[k] for k in _INDEXED_METADATA if k in meta},
-            **({"annotations": annotations} if annotations else {}),
-        },
-        "spec": dict(body.get("spec") or {}),
-        "status": entry_status,
-    }
+    return IndexEntry(
+        {
+            "metadata": {
+                **{k: meta[k] for k in _INDEXED_METADATA if k in meta},
+                **({"annotations": annotations} if annotations else {}),
+            },
+            "spec": dict(body.get("spec") or {}),
+            "status": entry_status,
+        }
+    )
