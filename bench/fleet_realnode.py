@@ -4,6 +4,13 @@ applying the same `Cluster`s (what Vauban rendered, read back) — the time Vaub
 the API writes Vauban makes per cluster, from the apiserver's audit log.
 
     flock /tmp/realnode.lock .venv/bin/python bench/fleet_realnode.py --clusters 4
+    flock /tmp/realnode.lock .venv/bin/python bench/fleet_realnode.py --databases 50
+
+With `--databases N`, the rounds are databases on one ManagedCluster instead: N
+ManagedDatabases at once, until Ready, against N of CloudNativePG's own `Database` objects
+on the same Cluster, until applied (issue #21's second reference). CloudNativePG's Database
+creates a database for a role that exists (here `app`, its default owner); a ManagedDatabase
+also creates its owner and login roles, writes the credentials Secret and checks the login.
 
 The real node is one per machine (hence the lock). It starts a 3-node real cluster with the
 apiserver's audit log on, installs CloudNativePG and Vauban as the e2e tier does, then runs
@@ -130,6 +137,23 @@ def _wait_ready(
     return seen
 
 
+def _wait_applied(
+    kube: Kube, resource: str, namespace: str, names: list[str], t0: float, timeout: float
+) -> dict[str, float]:
+    """Seconds from t0 until each object says it is done, polled every second: a
+    ManagedDatabase's Ready condition, a CloudNativePG Database's `status.applied`."""
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(seen) < len(names):
+        now = time.monotonic() - t0
+        for obj in kube.items(resource, namespace):
+            status = obj.get("status") or {}
+            if _ready_condition(obj) or status.get("applied") is True:
+                seen.setdefault(obj["metadata"]["name"], now)
+        time.sleep(1)
+    return seen
+
+
 def _writes(audit: Path, offset: int, start: float, end: float) -> Counter[str]:
     """Writes per user and resource received in [start, end] (wall clock)."""
     found: Counter[str] = Counter()
@@ -243,12 +267,99 @@ def cloudnativepg_round(
     return result
 
 
+def database_round(
+    kube: Kube, cluster: AuditedRealCluster, namespace: str, side: str, n: int, repeat: int
+) -> dict[str, Any]:
+    """N databases at once on the ManagedCluster `pg` of `namespace`, by Vauban
+    (ManagedDatabases) or by CloudNativePG alone (Databases), until all are done; then
+    deleted, their databases dropped, before the next round."""
+    names = [f"{side[0]}{repeat}-{i}" for i in range(n)]
+    if side == "vauban":
+        resource = "manageddatabases.vauban.dev"
+        objects = [
+            {"apiVersion": "vauban.dev/v1alpha1", "kind": "ManagedDatabase",
+             "metadata": {"name": name, "namespace": namespace},
+             "spec": {"clusterRef": {"name": "pg"}, "databaseName": name.replace("-", "_"),
+                      "owner": f"{name.replace('-', '_')}_owner", "deletionPolicy": "Delete"}}
+            for name in names
+        ]  # fmt: skip
+    else:
+        resource = "databases.postgresql.cnpg.io"
+        objects = [
+            {"apiVersion": "postgresql.cnpg.io/v1", "kind": "Database",
+             "metadata": {"name": name, "namespace": namespace},
+             "spec": {"cluster": {"name": "pg"}, "name": name.replace("-", "_"), "owner": "app",
+                      "databaseReclaimPolicy": "delete"}}
+            for name in names
+        ]  # fmt: skip
+    offset = audit_offset(cluster.audit_log)
+    wall0, t0 = time.time(), time.monotonic()
+    kube.apply(objects)
+    times = _wait_applied(kube, resource, namespace, names, t0, timeout=30 + 6 * n)
+    time.sleep(5)  # what is written once done (the last status, Events)
+    writes = _writes(cluster.audit_log, offset, wall0, time.time())
+    values = sorted(times.values())
+    result = {
+        "side": side,
+        "n": n,
+        "done": len(values),
+        "all_seconds": round(values[-1], 1) if len(values) == n else None,
+        "median_seconds": round(statistics.median(values), 1) if values else None,
+        "writes_by_user": {k: v for k, v in writes.items() if not k.startswith("system:node:")},
+    }
+    if side == "vauban":
+        operator = sum(v for k, v in writes.items() if k.startswith(OPERATOR_USER + " "))
+        result["operator_writes_per_database"] = round(operator / n, 2)
+    kube.run("delete", resource, "--all", "-n", namespace, "--timeout=600s")
+    return result
+
+
+def database_rounds(
+    kube: Kube, cluster: AuditedRealCluster, n: int, repeats: int
+) -> dict[str, Any]:
+    namespace = "bench-databases"
+    kube.run("create", "namespace", namespace)
+    kube.apply(
+        [
+            {"apiVersion": "vauban.dev/v1alpha1", "kind": "ManagedCluster",
+             "metadata": {"name": "pg", "namespace": namespace}, "spec": SPEC}
+        ]
+    )  # fmt: skip
+    ready = _wait_ready(kube, namespace, ["pg"], time.monotonic(), timeout=900)
+    log(f"ManagedCluster pg: {ready}")
+    runs: list[dict[str, Any]] = []
+    for repeat in range(repeats):
+        # In turn: neither side always has the server's first, colder, round.
+        for side in ("cloudnativepg", "vauban") if repeat % 2 else ("vauban", "cloudnativepg"):
+            log(f"round {repeat + 1}, {side}: {n} databases")
+            run = database_round(kube, cluster, namespace, side, n, repeat)
+            log(json.dumps({k: v for k, v in run.items() if k != "writes_by_user"}))
+            runs.append(run)
+
+    def median_of(side: str) -> float | None:
+        values = [r["all_seconds"] for r in runs if r["side"] == side and r["all_seconds"]]
+        return round(statistics.median(values), 1) if values else None
+
+    vauban, alone = median_of("vauban"), median_of("cloudnativepg")
+    return {
+        "n": n,
+        "spec": SPEC,
+        "runs": runs,
+        "median_all_seconds": {"vauban": vauban, "cloudnativepg_database": alone},
+        "ratio": round(vauban / alone, 2) if vauban and alone else None,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clusters", type=int, default=4)
+    parser.add_argument("--databases", type=int, default=0, help="databases rounds instead")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--output", type=Path, default=ROOT / "results" / "fleet-realnode.json")
+    parser.add_argument("--output", type=Path)
     args = parser.parse_args()
+    output: Path = args.output or ROOT / "results" / (
+        "fleet-realnode-databases.json" if args.databases else "fleet-realnode.json"
+    )
     reason = unavailable_reason()
     if reason is not None:
         print(f"the real node cannot run here: {reason}", file=sys.stderr)
@@ -260,6 +371,15 @@ def main() -> int:
         took = cluster.install_stack()
         log(f"real node and stack up in {time.monotonic() - started:.0f} s ({took})")
         kube = Kube(cluster.kubeconfig)
+        if args.databases:
+            results = {
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **database_rounds(kube, cluster, args.databases, args.repeats),
+            }
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(json.dumps(results, indent=2), encoding="utf-8")
+            log(f"{results['median_all_seconds']}, ratio {results['ratio']}: written to {output}")
+            return 0
         vauban_runs: list[dict[str, Any]] = []
         alone_runs: list[dict[str, Any]] = []
         rendered: list[dict[str, Any]] = []
@@ -284,9 +404,9 @@ def main() -> int:
             "vauban": vauban_runs,
             "cloudnativepg_alone": alone_runs,
         }
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(results, indent=2), encoding="utf-8")
-        log(f"written to {args.output}")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        log(f"written to {output}")
     finally:
         cluster.stop()
     return 0
