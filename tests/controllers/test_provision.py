@@ -3,12 +3,9 @@ reconciles, on fakes of the apiserver and the server."""
 
 from __future__ import annotations
 
-import asyncio
-
 from controllers.world import NAMESPACE, World
 from vauban.api.cluster import MANAGED_CLUSTER
 from vauban.api.database import MANAGED_DATABASE
-from vauban.handlers.databases import lifecycle
 
 
 def test_a_database_is_provisioned_in_one_reconcile(world: World) -> None:
@@ -151,22 +148,3 @@ def test_a_login_dropped_by_hand_makes_the_database_due_at_once(world: World) ->
     assert key not in world.ctx.reconciled
     world.reconcile_database()
     assert world.server.roles[login].login
-
-
-def test_events_of_a_database_waiting_for_its_turn_queue_one_reconcile(world: World) -> None:
-    """A watch event queues a reconcile instead of holding kopf's worker; the events of the
-    same object until that reconcile reads it ask nothing more."""
-    world.external_cluster()
-    world.database()
-    body = world.kube.get(MANAGED_DATABASE, NAMESPACE, "inventory")
-
-    async def events() -> None:
-        for _ in range(3):
-            lifecycle.ask(world.ctx, body, world.clusters(), world.backups_by_database())
-        assert len(world.ctx.queued) == 1
-        await asyncio.gather(*world.ctx.queued.values())
-
-    world.run(events())
-    assert not world.ctx.queued
-    assert world.status(MANAGED_DATABASE, "inventory")["phase"] == "Ready"
-    assert world.kube.events_of("inventory") == ["Available"]

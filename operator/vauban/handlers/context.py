@@ -111,10 +111,6 @@ class Context:
     connection to the server; those waiting for a slot hold nothing yet (a burst of a
     thousand would otherwise hold a thousand bodies and their neighbours' claims)."""
 
-    queued: dict[ObjectKey, asyncio.Task[None]] = field(default_factory=dict)
-    """Reconciles asked for by watch events and not started yet, one per object
-    (lifecycle.ask)."""
-
     memory: MemoryReleaser = field(default_factory=MemoryReleaser)
     """Trims the heap once a wave of reconciles has drained."""
 

@@ -8,6 +8,7 @@ operator of their own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Mapping
@@ -159,7 +160,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:  # no
             ctx.metrics.forget_backups(*_key(body))
             _drop_memory_of(ctx, MANAGED_DATABASE.kind, body)
         elif _live(type, body) and not lifecycle.settled(ctx, body):
-            lifecycle.ask(ctx, body, kwargs["clusters"], kwargs["backups_by_database"])
+            await lifecycle.reconcile(ctx, body, kwargs["clusters"], kwargs["backups_by_database"])
 
     # The tenants' credentials Secrets, by label only (the selector is server-side:
     # operator_settings), and only for their deletion: a Secret deleted by hand is noticed
@@ -284,12 +285,11 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:  # no
 
     @kopf.on.cleanup(id="recheck", registry=registry)
     async def stop_recheck(memo: kopf.Memo, **_: Any) -> None:
-        tasks = [t for t in (memo.get("recheck"),) if t is not None]
-        tasks += context_of(memo).queued.values()
-        for task in tasks:
+        task: asyncio.Task[None] | None = memo.get("recheck")
+        if task is not None:
             task.cancel()
-        # The reconciles queued by events, too: they would run past the operator's end.
-        await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     @kopf.on.login(id="login", registry=registry)
     async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:

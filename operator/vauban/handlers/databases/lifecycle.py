@@ -5,11 +5,9 @@ re-checks may pass without a reconcile (`settled`, `due`)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,7 +26,7 @@ from vauban.conditions import (
     Verdict,
     is_true,
 )
-from vauban.handlers.context import NEVER, Context, ObjectKey
+from vauban.handlers.context import NEVER, Context
 from vauban.handlers.databases import provision, stored, suspension
 from vauban.handlers.databases.connection import tell_cluster
 from vauban.handlers.envelope import Envelope
@@ -47,8 +45,6 @@ from vauban.reconcile.database import (
 )
 from vauban.reconcile.status import ready_for_generation
 from vauban.reconcile.tenancy import needs_namespace_labels
-
-logger = logging.getLogger(__name__)
 
 
 async def reconcile(
@@ -72,40 +68,6 @@ async def reconcile(
     )
 
 
-def ask(
-    ctx: Context,
-    body: Mapping[str, Any],
-    clusters: Mapping[tuple[str, str], Iterable[ClusterView]],
-    backups: provision.Index,
-) -> None:
-    """A reconcile for a watch event, queued rather than awaited. Awaited, kopf's worker for
-    the object waited with the whole event (managedFields and all, and kopf's own state of
-    it) while the database waited for its server's turn: a burst of a thousand held a
-    thousand events at once. Queued, a waiting database holds its index entry, and its
-    object is read when its turn comes; further events of it meanwhile ask nothing more."""
-    key = stored.key(body)
-    if key in ctx.queued:
-        return
-    entry = stored.index_entry(body)
-
-    async def queued() -> None:
-        try:
-            await reconcile(ctx, entry, clusters, backups)
-        except Exception:
-            logger.exception("reconcile of %s/%s failed", *key[1:])
-
-    task = asyncio.create_task(queued(), name=f"reconcile {key[1]}/{key[2]}")
-    ctx.queued[key] = task
-    task.add_done_callback(lambda done: _dequeue(ctx, key, done))
-
-
-def _dequeue(ctx: Context, key: ObjectKey, task: asyncio.Task[None] | None) -> None:
-    """The queued reconcile of `key` is reading the object now (or is over): an event from
-    now on asks for another."""
-    if task is not None and ctx.queued.get(key) is task:
-        del ctx.queued[key]
-
-
 def _envelope(ctx: Context, clusters: Mapping[tuple[str, str], Iterable[ClusterView]]) -> Envelope:
     """A bounded number of databases of one server reconcile at a time: a burst of a
     thousand would otherwise exhaust its max_connections ("too many clients"), and hold a
@@ -119,14 +81,8 @@ def _envelope(ctx: Context, clusters: Mapping[tuple[str, str], Iterable[ClusterV
         cluster = next(iter(clusters.get(key, ())), None)
         return ctx.server_slots[cluster.server if cluster is not None else key]
 
-    @contextlib.asynccontextmanager
-    async def turn(body: Mapping[str, Any]) -> AsyncIterator[None]:
-        async with server_slot(body):
-            _dequeue(ctx, stored.key(body), asyncio.current_task())
-            yield
-
     return Envelope(
-        MANAGED_DATABASE, kept=stored.kept, around=lambda _: ctx.memory.busy(), within=turn
+        MANAGED_DATABASE, kept=stored.kept, around=lambda _: ctx.memory.busy(), within=server_slot
     )
 
 
