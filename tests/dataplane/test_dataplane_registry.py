@@ -1,5 +1,6 @@
-"""Vauban's registry on a real server: the first reconciles, side by side, create its tables
-once, and none of them fails for it; what a publication records, in one statement."""
+"""Vauban's registry on a real server: the first reconciles, side by side, create its role,
+database and tables once, and none of them fails for it; what a publication records, in one
+statement."""
 
 from __future__ import annotations
 
@@ -74,6 +75,58 @@ def test_concurrent_first_uses_create_the_schema_once(
             "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'vauban' ORDER BY 1"
         ).fetchall()
     assert tables == [("databases", registry.ROLE), ("logins", registry.ROLE)]
+
+
+def test_concurrent_first_uses_on_a_new_server_prepare_the_registry_once() -> None:
+    """The first reconciles of a burst on a server Vauban never used all find no registry
+    database and prepare it side by side: none fails for it. Without their taking turns, a
+    concurrent REVOKE on the new database or GRANT of its role failed some ("tuple
+    concurrently updated", a duplicate key in pg_auth_members): 7 of 300 here, in rounds of
+    30, and their databases showed a false ProvisioningFailed."""
+    server = PostgresServer()
+    server.start()
+    try:
+        server.create_role("admin", "secret", "CREATEROLE", "CREATEDB")
+
+        async def burst() -> list[BaseException | None]:
+            # Connected first, then all at once: the race is in the preparation itself.
+            sessions = [
+                await psycopg.AsyncConnection.connect(
+                    host="127.0.0.1",
+                    port=server.port,
+                    user="admin",
+                    password="secret",
+                    dbname="postgres",
+                    autocommit=True,
+                )
+                for _ in range(30)
+            ]
+            try:
+                uses = (registry.prepare(conn) for conn in sessions)
+                return await asyncio.gather(*uses, return_exceptions=True)
+            finally:
+                for conn in sessions:
+                    await conn.close()
+
+        for _ in range(5):
+            with server.superuser() as conn:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(registry.DATABASE))
+                )
+                conn.execute(
+                    sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(registry.ROLE))
+                )
+            assert asyncio.run(burst()) == [None] * 30
+            with server.superuser() as conn:
+                row = conn.execute(
+                    "SELECT pg_get_userbyid(datdba),"
+                    " has_database_privilege('public', oid, 'CONNECT'),"
+                    " pg_has_role('admin', %s, 'MEMBER') FROM pg_database WHERE datname = %s",
+                    (registry.ROLE, registry.DATABASE),
+                ).fetchone()
+            assert row == (registry.ROLE, False, True)
+    finally:
+        server.destroy()
 
 
 def test_a_publication_records_the_login_the_retiring_ones_and_the_rotation(

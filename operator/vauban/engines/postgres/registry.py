@@ -41,10 +41,30 @@ class RegistryUnusable(Exception):
 # -- bootstrap -------------------------------------------------------------------------------
 
 
+PREPARE_LOCK = 0x7661_7562_7072
+"""The advisory lock (in the maintenance database) under which the registry is prepared."""
+
+
 async def prepare(maintenance: Connection) -> None:
     """Create the registry's role and database if the server has none, and make the current
-    (admin) role a member. Idempotent, and safe when two operators race: each step tolerates
-    the other having done it. Runs on a session of another database (`postgres`)."""
+    (admin) role a member. Runs on a session of another database (`postgres`).
+
+    The first reconciles of a burst on a new server all find no registry and prepare it
+    side by side: the same REVOKE on the new database, or GRANT of its role, from two
+    sessions at once fails one of them ("tuple concurrently updated", or a duplicate key in
+    pg_auth_members), and its database would show a false ProvisioningFailed. They take
+    turns under a session lock (CREATE DATABASE cannot run in a transaction, so not a
+    transaction's lock), and those after the first find it done. Each step still tolerates
+    another session having done it, for one that did not take the lock."""
+    await maintenance.execute("SELECT pg_catalog.pg_advisory_lock(%s)", (PREPARE_LOCK,))
+    try:
+        await _prepare(maintenance)
+    finally:
+        if not maintenance.broken:  # a lost session's locks went with it
+            await maintenance.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (PREPARE_LOCK,))
+
+
+async def _prepare(maintenance: Connection) -> None:
     row = await (
         await maintenance.execute(
             "SELECT r.rolsuper,"
