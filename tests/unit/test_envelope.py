@@ -12,7 +12,7 @@ import pytest
 from vauban.api.common import KindInfo
 from vauban.api.database import MANAGED_DATABASE
 from vauban.handlers.backups import runs
-from vauban.handlers.context import Context
+from vauban.handlers.context import Context, ObjectLocks
 from vauban.handlers.envelope import Envelope
 from vauban.kube.resources import Kube
 from vauban.metrics import Metrics
@@ -122,3 +122,29 @@ def test_clusters_and_databases_back_off_after_an_error() -> None:
     with pytest.raises(RuntimeError):
         asyncio.run(Envelope(MANAGED_DATABASE).run(ctx, body(), reconcile))
     assert not ctx.backoff.due(("ManagedDatabase", "shop", "b1"))
+
+
+def test_reconciles_of_one_object_take_turns_and_leave_no_lock_behind() -> None:
+    """The object's lock serialises its reconciles, and exists only while one holds or
+    awaits it: a fleet keeps no lock per database between reconciles."""
+    locks = ObjectLocks()
+    key = ("ManagedDatabase", "team-a", "shop")
+    inside: list[str] = []
+
+    async def reconcile(name: str) -> None:
+        async with locks.hold(key):
+            inside.append(f"{name} in")
+            await asyncio.sleep(0)
+            inside.append(f"{name} out")
+
+    async def both() -> int:
+        first = asyncio.create_task(reconcile("first"))
+        second = asyncio.create_task(reconcile("second"))
+        await asyncio.sleep(0)
+        during = len(locks)
+        await asyncio.gather(first, second)
+        return during
+
+    assert asyncio.run(both()) == 1
+    assert inside == ["first in", "first out", "second in", "second out"]
+    assert len(locks) == 0

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,33 @@ class Backoff:
         self._next.pop(key, None)
 
 
+class ObjectLocks:
+    """One lock per object: its own event, a re-check and its cluster's event may reconcile
+    it at the same moment; they run one after the other. A lock exists only while it is
+    held or awaited: one per live object, kept between reconciles, was memory a fleet paid
+    per database for nothing (a free lock and no lock are the same)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[ObjectKey, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: ObjectKey) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 def open_bucket(store: Store) -> Bucket:
     # Imported here: the S3 client is loaded by the first cluster with backups, not by
     # every operator (vauban.backup.storage_errors).
@@ -99,11 +127,7 @@ class Context:
     buckets: BucketOpener = open_bucket
     """A cluster's object store, opened with its credentials."""
 
-    locks: defaultdict[ObjectKey, asyncio.Lock] = field(
-        default_factory=lambda: defaultdict(asyncio.Lock)
-    )
-    """One lock per object: its own event, a re-check and its cluster's event may reconcile
-    it at the same moment; they run one after the other."""
+    locks: ObjectLocks = field(default_factory=ObjectLocks)
 
     server_slots: defaultdict[tuple[str, str], asyncio.Semaphore] = field(init=False)
     """Per cluster: how many database reconciles run at once

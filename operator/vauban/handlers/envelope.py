@@ -74,7 +74,7 @@ class Envelope:
         again, for kopf's own retry."""
         key = self.key(body)
         _, namespace, name = key
-        async with self.around(body), ctx.locks[key], self.within(body):
+        async with self.around(body), ctx.locks.hold(key), self.within(body):
             fresh = await ctx.kube.read(self.kind, namespace, name)
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
                 return

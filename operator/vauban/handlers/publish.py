@@ -177,7 +177,7 @@ async def refresh(
     as stored now, under the object's lock, so nothing a reconcile wrote meanwhile is lost."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    async with ctx.locks[(kind.kind, namespace, name)]:
+    async with ctx.locks.hold((kind.kind, namespace, name)):
         stored = await ctx.kube.read(kind, namespace, name)
         if (
             stored is None

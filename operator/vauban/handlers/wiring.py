@@ -315,15 +315,12 @@ def _key(body: Mapping[str, Any]) -> tuple[str, str]:
 
 def _drop_memory_of(ctx: Context, kind: str, body: Mapping[str, Any]) -> None:
     """What this process kept about an object that is gone: a thousand databases created
-    and deleted must not leave a thousand locks and timestamps behind."""
+    and deleted must not leave a thousand timestamps behind."""
     key = (kind, *_key(body))
     ctx.reconciled.pop(key, None)
     ctx.suspensions_checked.pop(key, None)
     ctx.clusters_told.pop(key, None)
     ctx.backoff.succeeded(key)
-    lock = ctx.locks.get(key)
-    if lock is not None and not lock.locked():
-        del ctx.locks[key]
 
 
 async def _recheck_forever(
