@@ -19,6 +19,8 @@ with pg_stat_statements and connection logging:
 3. steady state: after the largest burst, BENCH_STEADY_SECONDS with nothing changing.
 4. churn: then 10 % of the specs changed per minute for BENCH_CHURN_SECONDS; time from the
    change to status.observedGeneration catching up.
+5. second wave: then N more ManagedDatabases on the same clusters (BENCH_SECOND_WAVE=1, after
+   the largest N): the settled RSS with 2N live over the settled RSS with N, per 1000 objects.
 
 Writes bench/results/fleet.json (every run's numbers and the medians) and
 bench/results/fleet.png; prints a summary. Takes long: not part of `make test`.
@@ -95,6 +97,7 @@ class Knobs:
     steady_sizes: list[int]
     raw: bool
     peer: bool
+    second_wave: bool
     timeout_per_object: float
 
     @classmethod
@@ -118,6 +121,7 @@ class Knobs:
             steady_sizes=ints("BENCH_STEADY_SIZES", ""),
             raw=os.environ.get("BENCH_RAW", "1") != "0",
             peer=os.environ.get("BENCH_PEER", "1") != "0",
+            second_wave=os.environ.get("BENCH_SECOND_WAVE", "1") != "0",
             timeout_per_object=float(os.environ.get("BENCH_TIMEOUT_PER_OBJECT", "0.6")),
         )
 
@@ -397,11 +401,13 @@ def operator_process(
 
 class MemoryTrace:
     """The traced operator's dumps: when tracing starts, after its imports (taken on its
-    own), after start-up (now), and after the burst (`result`)."""
+    own), after start-up (now), after the burst (`result`), then before and after the second
+    wave (`since_last`)."""
 
     def __init__(self, process: subprocess.Popen[bytes], logfile: Path) -> None:
         self._process, self._logfile = process, logfile
         self._imports, self._started = self._dump(0), self._dump(1)
+        self._last, self._number = self._started, 1
 
     def _dump(self, number: int) -> dict[str, Any]:
         path = self._logfile.with_name(f"memory.{number}.json")
@@ -414,11 +420,16 @@ class MemoryTrace:
         return json.loads(path.read_text())  # type: ignore[no-any-return]
 
     def result(self) -> dict[str, Any]:
-        imports = self._imports
         return {
-            "start_up": _memory_growth(imports, self._started),
-            "burst": _memory_growth(self._started, self._dump(2)),
+            "start_up": _memory_growth(self._imports, self._started),
+            "burst": self.since_last(),
         }
+
+    def since_last(self) -> dict[str, Any]:
+        """What the operator holds now more than at the previous dump."""
+        self._number += 1
+        before, self._last = self._last, self._dump(self._number)
+        return _memory_growth(before, self._last)
 
 
 def _memory_growth(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -618,9 +629,12 @@ def external_setup(
         api.create(path, obj)
 
 
-def vauban_burst(work: Path, knobs: Knobs, n: int, steady: bool, churn_too: bool) -> dict[str, Any]:
+def vauban_burst(
+    work: Path, knobs: Knobs, n: int, steady: bool, churn_too: bool, wave_too: bool
+) -> dict[str, Any]:
     admin = "vauban_admin"
-    with postgres(knobs, n) as pgs, control_plane(work, f"vauban-{n}") as (plane, api):
+    databases = 2 * n if wave_too else n
+    with postgres(knobs, databases) as pgs, control_plane(work, f"vauban-{n}") as (plane, api):
         external_setup(plane, api, pgs, admin, n)
         logfile = plane.data_dir / "logs" / "vauban.log"
         with operator_process(plane, knobs, logfile) as (process, metrics_port):
@@ -702,11 +716,24 @@ def vauban_burst(work: Path, knobs: Knobs, n: int, steady: bool, churn_too: bool
             }
             if not done:
                 result["not_ready_reasons"] = not_ready_reasons(api, VAUBAN, "manageddatabases")
-            if steady:
+            if steady or wave_too:
                 fleet = Fleet(
-                    plane, api, pgs, admin, watcher, monitor, metrics_port, logfile, rss_before
+                    plane,
+                    api,
+                    pgs,
+                    admin,
+                    watcher,
+                    monitor,
+                    metrics_port,
+                    logfile,
+                    rss_before,
+                    memory,
                 )
-                result.update(after_burst(fleet, knobs, n, done, churn_too))
+                result.update(
+                    after_burst(
+                        fleet, knobs, n, done, steady=steady, churn_too=churn_too, wave_too=wave_too
+                    )
+                )
             watcher.stop()
             monitor.stop()
             return result
@@ -726,16 +753,78 @@ class Fleet:
     metrics_port: int
     logfile: Path
     rss_before: int
+    memory: MemoryTrace | None
 
 
-def after_burst(fleet: Fleet, knobs: Knobs, n: int, done: bool, churn_too: bool) -> dict[str, Any]:
-    """Steady state (then churn, after the largest N) over the fleet the burst left."""
+SETTLE_SECONDS = 20.0
+"""After a wave's last Ready: its status events echoed back, and the operator's heap trimmed
+(vauban.memory, 2 s after the last reconcile)."""
+
+
+def settled_rss(monitor: Monitor, seconds: float = 10.0) -> float:
+    """The operator's median RSS (MiB) over `seconds`, once a wave has settled."""
+    time.sleep(SETTLE_SECONDS)
+    start = time.monotonic()
+    time.sleep(seconds)
+    return float(monitor.window(start, time.monotonic())["rss_median_mib"])
+
+
+def second_wave(fleet: Fleet, knobs: Knobs, n: int) -> dict[str, Any]:
+    """N more databases on the same clusters once the first N are Ready and settled: the RSS
+    they add, settled, is what N live objects cost. The first burst's own growth also holds
+    the operator's warm-up and what the allocator keeps of the burst's peak, which the
+    second reuses."""
+    api, watcher, monitor = fleet.api, fleet.watcher, fleet.monitor
+    rss_first = settled_rss(monitor)
+    if fleet.memory is not None:
+        fleet.memory.since_last()
+    log(f"vauban: second wave, {n} more ManagedDatabases")
+    t0 = time.monotonic()
+    create_all(
+        api,
+        [managed_database(f"tenant-{i // PER_CLUSTER}", n + i) for i in range(n)],
+        WORKERS,
+    )
+    done = watcher.wait(all_ready(2 * n), timeout=max(120.0, n * knobs.timeout_per_object))
+    t_ready = time.monotonic()
+    out: dict[str, Any] = {
+        "objects": [n, 2 * n],
+        "all_ready": done,
+        "time_to_all_ready_seconds": round(t_ready - t0, 2) if done else None,
+        "rss_peak_mib": monitor.window(t0, t_ready).get("rss_peak_mib"),
+    }
+    if done:
+        rss_second = settled_rss(monitor)
+        out["rss_settled_mib"] = [rss_first, rss_second]
+        out["rss_growth_mib_per_1000_live_objects"] = round(1000 * (rss_second - rss_first) / n, 2)
+        if fleet.memory is not None:
+            out["memory"] = fleet.memory.since_last()
+    return out
+
+
+def after_burst(
+    fleet: Fleet,
+    knobs: Knobs,
+    n: int,
+    done: bool,
+    *,
+    steady: bool,
+    churn_too: bool,
+    wave_too: bool,
+) -> dict[str, Any]:
+    """Steady state (then churn, after the largest N) over the fleet the burst left, then
+    the second wave."""
     if not done:
         # No steady state over a fleet that never became Ready: said, not measured.
-        return {"steady": {"objects": n, "skipped": "the burst did not reach all Ready"}}
-    out = {"steady": steady_state(fleet, knobs, n)}
-    if churn_too and knobs.churn_seconds > 0:
-        out["churn"] = churn(fleet, knobs, n)
+        skipped = {"objects": n, "skipped": "the burst did not reach all Ready"}
+        return {"steady": skipped} if steady else {}
+    out: dict[str, Any] = {}
+    if steady:
+        out["steady"] = steady_state(fleet, knobs, n)
+        if churn_too and knobs.churn_seconds > 0:
+            out["churn"] = churn(fleet, knobs, n)
+    if wave_too:
+        out["second_wave"] = second_wave(fleet, knobs, n)
     return out
 
 
@@ -1376,7 +1465,9 @@ def provisioning_round(
     steady = (n == largest or n in knobs.steady_sizes) and repeat == 0 and knobs.steady_seconds > 0
     v = attempt(
         f"vauban burst n={n} #{repeat}",
-        lambda: vauban_burst(work, knobs, n, steady, n == largest),
+        lambda: vauban_burst(
+            work, knobs, n, steady, n == largest, knobs.second_wave and n == largest and repeat == 0
+        ),
     )
     if v is not None:
         if "steady" in v:
@@ -1386,6 +1477,8 @@ def provisioning_round(
             del v["steady"]
         if "churn" in v:
             results["churn"] = v.pop("churn")
+        if "second_wave" in v:
+            results["second_wave"] = v.pop("second_wave")
         runs.setdefault("vauban", []).append(v)
     phases: list[tuple[str, str, Callable[[], dict[str, Any]]]] = []
     if knobs.raw:
