@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import json
+import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -180,3 +183,22 @@ def test_a_database_index_entry_leaves_out_what_no_decision_reads() -> None:
     assert entry["metadata"]["annotations"] == {ROTATE_ANNOTATION: "token-2"}
     assert [c["type"] for c in entry["status"]["conditions"]] == ["Ready"]
     assert "binding" not in entry["status"]
+    assert "message" not in entry["status"]["conditions"][0]
+
+
+def test_a_database_index_entry_holds_none_of_its_events_own_keys() -> None:
+    """Each watch event is parsed with its own copy of every key: an entry holding the
+    event's dicts kept them alive, a kibibyte per database. Its keys are the interned ones."""
+    event = json.loads(json.dumps(_database_body(ready=True)))
+    entry = stored.index_entry(event)
+
+    def keys(value: Any) -> Iterator[str]:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield k
+                yield from keys(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from keys(v)
+
+    assert all(k is sys.intern(k) for k in keys(entry))
