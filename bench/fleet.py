@@ -447,6 +447,7 @@ def _memory_growth(before: dict[str, Any], after: dict[str, Any]) -> dict[str, A
         "traced_mib": round((after["traced_bytes"] - before["traced_bytes"]) / MIB, 1),
         "by_package_kib": grown("by_package"),
         "by_place_kib": grown("by_place"),
+        "by_type_kib": grown("by_type"),
     }
 
 
