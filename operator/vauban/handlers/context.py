@@ -128,6 +128,7 @@ class Context:
     """A cluster's object store, opened with its credentials."""
 
     locks: ObjectLocks = field(default_factory=ObjectLocks)
+    """Each object's reconciles, one at a time."""
 
     server_slots: defaultdict[tuple[str, str], asyncio.Semaphore] = field(init=False)
     """Per cluster: how many database reconciles run at once
