@@ -12,8 +12,6 @@ from aiohttp import web
 from kubernetes.aio.client.exceptions import ApiException
 from prometheus_client import generate_latest
 
-from vauban.builders.cnpg import MANAGED_BY
-from vauban.builders.credentials import DATABASE_LABEL
 from vauban.engines.postgres.servers import PostgresServers
 from vauban.handlers import wiring
 from vauban.handlers.context import Context
@@ -57,11 +55,6 @@ def operator_settings() -> kopf.OperatorSettings:
     # kopf's own delays, jittered: every watch and patch failing at an apiserver restart
     # would otherwise retry in step.
     settings.networking.error_backoffs = JitteredDelays((1, 1, 2, 3, 5, 8, 13, 21))
-    # Secrets are watched for the tenants' credentials only: the apiserver filters, so the
-    # operator never streams the cluster's other Secrets.
-    settings.watching.label_selectors["v1", "secrets"] = (
-        f"{','.join(f'{k}={v}' for k, v in MANAGED_BY.items())},{DATABASE_LABEL}"
-    )
     return settings
 
 
@@ -214,7 +207,7 @@ LEASE_NAME = "vauban-leader"
 async def run(settings: Settings) -> bool:
     """Run until the process is signalled, or until leadership is lost. Returns whether it
     was lost: the process should then exit and start over as a standby."""
-    kube = Kube(await connect(settings.kubeconfig))
+    kube = Kube(await connect(settings.kubeconfig, streams=len(wiring.secret_namespaces(settings))))
     metrics = Metrics()
     ready, stop = asyncio.Event(), asyncio.Event()
     health = ApiHealth(kube, metrics)

@@ -13,6 +13,7 @@ SQL gets a model here first).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import itertools
@@ -40,6 +41,7 @@ from vauban.engines.postgres.plan import Catalog, RoleState
 from vauban.engines.postgres.probe import ServerAddress
 from vauban.kms import KekNotFound, WrongKey
 from vauban.kube.events import EventType
+from vauban.kube.watch import DeletionListener
 from vauban.reconcile.cluster import ProbeOutcome, ServerProbe
 from vauban.reconcile.records import DatabaseRecord, LoginRecord, Rotation
 from vauban.settings import FINALIZER
@@ -263,6 +265,12 @@ class FakeKube:
             for s in self.secrets.values()
             if s.namespace == namespace and _selected(s.labels, selector)
         }
+
+    async def watch_secret_deletions(
+        self, namespace: str | None, selector: str, listener: DeletionListener
+    ) -> None:
+        """Tells nothing: this tier calls the reconciles a deletion would cause itself."""
+        await asyncio.Event().wait()
 
     async def delete_secret(self, namespace: str, name: str) -> None:
         self.secrets.pop((namespace, name), None)

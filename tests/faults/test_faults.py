@@ -549,6 +549,18 @@ def test_apiserver_frozen_readiness_says_so(rig: Rig) -> None:
         timeout=60,
         what="apiserver back -> a change applied",
     )
+    # The watch of credentials Secrets (Vauban's own, not kopf's) is back too.
+    rig.kube.run("delete", "secret", f"{names[3]}-credentials", "-n", rig.namespace)
+    timed(
+        lambda: (
+            rig.kube.run(
+                "get", "secret", f"{names[3]}-credentials", "-n", rig.namespace, check=False
+            ).returncode
+            == 0
+        ),
+        timeout=60,
+        what="apiserver back -> a deleted credentials Secret recreated",
+    )
 
 
 def test_deletion_waits_for_a_missing_admin_secret(rig: Rig) -> None:

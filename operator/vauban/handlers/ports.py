@@ -25,6 +25,7 @@ from vauban.engines.postgres.probe import ServerAddress
 from vauban.kms import KeyProvider
 from vauban.kube.client import Credentials
 from vauban.kube.events import EventType, ObjectRef
+from vauban.kube.watch import DeletionListener
 from vauban.reconcile.cluster import ServerProbe
 from vauban.reconcile.records import DatabaseRecord, Rotation
 
@@ -79,6 +80,9 @@ class KubeApi(Protocol):
     async def secret_annotations(
         self, namespace: str, selector: str
     ) -> dict[str, dict[str, str]]: ...
+    async def watch_secret_deletions(
+        self, namespace: str | None, selector: str, listener: DeletionListener
+    ) -> None: ...
     async def delete_secret(self, namespace: str, name: str) -> None: ...
     async def release_secrets(
         self, namespace: str, selector: str, owner_uid: str, labels: Mapping[str, str]

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
 import kopf
@@ -28,6 +28,7 @@ from vauban.handlers.backups import purge, runs
 from vauban.handlers.context import Context, context_of
 from vauban.handlers.databases import deletion, lifecycle, stored, usage
 from vauban.handlers.publish import snapshot
+from vauban.kube.watch import Seen
 from vauban.reconcile.database import ClusterView, cluster_key_of
 from vauban.settings import Settings
 
@@ -162,27 +163,6 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:  # no
         elif _live(type, body) and not lifecycle.settled(ctx, body):
             await lifecycle.reconcile(ctx, body, kwargs["clusters"], kwargs["backups_by_database"])
 
-    # The tenants' credentials Secrets, by label only (the selector is server-side:
-    # operator_settings), and only for their deletion: a Secret deleted by hand is noticed
-    # and recreated within seconds, not at the next hourly resync. Nothing of them is kept.
-    @kopf.on.event(
-        "v1",
-        "secrets",
-        id="credentials_secret",
-        labels={DATABASE_LABEL: kopf.PRESENT},
-        registry=registry,
-    )
-    async def credentials_secret_event(
-        type: str,  # noqa: A002 - kopf's kwarg name
-        body: kopf.Body,
-        memo: kopf.Memo,
-        **kwargs: Any,
-    ) -> None:
-        if type != "DELETED":
-            return
-        name = body["metadata"].get("labels", {}).get(DATABASE_LABEL)
-        await _reconcile_database(context_of(memo), body["metadata"]["namespace"], name, kwargs)
-
     @kopf.on.delete(*DATABASES, id="database_finalizer", registry=registry)
     async def database_delete(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         ctx = context_of(memo)
@@ -291,6 +271,33 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:  # no
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    # The tenants' credentials Secrets, for their deletion only: one deleted by hand is
+    # noticed and recreated within seconds, not at the next resync. Watched by Vauban
+    # rather than kopf, which would keep a memory per Secret (kube/watch.py).
+    @kopf.on.startup(id="secret_deletions", registry=registry)
+    async def start_secret_watches(memo: kopf.Memo, **kwargs: Any) -> None:
+        ctx = context_of(memo)
+
+        async def reconcile(namespace: str, name: str) -> None:
+            await _reconcile_database(ctx, namespace, name, kwargs)
+
+        def databases() -> list[tuple[str, str]]:
+            return [
+                _key(body)
+                for store in list(kwargs["databases_by_cluster"].values())
+                for body in store
+            ]
+
+        memo.secret_watches = [
+            SecretDeletions(ctx, namespace, reconcile, databases)
+            for namespace in secret_namespaces(settings)
+        ]
+
+    @kopf.on.cleanup(id="secret_deletions", registry=registry)
+    async def stop_secret_watches(memo: kopf.Memo, **_: Any) -> None:
+        for watch in memo.get("secret_watches", []):
+            await watch.close()
+
     @kopf.on.login(id="login", registry=registry)
     async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
         creds = await context_of(memo).kube.credentials()
@@ -321,6 +328,61 @@ def _drop_memory_of(ctx: Context, kind: str, body: Mapping[str, Any]) -> None:
     ctx.suspensions_checked.pop(key, None)
     ctx.clusters_told.pop(key, None)
     ctx.backoff.succeeded(key)
+
+
+def secret_namespaces(settings: Settings) -> Sequence[str | None]:
+    """kopf's namespaces: every one (None), or the listed ones and the operator's own."""
+    if not settings.watch_namespaces:
+        return [None]
+    return sorted({*settings.watch_namespaces, settings.namespace})
+
+
+class SecretDeletions:
+    """The databases of one namespace (None: all) whose credentials Secret was deleted,
+    reconciled each in a task of its own: a slow server never holds the stream."""
+
+    SELECTOR = f"{','.join(f'{k}={v}' for k, v in cnpg.MANAGED_BY.items())},{DATABASE_LABEL}"
+
+    def __init__(
+        self,
+        ctx: Context,
+        namespace: str | None,
+        reconcile: Callable[[str, str], Coroutine[Any, Any, None]],
+        databases: Callable[[], Iterable[tuple[str, str]]],
+    ) -> None:
+        self._ctx, self._namespace = ctx, namespace
+        self._reconcile, self._databases = reconcile, databases
+        self._reconciles: set[asyncio.Task[None]] = set()
+        self._stream = asyncio.create_task(
+            ctx.kube.watch_secret_deletions(namespace, self.SELECTOR, self),
+            name=f"vauban-secret-deletions-{namespace or 'all'}",
+        )
+
+    def deleted(self, seen: Seen) -> None:
+        name = seen.labels.get(DATABASE_LABEL)
+        if name:
+            self._spawn(seen.namespace, name)
+
+    def relisted(self, present: Sequence[Seen]) -> None:
+        # What the stream's gap may have hidden: every database without a Secret now.
+        have = {(s.namespace, s.labels.get(DATABASE_LABEL)) for s in present}
+        for namespace, name in self._databases():
+            if self._namespace in (None, namespace) and (namespace, name) not in have:
+                self._spawn(namespace, name)
+
+    def failed(self, error: BaseException) -> None:
+        self._ctx.metrics.api_errors.labels("watch").inc()
+
+    def _spawn(self, namespace: str, name: str) -> None:
+        task = asyncio.create_task(self._reconcile(namespace, name))
+        self._reconciles.add(task)
+        task.add_done_callback(self._reconciles.discard)
+
+    async def close(self) -> None:
+        tasks = [self._stream, *self._reconciles]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _recheck_forever(

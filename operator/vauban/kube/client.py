@@ -14,8 +14,9 @@ from vauban import __version__
 USER_AGENT = f"vauban/{__version__}"
 
 
-async def connect(kubeconfig: Path | None) -> client.ApiClient:
-    """An API client from `kubeconfig`, else in-cluster credentials, else ~/.kube/config."""
+async def connect(kubeconfig: Path | None, *, streams: int = 0) -> client.ApiClient:
+    """An API client from `kubeconfig`, else in-cluster credentials, else ~/.kube/config,
+    with a connection for each of the `streams` (watches) it will hold open besides."""
     configuration = client.Configuration()
     if kubeconfig is not None:
         await config.load_kube_config(
@@ -28,7 +29,7 @@ async def connect(kubeconfig: Path | None) -> client.ApiClient:
             await config.load_kube_config(client_configuration=configuration, persist_config=False)
     # Each TLS connection holds a 256 KiB read buffer: at the client's default of 100, a
     # burst costs tens of MiB for no more throughput than the apiserver gives 16.
-    configuration.connection_pool_maxsize = 16
+    configuration.connection_pool_maxsize = 16 + streams
     # aiohttp's trust_env looks up the proxy environment and ~/.netrc in a thread at every
     # request: a tenth of the operator's CPU in a burst. The proxy to the apiserver, if the
     # environment names one, is decided once here; netrc holds no credential it takes.

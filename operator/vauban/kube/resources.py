@@ -14,6 +14,7 @@ from vauban.kube import events, rest
 from vauban.kube.client import Credentials, credentials_of
 from vauban.kube.lease import LeaderElection
 from vauban.kube.rest import APPLY_PATCH, MERGE_PATCH
+from vauban.kube.watch import DeletionListener, watch_deletions
 from vauban.settings import FIELD_MANAGER
 
 T = TypeVar("T")
@@ -221,8 +222,10 @@ class Kube:
     async def release_secrets(
         self, namespace: str, selector: str, owner_uid: str, labels: Mapping[str, str]
     ) -> list[str]:
-        """As release_claims, for Secrets."""
-        secrets = await self._rest.list(rest.SECRETS, namespace, label_selector=selector)
+        """As release_claims, for Secrets (their metadata only: values are not read)."""
+        secrets = await self._rest.list(
+            rest.SECRETS, namespace, label_selector=selector, metadata_only=True
+        )
         return await self._release(rest.SECRETS, secrets, owner_uid, labels)
 
     async def _release(
@@ -289,11 +292,20 @@ class Kube:
 
     async def secret_annotations(self, namespace: str, selector: str) -> dict[str, dict[str, str]]:
         """Name -> annotations of the Secrets matching a label selector (values not read)."""
-        secrets = await self._rest.list(rest.SECRETS, namespace, label_selector=selector)
+        secrets = await self._rest.list(
+            rest.SECRETS, namespace, label_selector=selector, metadata_only=True
+        )
         return {
             str(s["metadata"]["name"]): dict(s["metadata"].get("annotations") or {})
             for s in secrets
         }
+
+    async def watch_secret_deletions(
+        self, namespace: str | None, selector: str, listener: DeletionListener
+    ) -> None:
+        """Tells `listener` of each deletion of a Secret `selector` picks, until cancelled;
+        in every namespace when `namespace` is None."""
+        await watch_deletions(self._rest, rest.SECRETS, namespace, selector, listener)
 
     async def create_custom(self, plural: str, body: Mapping[str, Any]) -> bool:
         """Create a custom object unless one of that name exists; returns whether it was

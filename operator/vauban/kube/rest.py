@@ -8,7 +8,8 @@ apiserver's JSON form (dicts), the form kopf hands to the handlers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -19,6 +20,10 @@ from vauban.settings import FIELD_MANAGER
 
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
+JSON = "application/json"
+# Metadata only, for any resource: what a watch needs to know of a Secret is never its data.
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,24 @@ CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", names
 Object = dict[str, Any]
 
 
+async def json_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[Object]:
+    """One JSON object per line, whatever the chunks' boundaries. Lines of any length:
+    aiohttp's line reader refuses those over 128 KiB, and an object's annotations alone may
+    hold 256 KiB."""
+    parts: list[bytes] = []  # of the line not yet ended: joined once, however many chunks
+    async for chunk in chunks:
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            line = b"".join([*parts, chunk[start:end]])
+            parts, start = [], end + 1
+            if line.strip():
+                yield json.loads(line)
+        if start < len(chunk):
+            parts.append(chunk[start:])
+    if (last := b"".join(parts)).strip():
+        yield json.loads(last)
+
+
 class Rest:
     """get, list, create, apply, merge-patch and delete of any resource. A refusal raises
     the client's ApiException, with the HTTP status, as its generated classes do."""
@@ -69,9 +92,32 @@ class Rest:
         query: Sequence[tuple[str, str]] = (),
         body: Mapping[str, Any] | None = None,
         content_type: str | None = None,
+        accept: str = JSON,
     ) -> Object:
-        data = await self._call(method, path, query, body, content_type, "object")
+        data = await self._call(method, path, query, body, content_type, "object", accept)
         return data if isinstance(data, dict) else {}
+
+    async def stream(
+        self, path: str, *, query: Sequence[tuple[str, str]], accept: str, seconds: float
+    ) -> AsyncIterator[Object]:
+        """A watch: the objects of a response of one JSON object per line, as they come,
+        until the server ends it or `seconds` have passed since it was opened."""
+        serialized = await self._api.param_serialize(
+            method="GET",
+            resource_path=path,
+            query_params=list(query),
+            header_params={"Accept": accept},
+            auth_settings=["BearerToken"],
+        )
+        response = await self._api.call_api(*serialized, _request_timeout=seconds)
+        try:
+            if not 200 <= response.status <= 299:
+                await response.read()
+                self._api.response_deserialize(response, {"2XX": "object"})  # raises
+            async for obj in json_lines(response.response.content.iter_any()):
+                yield obj
+        finally:
+            response.response.release()
 
     async def _call(
         self,
@@ -81,8 +127,9 @@ class Rest:
         body: Mapping[str, Any] | None,
         content_type: str | None,
         answer: str,
+        accept: str,
     ) -> object:
-        headers = {"Accept": "application/json" if answer == "object" else "text/plain"}
+        headers = {"Accept": accept}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
         serialized = await self._api.param_serialize(
@@ -100,7 +147,9 @@ class Rest:
     async def pod_log(self, namespace: str, name: str, *, tail_lines: int) -> str:
         path = f"{PODS.path(namespace, name)}/log"
         return str(
-            await self._call("GET", path, [("tailLines", str(tail_lines))], None, None, "str")
+            await self._call(
+                "GET", path, [("tailLines", str(tail_lines))], None, None, "str", "text/plain"
+            )
         )
 
     async def get(self, resource: Resource, namespace: str | None, name: str) -> Object:
@@ -113,10 +162,16 @@ class Rest:
         *,
         label_selector: str | None = None,
         field_selector: str | None = None,
+        metadata_only: bool = False,
     ) -> list[Object]:
         query = [("labelSelector", label_selector)] if label_selector else []
         query += [("fieldSelector", field_selector)] if field_selector else []
-        listed = await self.request("GET", resource.path(namespace), query=query)
+        listed = await self.request(
+            "GET",
+            resource.path(namespace),
+            query=query,
+            accept=METADATA_LIST if metadata_only else JSON,
+        )
         return list(listed.get("items") or [])
 
     async def create(self, resource: Resource, body: Mapping[str, Any]) -> Object:
