@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiohttp
 from kubernetes.aio.client.exceptions import ApiException
 
 from vauban.kube.rest import METADATA, METADATA_LIST, Resource, Rest
@@ -101,7 +100,9 @@ async def watch_deletions(
             failures = 0  # the server ended the watch, as it does every WATCH_SECONDS
         except Expired:
             version = None
-        except (ApiException, aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
+        # Any failure, foreseen (the API, the network, a malformed line) or not: a watch
+        # that ended silently would leave deleted Secrets unnoticed until the next resync.
+        except Exception as e:
             if isinstance(e, ApiException) and e.status == GONE:
                 version = None
                 continue
