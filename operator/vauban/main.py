@@ -17,7 +17,7 @@ from vauban.handlers import wiring
 from vauban.handlers.context import Context
 from vauban.kms import KeyProvider, KeyProviderError
 from vauban.kms.local import SecretKeyProvider
-from vauban.kube.client import connect
+from vauban.kube.client import connect, limit_tls_read_buffers
 from vauban.kube.resources import Kube
 from vauban.kube.retry import JitteredDelays
 from vauban.metrics import Metrics
@@ -207,6 +207,7 @@ LEASE_NAME = "vauban-leader"
 async def run(settings: Settings) -> bool:
     """Run until the process is signalled, or until leadership is lost. Returns whether it
     was lost: the process should then exit and start over as a standby."""
+    limit_tls_read_buffers()
     kube = Kube(await connect(settings.kubeconfig, streams=len(wiring.secret_namespaces(settings))))
     metrics = Metrics()
     ready, stop = asyncio.Event(), asyncio.Event()
