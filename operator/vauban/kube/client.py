@@ -37,8 +37,8 @@ async def connect(kubeconfig: Path | None, *, streams: int = 0) -> client.ApiCli
             config.load_incluster_config(client_configuration=configuration)
         except config.ConfigException:
             await config.load_kube_config(client_configuration=configuration, persist_config=False)
-    # Each TLS connection holds a 256 KiB read buffer: at the client's default of 100, a
-    # burst costs tens of MiB for no more throughput than the apiserver gives 16.
+    # Each TLS connection holds a read buffer (limit_tls_read_buffers): at the client's
+    # default of 100, a burst costs MiBs for no more throughput than the apiserver gives 16.
     configuration.connection_pool_maxsize = 16 + streams
     # aiohttp's trust_env looks up the proxy environment and ~/.netrc in a thread at every
     # request: a tenth of the operator's CPU in a burst. The proxy to the apiserver, if the
