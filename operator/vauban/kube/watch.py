@@ -2,9 +2,10 @@
 per object: a list for a resourceVersion, then watches from it, of metadata only.
 
 kopf keeps a memory for every object it watches (its memo, throttler, indexing and daemon
-records): a Secret watched only for its deletion cost as much as the database it belongs
-to. Here, what lives is one resourceVersion per stream; the objects' data (a Secret's
-password) never reaches the process.
+records) and parses every event's whole body: a credentials Secret watched only for its
+deletion cost the operator about 2.6 KiB, half of what its database costs (bench/latest/
+fleet-1000-secret-watch-ab.json). Here, what lives is one resourceVersion per stream; the
+objects' data (a Secret's password) never reaches the process.
 """
 
 from __future__ import annotations
