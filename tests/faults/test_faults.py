@@ -289,20 +289,23 @@ def test_admin_secret_deleted_then_restored(rig: Rig) -> None:
     assert_nothing_lost_or_orphaned(rig)
 
 
+def delete_credentials_and_wait(rig: Rig, name: str, what: str) -> None:
+    """Delete a database's credentials Secret by hand, and wait for it to be back."""
+    secret = f"{name}-credentials"
+    rig.kube.run("delete", "secret", secret, "-n", rig.namespace)
+    timed(
+        lambda: (
+            rig.kube.run("get", "secret", secret, "-n", rig.namespace, check=False).returncode == 0
+        ),
+        timeout=60,
+        what=what,
+    )
+
+
 def test_a_deleted_credentials_secret_is_recreated_and_said(rig: Rig) -> None:
     name = fleet(rig)[1]
     before = rig.credentials(name)
-    rig.kube.run("delete", "secret", f"{name}-credentials", "-n", rig.namespace)
-    timed(
-        lambda: (
-            rig.kube.run(
-                "get", "secret", f"{name}-credentials", "-n", rig.namespace, check=False
-            ).returncode
-            == 0
-        ),
-        timeout=60,
-        what="credentials Secret deleted -> recreated",
-    )
+    delete_credentials_and_wait(rig, name, "credentials Secret deleted -> recreated")
     after = rig.credentials(name)
     assert after["username"] != before["username"] and logs_in(after)
     assert logs_in(before), "the previous login keeps working for the grace period"
@@ -550,16 +553,8 @@ def test_apiserver_frozen_readiness_says_so(rig: Rig) -> None:
         what="apiserver back -> a change applied",
     )
     # The watch of credentials Secrets (Vauban's own, not kopf's) is back too.
-    rig.kube.run("delete", "secret", f"{names[3]}-credentials", "-n", rig.namespace)
-    timed(
-        lambda: (
-            rig.kube.run(
-                "get", "secret", f"{names[3]}-credentials", "-n", rig.namespace, check=False
-            ).returncode
-            == 0
-        ),
-        timeout=60,
-        what="apiserver back -> a deleted credentials Secret recreated",
+    delete_credentials_and_wait(
+        rig, names[3], "apiserver back -> a deleted credentials Secret recreated"
     )
 
 

@@ -1,6 +1,6 @@
 """The deletion watch's protocol with the apiserver, scripted: list for a resourceVersion,
 watch from it, resume from the last one seen, relist after a 410, back off after a
-failure. tests/integration/test_watch.py runs it against a real apiserver."""
+failure. tests/integration/test_deletion_watch.py runs it against a real apiserver."""
 
 from __future__ import annotations
 
