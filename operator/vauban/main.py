@@ -250,11 +250,8 @@ async def run(settings: Settings) -> bool:
                 )
             ),
             ready_flag=ready,
-            clusterwide=not settings.watch_namespaces,
-            # The agent's Jobs run in the operator's own namespace, watched in every mode.
-            namespaces=sorted({*settings.watch_namespaces, settings.namespace})
-            if settings.watch_namespaces
-            else [],
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
             # Replicas are coordinated by the Lease above, not by kopf's peering (equal peers
             # all run; it also needs kopf's own CRDs).
             standalone=True,

@@ -144,6 +144,14 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=8080, ge=0, le=65535)
     """Port of /metrics (Prometheus) and /readyz; 0 disables them."""
 
+    @property
+    def namespaces(self) -> list[str]:
+        """The namespaces the operator watches: the listed ones and its own (the agent's Jobs
+        and the key-encryption keys live there), or none listed for every namespace."""
+        if not self.watch_namespaces:
+            return []
+        return sorted({*self.watch_namespaces, self.namespace})
+
     @field_validator("recovery_public_key")
     @classmethod
     def _valid_recovery_key(cls, value: str | None) -> str | None:

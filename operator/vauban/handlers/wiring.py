@@ -331,10 +331,8 @@ def _drop_memory_of(ctx: Context, kind: str, body: Mapping[str, Any]) -> None:
 
 
 def secret_namespaces(settings: Settings) -> Sequence[str | None]:
-    """kopf's namespaces: every one (None), or the listed ones and the operator's own."""
-    if not settings.watch_namespaces:
-        return [None]
-    return sorted({*settings.watch_namespaces, settings.namespace})
+    """One watch per namespace kopf watches, or one over every namespace (None)."""
+    return settings.namespaces or [None]
 
 
 class SecretDeletions:
