@@ -547,7 +547,8 @@ class FakeServer:
             return RoleState(
                 can_login=role.login,
                 connection_limit=role.connection_limit,
-                member_of=frozenset(role.member_of),
+                # As the server's catalog reads them: among the roles asked about.
+                member_of=frozenset(role.member_of) & frozenset(roles),
                 default_role=role.default_role,
             )
 

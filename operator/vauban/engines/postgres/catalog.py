@@ -94,25 +94,25 @@ class Server:
     async def catalog(self, database: str, roles: Collection[str]) -> Catalog:
         """The state of `roles` (the owner, the logins) and of `database`, from the shared
         catalogs: no session inside the database is needed. The admin's own row (who it is,
-        whether superuser, its memberships) comes with the roles', in the same round trip."""
+        whether superuser, its memberships) comes with the roles', in the same round trip.
+        Memberships are read among `roles` only: the admin is a member of every owner role
+        of the server, and reading them all made each reconcile's cost grow with the
+        server's databases."""
         conn = self.connection
         rows: list[Any] = await (
             await conn.execute(
                 """
                 SELECT r.rolname = CURRENT_USER, r.rolname, r.rolcanlogin, r.rolconnlimit,
                        r.rolsuper,
-                       COALESCE(pg_catalog.array_agg(o.rolname)
-                                FILTER (WHERE o.rolname IS NOT NULL), '{}'),
+                       ARRAY(SELECT o.rolname
+                               FROM pg_catalog.pg_roles o
+                               JOIN pg_catalog.pg_auth_members m ON m.roleid = o.oid
+                              WHERE o.rolname = ANY(%(roles)s) AND m.member = r.oid),
                        (SELECT pg_catalog.substring(c, '^role=(.*)$')
-                          FROM pg_catalog.unnest(s.setconfig) AS c
+                          FROM pg_catalog.unnest(r.rolconfig) AS c
                          WHERE c OPERATOR(pg_catalog.~~) 'role=%%')
                   FROM pg_catalog.pg_roles r
-                  LEFT JOIN pg_catalog.pg_auth_members m ON m.member = r.oid
-                  LEFT JOIN pg_catalog.pg_roles o ON o.oid = m.roleid
-                  LEFT JOIN pg_catalog.pg_db_role_setting s
-                         ON s.setrole = r.oid AND s.setdatabase = 0
                  WHERE r.rolname = ANY(%(roles)s) OR r.rolname = CURRENT_USER
-                 GROUP BY r.rolname, r.rolcanlogin, r.rolconnlimit, r.rolsuper, s.setconfig
                 """,
                 {"roles": list(roles)},
             )

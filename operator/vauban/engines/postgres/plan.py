@@ -27,6 +27,8 @@ class RoleState:
     """-1: no limit."""
 
     member_of: frozenset[str] = frozenset()
+    """The roles it is a member of, among those the catalog was asked about."""
+
     default_role: str | None = None
     """The role a login switches to (ALTER ROLE ... SET role)."""
 
@@ -47,6 +49,7 @@ class Catalog:
     admin: str = ""
     admin_is_superuser: bool = False
     admin_member_of: frozenset[str] = frozenset()
+    """Among `roles`' names: the admin's other memberships are not read."""
 
 
 @dataclass(frozen=True)
