@@ -39,6 +39,7 @@ from typing import Any
 import psycopg
 from proc import start_profiler, stop_profiler, tree_cpu_seconds
 
+from vauban.backup.postgres import find_client
 from vauban.devcluster.postgres import PostgresServer
 from vauban.devcluster.s3 import S3Server
 
@@ -153,12 +154,16 @@ def run_agent(
     }
 
 
-def run_reference(env: dict[str, str], servers: Servers, pg_dump_args: str) -> dict[str, Any]:
-    """pg_dump piped to the zstd command, output counted and thrown away."""
+def run_reference(
+    env: dict[str, str], servers: Servers, pg: PostgresServer, pg_dump_args: str
+) -> dict[str, Any]:
+    """pg_dump piped to the zstd command, output counted and thrown away. The same pg_dump
+    binary as the agent's (not Debian's wrapper on PATH, which adds its Perl start-up)."""
     zstd = shutil.which("zstd")
     if zstd is None:
         raise RuntimeError("the zstd command is needed for the reference (apt-get install zstd)")
-    command = f"pg_dump {pg_dump_args} --dbname={DATABASE} | {zstd} -3 -q -c | wc -c"
+    pg_dump = find_client("pg_dump", int(pg.version.split(".")[0]), None)
+    command = f"{pg_dump} {pg_dump_args} --dbname={DATABASE} | {zstd} -3 -q -c | wc -c"
     started = time.monotonic()
     process = subprocess.Popen(
         ["bash", "-o", "pipefail", "-c", command], env=env, stdout=subprocess.PIPE
@@ -228,14 +233,14 @@ def main() -> int:
                 agents.append(agent)
                 print(f"  { ({k: v for k, v in agent.items() if k != 'profile'}) }")
                 print(f"pg_dump -Fc --compress=0 | zstd -3 ({repeat}/{args.repeats})...")
-                same_work = run_reference(env, Servers(server, s3), "-Fc --compress=0")
+                same_work = run_reference(env, Servers(server, s3), server, "-Fc --compress=0")
                 same_work["dumpMBps"] = round(agent["dumpBytes"] / MB / same_work["seconds"], 1)
                 references.append(same_work)
                 print(f"  {same_work}")
             literal: dict[str, Any] | None = None
             if not args.no_gzip:
                 print("pg_dump -Fc | zstd -3 (once)...", flush=True)
-                literal = run_reference(env, Servers(server, s3), "-Fc")
+                literal = run_reference(env, Servers(server, s3), server, "-Fc")
                 literal["dumpMBps"] = round(agents[0]["dumpBytes"] / MB / literal["seconds"], 1)
                 print(f"  {literal}")
         finally:

@@ -145,3 +145,25 @@ def test_the_client_matching_the_server_is_chosen(
     with pytest.raises(ConfigurationError, match="no working pg_restore") as e:
         postgres.find_client("pg_restore", 17, str(on_path.parent))
     assert e.value.reason == "ClientNotFound"
+
+
+def test_the_packaged_client_of_the_servers_major_goes_before_the_one_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PATH's pg_dump on Debian is pg_wrapper: it would run the packaged one, later.
+    packaged = tmp_path / "usr-lib-postgresql"
+    v16 = fake_client(packaged / "16" / "bin", "pg_dump", 16)
+    on_path = fake_client(tmp_path / "bin", "pg_dump", 16)
+    asked: list[Path] = []
+    major = postgres._major
+
+    def asking(path: Path) -> int | None:
+        asked.append(path)
+        return major(path)
+
+    monkeypatch.setattr(postgres, "_major", asking)
+    monkeypatch.setattr(postgres, "PACKAGED_CLIENTS", packaged)
+    monkeypatch.setenv("PATH", str(on_path.parent))
+
+    assert postgres.find_client("pg_dump", 16, None) == v16
+    assert asked == [v16]

@@ -199,21 +199,30 @@ def _major(binary: Path) -> int | None:
 
 def find_client(name: str, server_major: int, bin_dir: str | None) -> Path:
     """pg_dump or pg_restore for a server of `server_major`: VAUBAN_PG_BIN_DIR's if set,
-    else the one of the same major among PATH's and /usr/lib/postgresql/*/bin, else the
-    newest (a newer client reads older servers; an older one refuses newer servers)."""
+    else the one of the same major among /usr/lib/postgresql/<major>/bin and PATH's, else
+    the newest (a newer client reads older servers; an older one refuses newer servers)."""
     if bin_dir:
         candidates = [Path(bin_dir) / name]
     else:
+        # The packaged client of the server's major before PATH's: on Debian, PATH's is
+        # pg_wrapper, a Perl script that would exec that same client after ~50 ms of its
+        # own start-up, once to be asked its version and once more to dump.
         on_path = shutil.which(name)
-        candidates = [Path(on_path)] if on_path else []
-        candidates += sorted(PACKAGED_CLIENTS.glob(f"*/bin/{name}"))
-    versions = {c: m for c in candidates if (m := _major(c)) is not None}
+        candidates = [
+            PACKAGED_CLIENTS / str(server_major) / "bin" / name,
+            *([Path(on_path)] if on_path else []),
+            *sorted(PACKAGED_CLIENTS.glob(f"*/bin/{name}")),
+        ]
+    versions: dict[Path, int] = {}
+    for candidate in dict.fromkeys(candidates):
+        major = _major(candidate)
+        if major == server_major:
+            return candidate
+        if major is not None:
+            versions[candidate] = major
     if not versions:
         where = bin_dir or "PATH or /usr/lib/postgresql/*/bin"
         raise ConfigurationError("ClientNotFound", f"no working {name} found in {where}")
-    same = [c for c, m in versions.items() if m == server_major]
-    if same:
-        return same[0]
     newest = max(versions, key=lambda c: versions[c])
     if versions[newest] < server_major:
         raise ConfigurationError(
