@@ -13,10 +13,12 @@ from vauban import __version__
 
 
 def _run(args: argparse.Namespace) -> int:
+    from vauban.backup.slim import skip_admin_client
     from vauban.kube.slim import skip_unused_clients
 
-    # Before kopf and the client are imported: the operator's memory is mostly imported code.
+    # Before kopf and the clients are imported: the operator's memory is mostly imported code.
     skip_unused_clients()
+    skip_admin_client()
     from vauban.main import configure_logging, run
     from vauban.settings import Settings
 

@@ -1,6 +1,7 @@
 """`vauban run` imports the asynchronous Kubernetes client alone (vauban.kube.slim), none of
 its large generated API classes (vauban.kube.rest), and no S3 client until a cluster has
-backups (vauban.backup.storage_errors)."""
+backups (vauban.backup.storage_errors); the backup agent imports MinIO's S3 client without
+its admin client (vauban.backup.slim)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,36 @@ def test_the_operator_runs_on_the_asynchronous_client_alone(tmp_path: Path) -> N
     kubeconfig.write_text(KUBECONFIG, encoding="utf-8")
     done = subprocess.run(
         [sys.executable, "-c", PROBE, str(kubeconfig)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+AGENT_PROBE = textwrap.dedent(
+    """
+    import sys
+    from vauban.backup.slim import skip_admin_client
+    assert skip_admin_client()
+    import vauban.backup.agent  # as `vauban agent` does, after skip_admin_client
+    from vauban.backup.storage import ObjectStore
+
+    store = ObjectStore("http://127.0.0.1:9", "us-east-1", "b", "key", "secret")
+    assert store.endpoint == "http://127.0.0.1:9"
+    assert not [m for m in ("Crypto", "argon2", "pycparser") if m in sys.modules]
+    import minio
+    assert minio.Minio is not None and minio.MinioAdmin is None
+    assert not skip_admin_client()  # too late once minio is in
+    print("ok")
+    """
+)
+
+
+def test_the_agent_imports_the_s3_client_without_minios_admin_client() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", AGENT_PROBE],
         capture_output=True,
         text=True,
         check=False,

@@ -27,6 +27,9 @@ def register(commands: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from vauban.backup.slim import skip_admin_client
+
+    skip_admin_client()
     from vauban.backup.agent import run
 
     return run(args)
