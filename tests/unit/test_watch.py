@@ -171,6 +171,24 @@ def test_an_expired_version_relists_every_page_for_what_the_gap_hid(
     assert told.failures == [] and slept == [], "an expired version is not a failure"
 
 
+def test_a_version_expired_right_after_a_relist_waits_before_the_next(slept: list[float]) -> None:
+    expired = [event("ERROR", {"kind": "Status", "code": 410, "reason": "Expired"})]
+    rest = ScriptedRest(
+        lists=[
+            {"metadata": {"resourceVersion": "10"}, "items": []},
+            {"metadata": {"resourceVersion": "30"}, "items": [secret("x", "21")]},
+            {"metadata": {"resourceVersion": "40"}, "items": [secret("x", "21")]},
+        ],
+        watches=[expired, expired, [event("BOOKMARK", {"metadata": {"resourceVersion": "41"}})]],
+    )
+    told = Told()
+    run(rest, told)
+    assert told.relists == [["x"], ["x"]]
+    assert told.failures == ["Expired"] and len(slept) == 1, "the second relist waited"
+    versions = [q["resourceVersion"] for kind, q in rest.requests if kind == "watch"]
+    assert versions == ["10", "30", "40", "41"]
+
+
 def test_a_failure_is_told_and_retried_after_a_growing_jittered_delay(slept: list[float]) -> None:
     rest = ScriptedRest(
         lists=[{"metadata": {"resourceVersion": "10"}, "items": []}],

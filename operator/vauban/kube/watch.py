@@ -78,11 +78,13 @@ async def watch_deletions(
     """Tells `listener` of each deletion until cancelled; `namespace` None for every one."""
     version: str | None = None
     listed_once = False
+    relisted_at: str | None = None
     failures = 0
     while True:
         try:
             if version is None:
                 version = await _list(rest, resource, namespace, selector, listener, listed_once)
+                relisted_at = version if listed_once else None
                 listed_once = True
             async for event in rest.stream(
                 resource.path(namespace),
@@ -99,14 +101,16 @@ async def watch_deletions(
                 version = _follow(event, listener) or version
                 failures = 0
             failures = 0  # the server ended the watch, as it does every WATCH_SECONDS
-        except Expired:
-            version = None
         # Any failure, foreseen (the API, the network, a malformed line) or not: a watch
         # that ended silently would leave deleted Secrets unnoticed until the next resync.
         except Exception as e:
-            if isinstance(e, ApiException) and e.status == GONE:
+            if isinstance(e, Expired) or (isinstance(e, ApiException) and e.status == GONE):
+                # An expired version is relisted at once, unless a relist has just given it:
+                # relisting again without a pause would loop against the apiserver.
+                again = version is not None and version == relisted_at
                 version = None
-                continue
+                if not again:
+                    continue
             listener.failed(e)
             delay = BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)]
             failures += 1
