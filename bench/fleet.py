@@ -92,6 +92,7 @@ class Knobs:
     churn_seconds: int
     recheck_seconds: int
     probe_seconds: int
+    resync_seconds: int
     pg_max_connections: int
     servers: int
     steady_sizes: list[int]
@@ -116,6 +117,7 @@ class Knobs:
             churn_seconds=int(os.environ.get("BENCH_CHURN_SECONDS", "180")),
             recheck_seconds=int(os.environ.get("BENCH_RECHECK_SECONDS", "30")),
             probe_seconds=int(os.environ.get("BENCH_PROBE_SECONDS", "300")),
+            resync_seconds=int(os.environ.get("BENCH_RESYNC_SECONDS", "3600")),
             pg_max_connections=int(os.environ.get("BENCH_PG_MAX_CONNECTIONS", "100")),
             servers=max(1, int(os.environ.get("BENCH_SERVERS", "1"))),
             steady_sizes=ints("BENCH_STEADY_SIZES", ""),
@@ -363,6 +365,7 @@ def operator_process(
         "VAUBAN_NAMESPACE": OPERATOR_NAMESPACE,
         "VAUBAN_RECHECK_INTERVAL_SECONDS": str(knobs.recheck_seconds),
         "VAUBAN_PROBE_INTERVAL_SECONDS": str(knobs.probe_seconds),
+        "VAUBAN_RESYNC_INTERVAL_SECONDS": str(knobs.resync_seconds),
         "VAUBAN_LIVENESS_PORT": str(free_port()),
         "VAUBAN_METRICS_PORT": str(metrics_port),
         "VAUBAN_LOG_FORMAT": "json",
