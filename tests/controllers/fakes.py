@@ -731,6 +731,7 @@ class FakeServers:
         password: str,
         *,
         health: bool = False,
+        health_shared_seconds: float = 0.0,
         tls: bool = False,
         parameters: Sequence[str] = (),
         audit: bool = False,

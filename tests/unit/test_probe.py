@@ -3,6 +3,7 @@ refreshed, CloudNativePG's instances, the connections Event, and the metrics it 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,7 +11,9 @@ import psycopg
 import pytest
 from prometheus_client import generate_latest
 
-from vauban.engines.postgres.probe import _failure, replicas_of
+from vauban.engines.postgres import probe as probe_module
+from vauban.engines.postgres.probe import ServerAddress, _failure, replicas_of
+from vauban.engines.postgres.servers import PostgresServers
 from vauban.metrics import Metrics
 from vauban.reconcile.cluster import (
     MAX_REPLICAS,
@@ -281,3 +284,50 @@ def test_configuration_pending_until_the_primary_runs_the_spec(
 
 def test_configuration_pending_ignores_what_the_server_does_not_know() -> None:
     assert configuration_pending({"no_such_parameter": "1"}, []) is None
+
+
+def test_clusters_adopting_one_server_share_its_load_reading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second cluster of a server, probed within the shared window, logs in itself but
+    does not walk the server's databases again; its status says when the figures were
+    read. Another admin, or the window past, reads again."""
+    reads: list[tuple[str, bool]] = []
+    clock = [datetime(2026, 3, 1, 12, 0, tzinfo=UTC)]
+
+    async def probe(
+        address: ServerAddress, username: str, password: str, *, health: bool, **_: Any
+    ) -> ServerProbe:
+        reads.append((username, health))
+        load = ServerHealth(connections=len(reads)) if health else None
+        return ServerProbe(ProbeOutcome.OK, role=username, health=load)
+
+    monkeypatch.setattr(probe_module, "probe", probe)
+    monkeypatch.setattr("vauban.timefmt.now", lambda: clock[0])
+    servers = PostgresServers()
+    server = ServerAddress("pg.example", 5432, "require")
+
+    def ask(username: str = "admin", *, health: bool = True) -> ServerProbe:
+        return asyncio.run(
+            servers.probe(server, username, "pw", health=health, health_shared_seconds=150)
+        )
+
+    first = ask()
+    assert first.health == ServerHealth(connections=1)
+    assert health_status(first.health, NOW)["lastProbeTime"] == NOW
+    clock[0] += timedelta(seconds=100)
+    second = ask()
+    assert second.role == "admin" and second.health is not None
+    assert second.health.connections == 1
+    assert health_status(second.health, NOW)["lastProbeTime"] == "2026-03-01T12:00:00Z"
+    assert ask("other").health == ServerHealth(connections=3)
+    clock[0] += timedelta(seconds=60)
+    assert ask().health == ServerHealth(connections=4)
+    assert ask(health=False).health is None
+    assert reads == [
+        ("admin", True),
+        ("admin", False),
+        ("other", True),
+        ("admin", True),
+        ("admin", False),
+    ]

@@ -200,12 +200,14 @@ class DatabaseServers(Protocol):
         password: str,
         *,
         health: bool = False,
+        health_shared_seconds: float = 0.0,
         tls: bool = False,
         parameters: Sequence[str] = (),
         audit: bool = False,
     ) -> ServerProbe:
         """The admin's role, and as asked the server's load, TLS, running parameters and
-        pgaudit."""
+        pgaudit. The load read for the same server and admin less than
+        `health_shared_seconds` ago is reused, with the time it was read."""
         ...
 
 

@@ -16,7 +16,7 @@ from vauban.api.cluster import ManagedClusterSpec
 from vauban.builders import cnpg
 from vauban.conditions import DomainCondition, Event, Reason, State, Verdict
 from vauban.reconcile.compliance import ServerAudit, ServerTls
-from vauban.timefmt import parse_rfc3339
+from vauban.timefmt import parse_rfc3339, rfc3339
 
 CNPG_CRD = f"{cnpg.CNPG_PLURAL}.{cnpg.CNPG_GROUP}"
 BARMAN_CRD = f"{cnpg.BARMAN_PLURAL}.{cnpg.BARMAN_GROUP}"
@@ -411,6 +411,10 @@ class ServerHealth:
     databases_bytes: int | None = None
     """Total size of the server's databases, when every one of them is readable."""
 
+    read_at: datetime | None = None
+    """When these figures were read, if not by the probe that reports them: the clusters
+    that adopt one server share a reading (vauban.engines.postgres.servers)."""
+
     @property
     def near_limit(self) -> bool | None:
         """Whether client sessions exceed 90 % of max_connections."""
@@ -447,7 +451,7 @@ def health_status(health: ServerHealth, now: str) -> dict[str, Any]:
             for r in health.replicas[:MAX_REPLICAS]
         ]
     values = {
-        "lastProbeTime": now,
+        "lastProbeTime": now if health.read_at is None else rfc3339(health.read_at),
         "connections": health.connections,
         "maxConnections": health.max_connections,
         "connectionsNearLimit": health.near_limit,
