@@ -296,6 +296,19 @@ def test_usage_is_written_when_it_moved(
     )
 
 
+def test_a_full_reconcile_keeps_the_usage_status_has_unless_it_moved() -> None:
+    shown = ManagedDatabaseStatus(size_bytes=7471619, size="7.1 MiB", connections=0)
+    grown = ManagedDatabaseStatus(size_bytes=7634279, size="7.3 MiB", connections=0)
+    kept = database_logic.usage_to_write(shown, grown)
+    assert (kept.size_bytes, kept.size, kept.connections) == (7471619, "7.1 MiB", 0)
+    # Unchanged, the status the reconcile computes is the one stored: no write.
+    assert ManagedDatabaseStatus().merged(shown).merged(kept) == shown
+    busy = grown.model_copy(update={"connections": 3})
+    assert database_logic.usage_to_write(shown, busy) == busy
+    unread = ManagedDatabaseStatus(size_bytes=None, size=None, connections=None)
+    assert database_logic.usage_to_write(shown, unread) == unread
+
+
 BACKUP = {
     "objectStore": {"bucket": "backups", "region": "fr-par", "credentialsSecretRef": {"name": "s3"}}
 }

@@ -308,8 +308,20 @@ SIZE_TOLERANCE = 0.01
 SIZE_TOLERANCE_BYTES = 1 << 20
 """A database's size in status is rewritten when it moved by more than 1 % and 1 MiB: a
 busy database would otherwise cost a status write (and an event to every watcher) at every
-probe, and a new one a write at its first probe (its free space maps appear after its
-first vacuum). The metric always has the figure just read."""
+probe or resync, and a new one a write at its first probe (its free space maps appear
+after its first vacuum). The metric has the figure of the cluster's last usage read."""
+
+
+def usage_to_write(
+    status: ManagedDatabaseStatus, measured: ManagedDatabaseStatus
+) -> ManagedDatabaseStatus:
+    """The usage a full reconcile puts in status: what it measured when it moved enough,
+    else what status has, so that the hourly resync of a database in use writes nothing."""
+    if usage_moved(status, measured):
+        return measured
+    return ManagedDatabaseStatus(
+        size_bytes=status.size_bytes, size=status.size, connections=status.connections
+    )
 
 
 def usage_moved(status: ManagedDatabaseStatus, measured: ManagedDatabaseStatus) -> bool:

@@ -32,7 +32,7 @@ from vauban.handlers.ports import AdminSession
 from vauban.handlers.publish import post_event
 from vauban.reconcile import provision as decision
 from vauban.reconcile.cluster import ProbeOutcome
-from vauban.reconcile.database import ROTATE_ANNOTATION, ClusterView, Holder
+from vauban.reconcile.database import ROTATE_ANNOTATION, ClusterView, Holder, usage_to_write
 
 Index = Mapping[tuple[str, str], Iterable[Mapping[str, Any]]]
 """The ManagedBackups of each database, by (namespace, name)."""
@@ -81,13 +81,14 @@ async def provision(
     restoring, restored = await restore.advance(
         ctx, body, spec, cluster, cluster_spec, logins.tenant, backups
     )
+    measured = ManagedDatabaseStatus(
+        size_bytes=usage.size_bytes if usage else None,
+        size=human_size(usage.size_bytes) if usage else None,
+        connections=usage.connections if usage else None,
+    )
     status = steps.status.merged(
-        ManagedDatabaseStatus(
-            credentials=credentials,
-            size_bytes=usage.size_bytes if usage else None,
-            size=human_size(usage.size_bytes) if usage else None,
-            connections=usage.connections if usage else None,
-            restore=restored,
+        usage_to_write(stored.status(body), measured).merged(
+            ManagedDatabaseStatus(credentials=credentials, restore=restored)
         )
     )
     if restoring is not None:
