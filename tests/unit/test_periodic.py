@@ -1,5 +1,5 @@
 """The periodic re-check on a node booted moments ago: monotonic time counts from boot, and
-what was never reconciled is due, not "reconciled at boot"."""
+what was never reconciled is due, not "reconciled at boot"; and which cluster events pass."""
 
 from __future__ import annotations
 
@@ -50,3 +50,18 @@ def test_a_ready_cluster_never_probed_is_due(just_booted: Context) -> None:
 
 def test_a_ready_database_never_reconciled_is_due(just_booted: Context) -> None:
     assert lifecycle.due(just_booted, ready("ManagedDatabase"))
+
+
+def test_a_cluster_event_passes_only_when_nothing_new_came_with_it(just_booted: Context) -> None:
+    """The event of Vauban's own status write on a cluster it just probed passes; a person's
+    request (an annotation), a new spec or a cluster never probed here is reconciled."""
+    body = ready("ManagedCluster")
+    assert not cluster.settled(just_booted, body)
+    key = ("ManagedCluster", "shop", "main")
+    just_booted.reconciled[key] = 5.0
+    just_booted.requests_seen[key] = cluster._requests(body)
+    assert cluster.settled(just_booted, body)
+    requested = {**body, "metadata": {**body["metadata"], "annotations": {"a": "b"}}}
+    assert not cluster.settled(just_booted, requested)
+    changed = {**body, "metadata": {**body["metadata"], "generation": 2}}
+    assert not cluster.settled(just_booted, changed)

@@ -42,7 +42,7 @@ from vauban.reconcile.cluster import (
 )
 from vauban.reconcile.compliance import ServerAudit, ServerTls
 from vauban.reconcile.database import ABANDON_ANNOTATION, ClusterView
-from vauban.reconcile.status import is_ready, ready_condition
+from vauban.reconcile.status import is_ready, ready_condition, ready_for_generation
 
 
 def view_of(body: Mapping[str, Any]) -> ClusterView:
@@ -73,10 +73,17 @@ def _owner(body: Mapping[str, Any]) -> cnpg.Owner:
 ENVELOPE = Envelope(MANAGED_CLUSTER)
 
 
-async def reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
+async def reconcile(ctx: Context, body: Mapping[str, Any], *, unless_settled: bool = False) -> None:
+    """`unless_settled`: for a watch event, which may have come while the reconcile that
+    caused it still held the lock (`settled`)."""
     # Read fresh under the lock: a stale copy (an index's, a waiting reconcile's) of a
     # cluster already gone would re-create the CloudNativePG Cluster it owned.
-    await ENVELOPE.run(ctx, body, functools.partial(_reconcile, ctx))
+    await ENVELOPE.run(
+        ctx,
+        body,
+        functools.partial(_reconcile, ctx),
+        still_wanted=(lambda fresh: not settled(ctx, fresh)) if unless_settled else None,
+    )
 
 
 async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
@@ -124,6 +131,7 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
             await post_event(ctx, MANAGED_CLUSTER, body, event.type, event.reason, event.message)
     key = (MANAGED_CLUSTER.kind, owner.namespace, owner.name)
     ctx.reconciled[key] = time.monotonic()
+    ctx.requests_seen[key] = _requests(body)
     # Failures that wait for a person (or for software to be installed) back off; a server
     # that does not answer is asked again at every re-check, so that its return is seen
     # within one re-check interval (one connection attempt per cluster).
@@ -176,10 +184,30 @@ _COSTLY_FAILURES = (
 )
 
 
+def settled(ctx: Context, body: Mapping[str, Any]) -> bool:
+    """Whether a watch event can be let pass: the cluster is Ready for its current spec, was
+    reconciled by this process within the probe interval, and carries the annotations it
+    had then. The event of Vauban's own status write is such an event: reconciling it
+    logged in to the server once more per probe, for nothing new."""
+    return (
+        ready_for_generation(body)
+        and not due(ctx, body)
+        and ctx.requests_seen.get(_key(body)) == _requests(body)
+    )
+
+
+def _requests(body: Mapping[str, Any]) -> str:
+    return fingerprint(body["metadata"].get("annotations") or {})
+
+
+def _key(body: Mapping[str, Any]) -> ObjectKey:
+    return (MANAGED_CLUSTER.kind, body["metadata"]["namespace"], body["metadata"]["name"])
+
+
 def due(ctx: Context, body: Mapping[str, Any]) -> bool:
     """Whether the periodic re-check should reconcile this cluster now: when not ready (after
     any backoff), and when ready once per probe interval."""
-    key = (MANAGED_CLUSTER.kind, body["metadata"]["namespace"], body["metadata"]["name"])
+    key = _key(body)
     if not is_ready(body.get("status")):
         return ctx.backoff.due(key)
     elapsed = time.monotonic() - ctx.reconciled.get(key, NEVER)

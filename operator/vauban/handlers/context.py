@@ -144,6 +144,10 @@ class Context:
     """When each object was last reconciled in full, for the periodic re-check of ready
     ones (clusters every probe interval, databases every resync interval)."""
 
+    requests_seen: dict[ObjectKey, str] = field(default_factory=dict)
+    """The annotations (a person's requests: a switchover, a key rotation) each cluster had
+    at its last full reconcile, as a fingerprint."""
+
     clusters_told: dict[ObjectKey, float] = field(default_factory=dict)
     """When a database last had its cluster reconciled for what it found of the server."""
 

@@ -87,8 +87,8 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:  # no
             ctx.metrics.forget(MANAGED_CLUSTER.kind, *_key(body))
             _drop_memory_of(ctx, MANAGED_CLUSTER.kind, body)
             ctx.usage_probed.pop(_key(body), None)
-        elif _live(type, body):
-            await cluster.reconcile(ctx, body)
+        elif _live(type, body) and not cluster.settled(ctx, body):
+            await cluster.reconcile(ctx, body, unless_settled=True)
         # Databases waiting on this cluster learn of its change (or its deletion) now, not at
         # their next periodic re-check. Only a change they can see counts (readiness, spec,
         # existence): a cluster's health figures change at each probe, and would otherwise
@@ -327,6 +327,7 @@ def _drop_memory_of(ctx: Context, kind: str, body: Mapping[str, Any]) -> None:
     ctx.reconciled.pop(key, None)
     ctx.suspensions_checked.pop(key, None)
     ctx.clusters_told.pop(key, None)
+    ctx.requests_seen.pop(key, None)
     ctx.backoff.succeeded(key)
 
 
