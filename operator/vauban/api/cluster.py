@@ -553,8 +553,9 @@ class ClusterHealth(StatusModel):
     """The server's load at the last probe. Fields the admin role may not read are absent."""
 
     last_probe_time: Annotated[str, StringConstraints(max_length=32)] | None = None
-    """When an external server was last probed (RFC 3339); refreshed once per probe
-    interval."""
+    """When the load of an external server shown here was read (RFC 3339); refreshed once
+    per probe interval, by this cluster's probe or, on a server several clusters adopt with
+    the same admin, by another's shortly before."""
 
     connections: Annotated[int, Field(ge=0)] | None = None
     """Client sessions open on the server."""
