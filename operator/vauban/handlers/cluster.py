@@ -129,7 +129,7 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any]) -> None:
     ):
         if event is not None:
             await post_event(ctx, MANAGED_CLUSTER, body, event.type, event.reason, event.message)
-    key = (MANAGED_CLUSTER.kind, owner.namespace, owner.name)
+    key = ENVELOPE.key(body)
     ctx.reconciled[key] = time.monotonic()
     ctx.requests_seen[key] = _requests(body)
     # Failures that wait for a person (or for software to be installed) back off; a server
@@ -192,7 +192,7 @@ def settled(ctx: Context, body: Mapping[str, Any]) -> bool:
     return (
         ready_for_generation(body)
         and not due(ctx, body)
-        and ctx.requests_seen.get(_key(body)) == _requests(body)
+        and ctx.requests_seen.get(ENVELOPE.key(body)) == _requests(body)
     )
 
 
@@ -200,14 +200,10 @@ def _requests(body: Mapping[str, Any]) -> str:
     return fingerprint(body["metadata"].get("annotations") or {})
 
 
-def _key(body: Mapping[str, Any]) -> ObjectKey:
-    return (MANAGED_CLUSTER.kind, body["metadata"]["namespace"], body["metadata"]["name"])
-
-
 def due(ctx: Context, body: Mapping[str, Any]) -> bool:
     """Whether the periodic re-check should reconcile this cluster now: when not ready (after
     any backoff), and when ready once per probe interval."""
-    key = _key(body)
+    key = ENVELOPE.key(body)
     if not is_ready(body.get("status")):
         return ctx.backoff.due(key)
     elapsed = time.monotonic() - ctx.reconciled.get(key, NEVER)
