@@ -228,7 +228,7 @@ def _pod_template(run: AgentRun, labels: Mapping[str, str]) -> dict[str, Any]:
                         "capabilities": {"drop": ["ALL"]},
                     },
                     "resources": {
-                        "requests": {"cpu": "100m", "memory": "128Mi"},
+                        "requests": {"cpu": "100m", "memory": "192Mi"},
                         "limits": {"memory": "512Mi"},
                     },
                     "volumeMounts": [
