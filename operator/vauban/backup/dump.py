@@ -62,9 +62,10 @@ class BackupOutcome:
 class _EncryptedDump:
     """pg_dump's output, compressed and encrypted, as the file-like object the upload reads.
 
-    A thread reads pg_dump and compresses and encrypts (zstd, AES and SHA-256 release the
-    GIL), so that work overlaps the upload instead of alternating with it. Its queue is
-    bounded: when the upload is slower, pg_dump waits on its pipe."""
+    A thread reads pg_dump, hands it to zstd's own worker (ZSTD_WORKERS) and encrypts what
+    comes out (zstd, AES and SHA-256 release the GIL), so that work overlaps the upload
+    instead of alternating with it. Its queue is bounded: when the upload is slower, pg_dump
+    waits on its pipe."""
 
     def __init__(self, source: IO[bytes], encryptor: Encryptor, on_eof: Callable[[], None]) -> None:
         self.dump_bytes = 0
