@@ -6,6 +6,7 @@ end of a deleted database's retention."""
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 from typing import Any
 
@@ -87,8 +88,14 @@ def managed_backup(namespace: str, name: str, database: str, **spec: Any) -> dic
 
 
 def finished(kube: KubeCtl, namespace: str, name: str) -> dict[str, Any] | None:
-    """ManagedBackup `name` once it Succeeded or Failed, else None (for `eventually`)."""
-    obj = kube.get("managedbackup", name, namespace)
+    """ManagedBackup `name` once it Succeeded or Failed, else None (for `eventually`). Not
+    there yet is None too: the operator records a scheduled run shortly after its Job."""
+    found = kube.run("get", "managedbackup", name, "-n", namespace, "-o", "json", check=False)
+    if found.returncode != 0:
+        if "NotFound" in found.stderr:
+            return None
+        raise AssertionError(f"kubectl get managedbackup {name} failed:\n{found.stderr}")
+    obj: dict[str, Any] = json.loads(found.stdout)
     return obj if (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
 
 
